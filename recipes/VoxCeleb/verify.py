@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Verify a trained model on a trial list: embeddings, scores, EER, minDCF.
+
+Run after train.py (which also calls this at the end of training)::
+
+    python verify.py hparams/multi_metric.yaml --data_folder=/data/voxceleb
+
+It loads the best checkpoint (lowest valid EER), embeds every test
+utterance twice -- whole, and as ``n_test_crops`` evenly spaced crops of
+``test_crop_frames`` -- caches the embeddings on disk, and scores the
+trials three ways:
+
+- ``full_cosine``: cosine of the whole-utterance embeddings;
+- ``multicrop_dot``: the paper's protocol, the mean of the 100 crop-pair
+  dot products of raw embeddings, in closed form (dot of the crop means);
+- ``multicrop_cosine``: the mean of the crop-pair cosines, likewise.
+
+Each method gets a scores file, EER, minDCF (p_target 0.01 and 0.05), a
+DET curve and a score histogram under ``<output_folder>/verification``.
+"""
+
+import json
+import logging
+import os
+import sys
+
+import numpy as np
+import speechbrain as sb
+import torch
+
+from dampit.dataio.trials import read_trials
+from dampit.inference.extract import embed_utterances
+from dampit.metrics import multicrop
+from dampit.metrics.asnorm import as_norm
+from dampit.metrics.embedding_store import save_embeddings
+from dampit.metrics.plots import write_report
+from dampit.utils.atomic import atomic_write_text
+from dampit.utils.hparams import load_hparams
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_data(hparams):
+    """Write (once) the CSVs and trial list; return their paths.
+
+    Arguments
+    ---------
+    hparams : dict
+        The recipe's hyperparameters (``data_layout``, ``data_folder``...).
+
+    Returns
+    -------
+    dict
+        Paths of ``train``, ``dev`` and ``test`` CSVs and ``trials``.
+    """
+    folder = hparams["prep_folder"]
+    if hparams["data_layout"] == "voxceleb":
+        from dampit.dataio.prepare_voxceleb import prepare_voxceleb
+
+        root = hparams["data_folder"]
+        vox1 = os.path.join(root, hparams["vox1_subdir"])
+        vox2 = os.path.join(root, hparams["vox2_subdir"])
+        return prepare_voxceleb(
+            save_folder=folder,
+            vox1_folder=vox1,
+            vox2_folder=vox2 if os.path.isdir(vox2) else None,
+            trial_lists=hparams["trial_lists"],
+            use_vox1_dev=hparams["use_vox1_dev_for_training"],
+            skip_bad=hparams["skip_bad_files"],
+        )
+    if hparams["data_layout"] == "folder":
+        from dampit.dataio.prepare_folder import prepare_folder
+
+        return prepare_folder(
+            data_folder=hparams["data_folder"],
+            save_folder=folder,
+            n_test_speakers=hparams["n_test_speakers"],
+            seed=0,
+            skip_bad=hparams["skip_bad_files"],
+        )
+    raise ValueError(
+        f"data_layout={hparams['data_layout']!r}: use 'voxceleb' or 'folder'"
+    )
+
+
+def _read_csv(path):
+    """Rows of a SpeechBrain CSV as dicts."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def run_verification(brain, hparams, csvs, label_encoder=None):
+    """Embed the test set, score the trials, write reports.
+
+    Arguments
+    ---------
+    brain : MultiMetricBrain
+        A Brain with ``compute_embeddings`` and a checkpointer.
+    hparams : dict
+        The recipe's hyperparameters.
+    csvs : dict
+        Output of ``prepare_data``.
+    label_encoder : object, optional
+        Unused; kept for symmetry with training.
+
+    Returns
+    -------
+    dict
+        Metrics per scoring method.
+    """
+    brain.checkpointer.recover_if_possible(min_key="EER")
+    brain.modules.eval()
+    out = os.path.join(hparams["output_folder"], "verification")
+    os.makedirs(out, exist_ok=True)
+    rows = _read_csv(csvs["test"])
+    known = {r["ID"] for r in rows}
+    trials = read_trials(csvs["trials"], known_ids=known)
+    needed = {t[1] for t in trials} | {t[2] for t in trials}
+    rows = [r for r in rows if r["ID"] in needed]
+    for r in rows:
+        r["wav"] = r["wav"].replace("$data_root", hparams["data_folder"])
+
+    crop = (int(hparams["test_crop_frames"]) - 1) * int(hparams["hop_length"])
+
+    def embed_fn(wavs, lens):
+        return brain.compute_embeddings(wavs, lens)
+
+    ids, full, crops = embed_utterances(
+        embed_fn,
+        rows,
+        sample_rate=int(hparams["sample_rate"]),
+        n_crops=int(hparams["n_test_crops"]),
+        crop_samples=crop,
+        batch_size=int(hparams["test_batch_size"]),
+        device=brain.device,
+    )
+    save_embeddings(os.path.join(out, "embeddings_full"), ids, full)
+    save_embeddings(os.path.join(out, "embeddings_crops"), ids, crops)
+
+    index = {uid: k for k, uid in enumerate(ids)}
+    enrol = np.array([index[t[1]] for t in trials])
+    test = np.array([index[t[2]] for t in trials])
+    labels = np.array([t[0] for t in trials])
+    stats = multicrop.crop_statistics(crops)
+    methods = {
+        "full_cosine": multicrop.cosine_scores(full, enrol, test),
+        "multicrop_dot": multicrop.score_trials(stats, enrol, test, "dot"),
+        "multicrop_cosine": multicrop.score_trials(
+            stats, enrol, test, "cosine"
+        ),
+    }
+    if hparams.get("score_norm") == "as-norm":
+        cohort = _cohort_embeddings(brain, hparams, csvs, embed_fn)
+        methods["full_cosine_asnorm"] = as_norm(
+            methods["full_cosine"],
+            full[enrol],
+            full[test],
+            cohort,
+            top_k=int(hparams["asnorm_top_k"]),
+        )
+    results = {}
+    for name, scores in methods.items():
+        results[name] = write_report(
+            scores,
+            labels,
+            out,
+            name,
+            trial_ids=[(t[1], t[2]) for t in trials],
+        )
+        logger.info(
+            "%s: EER %.2f%%, minDCF(0.01) %.4f",
+            name,
+            100 * results[name]["eer"],
+            results[name]["min_dcf_0.01"],
+        )
+    atomic_write_text(
+        os.path.join(out, "summary.json"), json.dumps(results, indent=2)
+    )
+    summary = ", ".join(
+        f"{k} EER {100 * v['eer']:.2f}%" for k, v in results.items()
+    )
+    print(f"[dampit] verification on {len(trials)} trials: {summary}")
+    return results
+
+
+def _cohort_embeddings(brain, hparams, csvs, embed_fn):
+    """Whole-utterance embeddings of a random cohort of training files."""
+    rows = _read_csv(csvs["train"])
+    rng = np.random.default_rng(0)
+    pick = rng.permutation(len(rows))[: int(hparams["cohort_size"])]
+    rows = [rows[k] for k in sorted(pick)]
+    for r in rows:
+        r["wav"] = r["wav"].replace("$data_root", hparams["data_folder"])
+    _, emb, _ = embed_utterances(
+        embed_fn,
+        rows,
+        sample_rate=int(hparams["sample_rate"]),
+        batch_size=int(hparams["test_batch_size"]),
+        device=brain.device,
+    )
+    return emb
+
+
+def main(argv):
+    """Load the best checkpoint of a finished run and verify."""
+    from train import MultiMetricBrain
+
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams, _, merged = load_hparams(hparams_file, overrides)
+    csvs = prepare_data(hparams)
+    lab_file = os.path.join(hparams["save_folder"], "label_encoder.txt")
+    if os.path.isfile(lab_file):
+        enc = sb.dataio.encoder.CategoricalEncoder()
+        enc.load(lab_file)
+        if len(enc) != int(hparams["n_speakers"]):
+            merged["n_speakers"] = len(enc)
+            hparams, _, merged = load_hparams(hparams_file, merged)
+    brain = MultiMetricBrain(
+        modules=hparams["modules"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    with torch.no_grad():
+        run_verification(brain, hparams, csvs)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    main(sys.argv[1:])
