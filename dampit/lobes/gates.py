@@ -1,0 +1,306 @@
+"""Attention gates placed between the stages of dampit's ResNet.
+
+Two gates, both applied as ``F_o = F * M + F`` (the paper's Eq. 7):
+
+- :class:`SpatialGate`, the paper's "SE block" (its Figure 3 and Eq. 6):
+  ``M = sigmoid(Conv1x1(act(Conv1x1(F))))`` computed at every position of
+  the feature map, with no pooling, so the mask keeps the spatial
+  (frequency x time) layout. The original code uses 16 hidden channels,
+  PReLU as ``act`` and weights drawn from N(0, 0.001); the paper's text
+  says ReLU, which is the default here.
+- :class:`SEGate`, a classic squeeze-and-excitation gate (Hu et al.):
+  global average pooling, ``Linear(C -> C / r)``, ``act``,
+  ``Linear(C / r -> C)``, sigmoid; one weight per channel. It is combined
+  with the feature map in the same residual way, so that comparing it with
+  :class:`SpatialGate` isolates the pooling.
+
+Both accept an optional time mask ``[B, 1, 1, T]`` (1 for real frames, 0
+for padding) so that the pooled squeeze of :class:`SEGate` ignores padded
+frames; the spatial gate works position by position and needs none.
+
+Authors
+ * dampit contributors 2025
+"""
+
+import torch
+import torch.nn as nn
+
+__all__ = ["SpatialGate", "SEGate", "make_gate", "make_activation"]
+
+
+def make_activation(name):
+    """Build the activation module named ``name``.
+
+    Arguments
+    ---------
+    name : str
+        ``"relu"`` or ``"prelu"`` (one shared slope, initialised at 0.25,
+        as ``torch.nn.PReLU()``).
+
+    Returns
+    -------
+    torch.nn.Module
+        The activation.
+
+    Example
+    -------
+    >>> make_activation("prelu")
+    PReLU(num_parameters=1)
+    """
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "prelu":
+        return nn.PReLU()
+    raise ValueError(f"activation must be 'relu' or 'prelu', got {name!r}")
+
+
+def _init_weights(modules, init_std):
+    """Draw weights from N(0, init_std) and zero the biases."""
+    if init_std is None:
+        return
+    for m in modules:
+        nn.init.normal_(m.weight, mean=0.0, std=init_std)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+class SpatialGate(nn.Module):
+    """The paper's per-position attention gate (no pooling).
+
+    ``M = sigmoid(conv2(act(conv1(x))))`` with two 1x1 convolutions
+    (``C -> hidden -> C``) and output ``x * M + x`` (or ``x * M`` when
+    ``residual=False``).
+
+    Arguments
+    ---------
+    channels : int
+        Channels ``C`` of the feature map.
+    hidden : int
+        Channels of the squeeze convolution (16 in the original code).
+    activation : str
+        ``"relu"`` (paper text) or ``"prelu"`` (original code).
+    init_std : float or None
+        Standard deviation of the normal initialisation of both
+        convolutions (biases zeroed); 0.001 as in the original code.
+        ``None`` keeps PyTorch's default initialisation.
+    residual : bool
+        ``True`` returns ``x * M + x`` (paper), ``False`` returns ``x * M``.
+
+    Example
+    -------
+    >>> gate = SpatialGate(8, hidden=4)
+    >>> x = torch.rand(2, 8, 5, 7)
+    >>> gate(x).shape
+    torch.Size([2, 8, 5, 7])
+    >>> mask = gate.attention(x)  # one weight per channel and position
+    >>> mask.shape
+    torch.Size([2, 8, 5, 7])
+    """
+
+    def __init__(
+        self,
+        channels,
+        hidden=16,
+        activation="relu",
+        init_std=1e-3,
+        residual=True,
+    ):
+        super().__init__()
+        if channels < 1 or hidden < 1:
+            raise ValueError(
+                f"SpatialGate: channels ({channels}) and hidden ({hidden}) "
+                "must be positive"
+            )
+        self.channels = channels
+        self.hidden = hidden
+        self.residual = residual
+        self.conv1 = nn.Conv2d(channels, hidden, kernel_size=1)
+        self.act = make_activation(activation)
+        self.conv2 = nn.Conv2d(hidden, channels, kernel_size=1)
+        _init_weights([self.conv1, self.conv2], init_std)
+
+    def attention(self, x, mask=None):
+        """Return the attention map ``M`` in (0, 1), same shape as ``x``.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Feature map ``[B, C, F, T]``.
+        mask : torch.Tensor, optional
+            Unused (the gate works position by position); accepted so
+            that both gates share one signature.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, C, F, T]``.
+        """
+        return torch.sigmoid(self.conv2(self.act(self.conv1(x))))
+
+    def forward(self, x, mask=None):
+        """Gate the feature map.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Feature map ``[B, C, F, T]``.
+        mask : torch.Tensor, optional
+            Time mask ``[B, 1, 1, T]``; unused by this gate.
+
+        Returns
+        -------
+        torch.Tensor
+            ``x * M + x`` (or ``x * M``), ``[B, C, F, T]``.
+        """
+        m = self.attention(x, mask)
+        if self.residual:
+            return torch.addcmul(x, x, m)
+        return x * m
+
+
+class SEGate(nn.Module):
+    """Classic squeeze-and-excitation gate (global pooling, ``C / r``).
+
+    ``s = sigmoid(fc2(act(fc1(mean_{F,T}(x)))))``, one weight per channel,
+    applied as ``x * s + x`` (or ``x * s`` when ``residual=False``). With a
+    time mask the mean runs over the real frames only.
+
+    Arguments
+    ---------
+    channels : int
+        Channels ``C`` of the feature map.
+    reduction : int
+        Squeeze ratio ``r``; the hidden layer has ``max(1, C // r)`` units.
+    activation : str
+        ``"relu"`` or ``"prelu"``.
+    init_std : float or None
+        Normal initialisation of both linear layers (biases zeroed);
+        ``None`` keeps PyTorch's default initialisation.
+    residual : bool
+        ``True`` returns ``x * s + x``, ``False`` the classic ``x * s``.
+
+    Example
+    -------
+    >>> gate = SEGate(32, reduction=16)
+    >>> gate.fc1
+    Linear(in_features=32, out_features=2, bias=True)
+    >>> gate(torch.rand(2, 32, 5, 7)).shape
+    torch.Size([2, 32, 5, 7])
+    """
+
+    def __init__(
+        self,
+        channels,
+        reduction=16,
+        activation="relu",
+        init_std=1e-3,
+        residual=True,
+    ):
+        super().__init__()
+        if channels < 1 or reduction < 1:
+            raise ValueError(
+                f"SEGate: channels ({channels}) and reduction ({reduction}) "
+                "must be positive"
+            )
+        hidden = max(1, channels // reduction)
+        self.channels = channels
+        self.hidden = hidden
+        self.residual = residual
+        self.fc1 = nn.Linear(channels, hidden)
+        self.act = make_activation(activation)
+        self.fc2 = nn.Linear(hidden, channels)
+        _init_weights([self.fc1, self.fc2], init_std)
+
+    def attention(self, x, mask=None):
+        """Return the channel weights ``s`` in (0, 1), ``[B, C, 1, 1]``.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Feature map ``[B, C, F, T]``.
+        mask : torch.Tensor, optional
+            Time mask ``[B, 1, 1, T]`` (1 = real frame); padded frames are
+            left out of the mean.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, C, 1, 1]``.
+        """
+        if mask is None:
+            z = x.mean(dim=(2, 3))
+        else:
+            count = mask.sum(dim=(2, 3)) * x.shape[2]
+            z = (x * mask).sum(dim=(2, 3)) / count
+        s = torch.sigmoid(self.fc2(self.act(self.fc1(z))))
+        return s[:, :, None, None]
+
+    def forward(self, x, mask=None):
+        """Gate the feature map.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Feature map ``[B, C, F, T]``.
+        mask : torch.Tensor, optional
+            Time mask ``[B, 1, 1, T]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``x * s + x`` (or ``x * s``), ``[B, C, F, T]``.
+        """
+        s = self.attention(x, mask)
+        if self.residual:
+            return torch.addcmul(x, x, s)
+        return x * s
+
+
+def make_gate(
+    kind,
+    channels,
+    hidden=16,
+    reduction=16,
+    activation="relu",
+    init_std=1e-3,
+    residual=True,
+):
+    """Build a gate by name.
+
+    Arguments
+    ---------
+    kind : str
+        ``"spatial"`` (:class:`SpatialGate`), ``"se"`` (:class:`SEGate`) or
+        ``"none"`` (returns ``None``).
+    channels : int
+        Channels of the feature map.
+    hidden : int
+        Hidden channels of the spatial gate.
+    reduction : int
+        Squeeze ratio of the SE gate.
+    activation : str
+        ``"relu"`` or ``"prelu"``.
+    init_std : float or None
+        Normal initialisation of the gate's weights.
+    residual : bool
+        Whether the gate returns ``x * M + x`` (``True``) or ``x * M``.
+
+    Returns
+    -------
+    torch.nn.Module or None
+        The gate, or ``None`` for ``"none"``.
+
+    Example
+    -------
+    >>> make_gate("spatial", 64, hidden=16).conv1
+    Conv2d(64, 16, kernel_size=(1, 1), stride=(1, 1))
+    >>> make_gate("none", 64) is None
+    True
+    """
+    if kind == "spatial":
+        return SpatialGate(channels, hidden, activation, init_std, residual)
+    if kind == "se":
+        return SEGate(channels, reduction, activation, init_std, residual)
+    if kind == "none":
+        return None
+    raise ValueError(f"gate must be 'spatial', 'se' or 'none', got {kind!r}")
