@@ -1,0 +1,467 @@
+"""Tests of dampit.lobes.resnet, gates and pooling: architecture and masking.
+
+Reference values are computed independently in this file: torchvision's
+published parameter counts, an enumeration of torchvision's ResNet keys
+written from the architecture, plain loops for the gates and the files
+run one by one for the padded batches.
+"""
+
+import math
+
+import pytest
+import torch
+
+from dampit.lobes.gates import SEGate, SpatialGate
+from dampit.lobes.pooling import (
+    FreqMeanAttentiveStatsPool,
+    GlobalAvgPool,
+    GlobalMaxPool,
+)
+from dampit.lobes.resnet import LinearClassifier, SEResNet
+
+BLOCKS = {
+    18: ("basic", [2, 2, 2, 2]),
+    34: ("basic", [3, 4, 6, 3]),
+    50: ("bottleneck", [3, 4, 6, 3]),
+    101: ("bottleneck", [3, 4, 23, 3]),
+}
+
+# torchvision's published totals (weights documentation), fc included.
+TORCHVISION_PARAMS = {
+    18: 11_689_512,
+    34: 21_797_672,
+    50: 25_557_032,
+    101: 44_549_160,
+}
+
+
+def torchvision_shapes(depth, width=64, in_ch=3, n_classes=1000):
+    """Key -> shape of torchvision's ResNet, written from the paper."""
+    kind, blocks = BLOCKS[depth]
+    exp = 1 if kind == "basic" else 4
+    shapes = {}
+
+    def bn(prefix, c):
+        for s in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{prefix}.{s}"] = (c,)
+        shapes[f"{prefix}.num_batches_tracked"] = ()
+
+    shapes["conv1.weight"] = (width, in_ch, 7, 7)
+    bn("bn1", width)
+    inpl = width
+    for i, n in enumerate(blocks):
+        planes = width * 2**i
+        for j in range(n):
+            p = f"layer{i + 1}.{j}"
+            if kind == "basic":
+                shapes[f"{p}.conv1.weight"] = (planes, inpl, 3, 3)
+                bn(f"{p}.bn1", planes)
+                shapes[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
+                bn(f"{p}.bn2", planes)
+            else:
+                shapes[f"{p}.conv1.weight"] = (planes, inpl, 1, 1)
+                bn(f"{p}.bn1", planes)
+                shapes[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
+                bn(f"{p}.bn2", planes)
+                shapes[f"{p}.conv3.weight"] = (planes * 4, planes, 1, 1)
+                bn(f"{p}.bn3", planes * 4)
+            if j == 0 and (i > 0 or inpl != planes * exp):
+                shapes[f"{p}.downsample.0.weight"] = (planes * exp, inpl, 1, 1)
+                bn(f"{p}.downsample.1", planes * exp)
+            inpl = planes * exp
+    shapes["fc.weight"] = (n_classes, inpl)
+    shapes["fc.bias"] = (n_classes,)
+    return shapes
+
+
+def n_params(shapes):
+    """Number of learnable parameters in a key -> shape map."""
+    skip = ("running_mean", "running_var", "num_batches_tracked")
+    return sum(math.prod(s) for k, s in shapes.items() if not k.endswith(skip))
+
+
+def trunk_params(model):
+    """Parameters of conv1..layer4 excluding dampit's PReLU slope."""
+    return sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if n.startswith(("conv1.", "bn1.", "layer"))
+        and not n.endswith("relu.weight")
+    )
+
+
+def halve(n, times):
+    """Time/frequency size after ``times`` stride-2 layers (ceil)."""
+    for _ in range(times):
+        n = (n + 1) // 2
+    return n
+
+
+# ----------------------------------------------------------------- sizes
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101])
+def test_key_enumeration_matches_published_torchvision_counts(depth):
+    assert n_params(torchvision_shapes(depth)) == TORCHVISION_PARAMS[depth]
+
+
+def test_resnet50_trunk_has_the_standard_parameter_count():
+    model = SEResNet(depth=50, base_width=64, in_channels=3, gate="none")
+    assert trunk_params(model) == 23_508_032
+    assert trunk_params(model) == TORCHVISION_PARAMS[50] - (2048 * 1000 + 1000)
+    assert model.out_channels == 2048
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101])
+def test_trunk_keys_and_shapes_are_torchvisions(depth):
+    model = SEResNet(depth=depth, base_width=16, gate="none")
+    want = torchvision_shapes(depth, width=16)
+    del want["fc.weight"], want["fc.bias"]
+    got = {
+        k: tuple(v.shape)
+        for k, v in model.state_dict().items()
+        if k.startswith(("conv1.", "bn1.", "layer"))
+        and not k.endswith("relu.weight")
+    }
+    assert got == want
+    assert trunk_params(model) == n_params(want)
+
+
+def test_gate_and_prelu_parameter_counts():
+    plain = SEResNet(depth=50, gate="none", last_activation="relu")
+    gated = SEResNet(depth=50, gate="spatial", gate_hidden=16)
+    # each gate: C*16 + 16 + 16*C + C; plus one PReLU slope in layer4.2.
+    want = sum(33 * c + 16 for c in (256, 512, 1024)) + 1
+    extra = sum(p.numel() for p in gated.parameters()) - sum(
+        p.numel() for p in plain.parameters()
+    )
+    assert extra == want
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101])
+@pytest.mark.parametrize("base_width", [4, 16])
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_output_shapes(depth, base_width, in_channels):
+    model = SEResNet(
+        depth=depth, base_width=base_width, in_channels=in_channels, emb_dim=6
+    ).eval()
+    exp = 1 if BLOCKS[depth][0] == "basic" else 4
+    assert model.stage_channels == [base_width * 2**i * exp for i in range(4)]
+    x = torch.randn(2, in_channels, 24, 37)
+    with torch.no_grad():
+        feats, n = model.trunk(x)
+        assert feats.shape == (
+            2,
+            8 * base_width * exp,
+            halve(24, 5),
+            halve(37, 5),
+        )
+        assert n is None
+        assert model(x).shape == (2, 1, 6)
+        # SpeechBrain features [B, T, F] are transposed and repeated.
+        sb = torch.randn(2, 37, 24)
+        out = model(sb, torch.tensor([1.0, 0.6]))
+        assert out.shape == (2, 1, 6)
+        img = sb.transpose(1, 2).unsqueeze(1).repeat(1, in_channels, 1, 1)
+        torch.testing.assert_close(model(sb), model(img))
+
+
+def test_last_stride_one_keeps_conv4_resolution():
+    model = SEResNet(depth=18, base_width=4, emb_dim=4, last_stride=1).eval()
+    with torch.no_grad():
+        feats, _ = model.trunk(torch.randn(1, 3, 32, 64))
+    assert feats.shape[-2:] == (halve(32, 4), halve(64, 4))
+
+
+@pytest.mark.parametrize("t", [9, 50, 123, 301])
+def test_variable_time_length_in_eval(t):
+    model = SEResNet(depth=50, base_width=4, emb_dim=8).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, t, 40))
+    assert out.shape == (1, 1, 8)
+    assert torch.isfinite(out).all()
+
+
+def test_pooling_output_sizes_and_head():
+    for pooling, factor in (("avg", 1), ("max", 1), ("asp", 2)):
+        model = SEResNet(depth=18, base_width=4, pooling=pooling, emb_dim=5)
+        assert model.head.fc1.in_features == 32 * factor
+        assert model.head.fc1.out_features == 32  # default: trunk channels
+        assert model.head.fc1.bias is None
+        assert isinstance(model.head.act, torch.nn.PReLU)
+        assert model.head.drop.p == 0.1
+        assert model.head.fc2.out_features == 5
+    model = SEResNet(depth=18, base_width=4, head_hidden=12, dropout=0.3)
+    assert model.head.fc1.out_features == 12 and model.head.drop.p == 0.3
+
+
+def test_paper_defaults():
+    model = SEResNet()
+    assert model.depth == 50 and model.in_channels == 3
+    assert model.head.fc2.out_features == 2048
+    assert sorted(model.gates) == ["conv2", "conv3", "conv4"]
+    gate = model.gates["conv2"]
+    assert isinstance(gate, SpatialGate) and gate.hidden == 16
+    assert isinstance(gate.act, torch.nn.ReLU)  # paper text
+    assert isinstance(model.pool, GlobalAvgPool)
+
+
+def test_last_activation_only_in_last_block():
+    model = SEResNet(depth=50, base_width=4)
+    prelu = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.PReLU) and name.startswith("layer")
+    ]
+    assert prelu == ["layer4.2.relu"]
+    plain = SEResNet(depth=50, base_width=4, last_activation="relu")
+    assert not any(
+        isinstance(m, torch.nn.PReLU)
+        for n, m in plain.named_modules()
+        if n.startswith("layer")
+    )
+
+
+# ----------------------------------------------------------------- gates
+
+
+@pytest.mark.parametrize(
+    "stages, gate",
+    [((2, 3, 4), "spatial"), ((3, 4, 5), "se"), ((4,), "spatial")],
+)
+def test_gates_sit_on_the_outputs_of_the_chosen_stages(stages, gate):
+    model = SEResNet(
+        depth=50, base_width=4, gate=gate, gate_stages=stages, emb_dim=4
+    ).eval()
+    assert sorted(model.gates) == [f"conv{s}" for s in stages]
+    for s in stages:
+        assert model.gates[f"conv{s}"].channels == model.stage_channels[s - 2]
+    calls = []
+
+    def hook(name):
+        def fn(module, args, output):
+            calls.append((name, args[0], output))
+
+        return fn
+
+    for i in range(1, 5):
+        layer = getattr(model, f"layer{i}")
+        layer[0].register_forward_hook(hook(f"first{i + 1}"))
+        layer[-1].register_forward_hook(hook(f"conv{i + 1}"))
+    for name, g in model.gates.items():
+        g.register_forward_hook(hook(f"gate_{name}"))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 40))
+    names = [c[0] for c in calls if not c[0].startswith("first")]
+    want = []
+    for s in (2, 3, 4, 5):
+        want.append(f"conv{s}")
+        if s in stages:
+            want.append(f"gate_conv{s}")
+    assert names == want
+    by_name = {c[0]: c for c in calls}
+    for s in stages:
+        # the gate takes the stage's output...
+        assert by_name[f"gate_conv{s}"][1] is by_name[f"conv{s}"][2]
+        if s < 5:  # ... and the next stage takes the gate's output
+            assert by_name[f"first{s + 1}"][1] is by_name[f"gate_conv{s}"][2]
+
+
+def test_no_gates_for_none():
+    model = SEResNet(depth=18, base_width=4, gate="none")
+    assert len(model.gates) == 0
+
+
+def test_spatial_gate_matches_a_plain_loop():
+    gate = SpatialGate(5, hidden=3, init_std=0.5)
+    with torch.no_grad():
+        gate.conv1.bias.uniform_(-1, 1)
+        gate.conv2.bias.uniform_(-1, 1)
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    gate = gate.double()
+    w1 = gate.conv1.weight[:, :, 0, 0]
+    w2 = gate.conv2.weight[:, :, 0, 0]
+    want = torch.empty_like(x)
+    for b in range(2):
+        for f in range(3):
+            for t in range(4):
+                v = x[b, :, f, t]
+                h = torch.relu(w1 @ v + gate.conv1.bias)
+                m = 1 / (1 + torch.exp(-(w2 @ h + gate.conv2.bias)))
+                want[b, :, f, t] = v * m + v
+    with torch.no_grad():
+        torch.testing.assert_close(gate(x), want)
+        gate.residual = False
+        torch.testing.assert_close(gate(x), want - x)
+
+
+def test_spatial_gate_keeps_the_map_and_se_gate_pools():
+    x = torch.randn(1, 8, 4, 6)
+    y = x.clone()
+    y[0, :, 1, 2] += 3.0  # change one position
+    spatial = SpatialGate(8, hidden=4, init_std=0.3).eval()
+    se = SEGate(8, reduction=2, init_std=0.3).eval()
+    with torch.no_grad():
+        ds = (spatial(y) - spatial(x)).abs().sum(dim=1)[0]
+        de = (se(y) - se(x)).abs().sum(dim=1)[0]
+    changed = ds > 1e-6
+    assert changed[1, 2] and changed.sum() == 1  # only that position
+    assert (de > 1e-6).sum() > 1  # the pooled gate changes everywhere
+
+
+def test_se_gate_matches_a_plain_loop_with_mask():
+    gate = SEGate(6, reduction=2, init_std=0.4, activation="prelu").double()
+    x = torch.randn(2, 6, 3, 5, dtype=torch.float64)
+    frames = [5, 2]
+    mask = torch.zeros(2, 1, 1, 5, dtype=torch.float64)
+    for b, n in enumerate(frames):
+        mask[b, ..., :n] = 1
+    a = gate.act.weight.item()
+    want = torch.empty_like(x)
+    for b, n in enumerate(frames):
+        z = x[b, :, :, :n].sum(dim=(1, 2)) / (3 * n)
+        h = gate.fc1.weight @ z + gate.fc1.bias
+        h = torch.where(h > 0, h, a * h)
+        s = torch.sigmoid(gate.fc2.weight @ h + gate.fc2.bias)
+        want[b] = x[b] * s[:, None, None] + x[b]
+    with torch.no_grad():
+        torch.testing.assert_close(gate(x, mask), want)
+
+
+def test_gate_initialisation_is_the_codes():
+    gate = SpatialGate(512, hidden=16)
+    w = torch.cat([gate.conv1.weight.flatten(), gate.conv2.weight.flatten()])
+    assert abs(w.std().item() - 1e-3) < 1e-4
+    assert gate.conv1.bias.abs().max() == 0 and gate.conv2.bias.abs().max() == 0
+    with torch.no_grad():
+        m = gate.attention(torch.randn(1, 512, 2, 3))
+    # sigmoid of nearly zero logits: the gate starts as x * 1.5
+    assert (m - 0.5).abs().max() < 1e-3
+    assert isinstance(SpatialGate(8, activation="prelu").act, torch.nn.PReLU)
+
+
+# ---------------------------------------------------- lengths and padding
+
+
+def _pad_batch(items, fill):
+    """Stack ``[1, C, F, t]`` items, padding time with ``fill``."""
+    t = max(x.shape[-1] for x in items)
+    shape = (len(items), *items[0].shape[1:-1], t)
+    batch = torch.full(shape, fill, dtype=items[0].dtype)
+    for i, x in enumerate(items):
+        batch[i, ..., : x.shape[-1]] = x[0]
+    lens = torch.tensor([x.shape[-1] / t for x in items], dtype=x.dtype)
+    return batch, lens
+
+
+@pytest.mark.parametrize(
+    "depth, pooling, gate",
+    [
+        (50, "avg", "spatial"),
+        (50, "avg", "se"),
+        (50, "max", "none"),
+        (50, "asp", "spatial"),
+        (50, "asp", "se"),
+        (18, "avg", "spatial"),
+        (34, "asp", "none"),
+    ],
+)
+def test_padded_batch_equals_files_one_by_one(depth, pooling, gate):
+    model = SEResNet(
+        depth=depth,
+        base_width=8,
+        emb_dim=16,
+        pooling=pooling,
+        gate=gate,
+        gate_stages=(2, 3, 4, 5),
+        gate_init_std=0.3,  # make the gates matter
+        asp_attention_channels=8,
+    )
+    model = model.double().eval()
+    items = [torch.randn(1, 3, 40, t, dtype=torch.float64) for t in (97, 60)]
+    items += [torch.randn(1, 3, 40, t, dtype=torch.float64) for t in (33, 5)]
+    batch, lens = _pad_batch(items, fill=7.0)  # padding need not be zero
+    with torch.no_grad():
+        one_by_one = torch.cat([model(x) for x in items])
+        padded = model(batch, lens)
+        unmasked = model(batch)
+    assert padded.shape == (4, 1, 16)
+    assert (padded - one_by_one).abs().max() < 1e-5
+    # the masks matter: without lengths the short items change a lot
+    assert (unmasked[1:] - one_by_one[1:]).abs().max() > 1e-2
+
+
+def test_full_lengths_equal_no_lengths():
+    model = SEResNet(depth=18, base_width=4, emb_dim=4).eval()
+    x = torch.randn(3, 3, 20, 30)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, torch.ones(3)), model(x))
+
+
+def test_pooling_modules_match_plain_computation():
+    x = torch.randn(2, 3, 4, 6, dtype=torch.float64)
+    frames = torch.tensor([6, 2])
+    avg = GlobalAvgPool()(x, frames)
+    mx = GlobalMaxPool()(x, frames)
+    for b, n in enumerate(frames.tolist()):
+        torch.testing.assert_close(avg[b], x[b, :, :, :n].mean(dim=(1, 2)))
+        torch.testing.assert_close(mx[b], x[b, :, :, :n].amax(dim=(1, 2)))
+    asp = FreqMeanAttentiveStatsPool(3, attention_channels=4).double().eval()
+    with torch.no_grad():
+        out = asp(x, frames)
+        alone = asp(x[1:, :, :, :2])
+    torch.testing.assert_close(out[1:], alone)
+    assert out.shape == (2, 6)
+
+
+# ------------------------------------------------------- training and misc
+
+
+def test_training_step_reaches_every_parameter():
+    model = SEResNet(depth=18, base_width=4, emb_dim=8, pooling="asp")
+    clf = LinearClassifier(8, 3)
+    model.train()
+    x = torch.randn(4, 50, 24)
+    logits = clf(model(x, torch.tensor([1.0, 0.8, 1.0, 0.5])))
+    assert logits.shape == (4, 1, 3)
+    loss = torch.nn.functional.cross_entropy(
+        logits.squeeze(1), torch.tensor([0, 1, 2, 0])
+    )
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert no_grad == []
+
+
+def test_linear_classifier_is_a_plain_linear_layer():
+    clf = LinearClassifier(4, 3)
+    x = torch.randn(5, 1, 4)
+    want = x[:, 0] @ clf.out.weight.T + clf.out.bias
+    torch.testing.assert_close(clf(x)[:, 0], want)
+    torch.testing.assert_close(clf(x[:, 0]), want)
+    assert LinearClassifier(4, 3, bias=False).out.bias is None
+    with pytest.raises(ValueError, match="B, D"):
+        clf(torch.randn(4))
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="depth"):
+        SEResNet(depth=42)
+    with pytest.raises(ValueError, match="gate_stages"):
+        SEResNet(depth=18, gate_stages=(1, 2))
+    with pytest.raises(ValueError, match="gate"):
+        SEResNet(depth=18, gate="cbam")
+    with pytest.raises(ValueError, match="pooling"):
+        SEResNet(depth=18, pooling="median")
+    with pytest.raises(ValueError, match="last_activation"):
+        SEResNet(depth=18, last_activation="gelu")
+    with pytest.raises(ValueError, match="activation"):
+        SEResNet(depth=18, gate_activation="tanh")
+    model = SEResNet(depth=18, base_width=4, emb_dim=4)
+    with pytest.raises(ValueError, match="channels"):
+        model(torch.randn(1, 2, 20, 30))
+    with pytest.raises(ValueError, match=r"\[B, T, F\]"):
+        model(torch.randn(20, 30))
+    with pytest.raises(ValueError, match="lengths"):
+        model(torch.randn(2, 30, 20), torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match="lengths"):
+        model(torch.randn(2, 30, 20), torch.tensor([1.0]))
