@@ -268,11 +268,13 @@ def make_rir_csv(folder, csv_path, sample_rate=16000, audio_folder=None):
     -------
     >>> import tempfile, numpy as np
     >>> d = tempfile.mkdtemp()
-    >>> sf.write(os.path.join(d, "r.wav"), np.r_[1.0, np.zeros(99)], 8000)
+    >>> rir = np.zeros((160, 2))  # stereo: down-mixed into rir_audio/
+    >>> rir[0] = 1.0
+    >>> sf.write(os.path.join(d, "r.wav"), rir, 16000)
     >>> p = make_rir_csv(d, os.path.join(d, "rir.csv"))
     >>> row = open(p).read().splitlines()[1].split(",")
-    >>> row[1], row[3]  # resampled to 16 kHz in rir_audio/
-    ('0.0125', 'wav')
+    >>> row[1], os.path.basename(os.path.dirname(row[2]))
+    ('0.0100', 'rir_audio')
     """
     return _folder_csv(folder, csv_path, sample_rate, None, audio_folder)
 

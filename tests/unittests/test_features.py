@@ -1,0 +1,198 @@
+"""Tests for dampit.lobes.features against librosa, scipy and closed forms."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from dampit.dataio.audio import load_audio
+from dampit.lobes.features import CropNormalization, Spectrogram, to_image
+
+
+@pytest.fixture(scope="module")
+def real_wavs(shared_data):
+    """Three real dspspeech utterances of different lengths and speakers."""
+    root = shared_data / "dspspeech"
+    with open(root / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    picks = [rows[0], rows[len(rows) // 2], rows[-1]]
+    return [load_audio(root / r["path"]) for r in picks]
+
+
+def _librosa_spec(wav, pad_mode="constant"):
+    librosa = pytest.importorskip("librosa")
+    spec = librosa.stft(
+        wav.numpy(),
+        n_fft=320,
+        hop_length=160,
+        win_length=320,
+        window="hamming",
+        center=True,
+        pad_mode=pad_mode,
+    )
+    return np.log1p(np.abs(spec)).T
+
+
+def test_window_matches_scipy_periodic_hamming():
+    from scipy.signal import get_window
+
+    ref = get_window("hamming", 320, fftbins=True)
+    got = Spectrogram().window.double().numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    # ... and not the symmetric one (different by ~1e-2 at the edges)
+    sym = get_window("hamming", 320, fftbins=False)
+    assert np.abs(got - sym).max() > 1e-4
+
+
+def test_matches_librosa_on_real_speech(real_wavs):
+    spec = Spectrogram()
+    for wav in real_wavs:
+        ref = _librosa_spec(wav)
+        got = spec(wav)[0].numpy()
+        assert got.shape == ref.shape == (1 + wav.numel() // 160, 161)
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
+def test_batched_matches_librosa_per_utterance(real_wavs):
+    """A zero-padded batch gives each utterance's own frames (away from
+    the padding)."""
+    n = max(w.numel() for w in real_wavs)
+    batch = torch.zeros(len(real_wavs), n)
+    for i, w in enumerate(real_wavs):
+        batch[i, : w.numel()] = w
+    feats = Spectrogram()(batch)
+    assert feats.shape == (3, 1 + n // 160, 161)
+    for i, w in enumerate(real_wavs):
+        ref = _librosa_spec(w)
+        # the last frame of an utterance sees zeros in both cases
+        t = ref.shape[0]
+        np.testing.assert_allclose(feats[i, :t].numpy(), ref, atol=1e-4)
+
+
+def test_reflect_padding_only_changes_edge_frames(real_wavs):
+    wav = real_wavs[0]
+    const = Spectrogram()(wav)[0]
+    refl = Spectrogram(pad_mode="reflect")(wav)[0]
+    diff = (const - refl).abs().amax(dim=1)
+    assert diff[1:-1].max() < 1e-6
+    assert max(diff[0], diff[-1]) > 1e-3
+    np.testing.assert_allclose(
+        refl.numpy(), _librosa_spec(wav, "reflect"), atol=1e-4
+    )
+
+
+def test_sinusoid_closed_form():
+    """A cosine at the centre of bin k has |X_k| = A * sum(window) / 2."""
+    sr, k, amp = 16000, 20, 0.3  # bin 20 = 1000 Hz (50 Hz per bin)
+    t = torch.arange(sr, dtype=torch.float64) / sr
+    wav = (amp * torch.cos(2 * np.pi * k * 50 * t)).float()
+    mag = Spectrogram(log1p=False)(wav)[0]
+    win_sum = torch.hamming_window(320, periodic=True).sum().item()
+    interior = mag[5:-5]
+    np.testing.assert_allclose(
+        interior[:, k].numpy(), amp * win_sum / 2, rtol=1e-4
+    )
+    # the Hamming sidelobes are more than 40 dB down four bins away
+    assert interior[:, k + 4 :].max() < 1e-2 * interior[:, k].min()
+    logged = Spectrogram()(wav)[0]
+    np.testing.assert_allclose(logged, torch.log1p(mag), atol=1e-6)
+
+
+def test_shapes_and_errors():
+    spec = Spectrogram()
+    assert spec(torch.zeros(3, 48000)).shape == (3, 301, 161)
+    assert spec(torch.zeros(47840)).shape == (1, 300, 161)
+    assert Spectrogram(n_fft=512, win_length=400).n_bins == 257
+    with pytest.raises(ValueError, match="window"):
+        Spectrogram(window="kaiser")
+    with pytest.raises(ValueError, match="pad_mode"):
+        Spectrogram(pad_mode="edge")
+    with pytest.raises(ValueError, match=r"\[B, N\]"):
+        spec(torch.zeros(2, 1, 1600))
+    assert "window" not in spec.state_dict()
+
+
+def test_autocast_keeps_float32():
+    wav = torch.randn(2, 8000)
+    ref = Spectrogram()(wav)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = Spectrogram()(wav)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref)
+
+
+def _norm_reference(x, lengths, mode, floor):
+    """Plain loops over utterances (and bins)."""
+    out = np.empty_like(x)
+    B, T, F = x.shape
+    for b in range(B):
+        n = int(round(lengths[b] * T))
+        valid = x[b, :n].astype(np.float64)
+        if mode == "scalar":
+            mean, std = valid.mean(), valid.std()
+            out[b] = (x[b] - mean) / max(std, floor)
+        else:
+            for f in range(F):
+                mean, std = valid[:, f].mean(), valid[:, f].std()
+                out[b, :, f] = (x[b, :, f] - mean) / max(std, floor)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["scalar", "freq"])
+def test_crop_normalization_matches_loops(mode):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 40, 7, generator=g) * 2.5 + 4.0
+    x[2, 20:] = 100.0  # padding must not enter the statistics
+    lengths = torch.tensor([1.0, 0.75, 0.5])
+    got = CropNormalization(mode)(x, lengths).numpy()
+    ref = _norm_reference(x.numpy(), lengths.numpy(), mode, 1e-3)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    got_all = CropNormalization(mode)(x).numpy()
+    ref_all = _norm_reference(x.numpy(), np.ones(3), mode, 1e-3)
+    np.testing.assert_allclose(got_all, ref_all, atol=1e-4)
+
+
+def test_crop_normalization_floor_and_none():
+    const = torch.full((1, 10, 4), 3.0)
+    assert CropNormalization("scalar")(const).abs().max() == 0
+    tiny = torch.zeros(1, 10, 4)
+    tiny[0, ::2] = 1e-5  # std 5e-6, floored at 1e-3
+    out = CropNormalization("scalar", std_floor=1e-3)(tiny)
+    np.testing.assert_allclose(out[0, 0, 0], (1e-5 - 5e-6) / 1e-3, rtol=1e-4)
+    x = torch.randn(2, 5, 3)
+    assert CropNormalization("none")(x) is x
+    with pytest.raises(ValueError, match="mode"):
+        CropNormalization("global")
+    with pytest.raises(ValueError, match="lengths"):
+        CropNormalization()(x, torch.ones(3))
+
+
+def test_to_image():
+    feats = torch.randn(2, 30, 161)
+    img = to_image(feats)
+    assert img.shape == (2, 3, 161, 30)
+    for c in range(3):
+        assert torch.equal(img[:, c], feats.transpose(1, 2))
+    assert to_image(feats, n_channels=1).shape == (2, 1, 161, 30)
+    with pytest.raises(ValueError):
+        to_image(torch.randn(30, 161))
+
+
+def test_fbank_swaps_in_from_yaml():
+    """The YAML in the module docstring: SpeechBrain's Fbank + our norm."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    hp = load_hyperpyyaml(
+        """
+compute_features: !new:speechbrain.lobes.features.Fbank
+    n_mels: 80
+    sample_rate: 16000
+mean_var_norm: !new:dampit.lobes.features.CropNormalization
+    mode: freq
+"""
+    )
+    feats = hp["compute_features"](torch.randn(2, 16000))
+    out = hp["mean_var_norm"](feats, torch.tensor([1.0, 0.5]))
+    assert out.shape == feats.shape == (2, 101, 80)
+    assert out[0].mean(0).abs().max() < 1e-4
