@@ -90,7 +90,8 @@ def cohort_statistics(
             blk = np.partition(blk, m - k, axis=1)[:, m - k :]
         mean[s : s + step] = blk.mean(axis=1)
         std[s : s + step] = blk.std(axis=1, ddof=ddof)
-    bad = ~(std > 0)
+    # Equal scores give a zero (or rounding-noise) deviation.
+    bad = ~(std > 1e-12 * np.maximum(np.abs(mean), 1.0))
     if bad.any():
         i = int(rows[np.flatnonzero(bad)[0]])
         name = vectors.ids[i] if vectors.ids is not None else f"row {i}"

@@ -392,6 +392,21 @@ class ScoringVectors:
             return cls(vec, 2.0, offset=offset, method=method, ids=ids)
         return cls(vec, method=method, ids=ids)
 
+    def _check_compatible(self, other):
+        """Both tables must implement the same score."""
+        if (
+            other.method != self.method
+            or other.weight != self.weight
+            or other.dim != self.dim
+            or (other.scale is None) != (self.scale is None)
+            or (other.offset is None) != (self.offset is None)
+        ):
+            raise ValueError(
+                f"the two tables were built for other methods or sizes: "
+                f"{self.method} (D={self.dim}) vs {other.method} "
+                f"(D={other.dim})"
+            )
+
     def _rows(self, idx):
         """Gather rows (float64), their scale and offset."""
         v = np.asarray(self.vectors[idx], dtype=np.float64)
@@ -429,8 +444,7 @@ class ScoringVectors:
         [11.0, 25.0]
         """
         other = self if other is None else other
-        if other.weight != self.weight or other.dim != self.dim:
-            raise ValueError("the two tables were built for other methods")
+        self._check_compatible(other)
         ie = np.asarray(enrol_idx, dtype=np.int64).reshape(-1)
         it = np.asarray(test_idx, dtype=np.int64).reshape(-1)
         if ie.shape != it.shape:
@@ -486,8 +500,7 @@ class ScoringVectors:
         >>> a.score_block([0], b).tolist()
         [[2.0, 0.0]]
         """
-        if other.weight != self.weight or other.dim != self.dim:
-            raise ValueError("the two tables were built for other methods")
+        self._check_compatible(other)
         a, sa, oa = self._rows(np.asarray(rows, dtype=np.int64))
         b = np.asarray(other.vectors, dtype=np.float64)
         m = a @ b.T

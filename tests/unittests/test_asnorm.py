@@ -1,0 +1,146 @@
+"""Tests for AS-norm: against a plain per-trial loop written here, and
+against SpeechBrain's recipe computation (torch.topk + torch.std)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dampit.metrics.asnorm import as_norm, cohort_statistics
+from dampit.metrics.embedding_store import save_embeddings
+from dampit.metrics.multicrop import ScoringVectors, score_trials
+
+
+def crop_pair_mean(a, b, method):
+    """Mean crop-pair score by a plain loop over the pairs."""
+    total = 0.0
+    for x in a:
+        for y in b:
+            if method == "cosine":
+                total += float(x @ y) / math.sqrt(float(x @ x) * float(y @ y))
+            else:  # sqeuclidean
+                total -= float((x - y) @ (x - y))
+    return total / (len(a) * len(b))
+
+
+def loop_asnorm(crops, cohort, trials, method, top_k, mode="s-norm"):
+    """AS-norm1 of Matejka et al. 2017, trial by trial."""
+    out = []
+    for e, t in trials:
+        s = crop_pair_mean(crops[e], crops[t], method)
+
+        def stats(u):
+            c = sorted(
+                (crop_pair_mean(crops[u], m, method) for m in cohort),
+                reverse=True,
+            )[:top_k]
+            mu = sum(c) / len(c)
+            var = sum((v - mu) ** 2 for v in c) / (len(c) - 1)
+            return mu, math.sqrt(var)
+
+        me, se = stats(e)
+        mt, st = stats(t)
+        if mode == "z-norm":
+            out.append((s - me) / se)
+        elif mode == "t-norm":
+            out.append((s - mt) / st)
+        else:
+            out.append(0.5 * ((s - me) / se + (s - mt) / st))
+    return out
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    crops = rng.normal(0.2, 1.0, size=(7, 4, 8))
+    cohort = rng.normal(0.2, 1.0, size=(15, 4, 8))
+    trials = [tuple(int(v) for v in rng.integers(0, 7, 2)) for _ in range(12)]
+    return crops, cohort, trials
+
+
+@pytest.mark.parametrize("method", ["cosine", "sqeuclidean"])
+@pytest.mark.parametrize("top_k", [5, 15, None])
+@pytest.mark.parametrize("mode", ["s-norm", "z-norm", "t-norm"])
+def test_as_norm_equals_plain_loop(data, method, top_k, mode):
+    crops, cohort, trials = data
+    ref = loop_asnorm(crops, cohort, trials, method, top_k or 15, mode)
+    sv = ScoringVectors.from_embeddings(crops, method)
+    co = ScoringVectors.from_embeddings(cohort, method)
+    ie, it = np.array(trials).T
+    raw = sv.score_pairs(ie, it)
+    got = as_norm(raw, ie, it, sv, co, top_k=top_k, mode=mode, chunk_size=2)
+    np.testing.assert_allclose(got, ref, rtol=1e-10)
+
+
+def test_as_norm_equals_speechbrain_recipe_computation():
+    # speechbrain recipes/VoxCeleb/SpeakerRec/speaker_verification_cosine.py:
+    # cosine scores against the cohort, torch.topk, mean, torch.std, s-norm.
+    g = torch.Generator().manual_seed(0)
+    enrol = torch.randn(6, 1, 32, generator=g)
+    test = torch.randn(6, 1, 32, generator=g)
+    train_cohort = torch.randn(50, 1, 32, generator=g)
+    sim = torch.nn.CosineSimilarity(dim=-1, eps=1e-6)
+    k = 20
+    ref = []
+    for i in range(6):
+        e, t = enrol[i : i + 1], test[i : i + 1]
+        score = sim(e, t)[0]
+        s_e = torch.topk(sim(e.repeat(50, 1, 1), train_cohort), k, dim=0)[0]
+        s_t = torch.topk(sim(t.repeat(50, 1, 1), train_cohort), k, dim=0)[0]
+        z = (score - s_e.mean(0)) / s_e.std(0)
+        tn = (score - s_t.mean(0)) / s_t.std(0)
+        ref.append(float(0.5 * (z + tn)))
+    emb = torch.cat([enrol, test])  # [12, 1, 32]
+    sv = ScoringVectors.from_embeddings(emb, "cosine")
+    co = ScoringVectors.from_embeddings(train_cohort, "cosine")
+    ie, it = np.arange(6), np.arange(6, 12)
+    got = as_norm(sv.score_pairs(ie, it), ie, it, sv, co, top_k=k)
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+
+def test_cohort_statistics_hand_case():
+    sv = ScoringVectors.from_embeddings([[1.0, 0.0]], "dot")
+    co = ScoringVectors.from_embeddings([[1.0, 0], [3.0, 0], [-9.0, 0]], "dot")
+    mu, sd = cohort_statistics(sv, [0], co, top_k=2)  # top 2 of {1, 3, -9}
+    assert mu.tolist() == [2.0] and sd[0] == pytest.approx(math.sqrt(2))
+    mu, sd = cohort_statistics(sv, [0], co, top_k=2, ddof=0)
+    assert sd[0] == pytest.approx(1.0)
+
+
+def test_score_trials_with_cohort(tmp_path, data):
+    crops, cohort, trials = data
+    ids = [f"u{i}" for i in range(len(crops))]
+    store = save_embeddings(tmp_path, crops, ids)
+    tri = [(1, ids[e], ids[t]) for e, t in trials]
+    got, _, _, _ = score_trials(
+        store, tri, method="cosine", cohort=cohort, top_k=5
+    )
+    ref = loop_asnorm(crops, cohort, trials, "cosine", 5)
+    np.testing.assert_allclose(got, ref, rtol=1e-5)  # float32 store
+    with pytest.raises(ValueError, match="closed-form"):
+        score_trials(store, tri, method="euclidean", cohort=cohort)
+
+
+def test_as_norm_errors(data):
+    crops, cohort, trials = data
+    sv = ScoringVectors.from_embeddings(crops, "cosine")
+    co = ScoringVectors.from_embeddings(cohort, "cosine")
+    with pytest.raises(ValueError, match="top_k=1"):
+        as_norm([0.1], [0], [1], sv, co, top_k=1)
+    with pytest.raises(ValueError, match="mode"):
+        as_norm([0.1], [0], [1], sv, co, mode="as-norm2")
+    with pytest.raises(ValueError, match="2 scores, 1 enrol"):
+        as_norm([0.1, 0.2], [0], [1], sv, co)
+    flat = ScoringVectors.from_embeddings(np.ones((3, 8)), "cosine")
+    with pytest.raises(ValueError, match="standard deviation 0"):
+        as_norm(
+            [0.1],
+            [0],
+            [1],
+            sv.__class__.from_embeddings(np.ones((2, 8)), "cosine"),
+            flat,
+        )
+    sq = ScoringVectors.from_embeddings(cohort, "sqeuclidean")
+    with pytest.raises(ValueError, match="other methods.*cosine.*sqeuclidean"):
+        as_norm([0.1], [0], [1], sv, sq)
