@@ -113,6 +113,7 @@ def as_norm(
     ddof=1,
     chunk_size=None,
     progress=False,
+    method=None,
 ):
     """AS-normalise trial scores with a cohort.
 
@@ -124,10 +125,13 @@ def as_norm(
         [T] rows of the enrolment utterances in ``vectors``.
     test_idx : array-like of int
         [T] rows of the test utterances.
-    vectors : dampit.metrics.multicrop.ScoringVectors
-        The utterances.
-    cohort : dampit.metrics.multicrop.ScoringVectors
-        The cohort, built with the same scoring method.
+    vectors : ScoringVectors, CropStats, array or tensor
+        The utterances (``enrol_idx`` and ``test_idx`` index its rows):
+        ``dampit.metrics.multicrop.ScoringVectors`` or anything
+        ``multicrop.as_scoring_vectors`` takes ([U, D] embeddings,
+        [U, n_crops, D] crop embeddings or their statistics).
+    cohort : ScoringVectors, CropStats, array or tensor
+        The cohort ([M, D] embeddings, say), scored the same way.
     top_k : int or None
         Cohort scores kept per utterance (None: all, i.e. S-norm).
     mode : str
@@ -139,6 +143,9 @@ def as_norm(
         Utterances per cohort block.
     progress : bool
         Show a tqdm bar.
+    method : str, optional
+        Scoring method for raw embeddings: that of ``vectors`` when they
+        are ScoringVectors, else ``"cosine"``.
 
     Returns
     -------
@@ -150,12 +157,23 @@ def as_norm(
     >>> import numpy as np
     >>> from dampit.metrics.multicrop import ScoringVectors
     >>> rng = np.random.default_rng(0)
-    >>> sv = ScoringVectors.from_embeddings(rng.normal(size=(4, 8)), "cosine")
-    >>> co = ScoringVectors.from_embeddings(rng.normal(size=(20, 8)), "cosine")
+    >>> emb, cohort = rng.normal(size=(4, 8)), rng.normal(size=(20, 8))
+    >>> sv = ScoringVectors.from_embeddings(emb, "cosine")
     >>> raw = sv.score_pairs([0, 1], [2, 3])
-    >>> as_norm(raw, [0, 1], [2, 3], sv, co, top_k=5).shape
+    >>> as_norm(raw, [0, 1], [2, 3], sv, cohort, top_k=5).shape
+    (2,)
+    >>> as_norm(raw, [0, 1], [2, 3], emb, cohort, top_k=5).shape  # cosine
     (2,)
     """
+    from dampit.metrics.multicrop import ScoringVectors, as_scoring_vectors
+
+    if method is None:
+        if isinstance(vectors, ScoringVectors) and vectors.method:
+            method = vectors.method
+        else:
+            method = "cosine"
+    vectors = as_scoring_vectors(vectors, method)
+    cohort = as_scoring_vectors(cohort, method)
     if mode not in ("s-norm", "z-norm", "t-norm"):
         raise ValueError(
             f"mode must be 's-norm', 'z-norm' or 't-norm', got {mode!r}"

@@ -212,18 +212,19 @@ class EmbeddingStoreWriter:
         return False
 
 
-def save_embeddings(folder, embeddings, ids=None):
+def save_embeddings(folder, ids, embeddings=None):
     """Write a whole store at once.
 
     Arguments
     ---------
     folder : str or os.PathLike
         The store folder.
-    embeddings : dict or array-like
-        ``{utt_id: [D] or [n_crops, D]}``, or an array / tensor
-        ``[U, D]`` or ``[U, n_crops, D]`` together with ``ids``.
-    ids : sequence of str, optional
-        Row IDs when ``embeddings`` is an array.
+    ids : sequence of str or dict
+        Row IDs, or a dict ``{utt_id: [D] or [n_crops, D]}`` (then
+        ``embeddings`` is not given).
+    embeddings : array-like or torch.Tensor, optional
+        ``[U, D]``, SpeechBrain's ``[U, 1, D]`` or ``[U, n_crops, D]``,
+        one row per ID.
 
     Returns
     -------
@@ -236,38 +237,43 @@ def save_embeddings(folder, embeddings, ids=None):
     >>> store = save_embeddings(tempfile.mkdtemp(), {"a": [1.0, 2.0]})
     >>> store.ids, store.dim
     (['a'], 2)
+    >>> store = save_embeddings(tempfile.mkdtemp(), ["a", "b"], [[1.0], [2.0]])
+    >>> store.embeddings.tolist()
+    [[1.0], [2.0]]
     """
-    if isinstance(embeddings, dict):
-        if ids is not None:
-            raise ValueError("give ids only with an array, not with a dict")
-        ids = list(embeddings)
+    if isinstance(ids, dict):
+        if embeddings is not None:
+            raise ValueError("give embeddings either as a dict or as an array")
+        emb_dict = ids
+        ids = list(emb_dict)
         if not ids:
             raise ValueError("no embeddings to save")
-        first = _as_array(embeddings[ids[0]])
+        first = _as_array(emb_dict[ids[0]])
         if first.ndim == 2 and first.shape[0] == 1:
             first = first[0]
         writer = EmbeddingStoreWriter(folder, len(ids), first.shape)
         with writer:
             for u in ids:
-                writer.add(u, embeddings[u])
-    else:
-        arr = _as_array(embeddings)
-        if ids is None:
-            raise ValueError("ids are needed when embeddings is an array")
-        ids = list(ids)
-        if arr.ndim not in (2, 3) or arr.shape[0] != len(ids):
-            raise ValueError(
-                f"embeddings must be [U, D] or [U, n_crops, D] with U = "
-                f"{len(ids)} ids, got shape {arr.shape}"
-            )
-        dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else None
-        writer = EmbeddingStoreWriter(
-            folder, len(ids), arr.shape[1:], dtype=dtype or np.float32
+                writer.add(u, emb_dict[u])
+        return EmbeddingStore(folder)
+    if embeddings is None:
+        raise ValueError("embeddings are needed when ids is not a dict")
+    if isinstance(ids, str):
+        raise ValueError("ids must be a sequence of IDs, not one string")
+    arr = _as_array(embeddings)
+    ids = list(ids)
+    if arr.ndim == 3 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim not in (2, 3) or arr.shape[0] != len(ids):
+        raise ValueError(
+            f"embeddings must be [U, D] or [U, n_crops, D] with U = "
+            f"{len(ids)} ids, got shape {arr.shape}"
         )
-        with writer:
-            step = max(1, 2**24 // max(1, arr[0].size))
-            for s in range(0, len(ids), step):
-                writer.add_batch(ids[s : s + step], arr[s : s + step])
+    dtype = np.float64 if arr.dtype == np.float64 else np.float32
+    with EmbeddingStoreWriter(folder, len(ids), arr.shape[1:], dtype) as w:
+        step = max(1, 2**24 // max(1, arr[0].size))
+        for s in range(0, len(ids), step):
+            w.add_batch(ids[s : s + step], arr[s : s + step])
     return EmbeddingStore(folder)
 
 
@@ -294,7 +300,7 @@ class EmbeddingStore:
     -------
     >>> import tempfile, numpy as np
     >>> d = tempfile.mkdtemp()
-    >>> _ = save_embeddings(d, np.ones((2, 10, 4)), ids=["u1", "u2"])
+    >>> _ = save_embeddings(d, ["u1", "u2"], np.ones((2, 10, 4)))
     >>> store = EmbeddingStore(d)
     >>> len(store), store.n_crops, store.dim, store["u2"].shape
     (2, 10, 4, (10, 4))

@@ -58,10 +58,13 @@ __all__ = [
     "METHODS",
     "CropStats",
     "ScoringVectors",
+    "as_scoring_vectors",
+    "cosine_scores",
     "crop_statistics",
     "explicit_pair_scores",
     "read_scores",
     "score_from_stats",
+    "score_trial_list",
     "score_trials",
     "write_scores",
 ]
@@ -392,6 +395,39 @@ class ScoringVectors:
             return cls(vec, 2.0, offset=offset, method=method, ids=ids)
         return cls(vec, method=method, ids=ids)
 
+    @classmethod
+    def from_stats(cls, stats, method="sqeuclidean"):
+        """Scoring vectors of precomputed crop statistics.
+
+        Arguments
+        ---------
+        stats : CropStats
+            From :func:`crop_statistics` ([U, D] vectors).
+        method : str
+            ``"sqeuclidean"``, ``"dot"`` or ``"cosine"``.
+
+        Returns
+        -------
+        ScoringVectors
+
+        Example
+        -------
+        >>> st = crop_statistics([[[1.0, 0.0], [0.0, 1.0]]])
+        >>> ScoringVectors.from_stats(st, "sqeuclidean").offset.tolist()
+        [-1.0]
+        """
+        _check_method(method)
+        vec = stats.norm_mean if method == "cosine" else stats.mean
+        if vec is None or np.ndim(vec) != 2:
+            raise ValueError(
+                "from_stats needs the [U, D] statistics of several "
+                "utterances, with norm_mean for 'cosine'"
+            )
+        if method == "sqeuclidean":
+            off = -np.asarray(stats.sq_norm, dtype=np.float64)
+            return cls(vec, 2.0, offset=off, method=method)
+        return cls(vec, method=method)
+
     def _check_compatible(self, other):
         """Both tables must implement the same score."""
         if (
@@ -584,7 +620,119 @@ def explicit_pair_scores(
     return out
 
 
+def as_scoring_vectors(source, method="sqeuclidean", **kwargs):
+    """Turn embeddings, crop statistics or a store into ScoringVectors.
+
+    Arguments
+    ---------
+    source : ScoringVectors, CropStats, EmbeddingStore, array or tensor
+        ``[U, D]`` embeddings, ``[U, n_crops, D]`` crop embeddings, their
+        :func:`crop_statistics`, a store, or ready ScoringVectors (returned
+        as they are; their method must be ``method``).
+    method : str
+        ``"sqeuclidean"``, ``"dot"`` or ``"cosine"``.
+    **kwargs
+        Passed to :meth:`ScoringVectors.from_embeddings`.
+
+    Returns
+    -------
+    ScoringVectors
+
+    Example
+    -------
+    >>> st = crop_statistics([[[1.0, 0.0], [0.0, 1.0]]])
+    >>> as_scoring_vectors(st, "dot").vectors.tolist()
+    [[0.5, 0.5]]
+    """
+    _check_method(method)
+    if isinstance(source, ScoringVectors):
+        if source.method is not None and source.method != method:
+            raise ValueError(
+                f"scoring vectors were built for {source.method!r}, not "
+                f"{method!r}"
+            )
+        return source
+    if isinstance(source, CropStats):
+        return ScoringVectors.from_stats(source, method)
+    return ScoringVectors.from_embeddings(source, method, **kwargs)
+
+
 def score_trials(
+    source,
+    enrol_idx,
+    test_idx,
+    method="sqeuclidean",
+    chunk_size=None,
+    progress=False,
+):
+    """Scores of trials given as row indices, in closed form.
+
+    Arguments
+    ---------
+    source : CropStats, array, tensor, EmbeddingStore or ScoringVectors
+        The utterances: ``[U, n_crops, D]`` crop embeddings or their
+        :func:`crop_statistics` (mean over the crop pairs), or ``[U, D]``
+        whole-utterance embeddings.
+    enrol_idx : array-like of int
+        [T] rows of the enrolment utterances.
+    test_idx : array-like of int
+        [T] rows of the test utterances.
+    method : str
+        ``"sqeuclidean"`` (default), ``"dot"`` or ``"cosine"``.
+    chunk_size : int, optional
+        Trials per chunk (bounded memory).
+    progress : bool
+        Show a tqdm bar.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 [T].
+
+    Example
+    -------
+    >>> crops = [[[1.0, 0.0], [0.0, 1.0]], [[2.0, 2.0], [0.0, 2.0]]]
+    >>> stats = crop_statistics(crops)
+    >>> score_trials(stats, [0], [1], "dot").tolist()  # (.5,.5).(1,2)
+    [1.5]
+    """
+    sv = as_scoring_vectors(source, method)
+    return sv.score_pairs(
+        enrol_idx, test_idx, chunk_size=chunk_size, progress=progress
+    )
+
+
+def cosine_scores(embeddings, enrol_idx, test_idx, chunk_size=None):
+    """Full-utterance cosine scores of trials given as row indices.
+
+    Arguments
+    ---------
+    embeddings : array-like, torch.Tensor or EmbeddingStore
+        [U, D] (or SpeechBrain's [U, 1, D]) whole-utterance embeddings.
+    enrol_idx : array-like of int
+        [T] enrolment rows.
+    test_idx : array-like of int
+        [T] test rows.
+    chunk_size : int, optional
+        Trials per chunk.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 [T] cosine similarities.
+
+    Example
+    -------
+    >>> cosine_scores([[3.0, 4.0], [0.0, 1.0]], [0], [1]).round(6).tolist()
+    [0.8]
+    """
+    sv = ScoringVectors.from_embeddings(embeddings, "cosine")
+    if sv.vectors.ndim != 2 or sv.scale is None:
+        raise ValueError("cosine_scores needs [U, D] embeddings")
+    return sv.score_pairs(enrol_idx, test_idx, chunk_size=chunk_size)
+
+
+def score_trial_list(
     store,
     trials,
     method="sqeuclidean",
@@ -636,10 +784,10 @@ def score_trials(
     >>> from dampit.metrics.embedding_store import save_embeddings
     >>> rng = np.random.default_rng(0)
     >>> store = save_embeddings(
-    ...     tempfile.mkdtemp(), rng.normal(size=(3, 10, 8)), ["a", "b", "c"]
+    ...     tempfile.mkdtemp(), ["a", "b", "c"], rng.normal(size=(3, 10, 8))
     ... )
     >>> trials = [(1, "a", "b"), (0, "a", "c")]
-    >>> scores, labels, _, _ = score_trials(store, trials)
+    >>> scores, labels, _, _ = score_trial_list(store, trials)
     >>> scores.shape, labels.tolist()
     ((2,), [1, 0])
     """
@@ -662,8 +810,6 @@ def score_trials(
     if cohort is not None:
         from dampit.metrics.asnorm import as_norm
 
-        if not isinstance(cohort, ScoringVectors):
-            cohort = ScoringVectors.from_embeddings(cohort, method)
         scores = as_norm(
             scores, ie, it, sv, cohort, top_k=top_k, progress=progress
         )

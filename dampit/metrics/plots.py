@@ -230,12 +230,18 @@ def _json_float(v):
 
 
 def write_report(
-    scores, labels, out_dir, name="scores", p_targets=(0.01, 0.05)
+    scores,
+    labels,
+    out_dir,
+    name="scores",
+    trial_ids=None,
+    p_targets=(0.01, 0.05),
 ):
-    """Metrics JSON, DET curve and score histogram of one evaluation.
+    """Metrics JSON, DET curve, score histogram (and score file) of a run.
 
-    Writes ``<out_dir>/<name>_metrics.json``, ``<name>_det.png`` and
-    ``<name>_hist.png`` (atomically).
+    Writes ``<out_dir>/<name>_metrics.json``, ``<name>_det.png``,
+    ``<name>_hist.png`` and, given ``trial_ids``, ``<name>_scores.txt``
+    (``enrol test label score`` a line), all atomically.
 
     Arguments
     ---------
@@ -247,6 +253,8 @@ def write_report(
         Output folder (created if needed).
     name : str
         File-name prefix.
+    trial_ids : sequence of (str, str), optional
+        ``(enrol_id, test_id)`` of every trial: write the score file.
     p_targets : sequence of float
         Priors for minDCF (default 0.01 and 0.05; c_miss = c_fa = 1).
 
@@ -255,18 +263,21 @@ def write_report(
     dict
         ``n_trials``, ``n_target``, ``n_nontarget``, ``eer`` and
         ``eer_threshold`` (SpeechBrain's definition), ``eer_interp``,
-        ``min_dcf@<p>`` and ``min_dcf@<p>_threshold`` for every prior
-        (normalised minDCF; thresholds: accept ``score > threshold``, null
-        for -inf), and the three file paths. Rates are fractions, not %.
+        ``min_dcf_<p>`` and ``min_dcf_<p>_threshold`` for every prior
+        (normalised minDCF, e.g. ``min_dcf_0.01``; thresholds: accept
+        ``score > threshold``, null for -inf), and the file paths. Rates
+        are fractions, not %.
 
     Example
     -------
     >>> import tempfile
     >>> r = write_report([0.9, 0.4, 0.5, 0.1], [1, 1, 0, 0], tempfile.mkdtemp())
-    >>> r["eer"], r["n_target"], r["min_dcf@0.01"]
+    >>> r["eer"], r["n_target"], r["min_dcf_0.01"]
     (0.5, 2, 0.5)
     """
     s, lab = validate_scores_labels(scores, labels)
+    if trial_ids is not None and len(trial_ids) != s.size:
+        raise ValueError(f"{len(trial_ids)} trial IDs for {s.size} scores")
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     eer, eer_thr = compute_eer(s, lab)
@@ -282,14 +293,25 @@ def write_report(
     }
     for pt in p_targets:
         dcf, t = compute_min_dcf(s, lab, p_target=pt)
-        report[f"min_dcf@{pt:g}"] = dcf
-        report[f"min_dcf@{pt:g}_threshold"] = _json_float(t)
+        report[f"min_dcf_{pt:g}"] = dcf
+        report[f"min_dcf_{pt:g}_threshold"] = _json_float(t)
     det = os.path.join(out_dir, f"{name}_det.png")
     hist = os.path.join(out_dir, f"{name}_hist.png")
     plot_det(s, lab, det, title=f"{name}: DET", p_targets=p_targets)
     plot_score_histogram(s, lab, hist, title=f"{name}: score histogram")
     report["det_png"] = det
     report["hist_png"] = hist
+    if trial_ids is not None:
+        from dampit.metrics.multicrop import write_scores
+
+        report["scores_txt"] = os.path.join(out_dir, f"{name}_scores.txt")
+        write_scores(
+            report["scores_txt"],
+            [t[0] for t in trial_ids],
+            [t[1] for t in trial_ids],
+            s,
+            lab.astype(np.int64),
+        )
     report["metrics_json"] = os.path.join(out_dir, f"{name}_metrics.json")
     atomic_write_text(report["metrics_json"], json.dumps(report, indent=2))
     return report

@@ -9,7 +9,12 @@ import torch
 
 from dampit.metrics.asnorm import as_norm, cohort_statistics
 from dampit.metrics.embedding_store import save_embeddings
-from dampit.metrics.multicrop import ScoringVectors, score_trials
+from dampit.metrics.multicrop import (
+    ScoringVectors,
+    crop_statistics,
+    score_trial_list,
+    score_trials,
+)
 
 
 def crop_pair_mean(a, b, method):
@@ -108,18 +113,18 @@ def test_cohort_statistics_hand_case():
     assert sd[0] == pytest.approx(1.0)
 
 
-def test_score_trials_with_cohort(tmp_path, data):
+def test_score_trial_list_with_cohort(tmp_path, data):
     crops, cohort, trials = data
     ids = [f"u{i}" for i in range(len(crops))]
-    store = save_embeddings(tmp_path, crops, ids)
+    store = save_embeddings(tmp_path, ids, crops)
     tri = [(1, ids[e], ids[t]) for e, t in trials]
-    got, _, _, _ = score_trials(
+    got, _, _, _ = score_trial_list(
         store, tri, method="cosine", cohort=cohort, top_k=5
     )
     ref = loop_asnorm(crops, cohort, trials, "cosine", 5)
     np.testing.assert_allclose(got, ref, rtol=1e-5)  # float32 store
     with pytest.raises(ValueError, match="closed-form"):
-        score_trials(store, tri, method="euclidean", cohort=cohort)
+        score_trial_list(store, tri, method="euclidean", cohort=cohort)
 
 
 def test_as_norm_errors(data):
@@ -133,14 +138,29 @@ def test_as_norm_errors(data):
     with pytest.raises(ValueError, match="2 scores, 1 enrol"):
         as_norm([0.1, 0.2], [0], [1], sv, co)
     flat = ScoringVectors.from_embeddings(np.ones((3, 8)), "cosine")
-    with pytest.raises(ValueError, match="standard deviation 0"):
-        as_norm(
-            [0.1],
-            [0],
-            [1],
-            sv.__class__.from_embeddings(np.ones((2, 8)), "cosine"),
-            flat,
-        )
+    two = ScoringVectors.from_embeddings(np.ones((2, 8)), "cosine")
+    with pytest.raises(ValueError, match=r"row 0: its top-3 .*\(standard deviation 0\)"):
+        as_norm([0.1], [0], [1], two, flat)
     sq = ScoringVectors.from_embeddings(cohort, "sqeuclidean")
-    with pytest.raises(ValueError, match="other methods.*cosine.*sqeuclidean"):
+    with pytest.raises(ValueError, match="built for .sqeuclidean., not .cos"):
         as_norm([0.1], [0], [1], sv, sq)
+    # Tables built by hand (no method name) are checked by their form.
+    bare = ScoringVectors(np.ones((3, 8)), weight=2.0)
+    with pytest.raises(ValueError, match="other methods or sizes"):
+        sv.score_block([0], bare)
+
+
+def test_as_norm_accepts_raw_embeddings_and_stats(data):
+    crops, cohort, trials = data
+    ie, it = np.array(trials).T
+    ref = loop_asnorm(crops, cohort, trials, "cosine", 5)
+    raw = score_trials(crops, ie, it, "cosine")
+    # Crop embeddings and the cohort's crop embeddings, cosine by default.
+    got = as_norm(raw, ie, it, crops, cohort, top_k=5)
+    np.testing.assert_allclose(got, ref, rtol=1e-10)
+    got = as_norm(raw, ie, it, crop_statistics(crops), cohort, top_k=5)
+    np.testing.assert_allclose(got, ref, rtol=1e-10)
+    ref_sq = loop_asnorm(crops, cohort, trials, "sqeuclidean", 5)
+    raw_sq = score_trials(crops, ie, it, "sqeuclidean")
+    got = as_norm(raw_sq, ie, it, crops, cohort, top_k=5, method="sqeuclidean")
+    np.testing.assert_allclose(got, ref_sq, rtol=1e-10)

@@ -19,10 +19,12 @@ from dampit.metrics.embedding_store import (
 )
 from dampit.metrics.multicrop import (
     ScoringVectors,
+    cosine_scores,
     crop_statistics,
     explicit_pair_scores,
     read_scores,
     score_from_stats,
+    score_trial_list,
     score_trials,
     write_scores,
 )
@@ -203,7 +205,7 @@ def test_store_single_vectors_and_speechbrain_shape(tmp_path):
 
 
 def test_writer_failure_keeps_old_store(tmp_path):
-    save_embeddings(tmp_path, np.ones((2, 3)), ids=["a", "b"])
+    save_embeddings(tmp_path, ["a", "b"], np.ones((2, 3)))
     w = EmbeddingStoreWriter(tmp_path, 3, (3,))
     w.add("x", np.zeros(3))
     with pytest.raises(ValueError, match="opened for 3 utterances but 1"):
@@ -235,7 +237,7 @@ def test_writer_errors(tmp_path):
 
 
 def test_store_inconsistent_files_are_reported(tmp_path):
-    save_embeddings(tmp_path, np.ones((2, 3)), ids=["a", "b"])
+    save_embeddings(tmp_path, ["a", "b"], np.ones((2, 3)))
     (tmp_path / "ids.txt").write_text("a\n")
     with pytest.raises(ValueError, match="1 IDs in ids.txt but 2 rows"):
         EmbeddingStore(tmp_path)
@@ -245,7 +247,7 @@ def test_store_inconsistent_files_are_reported(tmp_path):
 
 
 def test_unknown_utterance_in_trials_is_named(tmp_path):
-    store = save_embeddings(tmp_path, np.ones((2, 3)), ids=["a", "b"])
+    store = save_embeddings(tmp_path, ["a", "b"], np.ones((2, 3)))
     trials = [(1, "a", "b"), (0, "b", "zz/9.wav")]
     with pytest.raises(UnknownUtteranceError, match=r"trial 2 of veri.*zz/9"):
         store.trial_indices(trials, source="veri.txt")
@@ -265,7 +267,7 @@ def test_unknown_utterance_in_trials_is_named(tmp_path):
 )
 def test_score_trials_from_store_and_file(tmp_path, crops, method):
     ids = [f"u{i}" for i in range(len(crops))]
-    store = save_embeddings(tmp_path / "store", crops.astype(np.float32), ids)
+    store = save_embeddings(tmp_path / "store", ids, crops.astype(np.float32))
     rng = np.random.default_rng(3)
     pairs = [
         (int(rng.integers(0, 2)), ids[e], ids[t])
@@ -273,8 +275,8 @@ def test_score_trials_from_store_and_file(tmp_path, crops, method):
     ]
     p = tmp_path / "trials.txt"
     p.write_text("".join(f"{lab} {e} {t}\n" for lab, e, t in pairs))
-    s1, lab1, ie, it = score_trials(store, pairs, method=method)
-    s2, lab2, _, _ = score_trials(
+    s1, lab1, ie, it = score_trial_list(store, pairs, method=method)
+    s2, lab2, _, _ = score_trial_list(
         str(tmp_path / "store"),
         p,
         method=method,
@@ -303,3 +305,32 @@ def test_score_file_roundtrip(tmp_path):
     assert read_scores(p)[3] is None
     with pytest.raises(ValueError, match="must match"):
         write_scores(p, ["a"], ["b", "c"], [0.5])
+
+
+@pytest.mark.parametrize("method", ["dot", "cosine", "sqeuclidean"])
+def test_index_api_from_stats_crops_and_store(tmp_path, crops, trials, method):
+    ie, it = trials
+    ref = [
+        naive_trial_score(crops[e], crops[t], method) for e, t in zip(ie, it)
+    ]
+    stats = crop_statistics(crops)
+    np.testing.assert_allclose(
+        score_trials(stats, ie, it, method), ref, rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        score_trials(torch.from_numpy(crops), ie, it, method, chunk_size=3),
+        ref,
+        rtol=1e-12,
+    )
+    store = save_embeddings(tmp_path, [str(i) for i in range(12)], crops)
+    np.testing.assert_allclose(
+        score_trials(store, ie, it, method), ref, rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="built for"):
+        score_trials(ScoringVectors.from_stats(stats, "dot"), ie, it, "cosine")
+
+
+def test_cosine_scores_full_utterance():
+    emb = np.array([[3.0, 4.0], [0.0, 1.0], [-3.0, -4.0]])
+    got = cosine_scores(emb, [0, 0, 1], [1, 2, 1])
+    np.testing.assert_allclose(got, [0.8, -1.0, 1.0])

@@ -8,6 +8,7 @@ import pytest
 from matplotlib.image import imread
 
 from dampit.metrics.error_rates import compute_eer, compute_min_dcf
+from dampit.metrics.multicrop import read_scores
 from dampit.metrics.plots import plot_det, plot_score_histogram, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -29,8 +30,8 @@ def test_write_report_values_files_and_json(tmp_path, scores_labels):
     assert r["eer_interp"] == compute_eer(s, lab, method="interp")[0]
     for p in (0.01, 0.05):
         dcf, thr = compute_min_dcf(s, lab, p_target=p)
-        assert r[f"min_dcf@{p:g}"] == dcf
-        assert r[f"min_dcf@{p:g}_threshold"] == thr
+        assert r[f"min_dcf_{p:g}"] == dcf
+        assert r[f"min_dcf_{p:g}_threshold"] == thr
     # Gaussians 3 apart: EER = Phi(-1.5) = 6.7 %.
     assert 0.04 < r["eer"] < 0.10
     assert sorted(os.listdir(tmp_path / "out")) == [
@@ -54,7 +55,7 @@ def test_report_with_ties_and_accept_all_threshold(tmp_path):
     r = write_report(
         [0.1, 0.2, 0.2, 0.5], [1, 0, 1, 0], tmp_path, p_targets=(0.9,)
     )
-    assert r["min_dcf@0.9_threshold"] is None
+    assert r["min_dcf_0.9_threshold"] is None
     assert json.loads((tmp_path / "scores_metrics.json").read_text()) == r
 
 
@@ -74,3 +75,15 @@ def test_plot_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="finite"):
         write_report([0.1, float("nan")], [0, 1], tmp_path)
     assert not os.listdir(tmp_path)
+
+
+def test_report_writes_the_score_file(tmp_path):
+    ids = [("e1", "t1"), ("e1", "t2"), ("e2", "t1"), ("e2", "t3")]
+    s, lab = [0.9, 0.4, 0.5, 0.1], [1, 1, 0, 0]
+    r = write_report(s, lab, tmp_path, "full_cosine", trial_ids=ids)
+    enrol, test, got, got_lab = read_scores(r["scores_txt"])
+    assert list(zip(enrol, test)) == ids
+    assert got.tolist() == s and got_lab.tolist() == lab
+    with pytest.raises(ValueError, match="3 trial IDs for 4 scores"):
+        write_report(s, lab, tmp_path / "x", trial_ids=ids[:3])
+    assert not (tmp_path / "x").exists()
