@@ -42,3 +42,62 @@ def _seed_and_threads():
 
 def pytest_configure(config):
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def _spk_files(shared_data, n_speakers, n_utts):
+    """First ``n_utts`` files of the first ``n_speakers`` dspspeech speakers."""
+    import csv
+
+    root = shared_data / "dspspeech"
+    by_spk = {}
+    with open(root / "manifest.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            by_spk.setdefault(row["speaker"], []).append(root / row["path"])
+    speakers = sorted(by_spk)[:n_speakers]
+    return {s: sorted(by_spk[s])[:n_utts] for s in speakers}
+
+
+@pytest.fixture(scope="session")
+def fake_voxceleb(shared_data, tmp_path_factory):
+    """A tiny VoxCeleb1 + VoxCeleb2 tree of real speech (symlinks).
+
+    4 test speakers in ``voxceleb1/wav`` with an official-format
+    ``voxceleb1/veri_test.txt``, and 8 training speakers in
+    ``voxceleb2/dev/wav`` (the converted-VoxCeleb2 layout); 6 utterances
+    per speaker over 2 "videos".
+    """
+    root = tmp_path_factory.mktemp("voxceleb")
+    files = _spk_files(shared_data, 12, 6)
+    test_utts = []
+    for k, (spk, paths) in enumerate(sorted(files.items())):
+        vox1 = k < 4
+        sid = f"id1{k:04d}" if vox1 else f"id0{k:04d}"
+        base = (
+            root / "voxceleb1" / "wav"
+            if vox1
+            else root / "voxceleb2" / "dev" / "wav"
+        )
+        for u, src in enumerate(paths):
+            rel = f"{sid}/vid{u % 2}/{u:05d}.wav"
+            dst = base / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(src)
+            if vox1:
+                test_utts.append((sid, rel))
+    lines = []
+    for i, (si, ui) in enumerate(test_utts):
+        for sj, uj in test_utts[i + 1 :]:
+            if si == sj or (i + len(uj)) % 3 == 0:
+                lines.append(f"{int(si == sj)} {ui} {uj}")
+    (root / "voxceleb1" / "veri_test.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_corpus(tmp_path_factory):
+    """A small built-in synthetic corpus (12 speakers x 6 utterances)."""
+    from dampit.dataio.synthetic import generate_corpus
+
+    out = tmp_path_factory.mktemp("synthetic")
+    generate_corpus(out, n_speakers=12, utts_per_speaker=6, seed=0)
+    return out

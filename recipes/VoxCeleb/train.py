@@ -67,9 +67,9 @@ class MultiMetricBrain(sb.Brain):
                 )
             self.term_count += 1
             return loss
-        self.valid_embeddings.append(predictions.detach().reshape(
-            predictions.shape[0], -1
-        ).cpu())
+        self.valid_embeddings.append(
+            predictions.detach().reshape(predictions.shape[0], -1).cpu()
+        )
         self.valid_labels.append(labels.cpu())
         return torch.zeros((), device=self.device)
 
@@ -173,6 +173,7 @@ def make_datasets(hparams, csvs):
         from_didatasets=[datasets["train"]],
         output_key="spk_id",
     )
+    label_encoder.expect_len(len(label_encoder))
     return datasets["train"], datasets["dev"], label_encoder
 
 
@@ -236,7 +237,10 @@ def main(argv):
         logger.info(
             "n_speakers=%s in %s, but the training data has %d speakers: "
             "reloading with n_speakers=%d",
-            hparams["n_speakers"], hparams_file, n_spk, n_spk,
+            hparams["n_speakers"],
+            hparams_file,
+            n_spk,
+            n_spk,
         )
         merged["n_speakers"] = n_spk
         hparams, base_file, merged = load_hparams(hparams_file, merged)

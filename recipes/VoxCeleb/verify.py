@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_data(hparams):
-    """Write (once) the CSVs and trial list; return their paths.
+    """Write (once) the CSVs and trial lists; return their paths.
 
     Arguments
     ---------
@@ -51,36 +51,46 @@ def prepare_data(hparams):
     Returns
     -------
     dict
-        Paths of ``train``, ``dev`` and ``test`` CSVs and ``trials``.
+        Paths: ``train``, ``dev`` and ``test`` CSVs, and ``trials``, a
+        dict of trial-list name -> ID trial file.
     """
     folder = hparams["prep_folder"]
-    if hparams["data_layout"] == "voxceleb":
+    layout = hparams["data_layout"]
+    if layout == "voxceleb":
         from dampit.dataio.prepare_voxceleb import prepare_voxceleb
 
         root = hparams["data_folder"]
         vox1 = os.path.join(root, hparams["vox1_subdir"])
         vox2 = os.path.join(root, hparams["vox2_subdir"])
-        return prepare_voxceleb(
+        summary = prepare_voxceleb(
             save_folder=folder,
-            vox1_folder=vox1,
+            vox1_folder=vox1 if os.path.isdir(vox1) else None,
             vox2_folder=vox2 if os.path.isdir(vox2) else None,
             trial_lists=hparams["trial_lists"],
-            use_vox1_dev=hparams["use_vox1_dev_for_training"],
+            train_sets=hparams["train_sets"],
             skip_bad=hparams["skip_bad_files"],
         )
-    if hparams["data_layout"] == "folder":
+    elif layout == "folder":
         from dampit.dataio.prepare_folder import prepare_folder
 
-        return prepare_folder(
+        summary = prepare_folder(
             data_folder=hparams["data_folder"],
             save_folder=folder,
             n_test_speakers=hparams["n_test_speakers"],
             seed=0,
             skip_bad=hparams["skip_bad_files"],
         )
-    raise ValueError(
-        f"data_layout={hparams['data_layout']!r}: use 'voxceleb' or 'folder'"
-    )
+    else:
+        raise ValueError(f"data_layout={layout!r}: use 'voxceleb' or 'folder'")
+    trials = summary["trials"]
+    if not isinstance(trials, dict):
+        trials = {"trials": trials}
+    return {
+        "train": summary["train_csv"],
+        "dev": summary["dev_csv"],
+        "test": summary["test_csv"],
+        "trials": trials,
+    }
 
 
 def _read_csv(path):
@@ -116,8 +126,11 @@ def run_verification(brain, hparams, csvs, label_encoder=None):
     os.makedirs(out, exist_ok=True)
     rows = _read_csv(csvs["test"])
     known = {r["ID"] for r in rows}
-    trials = read_trials(csvs["trials"], known_ids=known)
-    needed = {t[1] for t in trials} | {t[2] for t in trials}
+    trial_sets = {
+        name: read_trials(path, known_ids=known)
+        for name, path in csvs["trials"].items()
+    }
+    needed = {u for ts in trial_sets.values() for t in ts for u in t[1:]}
     rows = [r for r in rows if r["ID"] in needed]
     for r in rows:
         r["wav"] = r["wav"].replace("$data_root", hparams["data_folder"])
@@ -138,50 +151,51 @@ def run_verification(brain, hparams, csvs, label_encoder=None):
     )
     save_embeddings(os.path.join(out, "embeddings_full"), ids, full)
     save_embeddings(os.path.join(out, "embeddings_crops"), ids, crops)
-
-    index = {uid: k for k, uid in enumerate(ids)}
-    enrol = np.array([index[t[1]] for t in trials])
-    test = np.array([index[t[2]] for t in trials])
-    labels = np.array([t[0] for t in trials])
     stats = multicrop.crop_statistics(crops)
-    methods = {
-        "full_cosine": multicrop.cosine_scores(full, enrol, test),
-        "multicrop_dot": multicrop.score_trials(stats, enrol, test, "dot"),
-        "multicrop_cosine": multicrop.score_trials(
-            stats, enrol, test, "cosine"
-        ),
-    }
+    cohort = None
     if hparams.get("score_norm") == "as-norm":
         cohort = _cohort_embeddings(brain, hparams, csvs, embed_fn)
-        methods["full_cosine_asnorm"] = as_norm(
-            methods["full_cosine"],
-            full[enrol],
-            full[test],
-            cohort,
-            top_k=int(hparams["asnorm_top_k"]),
-        )
+
+    index = {uid: k for k, uid in enumerate(ids)}
     results = {}
-    for name, scores in methods.items():
-        results[name] = write_report(
-            scores,
-            labels,
-            out,
-            name,
-            trial_ids=[(t[1], t[2]) for t in trials],
-        )
-        logger.info(
-            "%s: EER %.2f%%, minDCF(0.01) %.4f",
-            name,
-            100 * results[name]["eer"],
-            results[name]["min_dcf_0.01"],
-        )
+    for list_name, trials in trial_sets.items():
+        enrol = np.array([index[t[1]] for t in trials])
+        test = np.array([index[t[2]] for t in trials])
+        labels = np.array([t[0] for t in trials])
+        methods = {
+            "full_cosine": multicrop.cosine_scores(full, enrol, test),
+            "multicrop_dot": multicrop.score_trials(stats, enrol, test, "dot"),
+            "multicrop_cosine": multicrop.score_trials(
+                stats, enrol, test, "cosine"
+            ),
+        }
+        if cohort is not None:
+            methods["full_cosine_asnorm"] = as_norm(
+                methods["full_cosine"],
+                full[enrol],
+                full[test],
+                cohort,
+                top_k=int(hparams["asnorm_top_k"]),
+            )
+        for name, scores in methods.items():
+            key = f"{list_name}/{name}"
+            results[key] = write_report(
+                scores,
+                labels,
+                os.path.join(out, list_name),
+                name,
+                trial_ids=[(t[1], t[2]) for t in trials],
+            )
+            logger.info("%s: EER %.2f%%", key, 100 * results[key]["eer"])
     atomic_write_text(
         os.path.join(out, "summary.json"), json.dumps(results, indent=2)
     )
-    summary = ", ".join(
-        f"{k} EER {100 * v['eer']:.2f}%" for k, v in results.items()
-    )
-    print(f"[dampit] verification on {len(trials)} trials: {summary}")
+    for key, res in results.items():
+        print(
+            f"[dampit] {key}: EER {100 * res['eer']:.2f}% "
+            f"minDCF(0.01) {res['min_dcf_0.01']:.4f} "
+            f"({res['n_target']} target / {res['n_nontarget']} non-target)"
+        )
     return results
 
 
