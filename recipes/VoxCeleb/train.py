@@ -9,7 +9,7 @@ verification of the test trials (see verify.py).
 Usage (from recipes/VoxCeleb, or with full paths from anywhere)::
 
     python train.py hparams/multi_metric.yaml --data_folder=/data/voxceleb
-    python train.py hparams/mini.yaml --data_folder=../../../shared/data/dspspeech
+    python train.py hparams/mini.yaml --data_folder=<speaker tree>
     python train.py hparams/mini.yaml --data_folder=... --debug
     torchrun --nproc_per_node=2 train.py hparams/multi_metric.yaml ...
 
