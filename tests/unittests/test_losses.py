@@ -57,8 +57,7 @@ def test_triplet_hand_case_batch_hard_and_semi_hard():
     assert bh.last_stats["frac_an_gt_ap"].item() == pytest.approx(0.5)
     # semi-hard: (0,1) -> n=2 (1 < 1.5 < 2): 0.5; (1,0): none in (1, 2)
     # -> hardest 0.5: 1.5; (2,3): none above 1.5 -> hardest 0.5: 2;
-    # (3,2): n=1 (1.5 < 2 < 2.5): 0.5. Mean 1.125 here too, but the
-    # nonzero mean of the squared distance differs:
+    # (3,2): n=1 (1.5 < 2 < 2.5): 0.5. Mean 1.125 here too.
     sh = TripletLoss(margin=1.0, mining="semi_hard")
     assert sh(emb, labels).item() == pytest.approx(1.125)
     # all triplets: (0,1,{2,3}): 0.5, 0; (1,0,{2,3}): 1.5, 0;
