@@ -149,6 +149,7 @@ def _folder_csv(folder, csv_path, sample_rate, chunk_length, audio_folder):
         stem = os.path.splitext(csv_path)[0]
         audio_folder = stem + "_audio"
     rows = []
+    used_ids = set()
     for path in files:
         frames, sr, channels = audio_info(path)
         if frames == 0:
@@ -156,6 +157,9 @@ def _folder_csv(folder, csv_path, sample_rate, chunk_length, audio_folder):
         duration = frames / sr
         rel = os.path.relpath(path, folder)
         base_id = os.path.splitext(rel)[0].replace(os.sep, "__")
+        if base_id in used_ids:  # a.wav and a.flac
+            base_id = rel.replace(os.sep, "__")
+        used_ids.add(base_id)
         ext = os.path.splitext(path)[1][1:].lower()
         too_long = chunk_length is not None and duration >= 2 * chunk_length
         if sr == sample_rate and channels == 1 and not too_long:
@@ -305,7 +309,23 @@ def _next_epoch(module, iter_attr):
     setattr(module, iter_attr, iter(module.data_loader))
 
 
-class _AddNoise(AddNoise):
+class _PicklableLoaders:
+    """Drop the lazily built internal loaders when pickled or copied.
+
+    DataLoader workers started with "spawn" or "forkserver" pickle the
+    augmentation module; the loaders and their iterators are rebuilt on
+    first use in the new process.
+    """
+
+    def __getstate__(self):
+        """The module's state without its loaders."""
+        state = self.__dict__.copy()
+        for key in ("data_loader", "noise_data", "rir_data", "_dampit_pid"):
+            state.pop(key, None)
+        return state
+
+
+class _AddNoise(_PicklableLoaders, AddNoise):
     """``AddNoise`` with a per-process noise order (see _reseed_loader)."""
 
     def _load_noise_batch(self):
@@ -318,7 +338,7 @@ class _AddNoise(AddNoise):
             return next(self.noise_data).at_position(0)
 
 
-class _AddReverb(AddReverb):
+class _AddReverb(_PicklableLoaders, AddReverb):
     """``AddReverb`` with a per-process RIR order (see _reseed_loader)."""
 
     def _load_rir(self, waveforms):
@@ -492,6 +512,7 @@ class FolderAugment(torch.nn.Module):
         B, N = wavs.shape
         if lengths is None:
             lengths = torch.ones(B, device=wavs.device)
+        lengths = torch.as_tensor(lengths).to(wavs.device)
         n_valid = torch.round(lengths.float() * N).long().clamp(1, N).tolist()
         out = wavs.clone()
         if self.add_reverb is not None and self.reverb_prob > 0:

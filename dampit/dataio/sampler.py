@@ -210,7 +210,7 @@ class PKSampler(torch.utils.data.Sampler):
         self._items = [np.asarray(groups[s]) for s in self.speakers]
         n_skipped = len(groups) - len(self.speakers)
         if len(self.speakers) < self.P:
-            if small_classes == "skip":
+            if small_classes == "skip" and n_skipped:
                 why = (
                     f"only {len(self.speakers)} of {len(groups)} speakers "
                     f"have at least K={self.K} utterances"

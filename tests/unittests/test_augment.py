@@ -211,3 +211,39 @@ augment: !new:dampit.dataio.augment.FolderAugment
     assert os.path.isfile(tmp_path / "aug" / "rir.csv")
     y, _ = aug(speech[:2], torch.ones(2))
     assert y.shape == (2, 48000) and torch.isfinite(y).all()
+
+
+def test_pickles_after_use(csv_folder, speech):
+    """Spawned DataLoader workers pickle the module after it was used."""
+    import pickle
+
+    aug = FolderAugment(
+        noise_csv=str(csv_folder / "noise.csv"),
+        rir_csv=str(csv_folder / "rir.csv"),
+        reverb_prob=1.0,
+    )
+    aug(speech[:2])
+    assert hasattr(aug.add_noise, "data_loader")
+    copy = pickle.loads(pickle.dumps(aug))
+    assert not hasattr(copy.add_noise, "data_loader")
+    y, _ = copy(speech[:2])
+    assert y.shape == (2, 48000) and torch.isfinite(y).all()
+    assert not torch.equal(y, speech[:2])
+
+
+def test_reproducible_from_torch_seed(csv_folder, speech):
+    """In one process the output follows torch's seed, noise order too
+    (each DataLoader worker has its own torch seed, hence its own order)."""
+    outs, seeds = [], []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        aug = FolderAugment(
+            noise_csv=str(csv_folder / "noise.csv"),
+            rir_csv=str(csv_folder / "rir.csv"),
+            reverb_prob=0.5,
+        )
+        outs.append(aug(speech[:4])[0])
+        seeds.append(aug.add_noise.data_loader.sampler.seed)
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.equal(outs[0], outs[2])
+    assert seeds == [1, 1, 2]
