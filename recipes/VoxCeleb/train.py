@@ -61,7 +61,9 @@ class MultiMetricBrain(sb.Brain):
         labels = batch.spk_id_encoded.data.reshape(-1).to(self.device)
         if stage == sb.Stage.TRAIN:
             loss = self.modules.compute_cost(predictions, labels)
-            for name, value in self.modules.compute_cost.last_terms.items():
+            cost = getattr(self.modules.compute_cost, "module", None)
+            cost = cost or self.modules.compute_cost  # unwrap DDP
+            for name, value in cost.last_terms.items():
                 self.term_sums[name] = self.term_sums.get(name, 0.0) + float(
                     value
                 )
@@ -72,6 +74,16 @@ class MultiMetricBrain(sb.Brain):
         )
         self.valid_labels.append(labels.cpu())
         return torch.zeros((), device=self.device)
+
+    def _wrap_distributed(self):
+        """DDP without SyncBatchNorm on CPU (it needs CUDA); else as usual."""
+        if not (self.distributed_launch and self.distributed_backend == "gloo"):
+            return super()._wrap_distributed()
+        for name, module in self.modules.items():
+            if any(p.requires_grad for p in module.parameters()):
+                self.modules[name] = torch.nn.parallel.DistributedDataParallel(
+                    module, find_unused_parameters=self.find_unused_parameters
+                )
 
     def on_stage_start(self, stage, epoch=None):
         """Reseed per epoch (resumable, deterministic) and reset stats."""
