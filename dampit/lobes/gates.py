@@ -25,7 +25,13 @@ Authors
 import torch
 import torch.nn as nn
 
-__all__ = ["SpatialGate", "SEGate", "make_gate", "make_activation"]
+__all__ = [
+    "SpatialGate",
+    "SEGate",
+    "make_gate",
+    "make_activation",
+    "residual_sigmoid",
+]
 
 
 def make_activation(name):
@@ -52,6 +58,66 @@ def make_activation(name):
     if name == "prelu":
         return nn.PReLU()
     raise ValueError(f"activation must be 'relu' or 'prelu', got {name!r}")
+
+
+class _ResidualSigmoid(torch.autograd.Function):
+    """``x * sigmoid(z) + x`` with a lean backward (training speed).
+
+    Autograd would keep ``sigmoid(z)`` and run four full-size passes in
+    the backward (two products, a sum and the sigmoid's derivative); this
+    runs three and stores the same two tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, x, z):
+        s = torch.sigmoid(z)
+        ctx.save_for_backward(x, s)
+        return torch.addcmul(x, x, s)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, s = ctx.saved_tensors
+        grad_x = grad_z = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.addcmul(grad, grad, s)
+        if ctx.needs_input_grad[1]:
+            grad_z = torch.ops.aten.sigmoid_backward(grad * x, s)
+        return grad_x, grad_z
+
+
+def residual_sigmoid(x, z):
+    """Return ``x * sigmoid(z) + x`` (the paper's Eq. 7 with Eq. 6's mask).
+
+    With gradients enabled it uses a fused autograd function (fewer
+    full-size passes in the backward); otherwise, and while tracing or
+    exporting, plain torch operations.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        Feature map.
+    z : torch.Tensor
+        Mask logits, same shape as ``x``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``x * sigmoid(z) + x``.
+
+    Example
+    -------
+    >>> x = torch.tensor([2.0, -1.0])
+    >>> residual_sigmoid(x, torch.zeros(2))
+    tensor([ 3.0000, -1.5000])
+    """
+    tracing = torch.jit.is_tracing() or torch.jit.is_scripting()
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or z.requires_grad
+    )
+    if needs_grad and not tracing and x.shape == z.shape:
+        return _ResidualSigmoid.apply(x, z)
+    return torch.addcmul(x, x, torch.sigmoid(z))
 
 
 def _init_weights(modules, init_std):
@@ -152,10 +218,10 @@ class SpatialGate(nn.Module):
         torch.Tensor
             ``x * M + x`` (or ``x * M``), ``[B, C, F, T]``.
         """
-        m = self.attention(x, mask)
+        z = self.conv2(self.act(self.conv1(x)))
         if self.residual:
-            return torch.addcmul(x, x, m)
-        return x * m
+            return residual_sigmoid(x, z)
+        return x * torch.sigmoid(z)
 
 
 class SEGate(nn.Module):

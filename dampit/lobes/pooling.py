@@ -141,6 +141,10 @@ class FreqMeanAttentiveStatsPool(nn.Module):
 
     ``[B, C, F, T] -> mean over F -> [B, C, T] -> ASP -> [B, 2 C]``.
 
+    SpeechBrain's ASP builds its mask with ``len(lengths)``, so a traced or
+    ONNX-exported model with this pooling has a fixed batch size (time
+    stays dynamic); the average and max poolings have no such limit.
+
     Arguments
     ---------
     channels : int

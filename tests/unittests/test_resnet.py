@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from dampit.lobes.gates import SEGate, SpatialGate
+from dampit.lobes.gates import SEGate, SpatialGate, residual_sigmoid
 from dampit.lobes.pooling import (
     FreqMeanAttentiveStatsPool,
     GlobalAvgPool,
@@ -293,6 +293,25 @@ def test_spatial_gate_matches_a_plain_loop():
         torch.testing.assert_close(gate(x), want)
         gate.residual = False
         torch.testing.assert_close(gate(x), want - x)
+
+
+def test_fused_residual_sigmoid_gradients():
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(residual_sigmoid, (x, z))
+    g = torch.randn_like(x)
+    out = residual_sigmoid(x, z)
+    assert type(out.grad_fn).__name__ == "_ResidualSigmoidBackward"
+    gx, gz = torch.autograd.grad(out, (x, z), g)
+    # plain formulas: d/dx = 1 + s, d/dz = x s (1 - s)
+    s = 1 / (1 + torch.exp(-z.detach()))
+    torch.testing.assert_close(gx, g * (1 + s))
+    torch.testing.assert_close(gz, g * x.detach() * s * (1 - s))
+    with torch.no_grad():
+        torch.testing.assert_close(residual_sigmoid(x, z), out)
+    only_z = residual_sigmoid(x.detach(), z)
+    (gz2,) = torch.autograd.grad(only_z, (z,), g)
+    torch.testing.assert_close(gz2, gz)
 
 
 def test_spatial_gate_keeps_the_map_and_se_gate_pools():
