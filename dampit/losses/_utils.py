@@ -12,11 +12,11 @@ for every label that occurs at least twice, its first occurrence in the
 batch is the anchor and its second the positive; pairs are ordered by the
 anchor's position. On a speaker-major P x K batch
 ``[s1u1, s1u2, s2u1, s2u2, ...]`` with K = 2 this is exactly the original
-code's ``features[0::2]`` / ``features[1::2]``; with K > 2 the other
-utterances of a speaker only serve as negatives-of-nobody (they are left
-out). ``pairing="interleaved"`` is the original code's rule literally:
-anchors are the even rows and positives the odd rows, so a label can
-repeat among the anchors (handled by soft targets in
+code's ``features[0::2]`` / ``features[1::2]``; with K > 2 the further
+utterances of a speaker are not used by these two losses (the triplet
+loss uses every row). ``pairing="interleaved"`` is the original code's
+rule literally: anchors are the even rows and positives the odd rows, so
+a label can repeat among the anchors (handled by soft targets in
 :class:`~dampit.losses.NPairLoss`).
 """
 

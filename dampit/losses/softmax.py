@@ -9,6 +9,8 @@
   :class:`~speechbrain.nnet.losses.AngularMargin` (reused, not rewritten).
 """
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from speechbrain.nnet.losses import (
@@ -21,6 +23,22 @@ from torch import nn
 from dampit.losses._utils import check_choice, no_autocast, prepare
 
 KINDS = ("linear", "aam", "am")
+
+
+def _positive_int(value, arg, owner):
+    """``value`` as an int >= 1, or a ValueError naming ``arg``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        out = operator.index(value)
+    except TypeError:
+        out = 0
+    if out < 1:
+        raise ValueError(
+            f"{owner}: {arg} must be a positive int when no classifier is "
+            f"given, got {value!r}"
+        )
+    return out
 
 
 class CosineClassifier(nn.Module):
@@ -120,19 +138,8 @@ class SoftmaxLoss(nn.Module):
         name = type(self).__name__
         self.kind = check_choice(kind, KINDS, "kind", name)
         if classifier is None:
-            for arg, value in (
-                ("input_size", input_size),
-                ("n_classes", n_classes),
-            ):
-                if (
-                    not isinstance(value, int)
-                    or isinstance(value, bool)
-                    or value < 1
-                ):
-                    raise ValueError(
-                        f"{name}: {arg} must be a positive int when no "
-                        f"classifier is given, got {value!r}"
-                    )
+            input_size = _positive_int(input_size, "input_size", name)
+            n_classes = _positive_int(n_classes, "n_classes", name)
             if kind == "linear":
                 classifier = nn.Linear(input_size, n_classes)
             else:

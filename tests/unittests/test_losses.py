@@ -393,8 +393,29 @@ def test_bad_options_raise():
         NPairLoss(l2_reg=-0.1)
     with pytest.raises(ValueError, match="SoftmaxLoss: n_classes must be"):
         SoftmaxLoss(16, None)
+    with pytest.raises(ValueError, match="SoftmaxLoss: input_size must be"):
+        SoftmaxLoss(16.5, 3)
     with pytest.raises(ValueError, match="SoftmaxLoss: kind must be"):
         SoftmaxLoss(16, 4, kind="arcface")
+
+
+def test_softmax_with_speechbrain_classifier():
+    """A given SpeechBrain ECAPA Classifier ([B, 1, C] cosines) is used."""
+    from speechbrain.lobes.models.ECAPA_TDNN import Classifier
+
+    torch.manual_seed(0)
+    clf = Classifier(input_size=8, out_neurons=5)
+    loss = SoftmaxLoss(classifier=clf, kind="aam", margin=0.2, scale=30.0)
+    assert loss.classifier is clf
+    emb = torch.randn(6, 1, 8)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    value = loss(emb, labels.unsqueeze(1))
+    own = SoftmaxLoss(8, 5, kind="aam", margin=0.2, scale=30.0)
+    with torch.no_grad():
+        own.classifier.weight.copy_(clf.weight)
+    assert value.item() == pytest.approx(own(emb, labels).item(), rel=1e-5)
+    value.backward()
+    assert clf.weight.grad is not None
 
 
 def test_softmax_label_out_of_range():
