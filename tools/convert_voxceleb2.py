@@ -132,7 +132,8 @@ def list_jobs(src, dst=None, overwrite=False, sample_rate=SAMPLE_RATE):
     todo : list of tuple
         ``(m4a, wav)`` pairs to convert.
     done : list of tuple
-        Pairs whose output is already valid.
+        Pairs whose output is already valid (a stale ``.part`` file beside
+        one, left by a killed run, is removed).
     """
     todo, done = [], []
     for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
@@ -146,6 +147,7 @@ def list_jobs(src, dst=None, overwrite=False, sample_rate=SAMPLE_RATE):
             pair = (os.path.join(dirpath, name), os.path.join(out_dir, base))
             if not overwrite and is_valid_wav(pair[1], sample_rate):
                 done.append(pair)
+                _remove(pair[1] + ".part")  # left by a killed run
             else:
                 todo.append(pair)
     return todo, done

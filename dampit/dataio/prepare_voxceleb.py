@@ -389,7 +389,11 @@ def prepare_voxceleb(
         if not rel:
             raise DataPreparationError(
                 f"no VoxCeleb2 wav files in {wav_root}"
-                + (f" ({len(src)} m4a files there: {hint})" if src else "")
+                + (
+                    f" ({len(src)} m4a files in {m4a_root}: {hint})"
+                    if src
+                    else ""
+                )
             )
         ids = [path_to_id(r) for r in rel]
         check_unique_ids(ids)

@@ -1,0 +1,303 @@
+"""The built-in synthetic corpus: layout, determinism, signal model, and
+learnability on held-out synthetic speakers."""
+
+import configparser
+import csv
+import hashlib
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from scipy.signal import freqz, lfilter
+
+from dampit.dataio import synthetic as syn
+from dampit.dataio.prepare_folder import prepare_folder, read_csv
+from dampit.dataio.trials import read_trials
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _digest(folder):
+    h = {}
+    for p in sorted(pathlib.Path(folder).rglob("*.wav")):
+        h[p.relative_to(folder).as_posix()] = hashlib.md5(
+            p.read_bytes()
+        ).hexdigest()
+    return h
+
+
+def _small(out, **kw):
+    args = dict(
+        n_speakers=3,
+        utts_per_speaker=3,
+        duration=(0.4, 0.6),
+        progress=False,
+    )
+    args.update(kw)
+    return syn.generate_corpus(out, **args)
+
+
+def test_layout_manifest_and_format(tmp_path):
+    manifest = _small(tmp_path / "c", n_sessions=2)
+    rows = list(csv.DictReader(open(manifest)))
+    assert [r["path"] for r in rows] == [
+        f"spk{s:03d}/spk{s:03d}-{k:03d}.wav" for s in range(3) for k in range(3)
+    ]
+    for k, r in enumerate(rows):
+        info = sf.info(str(tmp_path / "c" / r["path"]))
+        assert (info.samplerate, info.channels, info.subtype) == (
+            16000,
+            1,
+            "PCM_16",
+        )
+        assert r["speaker"] == r["path"].split("/")[0]
+        assert float(r["duration_s"]) == pytest.approx(
+            info.frames / 16000, abs=1e-4
+        )
+        assert 0.4 - 1e-4 <= float(r["duration_s"]) <= 0.6 + 1e-4
+        assert int(r["session"]) == (k % 3) % 2
+        x, _ = sf.read(str(tmp_path / "c" / r["path"]))
+        assert np.isfinite(x).all() and 0 < np.abs(x).max() <= 0.98 + 1e-4
+    config = json.loads((tmp_path / "c" / "corpus.json").read_text())
+    assert config["options"]["n_speakers"] == 3
+    assert "not a benchmark" in config["note"]
+    assert set(config["speakers"]) == {"spk000", "spk001", "spk002"}
+    assert config["speakers"]["spk001"] == json.loads(
+        json.dumps(syn.speaker_traits(0, 1))
+    )
+
+
+def test_deterministic_bytes_workers_and_seed(tmp_path):
+    _small(tmp_path / "a")
+    _small(tmp_path / "b", workers=2)
+    first = _digest(tmp_path / "a")
+    assert len(first) == 9 and _digest(tmp_path / "b") == first
+    assert (tmp_path / "a" / "manifest.csv").read_bytes() == (
+        tmp_path / "b" / "manifest.csv"
+    ).read_bytes()
+    _small(tmp_path / "c", seed=1)
+    other = _digest(tmp_path / "c")
+    assert not set(other.values()) & set(first.values())
+    # A larger corpus extends a smaller one (traits depend on the index).
+    _small(tmp_path / "d", n_speakers=4)
+    bigger = _digest(tmp_path / "d")
+    assert {k: bigger[k] for k in first} == first and len(bigger) == 12
+
+
+def test_up_to_date_corpus_is_not_regenerated(tmp_path):
+    out = tmp_path / "c"
+    _small(out)
+    wav = out / "spk000" / "spk000-000.wav"
+    mtime = os.path.getmtime(wav)
+    _small(out)
+    assert os.path.getmtime(wav) == mtime
+    wav.unlink()  # incomplete: generated again
+    _small(out)
+    assert wav.is_file()
+    before = wav.read_bytes()
+    _small(out, seed=5)  # other options: regenerated
+    assert wav.read_bytes() != before
+
+
+def test_glottal_source_period_matches_f0():
+    traits = syn.speaker_traits(0, 0)
+    sr, f0 = 16000, 125.0
+    n_frames = 40
+    x = syn._glottal_source(
+        np.random.default_rng(0),
+        traits,
+        np.full(n_frames, f0),
+        n_frames * 80,
+        sr,
+    )
+    x = x - x.mean()
+    ac = np.correlate(x, x, "full")[len(x) - 1 :]
+    lag = 40 + int(np.argmax(ac[40:400]))  # search 40..400 Hz
+    assert lag == sr / f0  # 128 samples
+
+
+def test_formant_filter_peaks_and_unit_dc_gain():
+    sr = 16000
+    freqs = np.array([[500.0, 1500.0, 2500.0, 3500.0, 4500.0]])
+    bws = np.array([[80.0, 100.0, 140.0, 220.0, 300.0]])
+    b, a = syn._formant_coeffs(freqs, bws, sr)
+    w, h = freqz(b[0], a[0], worN=8000, fs=sr)
+    mag = np.abs(h)
+    assert mag[0] == pytest.approx(1.0, rel=1e-9)
+    # A local maximum within 3 % of each formant.
+    peaks = [
+        w[i]
+        for i in range(1, len(w) - 1)
+        if mag[i] > mag[i - 1] and mag[i] >= mag[i + 1]
+    ]
+    assert len(peaks) == 5
+    for got, want in zip(peaks, freqs[0]):
+        assert abs(got - want) < 0.03 * want
+    # Equals the cascade of the five resonators run one by one.
+    x = np.random.default_rng(0).standard_normal(400)
+    y = x
+    for f, bw in zip(freqs[0], bws[0]):
+        r = np.exp(-np.pi * bw / sr)
+        c = 2 * r * np.cos(2 * np.pi * f / sr)
+        y = lfilter([1 - c + r * r], [1, -c, r * r], y)
+    assert np.allclose(lfilter(b[0], a[0], x), y)
+
+
+def test_framewise_filter_equals_lfilter_with_constant_coefficients():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(1000)
+    b, a = syn._bandpass_coeffs(np.full(13, 2000.0), np.full(13, 500.0), 16000)
+    assert np.allclose(
+        syn._framewise_filter(b, a, x, 80), lfilter(b[0], a[0], x)
+    )
+
+
+def test_traits_and_channel_are_fixed_per_index():
+    t = [syn.speaker_traits(0, i) for i in range(40)]
+    assert t[3] == syn.speaker_traits(0, 3) != syn.speaker_traits(1, 3)
+    f0_m = [s["f0"] for s in t if s["sex"] == "m"]
+    f0_f = [s["f0"] for s in t if s["sex"] == "f"]
+    assert f0_m and f0_f and np.median(f0_f) > 1.4 * np.median(f0_m)
+    assert syn.session_channel(0, 2, 1) == syn.session_channel(0, 2, 1)
+    assert syn.session_channel(0, 2, 1) != syn.session_channel(0, 2, 0)
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="n_speakers"):
+        syn.generate_corpus(tmp_path, n_speakers=0)
+    with pytest.raises(ValueError, match="duration"):
+        syn.generate_corpus(tmp_path, duration=(2.0, 1.0))
+
+
+def test_cli_and_console_script(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert (
+        syn.main(
+            [
+                str(out),
+                "--speakers",
+                "2",
+                "--utts",
+                "1",
+                "--min-dur",
+                "0.3",
+                "--max-dur",
+                "0.3",
+                "--seed",
+                "7",
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.strip() == str(out / "manifest.csv")
+    opts = json.loads((out / "corpus.json").read_text())["options"]
+    assert (opts["seed"], opts["n_speakers"], opts["duration"]) == (
+        7,
+        2,
+        [0.3, 0.3],
+    )
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    scripts = cfg["options.entry_points"]["console_scripts"]
+    assert "dampit-synth = dampit.dataio.synthetic:main" in scripts
+
+
+# --------------------------------------------------------------- learnability
+N_TRAIN, N_TEST, N_UTTS = 16, 8, 5
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    syn.generate_corpus(
+        out,
+        N_TRAIN + N_TEST,
+        N_UTTS,
+        duration=(2.0, 2.5),
+        seed=0,
+        progress=False,
+    )
+    return out
+
+
+def _eer(target, nontarget):
+    """Plain-loop EER: min over thresholds of max(miss rate, false alarms)."""
+    best = 1.0
+    for t in sorted(set(target) | set(nontarget)):
+        miss = sum(s < t for s in target) / len(target)
+        fa = sum(s >= t for s in nontarget) / len(nontarget)
+        best = min(best, max(miss, fa))
+    return best
+
+
+def _cosine_trials(emb, labels):
+    emb = emb - emb.mean(0)
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    tgt, non = [], []
+    for i in range(len(labels)):
+        for j in range(i + 1, len(labels)):
+            s = float(emb[i] @ emb[j])
+            (tgt if labels[i] == labels[j] else non).append(s)
+    return tgt, non
+
+
+def _features(corpus):
+    """Log-mel statistics of the louder half of the frames: the mean (less
+    its overall level) and the standard deviation of each band."""
+    from speechbrain.lobes.features import Fbank
+
+    fbank = Fbank(n_mels=40)
+    X, spk = [], []
+    for row in csv.DictReader(open(corpus / "manifest.csv")):
+        x, _ = sf.read(str(corpus / row["path"]), dtype="float32")
+        f = fbank(torch.from_numpy(x)[None])[0].numpy()
+        energy = f.mean(1)
+        loud = f[energy >= np.median(energy)]
+        X.append(np.concatenate([loud.mean(0) - loud.mean(), loud.std(0)]))
+        spk.append(int(row["speaker"][3:]))
+    return np.array(X), np.array(spk)
+
+
+def _lda(X, y, n_dims):
+    """Fisher LDA fitted with numpy (within-class whitening)."""
+    mu = X.mean(0)
+    d = X.shape[1]
+    sw, sb = np.zeros((d, d)), np.zeros((d, d))
+    for c in np.unique(y):
+        xc = X[y == c]
+        m = xc.mean(0)
+        sw += (xc - m).T @ (xc - m)
+        sb += len(xc) * np.outer(m - mu, m - mu)
+    sw += 1e-3 * np.trace(sw) / d * np.eye(d)
+    vals, vecs = np.linalg.eig(np.linalg.solve(sw, sb))
+    order = np.argsort(-vals.real)[:n_dims]
+    return mu, vecs[:, order].real
+
+
+def test_learnable_on_held_out_speakers(corpus):
+    X, spk = _features(corpus)
+    train, test = spk < N_TRAIN, spk >= N_TRAIN
+    # Untrained statistics + cosine: well below chance on new speakers,
+    # and a speaker's utterances are closer than other speakers'.
+    tgt, non = _cosine_trials(X[test], spk[test])
+    raw = _eer(tgt, non)
+    assert raw < 0.40
+    assert np.mean(tgt) > np.mean(non) + 0.2
+    # A projection learnt on the training speakers only generalises.
+    mu, proj = _lda(X[train], spk[train], N_TRAIN - 1)
+    tgt, non = _cosine_trials((X[test] - mu) @ proj, spk[test])
+    learnt = _eer(tgt, non)
+    assert learnt < 0.20 and learnt < raw - 0.05
+
+
+def test_prepare_folder_on_synthetic_corpus(corpus, tmp_path):
+    res = prepare_folder(corpus, tmp_path / "prep", n_test_speakers=4)
+    assert res["n_test_utts"] == 4 * N_UTTS
+    test = read_csv(res["test_csv"])
+    trials = read_trials(res["trials"], known_ids={r["ID"] for r in test})
+    assert sum(t[0] for t in trials) == 4 * N_UTTS * (N_UTTS - 1) // 2
+    assert test[0]["ID"].startswith("spk") and "/" in test[0]["ID"]

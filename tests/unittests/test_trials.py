@@ -1,0 +1,201 @@
+"""Trial lists: reading (official format), writing, generating."""
+
+import itertools
+
+import pytest
+
+from dampit.dataio.trials import (
+    TrialListError,
+    make_trials,
+    read_trials,
+    speaker_of,
+    trial_summary,
+    utt_to_id,
+    write_trials,
+)
+
+OFFICIAL = (
+    "1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav\n"
+    "0 id10270/x6uYqmx31kE/00001.wav id10300/ize_eiCFEg0/00003.wav\n"
+)
+
+
+def _write(tmp_path, text, name="trials.txt"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_read_official_format_maps_paths_to_ids(tmp_path):
+    p = _write(tmp_path, OFFICIAL)
+    assert read_trials(p) == [
+        (1, "id10270/x6uYqmx31kE/00001", "id10270/8jEAjG6SegY/00008"),
+        (0, "id10270/x6uYqmx31kE/00001", "id10300/ize_eiCFEg0/00003"),
+    ]
+    raw = read_trials(p, as_ids=False)
+    assert raw[0][1] == "id10270/x6uYqmx31kE/00001.wav"
+    assert all(isinstance(t[0], int) for t in raw)
+
+
+def test_read_ignores_blank_and_comment_lines_and_extra_space(tmp_path):
+    p = _write(tmp_path, "# header\n\n1\ta/1.wav   a/2.wav \r\n  \n0 a/1 b/1\n")
+    assert read_trials(p) == [(1, "a/1", "a/2"), (0, "a/1", "b/1")]
+
+
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ("1 a/1.wav", "expected 3 fields"),
+        ("1 a/1 a/2 a/3", "expected 3 fields"),
+        ("2 a/1 a/2", "label must be 0 or 1"),
+        ("target a/1 a/2", "label must be 0 or 1"),
+        ("-1 a/1 a/2", "label must be 0 or 1"),
+    ],
+)
+def test_read_malformed_row_names_path_and_line(tmp_path, line, match):
+    p = _write(tmp_path, OFFICIAL + "\n" + line + "\n")
+    with pytest.raises(TrialListError, match=match) as err:
+        read_trials(p)
+    assert f"{p}:4:" in str(err.value)  # line 3 is blank
+
+
+def test_read_unknown_ids_listed_with_lines(tmp_path):
+    p = _write(tmp_path, "1 a/1 a/2\n0 a/1 b/9\n0 c/1 a/2\n")
+    with pytest.raises(TrialListError) as err:
+        read_trials(p, known_ids=["a/1", "a/2", "b/1"])
+    msg = str(err.value)
+    assert "2 trial utterance(s)" in msg
+    assert "line 2: b/9" in msg and "line 3: c/1" in msg
+    # Known IDs given as paths of an official list map the same way.
+    assert len(read_trials(p, known_ids={"a/1", "a/2", "b/9", "c/1"})) == 3
+
+
+def test_read_missing_file(tmp_path):
+    with pytest.raises(TrialListError, match="not found"):
+        read_trials(tmp_path / "nope.txt")
+
+
+def test_write_read_roundtrip_and_format(tmp_path):
+    trials = [(1, "s1/u1", "s1/u2"), (0, "s1/u1", "s2/u1"), (True, "x", "y")]
+    p = tmp_path / "out" / "t.txt"
+    write_trials(p, trials)
+    assert p.read_text() == "1 s1/u1 s1/u2\n0 s1/u1 s2/u1\n1 x y\n"
+    assert read_trials(p) == [
+        (1, "s1/u1", "s1/u2"),
+        (0, "s1/u1", "s2/u1"),
+        (1, "x", "y"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ((2, "a", "b"), "label must be 0 or 1"),
+        (("yes", "a", "b"), "label must be 0 or 1"),
+        ((1, "a b", "c"), "white space"),
+        ((1, "", "c"), "white space"),
+        ((1, "a"), r"must be \(label, enrol, test\)"),
+    ],
+)
+def test_write_rejects_bad_trials_and_keeps_old_file(tmp_path, bad, match):
+    p = tmp_path / "t.txt"
+    p.write_text("old\n")
+    with pytest.raises(TrialListError, match=match) as err:
+        write_trials(p, [(1, "a", "b"), bad])
+    assert "trial 1" in str(err.value)
+    assert p.read_text() == "old\n"
+    assert [f.name for f in tmp_path.iterdir()] == ["t.txt"]
+
+
+def test_utt_to_id_and_speaker_of():
+    assert (
+        utt_to_id("id10270/x6uYqmx31kE/00001.wav")
+        == "id10270/x6uYqmx31kE/00001"
+    )
+    assert utt_to_id("id00012/abc/00001.m4a") == "id00012/abc/00001"
+    assert utt_to_id("spk\\chap\\utt.FLAC") == "spk/chap/utt"
+    assert utt_to_id("././a/b.wav") == "a/b"
+    assert utt_to_id("a/b.c") == "a/b.c"  # not an audio extension
+    assert speaker_of("id10270/x6uYqmx31kE/00001.wav") == "id10270"
+    assert speaker_of("spk1") == "spk1"
+
+
+def _brute_force_pairs(ids, spk):
+    target, nontarget = set(), set()
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    for a, b in itertools.combinations(order, 2):
+        pair = (ids[a], ids[b])
+        (target if spk[a] == spk[b] else nontarget).add(pair)
+    return target, nontarget
+
+
+def _corpus(n_spk, n_utt):
+    ids = [f"s{s}/u{u:02d}" for s in range(n_spk) for u in range(n_utt)]
+    return ids, [i.split("/")[0] for i in ids]
+
+
+def test_make_trials_all_targets_and_balanced_nontargets():
+    ids, spk = _corpus(5, 8)
+    trials = make_trials(ids[::-1], spk[::-1], seed=3)  # input order free
+    target, nontarget = _brute_force_pairs(ids, spk)
+    got_t = [(e, t) for lab, e, t in trials if lab == 1]
+    got_n = [(e, t) for lab, e, t in trials if lab == 0]
+    assert set(got_t) == target and len(got_t) == 5 * 28
+    assert len(got_n) == len(got_t) and len(set(got_n)) == len(got_n)
+    assert set(got_n) <= nontarget  # each unordered pair, enrol < test
+    # Deterministic; the seed changes the sampled non-targets.
+    assert make_trials(ids, spk, seed=3) == trials
+    other = make_trials(ids, spk, seed=4)
+    assert [t for t in other if t[0] == 1] == [t for t in trials if t[0] == 1]
+    assert set(other) != set(trials)
+
+
+def test_make_trials_all_nontargets_when_fewer_than_asked():
+    ids, spk = _corpus(3, 4)
+    trials = make_trials(ids, spk, nontarget_ratio=10.0)
+    target, nontarget = _brute_force_pairs(ids, spk)
+    assert {(e, t) for lab, e, t in trials if lab == 0} == nontarget
+    assert sum(1 for t in trials if t[0] == 0) == len(nontarget) == 48
+
+
+def test_make_trials_max_target_and_ratio():
+    ids, spk = _corpus(4, 10)
+    trials = make_trials(ids, spk, max_target=50, nontarget_ratio=2.0)
+    s = trial_summary(trials)
+    assert (s["target"], s["nontarget"]) == (50, 100)
+    target, nontarget = _brute_force_pairs(ids, spk)
+    assert {(e, t) for lab, e, t in trials if lab == 1} <= target
+
+
+def test_make_trials_dspspeech_sized_split():
+    ids, spk = _corpus(5, 40)
+    s = trial_summary(make_trials(ids, spk))
+    assert s == {
+        "trials": 7800,
+        "target": 3900,
+        "nontarget": 3900,
+        "utterances": 200,
+        "speakers": 5,
+    }
+
+
+def test_make_trials_errors():
+    with pytest.raises(
+        ValueError, match="duplicate utterance IDs: \\['a/1'\\]"
+    ):
+        make_trials(["a/1", "a/1", "b/1"], ["a", "a", "b"])
+    with pytest.raises(ValueError, match="at least two speakers"):
+        make_trials(["a/1", "a/2"], ["a", "a"])
+    with pytest.raises(ValueError, match="2 utterances but 1"):
+        make_trials(["a/1", "a/2"], ["a"])
+
+
+def test_trial_summary_counts_by_hand():
+    trials = [(1, "a/1", "a/2"), (0, "a/1", "b/1"), (0, "c/x/1", "b/1")]
+    assert trial_summary(trials) == {
+        "trials": 3,
+        "target": 1,
+        "nontarget": 2,
+        "utterances": 4,
+        "speakers": 3,
+    }
