@@ -15,9 +15,9 @@ the ``.m4a`` files (``--beside``).
 - Failures do not stop the run: they are listed at the end (and in
   ``convert_failures.txt`` in the output folder) and the exit status is 1.
 
-Usage::
+Usage (the VoxCeleb2 root or its ``dev/aac`` folder)::
 
-    python tools/convert_voxceleb2.py /data/vox2/dev/aac --workers 8
+    python tools/convert_voxceleb2.py /data/voxceleb2 --workers 8
 """
 
 import argparse
@@ -110,6 +110,28 @@ def default_output(src):
     if os.path.basename(src) == "aac":
         return os.path.join(os.path.dirname(src), "wav")
     return src + "_wav"
+
+
+def resolve_source(src):
+    """The folder of ``.m4a`` files for ``src``: ``src/dev/aac`` or
+    ``src/aac`` when ``src`` is a VoxCeleb2 root holding one, else ``src``.
+
+    Arguments
+    ---------
+    src : str
+        A VoxCeleb2 root or a folder of ``.m4a`` files.
+
+    Returns
+    -------
+    str
+        Absolute path of the folder to convert.
+    """
+    src = os.path.abspath(src)
+    if os.path.basename(src) != "aac":
+        for sub in (("dev", "aac"), ("aac",)):
+            if os.path.isdir(os.path.join(src, *sub)):
+                return os.path.join(src, *sub)
+    return src
 
 
 def list_jobs(src, dst=None, overwrite=False, sample_rate=SAMPLE_RATE):
@@ -231,7 +253,8 @@ def convert_voxceleb2(
     Arguments
     ---------
     src : str
-        Folder of ``.m4a`` files (``<vox2>/dev/aac``).
+        Folder of ``.m4a`` files (``<vox2>/dev/aac``), or the VoxCeleb2
+        root holding it (see :func:`resolve_source`).
     dst : str or None
         Output root (None: :func:`default_output`, unless ``beside``).
     beside : bool
@@ -262,7 +285,7 @@ def convert_voxceleb2(
     """
     if not os.path.isdir(src):
         raise FileNotFoundError(f"VoxCeleb2 m4a folder not found: {src}")
-    src = os.path.abspath(src)
+    src = resolve_source(src)
     if beside:
         dst = None
     elif dst is None:
@@ -315,7 +338,9 @@ def main(argv=None):
         description="Convert VoxCeleb2 .m4a files to 16 kHz mono wav "
         "(parallel, resumable).",
     )
-    parser.add_argument("src", help="folder of .m4a files (<vox2>/dev/aac)")
+    parser.add_argument(
+        "src", help="VoxCeleb2 root, or a folder of .m4a files (<vox2>/dev/aac)"
+    )
     parser.add_argument(
         "--out",
         default=None,

@@ -1,1 +1,19 @@
-"""dampit.dataio."""
+"""dampit.dataio: from audio files to training batches and trial lists.
+
+- ``audio``: ``load_audio`` / ``audio_info`` (mono, resampling, clear
+  ``AudioError`` naming the file);
+- ``prepare_voxceleb``: VoxCeleb1/2 -> ``train.csv``, ``dev.csv``,
+  ``test.csv`` and ID trial lists (VoxCeleb1-O, -O cleaned, -E, -H);
+  ``tools/convert_voxceleb2.py`` turns VoxCeleb2's m4a into wav first;
+- ``prepare_folder``: the same for any ``<speaker>/**/<utt>.wav|flac``
+  tree, with a deterministic speaker-disjoint split and generated trials;
+- ``trials``: read, write and generate ``label enrol test`` trial lists;
+- ``synthetic``: a built-in synthetic speaker corpus (``dampit-synth``) for
+  demos and tests; it is not a benchmark;
+- ``crops``, ``sampler``, ``augment``: crops, P x K batches, noise and
+  reverberation.
+
+CSV manifests use SpeechBrain's columns ``ID, duration, wav, start, stop,
+spk_id``; utterance IDs are relative paths without extension
+(``id10270/x6uYqmx31kE/00001``), which is how trial lists name them.
+"""

@@ -94,8 +94,9 @@ def _check_outputs(out_root, lengths):
 
 def test_converts_in_parallel_into_mirror(tmp_path, stub_ffmpeg):
     aac, lengths = make_aac(tmp_path / "vox2")
+    # The VoxCeleb2 root is accepted for its dev/aac folder.
     res = conv.convert_voxceleb2(
-        str(aac), workers=3, ffmpeg=stub_ffmpeg, progress=False
+        str(tmp_path / "vox2"), workers=3, ffmpeg=stub_ffmpeg, progress=False
     )
     out = tmp_path / "vox2" / "dev" / "wav"
     assert res == {
