@@ -658,7 +658,8 @@ def _complete(out_dir, opts):
 
 
 def main(argv=None):
-    """Command line: ``dampit-synth OUT_DIR [--speakers N] [--utts K] ...``.
+    """Command line: ``dampit-synth OUT_DIR [--speakers N] [--utts K] ...``
+    (``--out DIR`` and ``--utts-per-speaker K`` are accepted too).
 
     Arguments
     ---------
@@ -683,9 +684,17 @@ def main(argv=None):
         "<spk>/<spk>-<k>.wav + manifest.csv). For demos and tests only: "
         "it is not a benchmark.",
     )
-    parser.add_argument("out_dir", help="output folder")
+    parser.add_argument("out_dir", nargs="?", help="output folder")
+    parser.add_argument("--out", help="output folder (instead of OUT_DIR)")
     parser.add_argument("--speakers", type=int, default=40)
-    parser.add_argument("--utts", type=int, default=20, help="per speaker")
+    parser.add_argument(
+        "--utts",
+        "--utts-per-speaker",
+        dest="utts",
+        type=int,
+        default=20,
+        help="utterances per speaker",
+    )
     parser.add_argument("--min-dur", type=float, default=2.0, help="seconds")
     parser.add_argument("--max-dur", type=float, default=4.0, help="seconds")
     parser.add_argument("--sample-rate", type=int, default=16000)
@@ -694,8 +703,10 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if (args.out_dir is None) == (args.out is None):
+        parser.error("give the output folder once: OUT_DIR or --out")
     path = generate_corpus(
-        args.out_dir,
+        args.out_dir or args.out,
         n_speakers=args.speakers,
         utts_per_speaker=args.utts,
         duration=(args.min_dur, args.max_dur),

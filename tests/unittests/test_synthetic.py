@@ -200,6 +200,30 @@ def test_cli_and_console_script(tmp_path, capsys):
         2,
         [0.3, 0.3],
     )
+    # Long spellings; the folder must be given exactly once.
+    assert (
+        syn.main(
+            [
+                "--out",
+                str(tmp_path / "o"),
+                "--speakers",
+                "1",
+                "--utts-per-speaker",
+                "2",
+                "--min-dur",
+                "0.2",
+                "--max-dur",
+                "0.2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert len(list((tmp_path / "o" / "spk000").glob("*.wav"))) == 2
+    for argv in ([], [str(out), "--out", str(out)]):
+        with pytest.raises(SystemExit):
+            syn.main(argv)
+    assert "OUT_DIR or --out" in capsys.readouterr().err
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
     scripts = cfg["options.entry_points"]["console_scripts"]
