@@ -439,6 +439,41 @@ class EmbeddingStore:
         return enrol, test, labels
 
 
+def _parse_lines(lines, lineno, path, index, ncol, enrol, test, labels):
+    """Parse trial lines one by one; raise naming the first bad line."""
+    for k, line in enumerate(lines, lineno + 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if ncol is None:
+            ncol = len(parts)
+        if ncol not in (2, 3):
+            raise ValueError(
+                f"{path}:{k}: expected 'label enrol test' or 'enrol test', "
+                f"got {line.strip()!r}"
+            )
+        if len(parts) != ncol:
+            raise ValueError(
+                f"{path}:{k}: expected {ncol} columns, got {line.strip()!r}"
+            )
+        if ncol == 3 and parts[0] not in ("0", "1"):
+            raise ValueError(
+                f"{path}:{k}: label must be 0 or 1, got {parts[0]!r}"
+            )
+        rows = []
+        for u in parts[-2:]:
+            j = index.get(u)
+            if j is None:
+                raise UnknownUtteranceError(
+                    f"{path}:{k}: utterance {u!r} is not in the embedding store"
+                )
+            rows.append(j)
+        enrol.append(rows[0])
+        test.append(rows[1])
+        if ncol == 3:
+            labels.append(parts[0] == "1")
+
+
 def read_trial_indices(path, store):
     """Stream a trial file straight into row-index arrays.
 
@@ -484,38 +519,40 @@ def read_trial_indices(path, store):
     path = os.fspath(path)
     enrol, test, labels = array("q"), array("q"), array("b")
     ncol = None
+    lineno = 0
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
+        while True:
+            lines = f.readlines(1 << 20)  # about 1 MB of lines at a time
+            if not lines:
+                break
             if ncol is None:
-                ncol = len(parts)
-                if ncol not in (2, 3):
-                    raise ValueError(
-                        f"{path}:{lineno}: expected 'label enrol test' or "
-                        f"'enrol test', got {line.strip()!r}"
-                    )
-            if len(parts) != ncol:
-                raise ValueError(
-                    f"{path}:{lineno}: expected {ncol} columns, got "
-                    f"{line.strip()!r}"
+                first = next((ln.split() for ln in lines if ln.strip()), None)
+                if first is not None:
+                    ncol = len(first)
+            parts = list(map(str.split, lines))
+            if ncol not in (2, 3) or set(map(len, parts)) != {ncol}:
+                # Blank or malformed lines: the slow path names the line.
+                _parse_lines(
+                    lines, lineno, path, index, ncol, enrol, test, labels
                 )
+                ncol = ncol if ncol in (2, 3) else None
+                lineno += len(lines)
+                continue
+            cols = list(zip(*parts))
+            del parts
+            e_idx = list(map(index.get, cols[-2]))
+            t_idx = list(map(index.get, cols[-1]))
+            bad_lab = ncol == 3 and not set(cols[0]) <= {"0", "1"}
+            if None in e_idx or None in t_idx or bad_lab:
+                _parse_lines(
+                    lines, lineno, path, index, ncol, enrol, test, labels
+                )
+                raise AssertionError("unreachable: the slow path raises")
+            enrol.extend(e_idx)
+            test.extend(t_idx)
             if ncol == 3:
-                if parts[0] not in ("0", "1"):
-                    raise ValueError(
-                        f"{path}:{lineno}: label must be 0 or 1, got "
-                        f"{parts[0]!r}"
-                    )
-                labels.append(parts[0] == "1")
-            for out, u in zip((enrol, test), parts[-2:]):
-                j = index.get(u)
-                if j is None:
-                    raise UnknownUtteranceError(
-                        f"{path}:{lineno}: utterance {u!r} is not in the "
-                        "embedding store"
-                    )
-                out.append(j)
+                labels.extend(v == "1" for v in cols[0])
+            lineno += len(lines)
     if not enrol:
         raise ValueError(f"{path}: no trials")
     lab = np.frombuffer(labels, dtype=np.int8).astype(np.int64)

@@ -139,7 +139,9 @@ def test_as_norm_errors(data):
         as_norm([0.1, 0.2], [0], [1], sv, co)
     flat = ScoringVectors.from_embeddings(np.ones((3, 8)), "cosine")
     two = ScoringVectors.from_embeddings(np.ones((2, 8)), "cosine")
-    with pytest.raises(ValueError, match=r"row 0: its top-3 .*\(standard deviation 0\)"):
+    with pytest.raises(
+        ValueError, match=r"row 0: its top-3 .*\(standard deviation 0\)"
+    ):
         as_norm([0.1], [0], [1], two, flat)
     sq = ScoringVectors.from_embeddings(cohort, "sqeuclidean")
     with pytest.raises(ValueError, match="built for .sqeuclidean., not .cos"):

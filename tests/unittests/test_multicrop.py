@@ -83,7 +83,9 @@ def test_closed_form_equals_naive_100_pair_loop(crops, trials, method):
     np.testing.assert_allclose(got, ref, rtol=1e-12)
     sv32 = ScoringVectors.from_embeddings(crops.astype(np.float32), method)
     assert sv32.vectors.dtype == np.float32
-    np.testing.assert_allclose(sv32.score_pairs(ie, it), ref, rtol=2e-5)
+    np.testing.assert_allclose(
+        sv32.score_pairs(ie, it), ref, rtol=2e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(
@@ -334,3 +336,32 @@ def test_cosine_scores_full_utterance():
     emb = np.array([[3.0, 4.0], [0.0, 1.0], [-3.0, -4.0]])
     got = cosine_scores(emb, [0, 0, 1], [1, 2, 1])
     np.testing.assert_allclose(got, [0.8, -1.0, 1.0])
+
+
+def test_read_trial_indices_blocks_blank_lines_and_bad_columns(tmp_path):
+    ids = [f"spk{u // 10:03d}/utt{u:05d}.wav" for u in range(200)]
+    store = save_embeddings(tmp_path / "s", ids, np.ones((200, 2)))
+    rng = np.random.default_rng(0)
+    tri = rng.integers(0, 200, size=(30_000, 2))  # > 1 MB: several blocks
+    lab = rng.integers(0, 2, size=30_000)
+    lines = [f"{x} {ids[a]} {ids[b]}\n" for x, (a, b) in zip(lab, tri)]
+    lines.insert(12_345, "\n")  # a blank line inside a block
+    p = tmp_path / "trials.txt"
+    p.write_text("".join(lines))
+    e, t, got = read_trial_indices(p, store)
+    assert e.tolist() == tri[:, 0].tolist() and t.tolist() == tri[:, 1].tolist()
+    assert got.tolist() == lab.tolist()
+    # Two columns, no labels.
+    p.write_text(f"{ids[3]} {ids[4]}\n{ids[5]} {ids[6]}\n")
+    e, t, got = read_trial_indices(p, store)
+    assert (e.tolist(), t.tolist(), got) == ([3, 5], [4, 6], None)
+    # 4 + 2 tokens would average 3 a line: still reported.
+    p.write_text(f"1 {ids[0]} {ids[1]}\n1 a b c\nx y\n")
+    with pytest.raises(ValueError, match=r"trials.txt:2: expected 3 columns"):
+        read_trial_indices(p, store)
+    p.write_text("1 a b c\n")
+    with pytest.raises(ValueError, match=r"trials.txt:1: expected 'label"):
+        read_trial_indices(p, store)
+    p.write_text("\n\n")
+    with pytest.raises(ValueError, match="no trials"):
+        read_trial_indices(p, store)
