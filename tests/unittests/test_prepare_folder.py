@@ -100,12 +100,18 @@ def test_deterministic_and_seed_dependent(tmp_path):
     make_tree(data, n_spk=8, n_utt=4)
     names = ("train.csv", "dev.csv", "test.csv", "trials.txt")
 
-    def run(seed, out):
-        prepare_folder(data, tmp_path / out, seed=seed, dev_fraction=0.25)
+    def run(seed, out, workers=1):
+        prepare_folder(
+            data,
+            tmp_path / out,
+            seed=seed,
+            dev_fraction=0.25,
+            num_workers=workers,
+        )
         return [(tmp_path / out / n).read_bytes() for n in names]
 
     first = run(0, "a")
-    assert run(0, "b") == first
+    assert run(0, "b", workers=3) == first  # threaded header reads
     test_spk = set()
     for s in range(4):
         run(s, f"s{s}")
