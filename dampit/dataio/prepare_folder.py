@@ -218,7 +218,7 @@ def probe_audio(paths, full_check=False, num_workers=1, desc="probing"):
         with ThreadPoolExecutor(num_workers) as pool:
             results = list(
                 tqdm(
-                    pool.map(work, paths, chunksize=64),
+                    pool.map(work, paths),
                     total=len(paths),
                     desc=desc,
                     disable=len(paths) < 1000,
