@@ -72,6 +72,9 @@ class Spectrogram(torch.nn.Module):
     log1p : bool
         Return ``log(1 + |STFT|)`` (True) or the magnitude ``|STFT|``.
 
+    On CPU the batch is transformed ``cpu_chunk`` (attribute, 16) rows at a
+    time, which keeps the work in cache; the result is the same.
+
     Example
     -------
     >>> spec = Spectrogram()
@@ -120,6 +123,7 @@ class Spectrogram(torch.nn.Module):
         self.pad_mode = pad_mode
         self.log1p = log1p
         self.n_bins = n_fft // 2 + 1
+        self.cpu_chunk = 16
         win = _WINDOWS[window](win_length, periodic=True)
         # Not in the state dict: it is a pure function of the arguments.
         self.register_buffer("window", win, persistent=False)
@@ -166,19 +170,32 @@ class Spectrogram(torch.nn.Module):
                 x = torch.nn.functional.pad(
                     x.unsqueeze(1), (pad, pad), mode=self.pad_mode
                 ).squeeze(1)
-            stft = torch.stft(
-                x,
-                n_fft=self.n_fft,
-                hop_length=self.hop_length,
-                win_length=self.win_length,
-                window=window,
-                center=False,
-                return_complex=True,
+            # On CPU, a few rows at a time stay in cache: about 2x faster
+            # than one big STFT for 128 crops of 3 s (tools/bench_data.py).
+            step = self.cpu_chunk if x.device.type == "cpu" else len(x)
+            feats = torch.cat(
+                [
+                    self._magnitude(x[i : i + step], window)
+                    for i in range(0, len(x), max(1, step))
+                ]
             )
-            feats = stft.abs()
-            if self.log1p:
-                feats = torch.log1p(feats)
         return feats.transpose(1, 2)
+
+    def _magnitude(self, x, window):
+        """``log1p|STFT|`` (or ``|STFT|``) of padded rows, ``[B, F, T]``."""
+        stft = torch.stft(
+            x,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.win_length,
+            window=window,
+            center=False,
+            return_complex=True,
+        )
+        feats = stft.abs()
+        if self.log1p:
+            feats = feats.log1p_()
+        return feats
 
 
 class CropNormalization(torch.nn.Module):

@@ -247,3 +247,37 @@ def test_reproducible_from_torch_seed(csv_folder, speech):
     assert torch.equal(outs[0], outs[1])
     assert not torch.equal(outs[0], outs[2])
     assert seeds == [1, 1, 2]
+
+
+def test_csvs_work_with_stock_speechbrain_augmenter(
+    shared_data, tmp_path, speech
+):
+    """The second YAML of the module docstring: SpeechBrain's own classes
+    read our CSVs."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    yaml = f"""
+noise_csv: !apply:dampit.dataio.augment.make_noise_csv
+    folder: {shared_data / "noise"}
+    csv_path: {tmp_path / "noise.csv"}
+rir_csv: !apply:dampit.dataio.augment.make_rir_csv
+    folder: {shared_data / "rir"}
+    csv_path: {tmp_path / "rir.csv"}
+add_noise: !new:speechbrain.augment.time_domain.AddNoise
+    csv_file: !ref <noise_csv>
+    snr_low: 10
+    snr_high: 10
+    pad_noise: True
+add_reverb: !new:speechbrain.augment.time_domain.AddReverb
+    csv_file: !ref <rir_csv>
+augmenter: !new:speechbrain.augment.augmenter.Augmenter
+    augmentations: [!ref <add_reverb>, !ref <add_noise>]
+"""
+    hp = load_hyperpyyaml(yaml)
+    x = speech[:3]
+    y = hp["add_noise"](x, torch.ones(3))
+    for c, n in zip(x, y):
+        assert abs(_measured_snr(c, n) - 10.0) < 0.25
+    y, lens = hp["augmenter"](x, torch.ones(3))
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    assert torch.equal(lens, torch.ones(3))

@@ -70,6 +70,14 @@ def test_batched_matches_librosa_per_utterance(real_wavs):
         np.testing.assert_allclose(feats[i, :t].numpy(), ref, atol=1e-4)
 
 
+def test_cpu_chunking_gives_the_same_result():
+    wavs = torch.randn(5, 4000)
+    spec = Spectrogram()
+    whole = spec(wavs)
+    spec.cpu_chunk = 2
+    torch.testing.assert_close(spec(wavs), whole, rtol=0, atol=1e-6)
+
+
 def test_reflect_padding_only_changes_edge_frames(real_wavs):
     wav = real_wavs[0]
     const = Spectrogram()(wav)[0]
