@@ -3,6 +3,7 @@
 import collections
 import os
 import sys
+import time
 import types
 
 import pytest
@@ -340,9 +341,18 @@ def test_rank_and_world_from_torch_distributed(tmp_path):
         args=(2, str(tmp_path / "init"), str(tmp_path)),
         nprocs=2,
         start_method="fork",
+        join=False,
     )
-    assert ctx is None or ctx.join()
-    res = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.terminate()
+            pytest.fail("the 2-process gloo run did not finish in 120 s")
+    res = [
+        torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
+        for r in range(2)
+    ]
     assert [r["rank"] for r in res] == [0, 1]
     assert [r["world"] for r in res] == [2, 2]
     ref = PKSampler(
@@ -356,3 +366,24 @@ def test_rank_and_world_from_torch_distributed(tmp_path):
     assert res[0]["batches"] == ref[0::2]
     assert res[1]["batches"] == ref[1::2]
     assert len(ref) == 2 * (40 // 4 // 2)
+
+
+def test_brain_make_dataloader_without_ddp(tmp_path, monkeypatch):
+    """Without DDP, SpeechBrain passes the batch sampler through."""
+    import speechbrain as sb
+    from speechbrain.dataio.dataset import DynamicItemDataset
+
+    monkeypatch.chdir(tmp_path)
+    data = {f"u{i:02d}": {"spk_id": f"s{i % 4}"} for i in range(16)}
+    ds = DynamicItemDataset(data)
+    ds.set_output_keys(["id", "spk_id"])
+    sampler = PKSampler.from_dataset(ds, "spk_id", P=2, K=2, seed=0)
+    brain = sb.Brain(
+        modules={"m": torch.nn.Linear(1, 1)}, run_opts={"device": "cpu"}
+    )
+    loader = brain.make_dataloader(ds, sb.Stage.TRAIN, batch_sampler=sampler)
+    batches = [b.spk_id for b in loader]
+    assert len(batches) == len(sampler) == 4
+    for spk in batches:
+        assert spk[0] == spk[1] != spk[2] == spk[3]
+    assert brain.train_sampler is None  # so fit() will not call set_epoch
