@@ -58,7 +58,10 @@ def _check_id(utt_id):
 def _as_array(x):
     """Tensor or array-like -> numpy array (no copy for numpy input)."""
     if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            x = x.float()
+        x = x.numpy()
     return np.asarray(x)
 
 

@@ -69,7 +69,10 @@ __all__ = [
 def _to_numpy(x, name):
     """Convert a tensor, array or sequence to a 1-D numpy array."""
     if hasattr(x, "detach"):  # torch.Tensor, without importing torch
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            x = x.float()
+        x = x.numpy()
     try:
         arr = np.asarray(x)
     except Exception as exc:  # ragged lists, strings mixed with numbers

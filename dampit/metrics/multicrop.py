@@ -79,7 +79,10 @@ _CHUNK_BYTES = 2**26
 def _as_array(x):
     """Tensor or array-like -> numpy array (memmaps stay memmaps)."""
     if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            x = x.float()
+        x = x.numpy()
     return x if isinstance(x, np.ndarray) else np.asarray(x)
 
 
@@ -352,8 +355,8 @@ class ScoringVectors:
             ids = embeddings.ids
             embeddings = embeddings.embeddings
         emb = _as_array(embeddings)
-        if not np.issubdtype(emb.dtype, np.floating):
-            emb = emb.astype(np.float64)
+        if emb.dtype not in (np.float32, np.float64):
+            emb = emb.astype(np.float32)  # integers, float16, bfloat16
         if emb.ndim == 3 and emb.shape[1] == 1:
             emb = emb[:, 0]  # SpeechBrain's [U, 1, D]
         if emb.ndim not in (2, 3) or min(emb.shape) < 1:

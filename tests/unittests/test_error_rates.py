@@ -263,3 +263,8 @@ def test_bad_parameters():
         compute_min_dcf([0.1, 0.2], [0, 1], c_fa=0.0)
     with pytest.raises(ValueError, match="method"):
         compute_eer([0.1, 0.2], [0, 1], method="rocch")
+
+
+def test_bfloat16_scores():
+    s = torch.tensor([0.5, 0.25, 0.75, 0.125], dtype=torch.bfloat16)
+    assert compute_eer(s, torch.tensor([1, 0, 1, 0])) == (0.0, 0.25)

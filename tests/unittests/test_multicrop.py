@@ -365,3 +365,18 @@ def test_read_trial_indices_blocks_blank_lines_and_bad_columns(tmp_path):
     p.write_text("\n\n")
     with pytest.raises(ValueError, match="no trials"):
         read_trial_indices(p, store)
+
+
+def test_half_precision_and_integer_inputs():
+    emb = torch.randn(4, 3, 8)
+    ref = ScoringVectors.from_embeddings(emb.double(), "cosine")
+    for x in (emb.bfloat16(), emb.half()):
+        sv = ScoringVectors.from_embeddings(x, "cosine")
+        assert sv.vectors.dtype == np.float32
+        np.testing.assert_allclose(
+            sv.score_pairs([0, 1], [2, 3]),
+            ref.score_pairs([0, 1], [2, 3]),
+            atol=2e-2,
+        )
+    sv = ScoringVectors.from_embeddings(np.arange(6).reshape(2, 3), "dot")
+    assert sv.score_pairs([0], [1]).tolist() == [14.0]
