@@ -61,6 +61,7 @@ def export_onnx(model, path, opset=18):
         pipe = model.eval()
     else:
         pipe = EmbeddingPipeline.from_model(model)
+    pipe.for_export()
     feats = pipe.compute_features
     wavs, lens = example_inputs(
         int(getattr(feats, "sample_rate", 16000)),

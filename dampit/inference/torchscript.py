@@ -26,9 +26,15 @@ import warnings
 
 import torch
 
+from dampit.lobes.features import Spectrogram
 from dampit.utils.atomic import atomic_path
 
-__all__ = ["EmbeddingPipeline", "example_inputs", "export_torchscript"]
+__all__ = [
+    "EmbeddingPipeline",
+    "WholeBatchSpectrogram",
+    "example_inputs",
+    "export_torchscript",
+]
 
 
 class EmbeddingPipeline(torch.nn.Module):
@@ -83,6 +89,26 @@ class EmbeddingPipeline(torch.nn.Module):
         )
         return pipe.eval()
 
+    def for_export(self):
+        """Make the features loop-free for tracing and ``torch.export``.
+
+        ``dampit.lobes.features.Spectrogram`` transforms a CPU batch in
+        chunks of ``cpu_chunk`` rows: a Python loop over the batch size,
+        which a trace freezes and which the ONNX exporter cannot convert
+        (it asks for the size of the complex STFT). For export it is
+        replaced by :class:`WholeBatchSpectrogram`, the same computation on
+        the whole batch (same numbers up to float rounding).
+
+        Returns
+        -------
+        EmbeddingPipeline
+            ``self``.
+        """
+        feats = self.compute_features
+        if isinstance(feats, Spectrogram) and hasattr(feats, "_magnitude"):
+            self.compute_features = WholeBatchSpectrogram(feats)
+        return self
+
     def forward(self, wavs, lengths):
         """Embed a padded batch.
 
@@ -102,6 +128,55 @@ class EmbeddingPipeline(torch.nn.Module):
         feats = self.mean_var_norm(feats, lengths)
         emb = self.embedding_model(feats, lengths)
         return emb.reshape(emb.shape[0], -1)
+
+
+class WholeBatchSpectrogram(torch.nn.Module):
+    """A ``Spectrogram`` computed on the whole batch at once (for export).
+
+    Arguments
+    ---------
+    spectrogram : dampit.lobes.features.Spectrogram
+        The module whose settings and window are used.
+
+    Example
+    -------
+    >>> spec = Spectrogram()
+    >>> x = torch.randn(3, 8000)
+    >>> bool(torch.allclose(WholeBatchSpectrogram(spec)(x), spec(x),
+    ...                     atol=1e-5))
+    True
+    """
+
+    def __init__(self, spectrogram):
+        super().__init__()
+        self.spec = spectrogram
+        self.sample_rate = spectrogram.sample_rate
+        self.hop_length = spectrogram.hop_length
+        self.n_fft = spectrogram.n_fft
+        self.center = spectrogram.center
+
+    def forward(self, wavs):
+        """Features ``[B, T, F]`` of waveforms ``[B, N]``.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[B, N]`` waveforms.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, T, n_fft // 2 + 1]``.
+        """
+        spec = self.spec
+        x = wavs.float()
+        if spec.center:
+            pad = spec.n_fft // 2
+            x = torch.nn.functional.pad(
+                x.unsqueeze(1), (pad, pad), mode=spec.pad_mode
+            ).squeeze(1)
+        window = spec.window.to(device=x.device, dtype=x.dtype)
+        return spec._magnitude(x, window).transpose(1, 2)
 
 
 def example_inputs(sample_rate=16000, hop_length=160, seconds=(1.0, 0.6)):
@@ -174,6 +249,7 @@ def export_torchscript(model, path):
         pipe = model.eval()
     else:
         pipe = EmbeddingPipeline.from_model(model)
+    pipe.for_export()
     feats = pipe.compute_features
     wavs, lens = example_inputs(
         int(getattr(feats, "sample_rate", 16000)),

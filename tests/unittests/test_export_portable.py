@@ -1,0 +1,103 @@
+"""TorchScript and ONNX exports of the waveform -> embedding pipeline.
+
+The exported programs are compared with the PyTorch model they came from
+(``encode_batch`` of the loaded model folder) at two different lengths,
+one file at a time and as a padded batch, so the time axis is shown to be
+variable. The model has random batch-norm statistics, so eval-mode batch
+norm is exercised.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from dampit.inference.api import frame_relative_lengths, load_model
+from dampit.inference.export import write_demo_model
+from dampit.inference.extract import pad_batch
+from dampit.inference.torchscript import EmbeddingPipeline, export_torchscript
+
+LENGTHS = (23456, 9001, 16000)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = write_demo_model(tmp_path_factory.mktemp("demo"), emb_dim=24)
+    m = load_model(folder)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, t in m.mods.embedding_model.state_dict().items():
+            if name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=gen))
+            elif name.endswith("running_mean"):
+                t.copy_(0.1 * torch.randn(t.shape, generator=gen))
+    return m
+
+
+@pytest.fixture(scope="module")
+def waves():
+    gen = torch.Generator().manual_seed(2)
+    return [0.1 * torch.randn(n, generator=gen) for n in LENGTHS]
+
+
+def reference(model, waves):
+    """encode_batch one file at a time: [N, D]."""
+    with torch.no_grad():
+        return torch.cat(
+            [model.encode_batch(w[None])[:, 0] for w in waves]
+        ).numpy()
+
+
+def padded(waves):
+    batch, _ = pad_batch(waves)
+    return batch, frame_relative_lengths([w.numel() for w in waves], 160)
+
+
+def test_pipeline_is_encode_batch(model, waves):
+    pipe = EmbeddingPipeline.from_model(model)
+    batch, lens = padded(waves)
+    with torch.no_grad():
+        want = model.encode_batch(batch, lens)[:, 0].numpy()
+        tol = 1e-5 * max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(pipe(batch, lens).numpy(), want, 0, tol)
+        # The loop-free features used for export give the same numbers
+        # (up to float rounding: the STFT runs on another batch size).
+        pipe.for_export()
+        assert type(pipe.compute_features).__name__ == "WholeBatchSpectrogram"
+        np.testing.assert_allclose(pipe(batch, lens).numpy(), want, 0, tol)
+
+
+def test_torchscript_variable_length(model, waves, tmp_path):
+    path = tmp_path / "m.ts"
+    export_torchscript(model, path)
+    ts = torch.jit.load(str(path))
+    want = reference(model, waves)
+    scale = np.abs(want).max()
+    with torch.no_grad():
+        for k, w in enumerate(waves[:2]):  # two different lengths
+            got = ts(w[None], torch.ones(1)).numpy()
+            assert np.abs(got[0] - want[k]).max() <= 1e-5 * max(1, scale)
+        batch, lens = padded(waves)
+        got = ts(batch, lens).numpy()
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-5 * max(1, scale)
+
+
+def test_onnx_variable_length(model, waves, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from dampit.inference.onnx_export import OnnxEmbedder, export_onnx
+
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path)
+    onnx_model = OnnxEmbedder(path)
+    want = reference(model, waves)
+    tol = 5e-5 * max(1.0, float(np.abs(want).max()))
+    for k, w in enumerate(waves[:2]):  # two different lengths
+        got = onnx_model(w[None].numpy())
+        assert np.abs(got[0] - want[k]).max() <= tol
+    batch, lens = padded(waves)
+    got = onnx_model(batch, lens)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= tol
+    with pytest.raises(ValueError, match="at least 400"):
+        onnx_model(np.zeros((1, 100), dtype=np.float32))
