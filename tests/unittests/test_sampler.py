@@ -2,9 +2,7 @@
 
 import collections
 import os
-import sys
 import time
-import types
 
 import pytest
 import torch
@@ -12,28 +10,6 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from dampit.dataio.sampler import PKSampler
-
-
-def _lazy_modules_safe_for_hypothesis():
-    """Hypothesis (at collection and per example) reads ``__file__`` of
-    every module in ``sys.modules``; on SpeechBrain's not-yet-loaded lazy
-    proxies (registered by ``import speechbrain``) that triggers their
-    import, which raises ImportError for optional integrations (k2) and
-    aborts the whole pytest session. Give those proxies ``__file__ = None``
-    so that hypothesis skips them."""
-    import speechbrain  # noqa: F401  (registers the proxies)
-
-    for mod in list(sys.modules.values()):
-        if (
-            isinstance(mod, types.ModuleType)
-            and "lazy_module" in vars(mod)
-            and vars(mod)["lazy_module"] is None
-            and "__file__" not in vars(mod)
-        ):
-            mod.__file__ = None
-
-
-_lazy_modules_safe_for_hypothesis()
 
 
 @st.composite
