@@ -476,7 +476,7 @@ class ScoringVectors:
         test_idx : array-like of int
             [T] rows of the test utterances (in ``other`` when given).
         chunk_size : int, optional
-            Trials per chunk (default: about 64 MB of work memory).
+            Trials per chunk (default: about 1 MB of vectors per side).
         progress : bool
             Show a tqdm bar.
         other : ScoringVectors, optional
@@ -511,24 +511,36 @@ class ScoringVectors:
                     f"{n} utterances"
                 )
         out = np.empty(ie.size, dtype=np.float64)
-        step = _rows_per_chunk(self.dim, chunk_size)
+        if chunk_size is None:
+            # Small blocks (about 1 MB a side) stay in cache; trials sorted
+            # by enrolment row reuse rows and read a memory map in order.
+            row_bytes = self.dim * np.dtype(self.vectors.dtype).itemsize
+            step = max(16, 2**20 // row_bytes)
+        else:
+            step = _rows_per_chunk(self.dim, chunk_size)
+        order = np.argsort(ie, kind="stable") if ie.size > step else None
+        # The gathered blocks are not deleted before the next ones exist:
+        # freeing both first lets malloc hand the memory back to the system
+        # and fault it in again on every chunk (5-10 times slower).
         for s in tqdm(
             range(0, ie.size, step), desc="scoring", disable=not progress
         ):
-            a, sa, oa = self._rows(ie[s : s + step])
-            b, sb, ob = other._rows(it[s : s + step])
+            sel = (
+                order[s : s + step] if order is not None else slice(s, s + step)
+            )
+            a, sa, oa = self._rows(ie[sel])
+            b, sb, ob = other._rows(it[sel])
             # One dot per trial, as a batched matrix product (BLAS) in the
             # stored precision.
             sc = np.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]
             sc = sc.astype(np.float64)
-            del a, b
             if self.weight != 1.0:
                 sc *= self.weight
             if sa is not None:
                 sc *= sa * sb
             if oa is not None:
                 sc += oa + ob
-            out[s : s + step] = sc
+            out[sel] = sc
         return out
 
     def score_block(self, rows, other):
