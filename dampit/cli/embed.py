@@ -88,7 +88,7 @@ def embed(model, items, out, batch_size=16, skip_bad=False, progress=True):
         items, batch_size=batch_size, progress=progress
     )
     os.makedirs(out, exist_ok=True)
-    save_embeddings(out, emb, ids=ids)
+    save_embeddings(out, ids=ids, embeddings=emb)
     atomic_write_text(
         os.path.join(out, "paths.txt"), "".join(f"{p}\n" for _, p in items)
     )

@@ -172,7 +172,12 @@ def _check_text(text, allowed, line_offset, found, depth=0):
             if tag.startswith(_CORE_TAG):
                 kind = tag[len(_CORE_TAG) :]
                 if kind not in _SAFE_CORE:
-                    found.append((line, "!!" + kind, "not a plain YAML type"))
+                    why = (
+                        "constructs arbitrary Python objects"
+                        if kind.startswith("python/")
+                        else "not a plain YAML type"
+                    )
+                    found.append((line, "!!" + kind, why))
                     continue
                 # HyperPyYAML turns plain "(a, b)" scalars into tuples by
                 # parsing "[a, b]" with PyYAML's full loader: check inside.

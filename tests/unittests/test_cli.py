@@ -1,0 +1,449 @@
+"""Tests of dampit-embed and dampit-verify (dampit.cli), bad input included.
+
+The console scripts run in-process through their ``main``; the expected
+embeddings come from SpeechBrain's own ``SpeakerRecognition`` loading the
+same model folder and embedding one file at a time, scores from a cosine
+written here, EERs from a plain loop over every threshold.
+"""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from speechbrain.inference.speaker import SpeakerRecognition
+
+from dampit.cli import embed as embed_cli
+from dampit.cli import verify as verify_cli
+from dampit.cli.common import CliError, list_audio_inputs
+from dampit.inference.export import write_demo_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return pathlib.Path(write_demo_model(tmp_path_factory.mktemp("demo")))
+
+
+@pytest.fixture(scope="module")
+def sb(model, tmp_path_factory):
+    return SpeakerRecognition.from_hparams(
+        source=str(model), savedir=str(tmp_path_factory.mktemp("sb"))
+    )
+
+
+@pytest.fixture(scope="module")
+def wavs(shared_data):
+    """Three files of each of two dspspeech speakers."""
+    root = shared_data / "dspspeech"
+    spk = sorted(p for p in root.iterdir() if p.is_dir())[:2]
+    return {s.name: sorted(s.glob("*.wav"))[:3] for s in spk}
+
+
+def reference(sb, path):
+    """One file through SpeechBrain's loader and encode_batch: [D]."""
+    with torch.no_grad():
+        return sb.encode_batch(sb.load_audio(str(path))[None])[0, 0].numpy()
+
+
+def close(a, b, tol=1e-5):
+    scale = max(1.0, float(np.abs(b).max()))
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max()) <= tol * scale
+
+
+def cosine(a, b):
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def tree_of(root, wavs):
+    for spk, files in wavs.items():
+        (root / spk).mkdir(parents=True)
+        for f in files:
+            (root / spk / f.name).symlink_to(f)
+    return root
+
+
+def run_embed(args, capsys=None):
+    code = embed_cli.main(args)
+    out = capsys.readouterr() if capsys is not None else None
+    return code, out
+
+
+# ------------------------------------------------------------ dampit-embed --
+
+
+def test_embed_folder(model, sb, wavs, tmp_path, capsys):
+    tree = tree_of(tmp_path / "data", wavs)
+    out = tmp_path / "emb"
+    code, cap = run_embed(
+        [
+            "--model",
+            str(model),
+            str(tree),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--batch-size",
+            "4",
+        ],
+        capsys,
+    )
+    assert code == 0, cap.err
+    ids = (out / "ids.txt").read_text().splitlines()
+    want_ids = [f"{s}/{f.stem}" for s, fs in sorted(wavs.items()) for f in fs]
+    assert ids == want_ids
+    emb = np.load(out / "embeddings.npy")
+    assert emb.shape == (6, 16) and emb.dtype == np.float32
+    paths = (out / "paths.txt").read_text().splitlines()
+    for k, path in enumerate(paths):
+        assert close(emb[k], reference(sb, path)), path
+    assert "6 embeddings of size 16" in cap.out
+
+
+def test_embed_progress_bar(model, wavs, tmp_path, capsys):
+    files = [str(f) for fs in wavs.values() for f in fs][:2]
+    code, cap = run_embed(
+        ["--model", str(model), *files, "--out", str(tmp_path / "e")], capsys
+    )
+    assert code == 0
+    assert "embedding" in cap.err and "2/2" in cap.err
+
+
+def test_embed_list_file(model, sb, wavs, tmp_path, capsys):
+    files = [f for fs in wavs.values() for f in fs]
+    local = tmp_path / "audio"
+    local.mkdir()
+    shutil.copyfile(files[0], local / "a.wav")
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"# my files\naudio/a.wav\n\nspkX\t{files[1]}\n")
+    out = tmp_path / "e"
+    code, cap = run_embed(
+        ["--model", str(model), str(lst), "--out", str(out), "--no-progress"],
+        capsys,
+    )
+    assert code == 0, cap.err
+    assert (out / "ids.txt").read_text().splitlines() == ["audio/a", "spkX"]
+    emb = np.load(out / "embeddings.npy")
+    assert close(emb[0], reference(sb, files[0]))
+    assert close(emb[1], reference(sb, files[1]))
+
+
+def test_list_file_errors(tmp_path):
+    lst = tmp_path / "list.txt"
+    lst.write_text("a.wav\n# x\nmissing/b.wav\n")
+    (tmp_path / "a.wav").write_bytes(b"")
+    with pytest.raises(CliError, match=r"list.txt:3: .*missing/b.wav"):
+        list_audio_inputs([str(lst)])
+    lst.write_text("a.wav\nx\t a.wav\nx\ta.wav\n")
+    with pytest.raises(CliError, match="duplicate utterance ID.*'x'"):
+        list_audio_inputs([str(lst)])
+    with pytest.raises(CliError, match="input not found"):
+        list_audio_inputs([str(tmp_path / "nothing")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CliError, match="no .wav/.flac files under"):
+        list_audio_inputs([str(tmp_path / "empty")])
+
+
+def write_bad(kind, path):
+    """Write a bad file of ``kind`` at ``path``; return the error text."""
+    if kind == "missing":
+        return "audio file not found"
+    if kind == "not_audio":
+        path.write_text("this is not audio\n" * 100)
+        return "cannot read audio file"
+    if kind == "empty_bytes":
+        path.write_bytes(b"")
+        return "empty (0 bytes)"
+    if kind == "no_samples":
+        sf.write(path, np.zeros(0), 16000)
+        return "no samples"
+    if kind == "silent":
+        sf.write(path, np.zeros(16000), 16000)
+        return "silent"
+    if kind == "too_short":
+        sf.write(path, 0.1 * np.ones(100), 16000)
+        return "too short"
+    raise ValueError(kind)
+
+
+BAD = [
+    "missing",
+    "not_audio",
+    "empty_bytes",
+    "no_samples",
+    "silent",
+    "too_short",
+]
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_embed_bad_file_is_a_clear_error(model, wavs, tmp_path, capsys, kind):
+    bad = tmp_path / f"{kind}.wav"
+    expected = write_bad(kind, bad)
+    good = str(next(iter(wavs.values()))[0])
+    out = tmp_path / "e"
+    code, cap = run_embed(
+        [
+            "--model",
+            str(model),
+            good,
+            str(bad),
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capsys,
+    )
+    assert code == 2
+    assert cap.err.startswith("dampit-embed: error:")
+    assert expected in cap.err and str(bad) in cap.err
+    assert not out.exists()  # nothing half-written
+
+
+def test_embed_skip_bad(model, wavs, tmp_path, capsys):
+    tree = tree_of(tmp_path / "data", {"s": next(iter(wavs.values()))[:2]})
+    write_bad("silent", tree / "s" / "zz_silent.wav")
+    write_bad("not_audio", tree / "s" / "zz_text.wav")
+    out = tmp_path / "e"
+    with pytest.warns(UserWarning, match="skipping"):
+        code, cap = run_embed(
+            [
+                "--model",
+                str(model),
+                str(tree),
+                "--out",
+                str(out),
+                "--skip-bad",
+                "--no-progress",
+            ],
+            capsys,
+        )
+    assert code == 0
+    assert len((out / "ids.txt").read_text().splitlines()) == 2
+    bad = (out / "bad_files.txt").read_text().splitlines()
+    assert [line.split("\t")[0] for line in bad] == [
+        str(tree / "s" / "zz_silent.wav"),
+        str(tree / "s" / "zz_text.wav"),
+    ]
+    assert "silent" in bad[0] and "cannot read" in bad[1]
+    assert "2 bad file(s) skipped" in cap.out
+
+
+def test_other_sample_rate_is_resampled(model, sb, wavs, tmp_path):
+    """An 8 kHz file is resampled (warning) like torchaudio would."""
+    data, sr = sf.read(next(iter(wavs.values()))[0], dtype="float32")
+    low = tmp_path / "low.wav"
+    sf.write(low, data[::2], 8000, subtype="FLOAT")
+    up = AF.resample(torch.from_numpy(data[::2].copy()), 8000, 16000)
+    ref16 = tmp_path / "ref16.wav"
+    sf.write(ref16, up.numpy(), 16000, subtype="FLOAT")
+    out = tmp_path / "e"
+    with pytest.warns(UserWarning, match="sample rate 8000 Hz, resampling"):
+        code, _ = run_embed(
+            [
+                "--model",
+                str(model),
+                str(low),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+    assert code == 0
+    emb = np.load(out / "embeddings.npy")
+    assert close(emb[0], reference(sb, ref16))
+
+
+def test_stereo_is_down_mixed(model, sb, wavs, tmp_path):
+    files = next(iter(wavs.values()))
+    a, _ = sf.read(files[0], dtype="float32")
+    b, _ = sf.read(files[1], dtype="float32")
+    n = min(len(a), len(b))
+    stereo = tmp_path / "stereo.wav"
+    sf.write(stereo, np.stack([a[:n], b[:n]], 1), 16000, subtype="FLOAT")
+    mono = tmp_path / "mono.wav"
+    sf.write(mono, (a[:n] + b[:n]) / 2, 16000, subtype="FLOAT")
+    out = tmp_path / "e"
+    code, _ = run_embed(
+        ["--model", str(model), str(stereo), "--out", str(out), "--no-progress"]
+    )
+    assert code == 0
+    emb = np.load(out / "embeddings.npy")
+    assert close(emb[0], reference(sb, mono))
+
+
+# ----------------------------------------------------------- dampit-verify --
+
+
+def test_verify_two_files(model, sb, wavs, capsys):
+    (spk1, f1), (spk2, f2) = list(wavs.items())
+    a, b = f1[0], f2[0]
+    score = cosine(reference(sb, a), reference(sb, b))
+    for thr, word in (
+        (score - 0.01, "same speaker"),
+        (score + 0.01, "different speakers"),
+    ):
+        code = verify_cli.main(
+            ["--model", str(model), str(a), str(b), "--threshold", str(thr)]
+        )
+        out = capsys.readouterr().out
+        assert code == 0
+        fields = out.split()
+        assert float(fields[1]) == pytest.approx(score, abs=1e-4)
+        assert out.strip().endswith(word)
+    # The stored threshold (0.5 in the demo model) is the default.
+    verify_cli.main(["--model", str(model), str(a), str(b)])
+    assert "threshold 0.5000" in capsys.readouterr().out
+
+
+def eer_loop(scores, labels):
+    labels = np.asarray(labels, bool)
+    best = None
+    for t in [-np.inf] + sorted(set(scores)):
+        fnr = np.mean([s <= t for s, y in zip(scores, labels) if y])
+        fpr = np.mean([s > t for s, y in zip(scores, labels) if not y])
+        if best is None or abs(fpr - fnr) < best[0] - 1e-12:
+            best = (abs(fpr - fnr), (fpr + fnr) / 2)
+    return best[1]
+
+
+def test_verify_trial_list(model, sb, wavs, tmp_path, capsys):
+    tree = tree_of(tmp_path / "data", wavs)
+    (s1, f1), (s2, f2) = list(wavs.items())
+    rel = {f: f"{s}/{f.name}" for s, fs in wavs.items() for f in fs}
+    trials = [
+        (1, f1[0], f1[1]),
+        (1, f1[0], f1[2]),
+        (1, f2[0], f2[1]),
+        (0, f1[0], f2[0]),
+        (0, f1[1], f2[2]),
+        (0, f2[1], f1[2]),
+    ]
+    # Names relative to the list's folder, one given without extension.
+    lines = [f"{y} {rel[e]} {rel[t]}" for y, e, t in trials]
+    lines[1] = lines[1].replace(".wav", "")
+    tl = tree / "trials.txt"
+    tl.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scores.txt"
+    code = verify_cli.main(
+        [
+            "--model",
+            str(model),
+            "--trials",
+            str(tl),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    want = [cosine(reference(sb, e), reference(sb, t)) for _, e, t in trials]
+    rows = [line.split() for line in out.read_text().splitlines()]
+    assert len(rows) == 6
+    got = [float(r[2]) for r in rows]
+    assert np.allclose(got, want, atol=1e-5)
+    assert [int(r[3]) for r in rows] == [int(s > 0.5) for s in got]
+    eer = eer_loop(got, [y for y, _, _ in trials])
+    assert f"EER {100 * eer:.2f}%" in cap.out
+    assert "3 target / 3 non-target" in cap.out
+
+
+def test_verify_csv_ids(model, wavs, tmp_path, capsys):
+    files = [f for fs in wavs.values() for f in fs]
+    csv_path = tmp_path / "test.csv"
+    rows = ["ID,duration,wav,start,stop,spk_id"]
+    for k, f in enumerate(files):
+        rows.append(f"u{k},2.0,$data_root/{f.parent.name}/{f.name},0,1,s")
+    csv_path.write_text("\n".join(rows) + "\n")
+    tl = tmp_path / "t.txt"
+    tl.write_text("u0 u1\nu0 u4\n")
+    code = verify_cli.main(
+        [
+            "--model",
+            str(model),
+            "--trials",
+            str(tl),
+            "--csv",
+            str(csv_path),
+            "--data-root",
+            str(files[0].parent.parent),
+            "--no-progress",
+        ]
+    )
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert [line.split()[:2] for line in cap.out.splitlines()] == [
+        ["u0", "u1"],
+        ["u0", "u4"],
+    ]
+    assert "2 trials scored" in cap.err
+
+
+def test_verify_bad_trials(model, wavs, tmp_path, capsys):
+    f = next(iter(wavs.values()))[0]
+    tl = tmp_path / "t.txt"
+    tl.write_text(f"1 {f} {f}\n1 {f} {f} {f}\n")
+    assert verify_cli.main(["--model", str(model), "--trials", str(tl)]) == 2
+    assert "t.txt:2: expected 'label enrol test'" in capsys.readouterr().err
+    tl.write_text(f"1 {f} {f}\n{f} {f}\n")
+    assert verify_cli.main(["--model", str(model), "--trials", str(tl)]) == 2
+    assert "some lines have a label" in capsys.readouterr().err
+    tl.write_text(f"1 {f} {f}\n0 {f} nowhere/x.wav\n")
+    assert verify_cli.main(["--model", str(model), "--trials", str(tl)]) == 2
+    err = capsys.readouterr().err
+    assert "t.txt:2: nowhere/x.wav" in err
+    tl.write_text(f"2 {f} {f}\n")
+    assert verify_cli.main(["--model", str(model), "--trials", str(tl)]) == 2
+    assert "label must be 0 or 1" in capsys.readouterr().err
+    assert (
+        verify_cli.main(
+            ["--model", str(model), str(f), str(tmp_path / "no.wav")]
+        )
+        == 2
+    )
+    assert "audio file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        verify_cli.main(["--model", str(model), str(f)])
+
+
+def test_verify_refuses_unsafe_model_unless_trust(
+    model, wavs, tmp_path, capsys
+):
+    bad = tmp_path / "bad"
+    shutil.copytree(model, bad)
+    hp = bad / "hyperparams.yaml"
+    hp.write_text(hp.read_text() + "extra: !apply:os.getcwd []\n")
+    n = len(hp.read_text().splitlines())
+    f = next(iter(wavs.values()))[0]
+    assert verify_cli.main(["--model", str(bad), str(f), str(f)]) == 2
+    err = capsys.readouterr().err
+    assert f"{hp}:{n}: !apply:os.getcwd" in err and "--trust" in err
+    code = verify_cli.main(["--model", str(bad), str(f), str(f), "--trust"])
+    assert code == 0
+    assert "score 1.0000" in capsys.readouterr().out
+    # dampit-embed checks too.
+    code, cap = run_embed(
+        ["--model", str(bad), str(f), "--out", str(tmp_path / "e")], capsys
+    )
+    assert code == 2 and "!apply:os.getcwd" in cap.err
+
+
+def test_console_scripts_installed():
+    exe = pathlib.Path(sys.executable).parent
+    for name in ("dampit-embed", "dampit-verify", "dampit-export"):
+        script = exe / name
+        if not script.exists():
+            pytest.skip(f"{name} not installed (pip install -e .)")
+    res = subprocess.run(
+        [str(exe / "dampit-verify"), "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert res.returncode == 0 and "--trials" in res.stdout
