@@ -1286,6 +1286,7 @@ def main(argv=None):
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("speechbrain").setLevel(logging.WARNING)
     threshold = args.threshold
     if threshold not in ("dev", "test"):
         try:

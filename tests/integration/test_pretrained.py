@@ -1,0 +1,289 @@
+"""A real recipe run, exported, loaded offline in a fresh Python process.
+
+The recipe (``recipes/VoxCeleb/train.py`` with ``hparams/mini.yaml``) trains
+a thin network for two batches on 8 dspspeech speakers and verifies its
+test trials; ``dampit-export`` turns the run into a model folder. Then:
+
+- a fresh Python process, with ``HF_HUB_OFFLINE=1`` and every socket
+  connection refused, loads a *copy* of the folder (somewhere else, from
+  another working directory) with ``EncoderClassifier.from_hparams`` and
+  embeds real files one at a time and as a padded batch, and runs
+  ``SpeakerRecognition.verify_files``;
+- this process computes the training-side embeddings with the recipe's own
+  ``MultiMetricBrain.compute_embeddings`` and the best checkpoint;
+- they agree within 1e-5, and so does the padded batch with the files one
+  at a time (with frame-exact relative lengths; see dampit.inference.api).
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+RECIPE = REPO / "recipes" / "VoxCeleb"
+N_SPK, N_UTT = 8, 20
+
+pytestmark = pytest.mark.slow
+
+
+def _env():
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _run(cmd, cwd=REPO, check=True):
+    res = subprocess.run(
+        cmd, cwd=cwd, env=_env(), capture_output=True, text=True
+    )
+    if check and res.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} failed ({res.returncode}):\n"
+            f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+        )
+    return res
+
+
+@pytest.fixture(scope="module")
+def run_and_model(tmp_path_factory, shared_data):
+    """Train the mini recipe briefly, export it; (run, model) folders."""
+    root = tmp_path_factory.mktemp("pretrained")
+    data = root / "data"
+    spk = sorted(p for p in (shared_data / "dspspeech").iterdir() if p.is_dir())
+    for s in spk[:N_SPK]:
+        (data / s.name).mkdir(parents=True)
+        for f in sorted(s.glob("*.wav"))[:N_UTT]:
+            (data / s.name / f.name).symlink_to(f)
+    run = root / "run"
+    _run(
+        [
+            sys.executable,
+            str(RECIPE / "train.py"),
+            str(RECIPE / "hparams" / "mini.yaml"),
+            f"--data_folder={data}",
+            f"--output_folder={run}",
+            "--n_test_speakers=3",
+            "--base_width=8",
+            "--emb_dim=64",
+            "--P=4",
+            "--number_of_epochs=1",
+            "--batches_per_epoch=2",
+            "--n_test_crops=1",
+            "--valid_pairs=500",
+        ]
+    )
+    model = root / "model"
+    res = _run(
+        [
+            sys.executable,
+            "-m",
+            "dampit.inference.export",
+            str(run),
+            str(model),
+            "--torchscript",
+            "--no-progress",
+        ]
+    )
+    assert "exported" in res.stdout
+    return run, model
+
+
+FRESH = textwrap.dedent(
+    """
+    import json, os, socket, sys, tempfile
+    def _no_network(*args, **kwargs):
+        raise RuntimeError("network access attempted")
+    socket.socket.connect = _no_network
+    socket.create_connection = _no_network
+    import numpy as np, soundfile as sf, torch
+    from speechbrain.inference.classifiers import EncoderClassifier
+    from speechbrain.inference.speaker import SpeakerRecognition
+    source, a, b, out = sys.argv[1:5]
+    os.chdir(tempfile.mkdtemp())
+    enc = EncoderClassifier.from_hparams(source=source, savedir="sb1")
+    wavs = [torch.from_numpy(sf.read(p, dtype="float32")[0]) for p in (a, b)]
+    single = [enc.encode_batch(w[None])[0, 0].numpy() for w in wavs]
+    n = [len(w) for w in wavs]
+    big = max(n)
+    batch = torch.zeros(2, big)
+    for k, w in enumerate(wavs):
+        batch[k, : len(w)] = w
+    hop = 160
+    frames = torch.tensor([(1 + m // hop) / (1 + big // hop) for m in n])
+    samples = torch.tensor([m / big for m in n])
+    pad_frames = enc.encode_batch(batch, frames)[:, 0].numpy()
+    pad_samples = enc.encode_batch(batch, samples)[:, 0].numpy()
+    sr = SpeakerRecognition.from_hparams(source=source, savedir="sb2")
+    score, decision = sr.verify_files(a, b)
+    np.savez(out, single=np.stack(single), pad_frames=pad_frames,
+             pad_samples=pad_samples, frames=frames.numpy(),
+             score=float(score.reshape(-1)[0]),
+             decision=bool(decision.reshape(-1)[0]),
+             threshold=float(sr.hparams.threshold))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def two_files(run_and_model):
+    """An enrolment file and a test file of different lengths."""
+    run, _ = run_and_model
+    rows = (run / "prepared" / "test.csv").read_text().splitlines()[1:]
+    paths = [r.split(",")[2] for r in rows]
+    lengths = {p: sf.info(p).frames for p in paths}
+    a = paths[0]
+    b = next(p for p in paths[1:] if lengths[p] != lengths[a])
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def fresh(run_and_model, two_files, tmp_path_factory):
+    """Run FRESH in a new process on a copy of the model folder."""
+    _, model = run_and_model
+    where = tmp_path_factory.mktemp("elsewhere")
+    copy = where / "copied_model"
+    shutil.copytree(model, copy)
+    out = where / "out.npz"
+    script = where / "fresh.py"
+    script.write_text(FRESH)
+    _run([sys.executable, str(script), str(copy), *two_files, str(out)])
+    return dict(np.load(out))
+
+
+@pytest.fixture(scope="module")
+def brain_embed(run_and_model):
+    """The recipe's MultiMetricBrain.compute_embeddings, best checkpoint."""
+    from hyperpyyaml import load_hyperpyyaml
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    run, _ = run_and_model
+    sys.path.insert(0, str(RECIPE))
+    try:
+        from train import MultiMetricBrain
+    finally:
+        sys.path.remove(str(RECIPE))
+    with open(run / "hyperparams.yaml", encoding="utf-8") as f:
+        hp = load_hyperpyyaml(f)
+    brain = MultiMetricBrain(
+        modules=hp["modules"], hparams=hp, run_opts={"device": "cpu"}
+    )
+    best = Checkpointer(str(run / "save")).find_checkpoint(min_key="EER")
+    state = torch.load(
+        best.paramfiles["embedding_model"],
+        map_location="cpu",
+        weights_only=True,
+    )
+    brain.modules.embedding_model.load_state_dict(state)
+    brain.modules.eval()
+
+    @torch.no_grad()
+    def embed(wavs, lens):
+        return brain.compute_embeddings(wavs, lens)[:, 0].numpy()
+
+    return embed
+
+
+def _tol(x):
+    return 1e-5 * max(1.0, float(np.abs(x).max()))
+
+
+def test_fresh_process_matches_training_side(fresh, two_files, brain_embed):
+    for k, path in enumerate(two_files):
+        wav = torch.from_numpy(sf.read(path, dtype="float32")[0])
+        want = brain_embed(wav[None], torch.ones(1))[0]
+        assert np.abs(fresh["single"][k] - want).max() <= _tol(want)
+
+
+def test_padded_batch_equals_one_at_a_time(fresh, two_files, brain_embed):
+    # Frame-exact relative lengths: the same embeddings as one by one.
+    assert np.abs(fresh["pad_frames"] - fresh["single"]).max() <= _tol(
+        fresh["single"]
+    )
+    # The training side gives the same padded-batch embeddings.
+    wavs = [torch.from_numpy(sf.read(p, dtype="float32")[0]) for p in two_files]
+    batch = torch.zeros(2, max(len(w) for w in wavs))
+    for k, w in enumerate(wavs):
+        batch[k, : len(w)] = w
+    want = brain_embed(batch, torch.from_numpy(fresh["frames"]))
+    assert np.abs(fresh["pad_frames"] - want).max() <= _tol(want)
+    # Sample-relative lengths (n / N) can miss or add one frame of the
+    # shorter file: close, but not guaranteed to 1e-5.
+    a, b = fresh["pad_samples"][1], fresh["single"][1]
+    cos = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    assert cos > 0.99
+
+
+def test_verify_files_and_threshold(fresh, run_and_model):
+    single = fresh["single"]
+    cos = float(
+        single[0]
+        @ single[1]
+        / np.linalg.norm(single[0])
+        / np.linalg.norm(single[1])
+    )
+    assert float(fresh["score"]) == pytest.approx(cos, abs=1e-5)
+    assert bool(fresh["decision"]) == (cos > 0.25)  # SpeechBrain's default
+    _, model = run_and_model
+    meta = json.loads((model / "dampit_export.json").read_text())
+    assert float(fresh["threshold"]) == pytest.approx(meta["threshold"])
+    assert meta["threshold_source"] == "dev"
+
+
+def test_model_card_reports_the_run(run_and_model):
+    run, model = run_and_model
+    summary = json.loads((run / "verification" / "summary.json").read_text())
+    eer = summary["trials/full_cosine"]["eer"]
+    card = (model / "README.md").read_text()
+    assert (
+        f"| trials/full_cosine | {summary['trials/full_cosine']['n_trials']}"
+        f" | {100 * eer:.2f}% |" in card
+    )
+    assert "n_train_speakers: 5" in card and "n_test_speakers: 3" in card
+
+
+def test_torchscript_matches(run_and_model, two_files, brain_embed):
+    _, model = run_and_model
+    ts = torch.jit.load(str(model / "embedding_model.ts"))
+    for path in two_files:
+        wav = torch.from_numpy(sf.read(path, dtype="float32")[0])
+        with torch.no_grad():
+            got = ts(wav[None], torch.ones(1)).numpy()[0]
+        want = brain_embed(wav[None], torch.ones(1))[0]
+        assert np.abs(got - want).max() <= _tol(want)
+
+
+def test_check_pretrained(run_and_model, tmp_path, capsys):
+    """The quickstart's last step; exit status from crafted trial lists."""
+    from dampit.inference.check_pretrained import main
+
+    run, model = run_and_model
+    code = main([str(model), str(run)])
+    out = capsys.readouterr().out
+    assert code in (0, 1)
+    assert "loaded with SpeakerRecognition.from_hparams" in out
+    assert "same-speaker pair" in out and "different-speaker pair" in out
+    # Deterministic both ways: a "same-speaker" trial of a file with itself
+    # (score 1) beats any other pair, and loses when labelled different.
+    rows = (run / "prepared" / "test.csv").read_text().splitlines()[1:]
+    ids = [r.split(",")[0] for r in rows]
+    e, x = ids[0], ids[-1]
+    good = tmp_path / "good.txt"
+    good.write_text(f"1 {e} {e}\n0 {e} {x}\n")
+    assert main([str(model), str(run), "--trials", str(good)]) == 0
+    assert "score 1.0000 -> same speaker" in capsys.readouterr().out
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"1 {e} {x}\n0 {e} {e}\n")
+    assert main([str(model), str(run), "--trials", str(bad)]) == 1
+    assert "FAILED" in capsys.readouterr().out
+    none = tmp_path / "none.txt"
+    none.write_text(f"1 {e} {x}\n")
+    assert main([str(model), str(run), "--trials", str(none)]) == 2
