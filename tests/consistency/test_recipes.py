@@ -71,6 +71,13 @@ def run_recipe(row, data_folder, out, extra=()):
     )
 
 
+def _tail(proc):
+    """The end of a failed run's output, traceback included."""
+    text = proc.stdout + proc.stderr
+    at = text.rfind("Traceback")
+    return text[at:][-4000:] if at >= 0 else text[-4000:]
+
+
 @pytest.fixture(scope="module")
 def data_for(request):
     """Map a row's data kind to a folder (fixtures built on demand)."""
@@ -95,7 +102,7 @@ def pretrained_run(data_for, tmp_path_factory):
     )
     out = tmp_path_factory.mktemp("pretrain")
     proc = run_recipe(row, data_for(row["data"]), out, ["--debug_persistently"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, _tail(proc)
     return out
 
 
@@ -114,7 +121,7 @@ def test_recipe_runs_in_debug(row, data_for, tmp_path, request):
             "<pretrained>", str(save)
         )
     proc = run_recipe(row, data_for(row["data"]), tmp_path / "run", flags)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, _tail(proc)
     _, keys = resolve_variant(REPO / row["hparams_file"])
     if keys.get("test_after_training") is False:
         return
