@@ -27,10 +27,11 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from dampit.dataio.audio import load_audio
+from dampit.dataio.audio import audio_info, load_audio
 from dampit.dataio.crops import eval_crops, repeat_to_length
 from dampit.dataio.sampler import PKSampler
 from dampit.metrics.error_rates import compute_eer
+from dampit.utils.checkpoints import AtomicCheckpointer
 from dampit.utils.hparams import load_hparams
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -153,9 +154,12 @@ def make_datasets(hparams, csvs):
     @sb.utils.data_pipeline.provides("sig")
     def train_audio(wav, start, stop):
         start, stop = int(start), int(stop)
-        if stop - start > crop:  # read only a random crop of long files
-            start += int(torch.randint(0, stop - start - crop + 1, (1,)))
-            stop = start + crop
+        # start/stop count samples at the file's own rate: so must the crop
+        # (an 8 or 44.1 kHz file is resampled after reading).
+        n = -(-crop * audio_info(wav)[1] // sr)
+        if stop - start > n:  # read only a random crop of long files
+            start += int(torch.randint(0, stop - start - n + 1, (1,)))
+            stop = start + n
         return repeat_to_length(read(wav, start, stop), crop)
 
     @sb.utils.data_pipeline.takes("wav", "start", "stop")
@@ -216,9 +220,7 @@ def make_train_loader(hparams, train_data):
 def init_modules_from(brain, hparams):
     """Load modules from the best checkpoint of another run (section 4.6)."""
     source = hparams["init_from"]
-    ckpt = sb.utils.checkpoints.Checkpointer(source).find_checkpoint(
-        min_key="EER"
-    )
+    ckpt = AtomicCheckpointer(source).find_checkpoint(min_key="EER")
     if ckpt is None:
         raise FileNotFoundError(f"init_from={source}: no checkpoint found")
     for key in hparams["init_modules"]:
