@@ -1,0 +1,175 @@
+"""Tests of tools/run_ablation.py: config derivation and aggregation.
+
+No training: the configurations are read from the recipe's real ablation
+files and checked against their keys written out by hand; the table is
+built from hand-made per-seed results and checked against means and
+sample standard deviations worked out here.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location(
+        "run_ablation", REPO / "tools" / "run_ablation.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ra = _load_tool()
+
+
+def test_configs_from_the_recipe_ablation_files():
+    cfg = ra.ablation_configs()
+    assert list(cfg) == [
+        "softmax_only",
+        "softmax_triplet",
+        "softmax_npair",
+        "softmax_angular",
+        "all_four",
+        "no_gates",
+    ]
+    assert cfg["all_four"] == {}
+    assert cfg["no_gates"] == {"gate": "none"}
+    assert cfg["softmax_triplet"] == {"w_npair": 0.0, "w_angular": 0.0}
+    assert cfg["softmax_npair"] == {"w_triplet": 0.0, "w_angular": 0.0}
+    assert cfg["softmax_angular"] == {"w_npair": 0.0, "w_triplet": 0.0}
+    # softmax_only also raises w_softmax from the paper's 0.1 to 1.0.
+    assert cfg["softmax_only"] == {
+        "w_angular": 0.0,
+        "w_npair": 0.0,
+        "w_softmax": 1.0,
+        "w_triplet": 0.0,
+    }
+
+
+def test_variant_overrides_drops_base_values_and_tool_keys(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "a: 1\nb: !ref <a>\ngate: spatial\nnumber_of_epochs: 60\n"
+    )
+    (tmp_path / "v.yaml").write_text(
+        "extends: base.yaml\nexperiment: v\na: 1\nb: 3\ngate: none\n"
+        "number_of_epochs: 2\nseed: 7\n"
+    )
+    base_file, keys = ra.resolve_variant(str(tmp_path / "v.yaml"))
+    base = ra.plain_values(base_file)
+    assert base == {
+        "a": 1,
+        "b": None,
+        "gate": "spatial",
+        "number_of_epochs": 60,
+    }
+    # a equals the base; experiment, epochs, seed belong to the tool.
+    assert ra.variant_overrides(keys, base) == {"b": 3, "gate": "none"}
+
+
+def test_run_command_for_recipe_and_baseline():
+    cmd = ra.run_command("softmax_npair", {"w_triplet": 0.0}, 3, "D", "O", 7, 9)
+    assert cmd[1].endswith(os.path.join("recipes", "VoxCeleb", "train.py"))
+    assert cmd[2].endswith("mini.yaml")
+    assert "--seed=3" in cmd and "--number_of_epochs=7" in cmd
+    assert "--batches_per_epoch=9" in cmd and cmd[-1] == "--w_triplet=0.0"
+    base = ra.run_command("ecapa_aam", {}, 1, "D", "O", 7, 9)
+    assert base[1].endswith(
+        os.path.join("templates", "speaker_verification", "train.py")
+    )
+    assert base[2].endswith("ecapa_aam.yaml")
+    assert not any(a.startswith("--batches_per_epoch") for a in base)
+    assert "--output_folder=O" in base and "--number_of_epochs=7" in base
+
+
+def _fake_recipe_run(run_dir, eers, dcf1, dcf5):
+    ver = run_dir / "verification"
+    ver.mkdir(parents=True)
+    summary = {
+        f"trials/{name}": {
+            "eer": e,
+            "min_dcf_0.01": dcf1,
+            "min_dcf_0.05": dcf5,
+        }
+        for name, e in zip(ra.SCORINGS, eers)
+    }
+    (ver / "summary.json").write_text(json.dumps(summary))
+
+
+def test_read_aggregate_and_table_against_hand_values(tmp_path):
+    # Three seeds of one config, the third not run; the baseline's layout.
+    _fake_recipe_run(tmp_path / "a" / "1", (0.10, 0.12, 0.14), 0.9, 0.5)
+    _fake_recipe_run(tmp_path / "a" / "2", (0.14, 0.10, 0.12), 0.7, 0.3)
+    b = tmp_path / "b" / "1"
+    (b / "verification").mkdir(parents=True)
+    (b / "results.json").write_text("{}")
+    (b / "verification" / "full_cosine_metrics.json").write_text(
+        json.dumps({"eer": 0.2, "min_dcf_0.01": 1.0, "min_dcf_0.05": 0.8})
+    )
+    results = {
+        "all_four": {
+            s: ra.read_run(str(tmp_path / "a" / str(s)), "all_four")
+            for s in (1, 2, 3)
+        },
+        "ecapa_aam": {1: ra.read_run(str(b), "ecapa_aam")},
+    }
+    assert results["all_four"][3] is None
+    assert results["all_four"][1]["full_cosine"]["eer"] == pytest.approx(10.0)
+    agg = ra.aggregate(results)
+    a = agg["all_four"]
+    assert a["n"] == 2 and a["missing"] == [3]
+    # Hand: EERs 10 and 14 -> mean 12, sample std sqrt(((2)^2*2)/1) = 2.83.
+    m, sd, vals = a["full_cosine"]["eer"]
+    assert m == pytest.approx(12.0) and sd == pytest.approx(math.sqrt(8.0))
+    assert vals == pytest.approx([10.0, 14.0])
+    assert a["full_cosine"]["min_dcf_0.01"][:2] == pytest.approx(
+        (0.8, math.sqrt(0.02))
+    )
+    assert a["multicrop_cosine"]["eer"][0] == pytest.approx(11.0)
+    assert a["multicrop_dot"]["eer"][0] == pytest.approx(13.0)
+    assert "multicrop_dot" not in agg["ecapa_aam"]
+
+    rows = ra.markdown_table(agg).splitlines()
+    assert rows[2] == (
+        "| all four (mini.yaml) | 2 (missing 3) | 12.00 ± 2.83 | "
+        "0.800 ± 0.141 | 0.400 ± 0.141 | 11.00 ± 1.41 | 13.00 ± 1.41 |"
+    )
+    # One seed: no spread; no multi-crop scoring for the template.
+    assert rows[3] == (
+        "| ECAPA-TDNN + AAM (template) | 1 | 20.00 | 1.000 | 0.800 | – | – |"
+    )
+    per_seed = ra.per_seed_table(results).splitlines()
+    assert per_seed[2] == "| all four (mini.yaml) | 1 | 10.00 | 0.900 | 0.500 |"
+    assert per_seed[4] == "| all four (mini.yaml) | 3 | not run | | |"
+
+
+def test_read_run_names_the_file_with_a_missing_key(tmp_path):
+    ver = tmp_path / "verification"
+    ver.mkdir()
+    (ver / "summary.json").write_text(json.dumps({"trials/full_cosine": {}}))
+    with pytest.raises(KeyError, match="summary.json"):
+        ra.read_run(str(tmp_path), "all_four")
+
+
+def test_replace_section_keeps_the_rest_of_the_page():
+    page = "# R\n\ntext\n"
+    once = ra.replace_section(page, "T1")
+    assert once.startswith("# R\n\ntext\n\n<!-- ablation:begin -->\nT1\n")
+    twice = ra.replace_section(once + "after\n", "T2")
+    assert "T1" not in twice and "T2" in twice and twice.endswith("after\n")
+
+
+def test_figure_seed_prefers_the_most_complete_then_the_smallest():
+    done = {"x": "run"}
+    results = {
+        "a": {1: None, 2: done, 3: done},
+        "b": {1: done, 2: done, 3: done},
+    }
+    assert ra.figure_seed(results) == 2
+    assert ra.figure_seed({"a": {1: None}}) is None
