@@ -80,6 +80,8 @@ def embed_utterances(
     full=True,
     progress=True,
     min_samples=400,
+    full_store=None,
+    crops_store=None,
 ):
     """Embed whole utterances and/or N evenly spaced crops of each.
 
@@ -106,15 +108,20 @@ def embed_utterances(
         Show a tqdm progress bar.
     min_samples : int
         Shortest accepted file (shorter ones raise ``AudioError``).
+    full_store, crops_store : str or None
+        Store folders (``dampit.metrics.embedding_store``): when given, the
+        embeddings are streamed to disk batch by batch (memory stays
+        bounded whatever the number of utterances), written atomically,
+        and returned memory-mapped.
 
     Returns
     -------
     ids : list of str
         Utterance IDs, in input order.
     full_emb : numpy.ndarray or None
-        [N, D] whole-utterance embeddings.
+        [N, D] whole-utterance embeddings (memory-mapped with a store).
     crop_emb : numpy.ndarray or None
-        [N, n_crops, D] crop embeddings.
+        [N, n_crops, D] crop embeddings (memory-mapped with a store).
 
     Example
     -------
@@ -133,7 +140,13 @@ def embed_utterances(
     """
     items = _as_items(items)
     ids = [uid for uid, *_ in items]
-    full_out, crop_out = [None] * len(items), [None] * len(items)
+    if len(set(ids)) != len(ids):
+        dup = sorted({u for u in ids if ids.count(u) > 1})[:5]
+        raise ValueError(f"embed_utterances: duplicate utterance IDs {dup}")
+    sinks = {
+        "full": _Sink(len(items), full_store) if full else None,
+        "crops": _Sink(len(items), crops_store) if n_crops else None,
+    }
 
     def run(wavs):
         batch, lens = pad_batch(wavs)
@@ -141,25 +154,68 @@ def embed_utterances(
         return emb.reshape(emb.shape[0], -1).float().cpu().numpy()
 
     bar = tqdm(total=len(items), desc="embedding", disable=not progress)
-    for lo in range(0, len(items), batch_size):
-        chunk = items[lo : lo + batch_size]
-        wavs = [
-            load_audio(p, sample_rate, start=s, stop=e, min_samples=min_samples)
-            for _, p, s, e in chunk
-        ]
-        if full:
-            order = sorted(range(len(wavs)), key=lambda k: -wavs[k].numel())
-            emb = run([wavs[k] for k in order])
-            for row, k in enumerate(order):
-                full_out[lo + k] = emb[row]
-        if n_crops:
-            crops = [eval_crops(w, n_crops, crop_samples) for w in wavs]
-            emb = run(list(torch.cat(crops)))
-            emb = emb.reshape(len(wavs), n_crops, -1)
-            for k in range(len(wavs)):
-                crop_out[lo + k] = emb[k]
-        bar.update(len(chunk))
-    bar.close()
-    full_emb = np.stack(full_out) if full else None
-    crop_emb = np.stack(crop_out) if n_crops else None
+    try:
+        for lo in range(0, len(items), batch_size):
+            chunk = items[lo : lo + batch_size]
+            wavs = [
+                load_audio(
+                    p, sample_rate, start=s, stop=e, min_samples=min_samples
+                )
+                for _, p, s, e in chunk
+            ]
+            chunk_ids = [uid for uid, *_ in chunk]
+            if full:
+                order = sorted(range(len(wavs)), key=lambda k: -wavs[k].numel())
+                emb = run([wavs[k] for k in order])
+                back = np.empty_like(emb)
+                back[order] = emb
+                sinks["full"].add(chunk_ids, back)
+            if n_crops:
+                crops = [eval_crops(w, n_crops, crop_samples) for w in wavs]
+                emb = run(list(torch.cat(crops)))
+                sinks["crops"].add(
+                    chunk_ids, emb.reshape(len(wavs), n_crops, -1)
+                )
+            bar.update(len(chunk))
+    except BaseException:
+        for sink in sinks.values():
+            if sink is not None:
+                sink.abort()
+        raise
+    finally:
+        bar.close()
+    full_emb = sinks["full"].close() if full else None
+    crop_emb = sinks["crops"].close() if n_crops else None
     return ids, full_emb, crop_emb
+
+
+class _Sink:
+    """Rows gathered in memory, or streamed to an embedding store."""
+
+    def __init__(self, n, folder):
+        self.n, self.folder = n, folder
+        self.rows, self.writer = [], None
+
+    def add(self, ids, emb):
+        if self.folder is None:
+            self.rows.append(emb)
+            return
+        if self.writer is None:
+            from dampit.metrics.embedding_store import EmbeddingStoreWriter
+
+            self.writer = EmbeddingStoreWriter(
+                self.folder, self.n, emb.shape[1:]
+            )
+        self.writer.add_batch(ids, emb)
+
+    def abort(self):
+        if self.writer is not None:
+            self.writer.abort()
+
+    def close(self):
+        if self.folder is None:
+            return np.concatenate(self.rows)
+        from dampit.metrics.embedding_store import EmbeddingStore
+
+        self.writer.close()
+        return EmbeddingStore(self.folder).embeddings

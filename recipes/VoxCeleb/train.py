@@ -41,7 +41,20 @@ logger = logging.getLogger(__name__)
 
 
 class MultiMetricBrain(sb.Brain):
-    """Brain for P x K training with dampit's MultiMetricLoss."""
+    """Brain for P x K training with dampit's MultiMetricLoss.
+
+    GPU-ready switches: SpeechBrain's ``--precision=bf16|fp16`` (autocast;
+    the loss still runs in float32) and ``--compile`` (the YAML's
+    ``compile_module_keys`` limits it to the network), and the
+    ``channels_last`` hparam (the network's weights, hence its
+    activations, in NHWC memory order).
+    """
+
+    def __init__(self, *args, **kwargs):
+        """SpeechBrain's Brain, then the ``channels_last`` switch."""
+        super().__init__(*args, **kwargs)
+        if getattr(getattr(self, "hparams", None), "channels_last", False):
+            self.modules.embedding_model.to(memory_format=torch.channels_last)
 
     def compute_embeddings(self, wavs, lens):
         """Waveforms [B, N] -> embeddings [B, 1, D] (features, norm, net)."""
@@ -61,7 +74,10 @@ class MultiMetricBrain(sb.Brain):
         """The multi-metric loss in training; embeddings kept in validation."""
         labels = batch.spk_id_encoded.data.reshape(-1).to(self.device)
         if stage == sb.Stage.TRAIN:
-            loss = self.modules.compute_cost(predictions, labels)
+            # Margins and exponentials of the metric losses in float32,
+            # also under --precision=bf16/fp16 autocast.
+            with torch.autocast(self.device_type, enabled=False):
+                loss = self.modules.compute_cost(predictions.float(), labels)
             cost = getattr(self.modules.compute_cost, "module", None)
             cost = cost or self.modules.compute_cost  # unwrap DDP
             for name, value in cost.last_terms.items():
@@ -224,7 +240,7 @@ def init_modules_from(brain, hparams):
     if ckpt is None:
         raise FileNotFoundError(f"init_from={source}: no checkpoint found")
     for key in hparams["init_modules"]:
-        path = ckpt.paths.get(key)
+        path = ckpt.paramfiles.get(key)
         if path is None:
             raise KeyError(f"init_from={source}: checkpoint has no '{key}'")
         state = torch.load(path, map_location="cpu", weights_only=True)

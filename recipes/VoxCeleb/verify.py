@@ -32,7 +32,6 @@ from dampit.dataio.trials import read_trials
 from dampit.inference.extract import embed_utterances
 from dampit.metrics import multicrop
 from dampit.metrics.asnorm import as_norm
-from dampit.metrics.embedding_store import save_embeddings
 from dampit.metrics.plots import write_report
 from dampit.utils.atomic import atomic_write_text
 from dampit.utils.hparams import load_hparams
@@ -148,9 +147,9 @@ def run_verification(brain, hparams, csvs, label_encoder=None):
         crop_samples=crop,
         batch_size=int(hparams["test_batch_size"]),
         device=brain.device,
+        full_store=os.path.join(out, "embeddings_full"),
+        crops_store=os.path.join(out, "embeddings_crops"),
     )
-    save_embeddings(os.path.join(out, "embeddings_full"), ids, full)
-    save_embeddings(os.path.join(out, "embeddings_crops"), ids, crops)
     stats = multicrop.crop_statistics(crops)
     cohort = None
     if hparams.get("score_norm") == "as-norm":
@@ -172,8 +171,9 @@ def run_verification(brain, hparams, csvs, label_encoder=None):
         if cohort is not None:
             methods["full_cosine_asnorm"] = as_norm(
                 methods["full_cosine"],
-                full[enrol],
-                full[test],
+                enrol,
+                test,
+                full,
                 cohort,
                 top_k=int(hparams["asnorm_top_k"]),
             )
