@@ -599,10 +599,11 @@ class SEResNet(nn.Module):
         t = x.shape[-1]
         n = None
         if lengths is not None:
-            if lengths.shape[0] != x.shape[0]:
+            lengths = torch.as_tensor(lengths)
+            if lengths.dim() != 1 or lengths.shape[0] != x.shape[0]:
                 raise ValueError(
-                    f"SEResNet: lengths has {lengths.shape[0]} entries for a "
-                    f"batch of {x.shape[0]}"
+                    f"SEResNet: lengths must have shape [{x.shape[0]}] (one "
+                    f"relative length per item), got {tuple(lengths.shape)}"
                 )
             n = self.frames_from_lengths(lengths.to(x.device), t)
             if not _is_tracing() and bool((n >= t).all()):
@@ -635,7 +636,8 @@ class SEResNet(nn.Module):
                 n, mask = n_out, mask_out
             gate_name = f"conv{stage}"
             if gate_name in self.gates:
-                x = self.gates[gate_name](x, mask)
+                # the trunk owns x: at inference the gate may overwrite it
+                x = self.gates[gate_name](x, mask, inplace=True)
         return x, n
 
     def forward(self, x, lengths=None):

@@ -347,6 +347,37 @@ def test_se_gate_matches_a_plain_loop_with_mask():
         torch.testing.assert_close(gate(x, mask), want)
 
 
+@pytest.mark.parametrize("kind", ["spatial", "se"])
+def test_inplace_inference_path_gives_the_same_result(kind, monkeypatch):
+    import dampit.lobes.gates as gates
+
+    monkeypatch.setattr(gates, "CPU_CHUNK_ELEMENTS", 100)  # several chunks
+    gate = gates.make_gate(kind, 8, hidden=4, reduction=2, init_std=0.3)
+    x = torch.randn(5, 8, 3, 4)
+    want = gate(x)  # gradients enabled: never in place
+    assert want is not x
+    keep = x.clone()
+    with torch.no_grad():
+        assert gate(x) is not x  # not asked: x untouched
+        torch.testing.assert_close(x, keep)
+        out = gate(x, inplace=True)
+    assert out is x
+    torch.testing.assert_close(out, want.detach())
+    y = keep.clone().requires_grad_()
+    assert gate(y, inplace=True) is not y  # grad enabled: not in place
+    torch.testing.assert_close(y.detach(), keep)
+
+
+def test_model_in_eval_with_and_without_grad_agrees():
+    model = SEResNet(depth=50, base_width=4, emb_dim=8, gate_init_std=0.3)
+    model.eval()
+    x = torch.randn(3, 3, 32, 40)
+    with_grad = model(x)
+    with torch.inference_mode():
+        no_grad = model(x)
+    torch.testing.assert_close(no_grad, with_grad.detach())
+
+
 def test_gate_initialisation_is_the_codes():
     gate = SpatialGate(512, hidden=16)
     w = torch.cat([gate.conv1.weight.flatten(), gate.conv2.weight.flatten()])
