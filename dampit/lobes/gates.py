@@ -129,6 +129,8 @@ def _may_overwrite(x, inplace):
     """
     if not inplace or torch.is_grad_enabled():
         return False
+    if not isinstance(x.shape[0], int):  # symbolic shapes (export)
+        return False
     if torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
     compiler = getattr(torch, "compiler", None)
