@@ -824,7 +824,8 @@ def _model_card(facts):
     return "\n".join(lines) + "\n"
 
 
-def _config_facts(hp, emb_kwargs):
+def _config_facts(hp, emb_spec):
+    target, emb_kwargs = emb_spec
     keys = [
         ("network", None),
         ("n_fft", "n_fft"),
@@ -840,7 +841,8 @@ def _config_facts(hp, emb_kwargs):
     for label, key in keys:
         if label == "network":
             out[label] = (
-                "SEResNet("
+                target.rsplit(".", 1)[-1]
+                + "("
                 + ", ".join(f"{k}={v}" for k, v in emb_kwargs.items())
                 + ")"
             )
@@ -1165,7 +1167,7 @@ def export_model(
             "emb_dim": emb_dim,
             "classifier": modules.get("classifier", (None,))[0],
             "data": _data_facts(hp, run_folder),
-            "config": _config_facts(hp, spec["embedding_model"][1]),
+            "config": _config_facts(hp, spec["embedding_model"]),
             "results": results,
             "files": files,
             "versions": _versions(),
