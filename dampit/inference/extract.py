@@ -39,13 +39,18 @@ def _as_items(items):
     return out
 
 
-def pad_batch(wavs):
+def pad_batch(wavs, hop_length=None):
     """Pad 1-D waveforms into [B, N] with SpeechBrain relative lengths.
 
     Arguments
     ---------
     wavs : list of torch.Tensor
         Waveforms of any lengths.
+    hop_length : int, optional
+        The features' STFT hop. When given, each relative length is the
+        ratio of (centred) frame counts, ``(1 + n // hop) / (1 + N // hop)``,
+        so that a padded item keeps exactly its own frames and embeds as it
+        would alone; otherwise ``n / N``.
 
     Returns
     -------
@@ -64,7 +69,11 @@ def pad_batch(wavs):
     batch = torch.zeros(len(wavs), n)
     for i, w in enumerate(wavs):
         batch[i, : w.numel()] = w
-    lengths = torch.tensor([w.numel() / n for w in wavs])
+    if hop_length:
+        frames = [1 + int(w.numel()) // hop_length for w in wavs]
+        lengths = torch.tensor([f / max(frames) for f in frames])
+    else:
+        lengths = torch.tensor([w.numel() / n for w in wavs])
     return batch, lengths
 
 
@@ -82,6 +91,7 @@ def embed_utterances(
     min_samples=400,
     full_store=None,
     crops_store=None,
+    hop_length=None,
 ):
     """Embed whole utterances and/or N evenly spaced crops of each.
 
@@ -113,6 +123,9 @@ def embed_utterances(
         embeddings are streamed to disk batch by batch (memory stays
         bounded whatever the number of utterances), written atomically,
         and returned memory-mapped.
+    hop_length : int, optional
+        The model's STFT hop: frame-exact relative lengths for padded
+        batches (see ``pad_batch``).
 
     Returns
     -------
@@ -149,7 +162,7 @@ def embed_utterances(
     }
 
     def run(wavs):
-        batch, lens = pad_batch(wavs)
+        batch, lens = pad_batch(wavs, hop_length)
         emb = embed_fn(batch.to(device), lens.to(device))
         return emb.reshape(emb.shape[0], -1).float().cpu().numpy()
 

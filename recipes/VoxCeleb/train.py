@@ -253,11 +253,6 @@ def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     hparams, base_file, merged = load_hparams(hparams_file, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=base_file,
-        overrides=merged,
-    )
     csvs = run_on_main(prepare_data, kwargs={"hparams": hparams})
     csvs = prepare_data(hparams)  # every rank reads the (cached) result
     train_data, valid_data, label_encoder = make_datasets(hparams, csvs)
@@ -274,6 +269,11 @@ def main(argv):
         )
         merged["n_speakers"] = n_spk
         hparams, base_file, merged = load_hparams(hparams_file, merged)
+    sb.create_experiment_directory(  # saves the final hyperparameters
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=base_file,
+        overrides=merged,
+    )
 
     brain = MultiMetricBrain(
         modules=hparams["modules"],

@@ -147,6 +147,7 @@ def run_verification(brain, hparams, csvs, label_encoder=None):
         crop_samples=crop,
         batch_size=int(hparams["test_batch_size"]),
         device=brain.device,
+        hop_length=int(hparams["hop_length"]),
         full_store=os.path.join(out, "embeddings_full"),
         crops_store=os.path.join(out, "embeddings_crops"),
     )

@@ -111,3 +111,24 @@ def test_pad_batch_relative_lengths():
     batch, lens = pad_batch([torch.ones(3), torch.ones(6)])
     assert batch.shape == (2, 6) and lens.tolist() == [0.5, 1.0]
     assert batch[0, 3:].abs().sum() == 0
+
+
+def test_frame_exact_lengths_make_padding_invisible(wav_files):
+    """Features + CropNormalization + SEResNet (eval): padded batch equals
+    one file at a time when relative lengths count frames."""
+    from dampit.lobes.features import CropNormalization, Spectrogram
+    from dampit.lobes.resnet import SEResNet
+
+    feats, norm = Spectrogram(), CropNormalization()
+    net = SEResNet(depth=18, base_width=8, emb_dim=32).eval()
+
+    def embed(wavs, lens):
+        return net(norm(feats(wavs), lens), lens)
+
+    _, one, _ = embed_utterances(
+        embed, wav_files, batch_size=1, progress=False, hop_length=160
+    )
+    _, many, _ = embed_utterances(
+        embed, wav_files, batch_size=5, progress=False, hop_length=160
+    )
+    np.testing.assert_allclose(many, one, atol=1e-5, rtol=1e-4)
