@@ -1,0 +1,211 @@
+"""tools/benchmark.py runs every benchmark and writes BENCHMARKS.md.
+
+The quick mode of all benchmarks runs once (about 3 minutes on the shared
+2-core machine); the test reads the Markdown it wrote and checks that
+every section has its rows, with finite figures and ratios wherever the
+reference was run. Nothing here asserts a timing. A second test runs the
+script on stand-in benchmark files (one good, one raising, one killing
+its interpreter) to check that a failing benchmark is recorded in its
+section and does not stop the others.
+"""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "tools" / "benchmark.py"
+
+# Section -> rows that must be there (by name; prefixes end with "=").
+EXPECTED = {
+    "model": [
+        "ResNet-50 training step, gates vs no gates",
+        "ResNet-50 inference, gates vs no gates",
+    ],
+    "losses": ["MultiMetricLoss forward+backward vs training step"],
+    "data": ["spectrogram_per_utterance", "loader_vs_model"],
+    "scoring": ["multicrop_closed_form_vs_pair_loop"],
+    "metrics": [
+        "eer_time_N=1000",
+        "min_dcf_time_N=2000",
+        "metrics_peak_memory_N=2000",
+        "eer_time_N=100000",
+        "stream_scoring_peak_memory",
+    ],
+    "inference": [
+        "extract_batch_vs_forward",
+        "embed_utterances_vs_forward",
+        "channels_last_vs_default",
+        "bf16_autocast_vs_fp32",
+    ],
+}
+
+
+def _number(cell):
+    return float("nan") if cell == "n/a" else float(cell)
+
+
+def parse_sections(markdown):
+    """``{section name: [row dict]}`` from BENCHMARKS.md's tables."""
+    sections, current = {}, None
+    for line in markdown.splitlines():
+        if line.startswith("## ") and line.rstrip().endswith("`)"):
+            current = line.rsplit("(`", 1)[1][:-2]
+            sections[current] = []
+        elif (
+            current
+            and line.startswith("| ")
+            and not line.startswith("| name |")
+        ):
+            body = line.strip()[2:-2].replace("\\|", "\0")
+            cells = [c.strip().replace("\0", "|") for c in body.split(" | ")]
+            name, fig, unit, ref, ratio, machine, note = cells
+            sections[current].append(
+                dict(
+                    name=name,
+                    figure=_number(fig),
+                    unit=unit,
+                    reference=_number(ref),
+                    ratio=_number(ratio),
+                    machine=machine,
+                    note=note,
+                )
+            )
+    return sections
+
+
+def _run(args, env=None, timeout=900):
+    env = dict(os.environ if env is None else env, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def quick_run(shared_data, tmp_path_factory):
+    """One ``--quick`` run of every benchmark: (Markdown, JSON, process)."""
+    out = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ, DAMPIT_DATA=str(shared_data))
+    proc = _run(
+        [
+            "--quick",
+            "--no-progress",
+            "--out",
+            str(out / "B.md"),
+            "--json",
+            str(out / "B.json"),
+        ],
+        env=env,
+    )
+    md = (out / "B.md").read_text() if (out / "B.md").is_file() else ""
+    blob = json.loads((out / "B.json").read_text()) if md else None
+    return md, blob, proc
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_section(quick_run):
+    md, blob, proc = quick_run
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    sections = parse_sections(md)
+    assert set(EXPECTED) <= set(sections), sorted(sections)
+    machine = {r["machine"] for rows in sections.values() for r in rows}
+    assert len(machine) == 1 and blob["machine"]["label"] in machine
+    assert "| cpu |" in md and "| torch |" in md
+    for name, wanted in EXPECTED.items():
+        rows = {r["name"]: r for r in sections[name]}
+        assert set(wanted) <= set(rows), (name, sorted(rows))
+        for row in rows.values():
+            assert math.isfinite(row["figure"]), (name, row)
+            if math.isnan(row["reference"]):
+                # A reference that was not run: the note must say so.
+                assert "not run" in row["note"] or "would" in row["note"]
+                continue
+            assert math.isfinite(row["ratio"]) and row["ratio"] > 0, row
+            assert row["note"], row
+
+
+@pytest.mark.slow
+def test_quick_run_markdown_matches_rows(quick_run):
+    md, blob, _ = quick_run
+    sections = parse_sections(md)
+    for res in blob["results"]:
+        assert res["error"] is None, (res["name"], res["traceback"])
+        table = sections[res["name"]]
+        assert [r["name"] for r in table] == [r["name"] for r in res["rows"]]
+        for got, row in zip(table, res["rows"]):
+            for key in ("figure", "reference", "ratio"):
+                want = row[key]
+                if math.isnan(want):
+                    assert math.isnan(got[key])
+                else:
+                    assert got[key] == pytest.approx(want, rel=1e-3), key
+    # The header explains the ratios and how to rerun.
+    assert "python tools/benchmark.py [--quick]" in md
+    assert "## Key ratios" in md
+
+
+GOOD = """
+def run(quick):
+    return [dict(name="ok_row", figure=2.0, unit="s", reference=6.0,
+                 ratio=3.0, note="quick" if quick else "full")]
+"""
+BOOM = """
+def run(quick):
+    raise RuntimeError("boom | in the benchmark")
+"""
+CRASH = """
+import os
+def run(quick):
+    os._exit(3)
+"""
+BAD_ROW = """
+def run(quick):
+    return [dict(name="x", figure="fast", unit="s", reference=1, ratio=1,
+                 note="")]
+"""
+
+
+@pytest.mark.parametrize("in_process", [False, True])
+def test_failing_benchmarks_are_recorded(tmp_path, in_process):
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    files = {"good": GOOD, "boom": BOOM, "badrow": BAD_ROW}
+    if not in_process:
+        files["crash"] = CRASH  # would end the test's own interpreter
+    for name, code in files.items():
+        (tools / f"bench_{name}.py").write_text(code)
+    out = tmp_path / "B.md"
+    env = dict(os.environ, DAMPIT_BENCH_DIR=str(tools))
+    args = ["--quick", "--no-progress", "--out", str(out)]
+    proc = _run(args + (["--in-process"] if in_process else []), env=env)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "FAILED" in proc.stdout
+    md = out.read_text()
+    sections = parse_sections(md)
+    assert [r["name"] for r in sections["good"]] == ["ok_row"]
+    row = sections["good"][0]
+    assert (row["figure"], row["reference"], row["ratio"]) == (2.0, 6.0, 3.0)
+    assert row["note"] == "quick"
+    assert sections["boom"] == [] and sections["badrow"] == []
+    assert "**Failed**: `RuntimeError: boom | in the benchmark`" in md
+    assert "non-numeric figure: 'fast'" in md
+    if not in_process:
+        assert sections["crash"] == []
+        assert "bench_crash died (exit status 3)" in md
+
+
+def test_only_rejects_unknown_names(tmp_path):
+    proc = _run(["--only", "scoring,nosuch", "--out", str(tmp_path / "B")])
+    assert proc.returncode == 2
+    assert "nosuch" in proc.stderr and "inference" in proc.stderr
+    assert not (tmp_path / "B").exists()
