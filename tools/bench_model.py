@@ -129,7 +129,16 @@ def _count_flops(fn):
     return counter.get_total_flops()
 
 
-def compare(configs, batch, reps, device="cpu", clock_kind="cpu", seed=0):
+def compare(
+    configs,
+    batch,
+    reps,
+    device="cpu",
+    clock_kind="cpu",
+    seed=0,
+    n_freq=N_FREQ,
+    n_frames=N_FRAMES,
+):
     """Time training steps and inference of several configurations.
 
     The configurations are interleaved rep by rep (order reversed every
@@ -150,6 +159,9 @@ def compare(configs, batch, reps, device="cpu", clock_kind="cpu", seed=0):
         ``"cpu"`` (process CPU time) or ``"wall"``.
     seed : int
         Seed of the models and inputs.
+    n_freq, n_frames : int
+        Input size ``[batch, 3, n_freq, n_frames]`` (the paper's crop by
+        default).
 
     Returns
     -------
@@ -160,13 +172,13 @@ def compare(configs, batch, reps, device="cpu", clock_kind="cpu", seed=0):
     Example
     -------
     >>> cfg = dict(depth=18, base_width=4, emb_dim=8)
-    >>> out = compare({"a": cfg}, batch=2, reps=1, clock_kind="wall")
+    >>> out = compare({"a": cfg}, 2, 1, clock_kind="wall", n_frames=50)
     >>> sorted(out["a"])[:3]
     ['infer_flops', 'infer_s', 'infer_wall_s']
     """
     clock = _Clock(device, clock_kind)
     torch.manual_seed(seed)
-    x = torch.randn(batch, 3, N_FREQ, N_FRAMES, device=device)
+    x = torch.randn(batch, 3, n_freq, n_frames, device=device)
     y = torch.randint(0, N_CLASSES, (batch,), device=device)
     built = {name: _make(cfg, device) for name, cfg in configs.items()}
     out = {name: {} for name in configs}
@@ -240,6 +252,13 @@ def _run(quick, device=None, threads=None, batch=None, clock_kind=None):
     return _rows(res, mm, batch, reps, device, threads, clock_kind)
 
 
+def _sig(value, digits=4):
+    """Round to ``digits`` significant digits."""
+    if value == 0:
+        return 0.0
+    return float(f"{value:.{digits}g}")
+
+
 def _rows(res, mm, batch, reps, device, threads, clock_kind):
     """Turn :func:`compare`'s timings into benchmark rows."""
     g, p, thin = res["gated"], res["plain"], res["thin"]
@@ -257,10 +276,10 @@ def _rows(res, mm, batch, reps, device, threads, clock_kind):
         rows.append(
             {
                 "name": f"ResNet-50 {what}, gates vs no gates",
-                "figure": round(sps(g, phase), 3),
+                "figure": _sig(sps(g, phase)),
                 "unit": "samples/s",
-                "reference": round(sps(p, phase), 3),
-                "ratio": round(sps(g, phase) / sps(p, phase), 3),
+                "reference": _sig(sps(p, phase)),
+                "ratio": _sig(sps(g, phase) / sps(p, phase)),
                 "note": (
                     f"goal ratio >= 0.90 (gates cost <= 10%); {where}; "
                     f"wall clock {sps(g, phase, 'wall_s'):.3f} vs "
@@ -273,10 +292,10 @@ def _rows(res, mm, batch, reps, device, threads, clock_kind):
         rows.append(
             {
                 "name": f"ResNet-50 (gated) {what}, achieved GFLOP/s",
-                "figure": round(achieved, 2),
+                "figure": _sig(achieved),
                 "unit": "GFLOP/s",
-                "reference": round(mm, 2),
-                "ratio": round(achieved / mm, 3),
+                "reference": _sig(mm),
+                "ratio": _sig(achieved / mm),
                 "note": (
                     "conv/matmul FLOPs from FlopCounterMode "
                     f"({g[f'{phase}_flops'] / batch / 1e9:.2f} GFLOP per "
@@ -288,20 +307,20 @@ def _rows(res, mm, batch, reps, device, threads, clock_kind):
     rows.append(
         {
             "name": "ResNet-50 forward FLOPs, gates vs no gates",
-            "figure": round(g["infer_flops"] / batch / 1e9, 4),
+            "figure": _sig(g["infer_flops"] / batch / 1e9),
             "unit": "GFLOP/sample",
-            "reference": round(p["infer_flops"] / batch / 1e9, 4),
-            "ratio": round(g["infer_flops"] / p["infer_flops"], 4),
+            "reference": _sig(p["infer_flops"] / batch / 1e9),
+            "ratio": _sig(g["infer_flops"] / p["infer_flops"]),
             "note": "counted, not timed: 3 spatial gates with 16 channels",
         }
     )
     rows.append(
         {
             "name": "thin model (base_width 16) training step vs full width",
-            "figure": round(sps(thin, "train"), 3),
+            "figure": _sig(sps(thin, "train")),
             "unit": "samples/s",
-            "reference": round(sps(g, "train"), 3),
-            "ratio": round(sps(thin, "train") / sps(g, "train"), 3),
+            "reference": _sig(sps(g, "train")),
+            "ratio": _sig(sps(thin, "train") / sps(g, "train")),
             "note": (
                 "both gated ResNet-50; "
                 f"{thin['infer_flops'] / batch / 1e9:.3f} GFLOP per sample "

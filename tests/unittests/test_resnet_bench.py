@@ -52,10 +52,10 @@ def test_compare_and_rows_on_a_tiny_network():
         "plain": dict(tiny, gate="none"),
         "thin": dict(tiny, base_width=2),
     }
-    res = bench.compare(configs, batch=2, reps=1, clock_kind="wall")
-    want = analytic_forward_flops(
-        tiny, 2, bench.N_FREQ, bench.N_FRAMES, bench.N_CLASSES
+    res = bench.compare(
+        configs, batch=2, reps=1, clock_kind="wall", n_freq=40, n_frames=64
     )
+    want = analytic_forward_flops(tiny, 2, 40, 64, bench.N_CLASSES)
     assert res["gated"]["infer_flops"] == want
     assert res["gated"]["infer_flops"] > res["plain"]["infer_flops"]
     # backward costs about twice the forward (no input gradient for conv1)
