@@ -120,15 +120,8 @@ def residual_sigmoid(x, z):
     return torch.addcmul(x, x, torch.sigmoid(z))
 
 
-def _may_overwrite(x, inplace):
-    """True when a gate may write its output over ``x``.
-
-    Only when asked (the caller owns ``x``), with gradients disabled
-    (``torch.no_grad`` or ``torch.inference_mode``) and outside tracing,
-    scripting and compiling.
-    """
-    if not inplace or torch.is_grad_enabled():
-        return False
+def _eager(x):
+    """True outside tracing, scripting, compiling and symbolic shapes."""
     if not isinstance(x.shape[0], int):  # symbolic shapes (export)
         return False
     if torch.jit.is_tracing() or torch.jit.is_scripting():
@@ -138,9 +131,27 @@ def _may_overwrite(x, inplace):
     return not (is_compiling and is_compiling())
 
 
-#: Largest chunk (elements) a gate processes at once in place on CPU, so
-#: that its logits stay in cache (4 MB of float32).
+def _may_overwrite(x, inplace):
+    """True when a gate may write its output over ``x``.
+
+    Only when asked (the caller owns ``x``), with gradients disabled
+    (``torch.no_grad`` or ``torch.inference_mode``) and outside tracing,
+    scripting and compiling.
+    """
+    return inplace and not torch.is_grad_enabled() and _eager(x)
+
+
+#: Largest chunk (elements) a spatial gate processes at once on CPU, so
+#: that its full-size intermediates stay in cache (4 MB of float32).
 CPU_CHUNK_ELEMENTS = 2**20
+
+
+def _cpu_step(x):
+    """Items per chunk for a gate on CPU, or None for the whole batch."""
+    if x.device.type != "cpu" or not _eager(x):
+        return None
+    step = max(1, CPU_CHUNK_ELEMENTS // max(1, x[0].numel()))
+    return step if step < x.shape[0] else None
 
 
 def _init_weights(modules, init_std):
@@ -246,6 +257,16 @@ class SpatialGate(nn.Module):
         """
         if self.residual and _may_overwrite(x, inplace):
             return self._forward_inplace(x)
+        step = _cpu_step(x)
+        if step is None:
+            return self._gate(x)
+        # On CPU a few items at a time keep the full-size intermediates
+        # (mask, products, their gradients) in cache: at batch 16 this
+        # makes the gate after conv2 about 2.5x faster in training.
+        return torch.cat([self._gate(xc) for xc in torch.split(x, step)])
+
+    def _gate(self, x):
+        """The gate's formula on one (chunk of a) batch."""
         z = self.conv2(self.act(self.conv1(x)))
         if self.residual:
             return residual_sigmoid(x, z)
@@ -258,9 +279,7 @@ class SpatialGate(nn.Module):
         tensor; on CPU this runs the gate about three times faster than
         the plain expression at batch 16.
         """
-        step = x.shape[0]
-        if x.device.type == "cpu":
-            step = max(1, CPU_CHUNK_ELEMENTS // max(1, x[0].numel()))
+        step = _cpu_step(x) or x.shape[0]
         for i in range(0, x.shape[0], step):
             xi = x[i : i + step]
             z = self.conv2(self.act(self.conv1(xi))).sigmoid_()

@@ -367,6 +367,26 @@ def test_inplace_inference_path_gives_the_same_result(kind, monkeypatch):
     torch.testing.assert_close(y.detach(), keep)
 
 
+@pytest.mark.parametrize("activation", ["relu", "prelu"])
+def test_chunked_gate_matches_whole_batch(activation, monkeypatch):
+    import dampit.lobes.gates as gates
+
+    gate = SpatialGate(4, hidden=3, init_std=0.4, activation=activation)
+    gate = gate.double()
+    x = torch.randn(5, 4, 3, 2, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(5, 4, 3, 2, dtype=torch.float64)
+    results = []
+    for chunk in (10**9, 24, 50):  # whole batch, 1 item, 2 items
+        monkeypatch.setattr(gates, "CPU_CHUNK_ELEMENTS", chunk)
+        out = gate(x)
+        grads = torch.autograd.grad(out, [x] + list(gate.parameters()), g)
+        results.append((out, grads))
+    for out, grads in results[1:]:
+        torch.testing.assert_close(out, results[0][0])
+        for a, b in zip(grads, results[0][1]):
+            torch.testing.assert_close(a, b)
+
+
 def test_model_in_eval_with_and_without_grad_agrees():
     model = SEResNet(depth=50, base_width=4, emb_dim=8, gate_init_std=0.3)
     model.eval()
