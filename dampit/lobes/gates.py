@@ -18,6 +18,14 @@ Both accept an optional time mask ``[B, 1, 1, T]`` (1 for real frames, 0
 for padding) so that the pooled squeeze of :class:`SEGate` ignores padded
 frames; the spatial gate works position by position and needs none.
 
+Speed: the spatial gate's mask is as large as the feature map, so the gate
+is memory-bound. In training, ``x * M + x`` runs through a fused autograd
+function (:func:`residual_sigmoid`); on CPU the gate processes a few items
+at a time (``CPU_CHUNK_ELEMENTS``) so its intermediates stay in cache; at
+inference (gradients off) the trunk lets the gates overwrite its own
+feature maps (``inplace=True``). None of this changes the result; tracing,
+scripting and export see plain operations.
+
 Authors
  * dampit contributors 2025
 """
