@@ -70,9 +70,7 @@ def resolve_variant(hparams_file, overrides=None):
         base = variant.pop(EXTENDS_KEY)
         if not isinstance(base, str):
             raise ValueError(f"{current}: 'extends' must be a file name")
-        current = os.path.normpath(
-            os.path.join(os.path.dirname(current), base)
-        )
+        current = os.path.normpath(os.path.join(os.path.dirname(current), base))
         if not os.path.isfile(current):
             raise FileNotFoundError(
                 f"{chain[-1][0]}: extends {base}, but {current} does not exist"
