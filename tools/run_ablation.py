@@ -6,7 +6,10 @@ the template's stock ECAPA-TDNN + AAM baseline, then writes a markdown
 table (EER and minDCF, mean and spread over seeds) and a DET figure::
 
     python tools/run_ablation.py --seeds 1 2 3 --jobs 2 \\
-        --epochs 12 --batches-per-epoch 20
+        --epochs 5 --batches-per-epoch 23
+
+(the budget of ``recipes/VoxCeleb/RESULTS.md``; without the two budget
+options every run gets ``mini.yaml``'s 12 epochs of 20 batches).
 
 Configurations come from the recipe's own files, so they are defined in
 one place: ``all_four`` is ``recipes/VoxCeleb/hparams/mini.yaml`` itself
@@ -23,8 +26,9 @@ Each run is a subprocess (``recipes/VoxCeleb/train.py`` or the template's
 resumes. ``--jobs`` runs go in parallel, each with
 ``OMP_NUM_THREADS = max(1, cores // jobs)``.
 
-With ``--results-md`` the page's generated part (the table, the per-seed
-values and the figure) is written to that file between the markers
+The page's generated part (the table, the per-seed values and the
+figure) is written to ``--results-md`` (default
+``recipes/VoxCeleb/RESULTS.md``; ``''`` for none) between the markers
 ``<!-- ablation:begin -->`` and ``<!-- ablation:end -->``; the rest of the
 page (setup, reading) is kept as it is.
 """
@@ -787,8 +791,8 @@ def parse_args(argv):
     )
     p.add_argument(
         "--results-md",
-        default=None,
-        help="page to update (e.g. recipes/VoxCeleb/RESULTS.md)",
+        default=os.path.join(RECIPE, "RESULTS.md"),
+        help="page to update between its ablation markers ('' for none)",
     )
     p.add_argument(
         "--figure",
