@@ -136,8 +136,9 @@ def run_verification(brain, hparams, csvs, label_encoder=None):
 
     crop = (int(hparams["test_crop_frames"]) - 1) * int(hparams["hop_length"])
 
-    def embed_fn(wavs, lens):
-        return brain.compute_embeddings(wavs, lens)
+    def embed_fn(wavs, lens):  # under --eval_precision, as SpeechBrain does
+        with brain.evaluation_ctx:
+            return brain.compute_embeddings(wavs, lens)
 
     ids, full, crops = embed_utterances(
         embed_fn,
