@@ -43,6 +43,7 @@ from dampit.dataio.augment import FolderAugment  # noqa: E402
 from dampit.dataio.crops import random_crop, repeat_to_length  # noqa: E402
 from dampit.dataio.sampler import PKSampler  # noqa: E402
 from dampit.lobes.features import CropNormalization, Spectrogram  # noqa: E402
+from dampit.utils.bench import format_rows  # noqa: E402
 
 SR = 16000
 CROP = 3 * SR
@@ -387,12 +388,7 @@ def main(argv=None):
     rows = run(
         args.quick, data=args.data, workers=args.workers, threads=args.threads
     )
-    for r in rows:
-        print(
-            f"{r['name']:28s} {r['figure']:10.3f} {r['unit']:14s} "
-            f"ref {r['reference']:10.3f}  ratio {r['ratio']:7.2f}  "
-            f"{r['note']}"
-        )
+    print(format_rows(rows))
     return rows
 
 

@@ -56,6 +56,7 @@ from dampit.dataio.crops import repeat_to_length  # noqa: E402
 from dampit.inference.extract import embed_utterances  # noqa: E402
 from dampit.lobes.features import CropNormalization, Spectrogram  # noqa: E402
 from dampit.lobes.resnet import SEResNet  # noqa: E402
+from dampit.utils.bench import format_rows  # noqa: E402
 
 SR = 16000
 HOP = 160
@@ -469,12 +470,7 @@ def main(argv=None):
         data=args.data,
         compile_=compile_,
     )
-    for r in rows:
-        print(
-            f"{r['name']:30s} {r['figure']:10.3f} {r['unit']:8s} "
-            f"ref {r['reference']:10.3f}  ratio {r['ratio']:7.3f}\n"
-            f"    {r['note']}"
-        )
+    print(format_rows(rows))
     return rows
 
 

@@ -39,6 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dampit.losses import paper_multi_metric_loss
+from dampit.utils.bench import format_rows
 
 P, K, EMB_DIM, N_CLASSES = 64, 2, 2048, 5994
 N_FREQ, N_FRAMES = 161, 300
@@ -397,13 +398,7 @@ def main(argv=None):
         threads=args.threads,
         step_batch=args.step_batch,
     )
-    print("| name | figure | unit | reference | ratio | note |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['name']} | {r['figure']} | {r['unit']} | "
-            f"{r['reference']} | {r['ratio']} | {r['note']} |"
-        )
+    print(format_rows(rows))
 
 
 if __name__ == "__main__":

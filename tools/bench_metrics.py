@@ -39,7 +39,6 @@ Usage: ``python tools/bench_metrics.py [--quick]``.
 
 import argparse
 import json
-import math
 import os
 import pathlib
 import subprocess
@@ -385,13 +384,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small sizes")
     args = parser.parse_args(argv)
     rows = run(args.quick)
-    for r in rows:
-        ratio = r["ratio"]
-        ratio_s = "   n/a" if math.isnan(ratio) else f"{ratio:8.1f}"
-        print(
-            f"{r['name']:36s} {r['figure']:10.4f} {r['unit']:3s} "
-            f"ref {r['reference']:10.4f}  ratio {ratio_s}\n    {r['note']}"
-        )
+    from dampit.utils.bench import format_rows
+
+    print(format_rows(rows))
     return rows
 
 

@@ -35,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from dampit.lobes.resnet import LinearClassifier, SEResNet
+from dampit.utils.bench import format_rows
 
 N_FREQ = 161
 N_FRAMES = 300
@@ -353,13 +354,7 @@ def main(argv=None):
         batch=args.batch,
         clock_kind=args.clock,
     )
-    print("| name | figure | unit | reference | ratio | note |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['name']} | {r['figure']} | {r['unit']} | "
-            f"{r['reference']} | {r['ratio']} | {r['note']} |"
-        )
+    print(format_rows(rows))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from dampit.metrics.multicrop import (  # noqa: E402
     ScoringVectors,
     explicit_pair_scores,
 )
+from dampit.utils.bench import format_rows  # noqa: E402
 
 N_TRIALS = 37_720
 
@@ -267,12 +268,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small sizes")
     args = parser.parse_args(argv)
     rows = run(args.quick)
-    for r in rows:
-        print(
-            f"{r['name']:42s} {r['figure']:10.3f} {r['unit']:3s} "
-            f"ref {r['reference']:10.3f}  ratio {r['ratio']:8.1f}\n"
-            f"    {r['note']}"
-        )
+    print(format_rows(rows))
     return rows
 
 
