@@ -21,5 +21,5 @@ if [ ! -f "$CORPUS/manifest.csv" ]; then
 fi
 python recipes/VoxCeleb/train.py recipes/VoxCeleb/hparams/quickstart.yaml \
     --data_folder="$CORPUS" --output_folder="$RUN" "$@"
-python -m dampit.inference.export "$RUN" "$MODEL"
+python -m dampit.inference.export "$RUN" "$MODEL" --overwrite
 python -m dampit.inference.check_pretrained "$MODEL" "$RUN" --pairs 5
