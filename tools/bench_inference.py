@@ -56,29 +56,13 @@ from dampit.dataio.crops import repeat_to_length  # noqa: E402
 from dampit.inference.extract import embed_utterances  # noqa: E402
 from dampit.lobes.features import CropNormalization, Spectrogram  # noqa: E402
 from dampit.lobes.resnet import SEResNet  # noqa: E402
-from dampit.utils.bench import format_rows  # noqa: E402
+from dampit.utils.bench import Clock, format_rows  # noqa: E402
 
 SR = 16000
 HOP = 160
 CROP_FRAMES = 300
 CROP = (CROP_FRAMES - 1) * HOP  # the recipe's crop_samples
 N_CROPS = 10
-
-
-class _Clock:
-    """Wall or process-CPU clock that synchronises CUDA first."""
-
-    def __init__(self, device, kind):
-        self.device = torch.device(device)
-        self.kind = kind
-
-    def now(self):
-        """Current time in seconds on this clock."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        if self.kind == "cpu":
-            return time.process_time()
-        return time.perf_counter()
 
 
 class Extractor(torch.nn.Module):
@@ -120,7 +104,7 @@ def interleaved(calls, reps, clock, desc=None):
         Name -> callable without arguments.
     reps : int
         Timed repetitions.
-    clock : _Clock
+    clock : Clock
         The clock.
     desc : str, optional
         tqdm description.
@@ -132,7 +116,7 @@ def interleaved(calls, reps, clock, desc=None):
 
     Example
     -------
-    >>> t = interleaved({"a": lambda: None}, 2, _Clock("cpu", "wall"))
+    >>> t = interleaved({"a": lambda: None}, 2, Clock("cpu", "wall"))
     >>> sorted(t)
     ['a']
     """
@@ -255,7 +239,7 @@ def _measure(quick, device, on_gpu, threads, data, compile_):
         utt_batch, n_files = 1, (2 if quick else 4)
         reps = 3 if quick else 5
     clock_kind = "wall" if on_gpu else "cpu"
-    clock = _Clock(device, clock_kind)
+    clock = Clock(device, clock_kind)
     clock_name = "wall time" if on_gpu else "process CPU time"
     torch.manual_seed(0)
     model = SEResNet(**cfg).to(device).eval()

@@ -39,26 +39,10 @@ from torch import nn
 from tqdm import tqdm
 
 from dampit.losses import paper_multi_metric_loss
-from dampit.utils.bench import format_rows
+from dampit.utils.bench import Clock, format_rows
 
 P, K, EMB_DIM, N_CLASSES = 64, 2, 2048, 5994
 N_FREQ, N_FRAMES = 161, 300
-
-
-class _Clock:
-    """Wall or process-CPU clock that synchronises CUDA first."""
-
-    def __init__(self, device, kind):
-        self.device = torch.device(device)
-        self.kind = kind
-
-    def now(self):
-        """Current time in seconds on this clock."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        if self.kind == "cpu":
-            return time.process_time()
-        return time.perf_counter()
 
 
 def _median_time(clock, fn, reps, desc=None):
@@ -178,7 +162,7 @@ def loss_times(device, clock, reps, seed=0):
     ---------
     device : str
         Torch device.
-    clock : _Clock
+    clock : Clock
         The clock.
     reps : int
         Timed repetitions (median).
@@ -192,7 +176,7 @@ def loss_times(device, clock, reps, seed=0):
 
     Example
     -------
-    >>> t = loss_times("cpu", _Clock("cpu", "wall"), 1)
+    >>> t = loss_times("cpu", Clock("cpu", "wall"), 1)
     >>> sorted(t)
     ['angular', 'npair', 'softmax', 'total', 'triplet']
     """
@@ -234,7 +218,7 @@ def train_step_time(batch, device, clock, reps, seed=0):
         Even batch size (P x 2).
     device : str
         Torch device.
-    clock : _Clock
+    clock : Clock
         The clock.
     reps : int
         Timed repetitions (median).
@@ -309,7 +293,7 @@ def _run(quick, device=None, threads=None, step_batch=None):
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        clock = _Clock(device, clock_kind)
+        clock = Clock(device, clock_kind)
         w0 = time.perf_counter()
         losses = loss_times(device, clock, loss_reps)
         step_s, opt_s, desc = train_step_time(

@@ -35,27 +35,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from dampit.lobes.resnet import LinearClassifier, SEResNet
-from dampit.utils.bench import format_rows
+from dampit.utils.bench import Clock, format_rows
 
 N_FREQ = 161
 N_FRAMES = 300
 N_CLASSES = 1000
-
-
-class _Clock:
-    """Wall or process-CPU clock that synchronises CUDA first."""
-
-    def __init__(self, device, kind):
-        self.device = torch.device(device)
-        self.kind = kind
-
-    def now(self):
-        """Current time in seconds on this clock."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        if self.kind == "cpu":
-            return time.process_time()
-        return time.perf_counter()
 
 
 def _timed(clock, fn):
@@ -75,7 +59,7 @@ def matmul_gflops(n, reps, clock, device):
         Matrix size.
     reps : int
         Timed repetitions after one warm-up.
-    clock : _Clock
+    clock : Clock
         The clock.
     device : str
         Torch device.
@@ -87,7 +71,7 @@ def matmul_gflops(n, reps, clock, device):
 
     Example
     -------
-    >>> clock = _Clock("cpu", "wall")
+    >>> clock = Clock("cpu", "wall")
     >>> matmul_gflops(64, 2, clock, "cpu") > 0
     True
     """
@@ -177,7 +161,7 @@ def compare(
     >>> sorted(out["a"])[:3]
     ['infer_flops', 'infer_s', 'infer_wall_s']
     """
-    clock = _Clock(device, clock_kind)
+    clock = Clock(device, clock_kind)
     torch.manual_seed(seed)
     x = torch.randn(batch, 3, n_freq, n_frames, device=device)
     y = torch.randint(0, N_CLASSES, (batch,), device=device)
@@ -239,7 +223,7 @@ def _run(quick, device=None, threads=None, batch=None, clock_kind=None):
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        clock = _Clock(device, clock_kind)
+        clock = Clock(device, clock_kind)
         mm = matmul_gflops(2048, 3 if quick else 5, clock, device)
         paper = dict(depth=50, base_width=64, gate="spatial")
         configs = {

@@ -47,3 +47,41 @@ def format_rows(rows):
             f"{_num(r['reference'])} | {_num(r['ratio'])} | {r['note']} |"
         )
     return "\n".join(lines)
+
+
+class Clock:
+    """Wall or process-CPU clock that synchronises CUDA first.
+
+    Arguments
+    ---------
+    device : str or torch.device
+        The device whose pending work must finish before a reading.
+    kind : str
+        ``"cpu"`` (process CPU time: robust on a shared machine) or
+        ``"wall"``.
+
+    Example
+    -------
+    >>> clock = Clock("cpu", "wall")
+    >>> t0 = clock.now()
+    >>> clock.now() >= t0
+    True
+    """
+
+    def __init__(self, device, kind):
+        import torch
+
+        self.device = torch.device(device)
+        self.kind = kind
+
+    def now(self):
+        """Current time in seconds on this clock."""
+        import time
+
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if self.kind == "cpu":
+            return time.process_time()
+        return time.perf_counter()

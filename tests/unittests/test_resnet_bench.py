@@ -81,5 +81,5 @@ def test_compare_and_rows_on_a_tiny_network():
 
 def test_matmul_gflops_is_positive():
     bench = _bench()
-    clock = bench._Clock("cpu", "cpu")
+    clock = bench.Clock("cpu", "cpu")
     assert bench.matmul_gflops(128, 2, clock, "cpu") > 0
