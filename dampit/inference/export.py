@@ -880,7 +880,9 @@ def _data_facts(hp, run_folder):
     return out
 
 
-def write_demo_model(folder, seed=0, threshold=0.5, emb_dim=16):
+def write_demo_model(
+    folder, seed=0, threshold=0.5, emb_dim=16, features="spectrogram"
+):
     """Write a tiny, randomly initialised model folder (examples, tests).
 
     Arguments
@@ -893,6 +895,10 @@ def write_demo_model(folder, seed=0, threshold=0.5, emb_dim=16):
         Stored threshold.
     emb_dim : int
         Embedding size.
+    features : str
+        "spectrogram" (the paper's features and network) or "fbank" (40
+        log mel filter banks and the mini recipe's network: 3 x 3 stem
+        without max pooling, mean + std pooling over time).
 
     Returns
     -------
@@ -910,9 +916,22 @@ def write_demo_model(folder, seed=0, threshold=0.5, emb_dim=16):
 
     torch.manual_seed(seed)
     kwargs = {"depth": 18, "base_width": 4, "emb_dim": emb_dim}
+    feats = ("dampit.lobes.features.Spectrogram", {})
+    if features == "fbank":
+        kwargs.update(stem_kernel=3, stem_pool=False, pooling="stats")
+        kwargs["n_freq"] = 40
+        feats = (
+            "dampit.lobes.features.Features",
+            {"kind": "fbank", "n_bins": 40, "n_fft": 400},
+        )
+    elif features != "spectrogram":
+        raise ValueError(
+            f"write_demo_model: features={features!r} must be "
+            "'spectrogram' or 'fbank'"
+        )
     net = SEResNet(**kwargs).eval()
     modules = {
-        "compute_features": ("dampit.lobes.features.Spectrogram", {}),
+        "compute_features": feats,
         "mean_var_norm": (
             "dampit.lobes.features.CropNormalization",
             {"mode": "scalar"},

@@ -26,7 +26,7 @@ import warnings
 
 import torch
 
-from dampit.lobes.features import Spectrogram
+from dampit.lobes.features import Features, Spectrogram
 from dampit.utils.atomic import atomic_path
 
 __all__ = [
@@ -105,6 +105,8 @@ class EmbeddingPipeline(torch.nn.Module):
             ``self``.
         """
         feats = self.compute_features
+        if isinstance(feats, Features) and feats.kind == "spectrogram":
+            feats = feats.extractor  # the recipe's wrapper (features: ...)
         if isinstance(feats, Spectrogram) and hasattr(feats, "_magnitude"):
             self.compute_features = WholeBatchSpectrogram(feats)
         return self

@@ -25,19 +25,18 @@ frequency bin. The network (``dampit.lobes.resnet.SEResNet``) takes the
 ``[B, T, F]`` features and copies them to 3 channels itself; ``to_image``
 does that copy for other image networks.
 
-SpeechBrain's filter banks can replace the spectrogram in a recipe's YAML;
-the network accepts ``[B, T, F]`` with any ``F``::
+SpeechBrain's filter banks can replace the spectrogram; the network accepts
+``[B, T, F]`` with any ``F``. ``Features`` builds either from the same
+keys, so that a recipe switches with one plain value (``features: fbank``)::
 
-    compute_features: !new:speechbrain.lobes.features.Fbank
-        n_mels: 80
-        sample_rate: 16000
-    mean_var_norm: !new:dampit.lobes.features.CropNormalization
-        mode: freq
+    compute_features: !new:dampit.lobes.features.Features
+        kind: fbank
+        n_bins: 80
 """
 
 import torch
 
-__all__ = ["Spectrogram", "CropNormalization", "to_image"]
+__all__ = ["Spectrogram", "CropNormalization", "Features", "to_image"]
 
 _WINDOWS = {
     "hamming": torch.hamming_window,
@@ -289,6 +288,99 @@ class CropNormalization(torch.nn.Module):
             var = (((x - mean) * mask) ** 2).sum(dim=1, keepdim=True)
         std = (var / count).sqrt().clamp(min=self.std_floor)
         return ((x - mean) / std).to(feats.dtype)
+
+
+class Features(torch.nn.Module):
+    """The recipe's feature extractor, chosen by a plain value.
+
+    Arguments
+    ---------
+    kind : str
+        ``"spectrogram"``: :class:`Spectrogram`, the paper's
+        ``log(1 + |STFT|)`` with ``n_fft // 2 + 1`` bins;
+        ``"fbank"``: SpeechBrain's ``Fbank`` (log mel filter banks) with
+        ``n_bins`` mel bands.
+    n_bins : int
+        Frequency bins the network will see. For the spectrogram it must
+        equal ``n_fft // 2 + 1`` (checked); for fbank, the mel bands.
+    sample_rate : int
+        Sample rate of the audio.
+    n_fft : int
+        FFT size in samples.
+    win_length : int, optional
+        Window length in samples; default ``n_fft``. (SpeechBrain's
+        ``Fbank`` takes it and the hop in milliseconds: converted here.)
+    hop_length : int
+        Hop in samples; both kinds give ``1 + N // hop_length`` frames.
+    window : str
+        Window of the spectrogram (``Fbank`` uses Hamming).
+
+    The attributes ``sample_rate``, ``hop_length``, ``n_fft`` and
+    ``center`` are those the inference code reads from any extractor.
+
+    Example
+    -------
+    >>> Features("spectrogram")(torch.randn(1, 16000)).shape
+    torch.Size([1, 101, 161])
+    >>> Features("fbank", n_bins=80)(torch.randn(1, 16000)).shape
+    torch.Size([1, 101, 80])
+    """
+
+    def __init__(
+        self,
+        kind="spectrogram",
+        n_bins=161,
+        sample_rate=16000,
+        n_fft=320,
+        win_length=None,
+        hop_length=160,
+        window="hamming",
+    ):
+        super().__init__()
+        win_length = n_fft if win_length is None else win_length
+        if kind == "spectrogram":
+            if int(n_bins) != n_fft // 2 + 1:
+                raise ValueError(
+                    f"Features: n_bins={n_bins}, but a spectrogram with "
+                    f"n_fft={n_fft} has n_fft // 2 + 1 = {n_fft // 2 + 1} "
+                    "bins"
+                )
+            self.extractor = Spectrogram(
+                sample_rate=sample_rate,
+                n_fft=n_fft,
+                win_length=win_length,
+                hop_length=hop_length,
+                window=window,
+            )
+        elif kind == "fbank":
+            from speechbrain.lobes.features import Fbank
+
+            if not 0 < int(n_bins) <= n_fft // 2 + 1:
+                raise ValueError(
+                    f"Features: n_bins={n_bins} mel bands must be in "
+                    f"(0, n_fft // 2 + 1 = {n_fft // 2 + 1}]"
+                )
+            self.extractor = Fbank(
+                n_mels=int(n_bins),
+                sample_rate=sample_rate,
+                n_fft=n_fft,
+                win_length=1000.0 * win_length / sample_rate,
+                hop_length=1000.0 * hop_length / sample_rate,
+            )
+        else:
+            raise ValueError(
+                f"Features: kind={kind!r} must be 'spectrogram' or 'fbank'"
+            )
+        self.kind = kind
+        self.n_bins = int(n_bins)
+        self.sample_rate = sample_rate
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.center = True
+
+    def forward(self, wavs):
+        """Waveforms ``[B, N]`` (or ``[N]``) -> features ``[B, T, n_bins]``."""
+        return self.extractor(wavs)
 
 
 def to_image(feats, n_channels=3):

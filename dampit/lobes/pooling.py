@@ -17,6 +17,12 @@ frames as the files one by one.
   ``C x F`` into the channel axis) keeps the attention layer small
   (``C`` rather than ``C F`` inputs: 2048 instead of 12288 for ResNet-50
   on 161 bins) and makes the pooling independent of the number of bins.
+- :class:`TemporalStatsPool`: frequency and channels flattened into one
+  ``C F`` axis, then the mean and standard deviation over the real frames
+  (the "TSTP" of thin ResNets for speaker verification, as in WeSpeaker),
+  ``D = 2 C F``. It keeps where in frequency a channel fired, which the
+  global average throws away; the output size depends on the number of
+  input bins.
 
 Authors
  * dampit contributors 2025
@@ -31,6 +37,7 @@ __all__ = [
     "GlobalAvgPool",
     "GlobalMaxPool",
     "FreqMeanAttentiveStatsPool",
+    "TemporalStatsPool",
 ]
 
 
@@ -195,3 +202,75 @@ class FreqMeanAttentiveStatsPool(nn.Module):
             # dropping a frame.
             rel = (n_frames.to(x.dtype) - 0.5) / seq.shape[-1]
         return self.asp(seq, lengths=rel).squeeze(-1)
+
+
+class TemporalStatsPool(nn.Module):
+    """Mean and standard deviation over time of the flattened ``C x F`` map.
+
+    ``[B, C, F, T] -> [B, C F, T] -> [B, 2 C F]``: for every channel and
+    frequency row, the mean and the (biased) standard deviation over the
+    real frames, concatenated. The standard deviation is
+    ``sqrt(max(var, eps))``, so silent or one-frame inputs keep a finite
+    gradient.
+
+    Arguments
+    ---------
+    n_freq : int
+        Frequency rows ``F`` of the feature map (``out_factor = 2 F``).
+    eps : float
+        Floor of the variance.
+
+    Example
+    -------
+    >>> pool = TemporalStatsPool(n_freq=2)
+    >>> x = torch.tensor([[[[1.0, 3.0, 9.0], [2.0, 2.0, 9.0]]]])
+    >>> y = pool(x, torch.tensor([2]))  # the first two frames only
+    >>> [round(v, 4) for v in y[0].tolist()]  # means, then stds
+    [2.0, 2.0, 1.0, 0.001]
+    >>> pool(torch.rand(4, 3, 2, 7)).shape
+    torch.Size([4, 12])
+    """
+
+    def __init__(self, n_freq, eps=1e-6):
+        super().__init__()
+        if int(n_freq) < 1:
+            raise ValueError(
+                f"TemporalStatsPool: n_freq={n_freq} must be positive"
+            )
+        self.n_freq = int(n_freq)
+        self.eps = float(eps)
+        self.out_factor = 2 * self.n_freq
+
+    def forward(self, x, n_frames=None):
+        """Pool the feature map.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[B, C, F, T]`` with ``F == n_freq``.
+        n_frames : torch.Tensor, optional
+            Integer ``[B]``: real frames of each item at this resolution.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, 2 C F]``: all the means, then all the standard
+            deviations.
+        """
+        if x.shape[2] != self.n_freq:
+            raise ValueError(
+                f"TemporalStatsPool: the feature map has {x.shape[2]} "
+                f"frequency rows, the pooling was built for {self.n_freq} "
+                "(the model's n_freq must match the input features' bins)"
+            )
+        seq = x.flatten(1, 2)  # [B, C F, T]
+        if n_frames is None:
+            mean = seq.mean(dim=-1)
+            var = (seq - mean[..., None]).pow(2).mean(dim=-1)
+        else:
+            mask = time_mask(n_frames, seq.shape[-1], x.dtype)[:, 0]
+            count = n_frames.to(x.dtype)[:, None]
+            mean = (seq * mask).sum(dim=-1) / count
+            var = ((seq - mean[..., None]).pow(2) * mask).sum(-1) / count
+        std = var.clamp(min=self.eps).sqrt()
+        return torch.cat([mean, std], dim=1)

@@ -48,6 +48,7 @@ from dampit.lobes.pooling import (
     FreqMeanAttentiveStatsPool,
     GlobalAvgPool,
     GlobalMaxPool,
+    TemporalStatsPool,
     time_mask,
 )
 
@@ -323,7 +324,9 @@ class SEResNet(nn.Module):
     pooling : str
         ``"avg"`` (paper: global average), ``"max"`` (an earlier upload of
         the code) or ``"asp"`` (frequency mean, then SpeechBrain's
-        attentive statistics pooling over time: twice the channels).
+        attentive statistics pooling over time: twice the channels) or
+        ``"stats"`` (mean and standard deviation over time of every
+        channel and frequency row: ``2 C F'`` values; needs ``n_freq``).
     emb_dim : int
         Embedding size (paper: 2048).
     dropout : float
@@ -341,6 +344,15 @@ class SEResNet(nn.Module):
         Attention size of ``pooling="asp"``.
     last_stride : int
         Stride of conv5 (2 standard; 1 in an earlier upload of the code).
+    stem_kernel, stem_stride : int
+        Kernel and stride of the stem convolution (ImageNet ResNet: 7 and
+        2). Thin speaker ResNets keep more resolution with 3 and 1.
+    stem_pool : bool
+        Whether the stem ends with the 3 x 3, stride 2 max pooling
+        (ImageNet ResNet: yes).
+    n_freq : int, optional
+        Frequency bins of the input features. Needed by
+        ``pooling="stats"``, whose size depends on them.
 
     Example
     -------
@@ -372,6 +384,10 @@ class SEResNet(nn.Module):
         gate_init_std=1e-3,
         asp_attention_channels=128,
         last_stride=2,
+        stem_kernel=7,
+        stem_stride=2,
+        stem_pool=True,
+        n_freq=None,
     ):
         super().__init__()
         if depth not in DEPTHS:
@@ -402,12 +418,27 @@ class SEResNet(nn.Module):
         self.emb_dim = emb_dim
 
         # Stem (torchvision names).
+        if stem_kernel < 1 or stem_kernel % 2 == 0 or stem_stride < 1:
+            raise ValueError(
+                "SEResNet: stem_kernel must be odd and positive and "
+                f"stem_stride positive, got {stem_kernel}, {stem_stride}"
+            )
+        self.stem = (int(stem_kernel), int(stem_stride), bool(stem_pool))
         self.conv1 = nn.Conv2d(
-            in_channels, base_width, 7, stride=2, padding=3, bias=False
+            in_channels,
+            base_width,
+            stem_kernel,
+            stride=stem_stride,
+            padding=stem_kernel // 2,
+            bias=False,
         )
         self.bn1 = nn.BatchNorm2d(base_width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.maxpool = (
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            if stem_pool
+            else nn.Identity()
+        )
 
         # Stages conv2..conv5 = layer1..layer4.
         self._inplanes = base_width
@@ -448,9 +479,17 @@ class SEResNet(nn.Module):
             self.pool = FreqMeanAttentiveStatsPool(
                 self.out_channels, attention_channels=asp_attention_channels
             )
+        elif pooling == "stats":
+            if n_freq is None:
+                raise ValueError(
+                    "SEResNet: pooling='stats' needs n_freq, the number of "
+                    "frequency bins of the input features"
+                )
+            self.pool = TemporalStatsPool(self.out_freq(n_freq))
         else:
             raise ValueError(
-                "SEResNet: pooling must be 'avg', 'max' or 'asp', got "
+                "SEResNet: pooling must be 'avg', 'max', 'asp' or 'stats', "
+                "got "
                 f"{pooling!r}"
             )
         pooled = self.out_channels * self.pool.out_factor
@@ -494,6 +533,35 @@ class SEResNet(nn.Module):
                 elif isinstance(m, nn.BatchNorm2d):
                     nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
+
+    def out_freq(self, n_freq):
+        """Frequency rows of the conv5 map for ``n_freq`` input bins.
+
+        Arguments
+        ---------
+        n_freq : int
+            Frequency bins of the input features.
+
+        Returns
+        -------
+        int
+            ``F'`` after the stem and the strided stages.
+
+        Example
+        -------
+        >>> SEResNet(depth=18, base_width=4, emb_dim=8).out_freq(80)
+        3
+        >>> SEResNet(depth=18, base_width=4, emb_dim=8, stem_kernel=3,
+        ...          stem_stride=1, stem_pool=False).out_freq(80)
+        10
+        """
+        kernel, stride, pool = self.stem
+        f = _out_size(int(n_freq), kernel, stride, kernel // 2)
+        if pool:
+            f = _out_size(f, 3, 2, 1)
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            f = _out_size(f, 3, layer[0].stride, 1)
+        return f
 
     def arrange(self, x):
         """Bring the input to ``[B, in_channels, F, T]``.
@@ -619,9 +687,11 @@ class SEResNet(nn.Module):
             x = x * mask
         x = self.relu(self.bn1(self.conv1(x)))
         if n is not None:
-            n = _out_frames(n, 7, 2, 3)
+            kernel, stride, pool = self.stem
+            n = _out_frames(n, kernel, stride, kernel // 2)
             x = x * mask_of(n, x.shape[-1])
-            n = _out_frames(n, 3, 2, 1)
+            if pool:
+                n = _out_frames(n, 3, 2, 1)
         x = self.maxpool(x)
         mask = mask_of(n, x.shape[-1])
         for stage in range(2, 6):

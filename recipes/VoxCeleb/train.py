@@ -127,6 +127,10 @@ class MultiMetricBrain(sb.Brain):
         stats = {"EER": eer}
         if stage == sb.Stage.VALID:
             lr = self.optimizer.param_groups[0]["lr"]
+            annealing = getattr(self.hparams, "lr_annealing", None)
+            if annealing is not None:  # per-epoch schedule, if any
+                _, new_lr = annealing(epoch)
+                sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": lr},
                 train_stats=self.train_stats,

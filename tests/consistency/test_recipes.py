@@ -11,6 +11,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -106,6 +107,28 @@ def pretrained_run(data_for, tmp_path_factory):
     return out
 
 
+def _check_lr_schedule(train_log, keys):
+    """The logged lr follows a linear decay from lr to final_lr.
+
+    lr of epoch e (1-based) = lr + (final_lr - lr) (e - 1) / (epochs - 1),
+    written here from the definition, not from SpeechBrain's scheduler;
+    without final_lr (the paper's files) it is constant.
+    """
+    text = (REPO / "recipes/VoxCeleb/hparams/multi_metric.yaml").read_text()
+    base = dict(re.findall(r"^(lr|number_of_epochs): (\S+)", text, re.M))
+    lr = float(keys.get("lr", base["lr"]))
+    final = float(keys.get("final_lr", lr))
+    epochs = int(keys.get("number_of_epochs", base["number_of_epochs"]))
+    logged = [
+        float(m.group(1))
+        for m in re.finditer(r"lr: ([0-9.e+-]+)", train_log.read_text())
+    ]
+    assert logged, f"no lr in {train_log}"
+    for e, value in enumerate(logged, start=1):
+        expect = lr + (final - lr) * (e - 1) / max(1, epochs - 1)
+        assert value == pytest.approx(expect, rel=0.01), (e, logged)
+
+
 @pytest.mark.parametrize(
     "row",
     [r for r in ROWS if r["script_file"].startswith("recipes/")],
@@ -123,6 +146,7 @@ def test_recipe_runs_in_debug(row, data_for, tmp_path, request):
     proc = run_recipe(row, data_for(row["data"]), tmp_path / "run", flags)
     assert proc.returncode == 0, _tail(proc)
     _, keys = resolve_variant(REPO / row["hparams_file"])
+    _check_lr_schedule(tmp_path / "run" / "train_log.txt", keys)
     if keys.get("test_after_training") is False:
         return
     summary = tmp_path / "run" / "verification" / "summary.json"

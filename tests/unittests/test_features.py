@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from dampit.dataio.audio import load_audio
-from dampit.lobes.features import CropNormalization, Spectrogram, to_image
+from dampit.lobes.features import (
+    CropNormalization,
+    Features,
+    Spectrogram,
+    to_image,
+)
 
 
 @pytest.fixture(scope="module")
@@ -187,20 +192,42 @@ def test_to_image():
         to_image(torch.randn(30, 161))
 
 
-def test_fbank_swaps_in_from_yaml():
-    """The YAML in the module docstring: SpeechBrain's Fbank + our norm."""
+def test_fbank_swaps_in_from_yaml(real_wavs):
+    """The module docstring's YAML: Features with kind fbank."""
     from hyperpyyaml import load_hyperpyyaml
+    from speechbrain.lobes.features import Fbank
 
     hp = load_hyperpyyaml(
         """
-compute_features: !new:speechbrain.lobes.features.Fbank
-    n_mels: 80
-    sample_rate: 16000
+compute_features: !new:dampit.lobes.features.Features
+    kind: fbank
+    n_bins: 80
+    n_fft: 400
+    hop_length: 160
 mean_var_norm: !new:dampit.lobes.features.CropNormalization
     mode: freq
 """
     )
-    feats = hp["compute_features"](torch.randn(2, 16000))
-    out = hp["mean_var_norm"](feats, torch.tensor([1.0, 0.5]))
-    assert out.shape == feats.shape == (2, 101, 80)
+    wav = real_wavs[0][None]
+    feats = hp["compute_features"](wav)
+    # SpeechBrain's own Fbank with its defaults (25 ms, 10 ms, n_fft 400)
+    torch.testing.assert_close(feats, Fbank(n_mels=80)(wav))
+    assert feats.shape == (1, 1 + wav.shape[1] // 160, 80)
+    out = hp["mean_var_norm"](feats)
     assert out[0].mean(0).abs().max() < 1e-4
+
+
+def test_Features_spectrogram_is_the_paper_spectrogram(real_wavs):
+    wav = real_wavs[1][None]
+    torch.testing.assert_close(Features()(wav), Spectrogram()(wav))
+    spec = Features("spectrogram", n_bins=257, n_fft=512)(wav)
+    assert spec.shape[-1] == 257
+
+
+def test_Features_errors():
+    with pytest.raises(ValueError, match="n_bins=80"):
+        Features("spectrogram", n_bins=80)
+    with pytest.raises(ValueError, match="kind='mfcc'"):
+        Features("mfcc")
+    with pytest.raises(ValueError, match="mel bands"):
+        Features("fbank", n_bins=0)

@@ -16,6 +16,7 @@ from dampit.lobes.pooling import (
     FreqMeanAttentiveStatsPool,
     GlobalAvgPool,
     GlobalMaxPool,
+    TemporalStatsPool,
 )
 from dampit.lobes.resnet import LinearClassifier, SEResNet
 
@@ -433,9 +434,19 @@ def _pad_batch(items, fill):
         (50, "asp", "se"),
         (18, "avg", "spatial"),
         (34, "asp", "none"),
+        (18, "stats", "spatial"),
     ],
 )
-def test_padded_batch_equals_files_one_by_one(depth, pooling, gate):
+@pytest.mark.parametrize(
+    "stem",
+    [
+        {},  # ImageNet stem: 7 x 7 / 2, max pooling
+        {"stem_kernel": 3, "stem_stride": 2, "stem_pool": False},
+        {"stem_kernel": 3, "stem_stride": 1, "stem_pool": False},
+    ],
+    ids=["imagenet", "3s2", "3s1"],
+)
+def test_padded_batch_equals_files_one_by_one(depth, pooling, gate, stem):
     model = SEResNet(
         depth=depth,
         base_width=8,
@@ -445,6 +456,8 @@ def test_padded_batch_equals_files_one_by_one(depth, pooling, gate):
         gate_stages=(2, 3, 4, 5),
         gate_init_std=0.3,  # make the gates matter
         asp_attention_channels=8,
+        n_freq=40,
+        **stem,
     )
     model = model.double().eval()
     items = [torch.randn(1, 3, 40, t, dtype=torch.float64) for t in (97, 60)]
@@ -534,3 +547,81 @@ def test_bad_arguments_are_named():
         model(torch.randn(2, 30, 20), torch.tensor([1.0, 0.0]))
     with pytest.raises(ValueError, match="lengths"):
         model(torch.randn(2, 30, 20), torch.tensor([1.0]))
+
+
+def test_temporal_stats_pool_matches_loop():
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 2, 9, dtype=torch.float64)
+    n = torch.tensor([9, 4, 1])
+    out = TemporalStatsPool(n_freq=2)(x, n)
+    assert out.shape == (3, 2 * 4 * 2)
+    for b in range(3):
+        means, stds = [], []
+        for c in range(4):
+            for f in range(2):
+                vals = [float(x[b, c, f, t]) for t in range(int(n[b]))]
+                m = sum(vals) / len(vals)
+                var = sum((v - m) ** 2 for v in vals) / len(vals)
+                means.append(m)
+                stds.append(math.sqrt(max(var, 1e-6)))
+        expect = torch.tensor(means + stds, dtype=torch.float64)
+        torch.testing.assert_close(out[b], expect)
+    # no lengths = every frame; one real frame gives std sqrt(eps)
+    torch.testing.assert_close(
+        TemporalStatsPool(2)(x), TemporalStatsPool(2)(x, torch.full((3,), 9))
+    )
+    assert torch.allclose(out[2, 8:], torch.full((8,), 1e-3, dtype=x.dtype))
+
+
+def test_temporal_stats_pool_gradient_finite_on_constant_input():
+    x = torch.ones(2, 3, 2, 5, requires_grad=True)
+    TemporalStatsPool(2)(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("n_freq", [40, 64, 80, 161])
+@pytest.mark.parametrize(
+    "stem", [(7, 2, True), (3, 2, False), (3, 1, False), (5, 1, True)]
+)
+def test_out_freq_matches_trunk_and_stats_head(n_freq, stem):
+    kernel, stride, pool = stem
+    model = SEResNet(
+        depth=18,
+        base_width=4,
+        emb_dim=6,
+        stem_kernel=kernel,
+        stem_stride=stride,
+        stem_pool=pool,
+        pooling="stats",
+        n_freq=n_freq,
+    ).eval()
+    with torch.no_grad():
+        feats, _ = model.trunk(torch.randn(1, 37, n_freq))
+        out = model(torch.randn(2, 37, n_freq))
+    assert feats.shape[2] == model.out_freq(n_freq)
+    # 2 statistics x 32 channels x F' rows feed the head
+    assert model.head.fc1.in_features == 2 * 32 * feats.shape[2]
+    assert out.shape == (2, 1, 6)
+
+
+def test_stem_and_stats_errors():
+    with pytest.raises(ValueError, match="n_freq"):
+        SEResNet(depth=18, base_width=4, pooling="stats")
+    with pytest.raises(ValueError, match="stem_kernel"):
+        SEResNet(depth=18, base_width=4, stem_kernel=4)
+    with pytest.raises(ValueError, match="stem_stride"):
+        SEResNet(depth=18, base_width=4, stem_stride=0)
+    model = SEResNet(depth=18, base_width=4, pooling="stats", n_freq=80)
+    with pytest.raises(ValueError, match="n_freq must match"):
+        model(torch.randn(1, 50, 40))
+    with pytest.raises(ValueError, match="n_freq"):
+        TemporalStatsPool(0)
+
+
+def test_default_stem_is_torchvision():
+    model = SEResNet(depth=18, base_width=4)
+    assert model.conv1.kernel_size == (7, 7) and model.conv1.stride == (2, 2)
+    assert isinstance(model.maxpool, torch.nn.MaxPool2d)
+    thin = SEResNet(depth=18, base_width=4, stem_kernel=3, stem_pool=False)
+    assert thin.conv1.kernel_size == (3, 3) and thin.conv1.padding == (1, 1)
+    assert isinstance(thin.maxpool, torch.nn.Identity)
