@@ -43,7 +43,7 @@ from dampit.dataio.augment import FolderAugment  # noqa: E402
 from dampit.dataio.crops import random_crop, repeat_to_length  # noqa: E402
 from dampit.dataio.sampler import PKSampler  # noqa: E402
 from dampit.lobes.features import CropNormalization, Spectrogram  # noqa: E402
-from dampit.utils.bench import format_rows  # noqa: E402
+from dampit.utils.bench import format_rows, resolve_device  # noqa: E402
 
 SR = 16000
 CROP = 3 * SR
@@ -291,7 +291,7 @@ def bench_loader(root, quick, workers=2):
         del it, loader
 
     model, loss_fn, loss_name = _make_model()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device, _ = resolve_device()
     loader_bps = 1 / t_loader
     note_loader = (
         f"P={P} K={K}, {workers} workers: read + 3 s crop + noise "

@@ -56,7 +56,7 @@ from dampit.dataio.crops import repeat_to_length  # noqa: E402
 from dampit.inference.extract import embed_utterances  # noqa: E402
 from dampit.lobes.features import CropNormalization, Spectrogram  # noqa: E402
 from dampit.lobes.resnet import SEResNet  # noqa: E402
-from dampit.utils.bench import Clock, format_rows  # noqa: E402
+from dampit.utils.bench import Clock, format_rows, resolve_device  # noqa: E402
 
 SR = 16000
 HOP = 160
@@ -209,9 +209,7 @@ def run(quick):
 
 def _run(quick, device=None, threads=None, data=None, compile_=None):
     """:func:`run` with the command line's overrides."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    on_gpu = torch.device(device).type == "cuda"
+    device, on_gpu = resolve_device(device)
     if threads is None:
         threads = torch.get_num_threads() if on_gpu else 1
     if compile_ is None:

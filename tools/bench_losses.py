@@ -39,7 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dampit.losses import paper_multi_metric_loss
-from dampit.utils.bench import Clock, format_rows
+from dampit.utils.bench import Clock, format_rows, resolve_device
 
 P, K, EMB_DIM, N_CLASSES = 64, 2, 2048, 5994
 N_FREQ, N_FRAMES = 161, 300
@@ -276,9 +276,7 @@ def run(quick):
 
 def _run(quick, device=None, threads=None, step_batch=None):
     """:func:`run` with the command line's overrides."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    on_gpu = torch.device(device).type == "cuda"
+    device, on_gpu = resolve_device(device)
     if step_batch is None:
         step_batch = P * K if on_gpu else (4 if quick else 8)
     if step_batch < 4 or step_batch % K:

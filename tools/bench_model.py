@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from dampit.lobes.resnet import LinearClassifier, SEResNet
-from dampit.utils.bench import Clock, format_rows
+from dampit.utils.bench import Clock, format_rows, resolve_device
 
 N_FREQ = 161
 N_FRAMES = 300
@@ -210,9 +210,7 @@ def run(quick):
 
 def _run(quick, device=None, threads=None, batch=None, clock_kind=None):
     """:func:`run` with the command line's overrides."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    on_gpu = torch.device(device).type == "cuda"
+    device, on_gpu = resolve_device(device)
     if batch is None:
         batch = (32 if quick else 128) if on_gpu else (4 if quick else 16)
     if clock_kind is None:

@@ -2,7 +2,7 @@
 
 Every benchmark returns rows ``{"name", "figure", "unit", "reference",
 "ratio", "note"}``; ``format_rows`` prints them as one markdown table, the
-same from every tool.
+same from every tool. ``resolve_device`` is their common device default.
 """
 
 import math
@@ -85,3 +85,32 @@ class Clock:
         if self.kind == "cpu":
             return time.process_time()
         return time.perf_counter()
+
+
+def resolve_device(device=None):
+    """The device a benchmark runs on, and whether it is a GPU.
+
+    Arguments
+    ---------
+    device : str or None
+        As given on the command line; None: CUDA when available, else CPU.
+
+    Returns
+    -------
+    device : str
+        The device name.
+    on_gpu : bool
+        Whether it is a CUDA device.
+
+    Example
+    -------
+    >>> resolve_device("cpu")
+    ('cpu', False)
+    >>> resolve_device("cuda:1")
+    ('cuda:1', True)
+    """
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device, torch.device(device).type == "cuda"
