@@ -125,3 +125,49 @@ def synthetic_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic")
     generate_corpus(out, n_speakers=12, utts_per_speaker=6, seed=0)
     return out
+
+
+@pytest.fixture
+def recipe():
+    """recipes/VoxCeleb's ``train`` (the Brain) and ``verify`` modules."""
+    import sys
+
+    folder = str(REPO / "recipes" / "VoxCeleb")
+    sys.path.insert(0, folder)
+    try:
+        import train
+        import verify
+
+        yield train, verify
+    finally:
+        sys.path.remove(folder)
+
+
+@pytest.fixture
+def mini_brain(recipe, tmp_path):
+    """Factory: overrides -> (MultiMetricBrain on CPU, hparams) of the
+    recipe's mini.yaml made small (width 8, 32-d, 4 speakers)."""
+    from dampit.utils.hparams import load_hparams
+
+    train, _ = recipe
+
+    def make(**extra):
+        overrides = {
+            "data_folder": str(tmp_path / "data"),
+            "output_folder": str(tmp_path / "run"),
+            "base_width": 8,
+            "emb_dim": 32,
+            "n_speakers": 4,
+            **extra,
+        }
+        mini = REPO / "recipes" / "VoxCeleb" / "hparams" / "mini.yaml"
+        hp, _, _ = load_hparams(str(mini), overrides)
+        brain = train.MultiMetricBrain(
+            modules=hp["modules"],
+            hparams=hp,
+            run_opts={"device": "cpu", "noprogressbar": True},
+            checkpointer=hp["checkpointer"],
+        )
+        return brain, hp
+
+    return make

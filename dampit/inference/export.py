@@ -14,7 +14,8 @@ and writes, atomically (a temporary folder renamed into place)::
     <model>/hyperparams.yaml       features, normalisation, network,
                                    classifier, label encoder, pretrainer,
                                    ``threshold`` and ``sample_rate``
-    <model>/embedding_model.ckpt   the best checkpoint's network weights
+    <model>/embedding_model.ckpt   the tested network weights (best
+                                   checkpoint, or the last N averaged)
     <model>/classifier.ckpt        the softmax term's speaker classifier
     <model>/label_encoder.txt      speaker labels of the classifier
     <model>/README.md              model card: data, configuration, EER
@@ -30,7 +31,10 @@ The folder loads offline with SpeechBrain's interfaces, no overrides::
 
 Best checkpoint
     The one with the lowest validation EER (``CKPT.yaml`` meta ``EER``),
-    as the recipe's verification uses; ``--ckpt`` picks another.
+    as the recipe's verification uses; ``--ckpt`` picks another. A run
+    with ``average_checkpoints: N > 1`` was tested with the average of its
+    last N epochs' weights, so that average is exported (network and
+    classifier), unless ``--ckpt`` is given.
 
 Threshold
     SpeechBrain's ``verify_batch`` decides ``score > 0.25`` whatever the
@@ -76,6 +80,10 @@ import yaml
 
 from dampit.inference.safe_yaml import check_hparams, is_allowed_target
 from dampit.utils.atomic import atomic_torch_save, atomic_write_text
+from dampit.utils.checkpoint_averaging import (
+    average_weights,
+    select_test_checkpoints,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -758,8 +766,15 @@ def _model_card(facts):
         f"Exported {f['exported']} from `{f['run_folder']}`, checkpoint "
         f"`{os.path.basename(f['checkpoint'])}`"
         + (
-            f" (validation EER {f['valid_eer']:.2f}%)."
+            f" (validation EER {f['valid_eer']:.2f}%)"
             if f.get("valid_eer") is not None
+            else ""
+        )
+        + (
+            ", weights averaged over epochs "
+            + ", ".join(str(e) for e in f["averaged_epochs"])
+            + "."
+            if f.get("averaged_epochs")
             else "."
         ),
         "",
@@ -1031,11 +1046,16 @@ def export_model(
     hp = read_run_hparams(hp_path)
     spec = run_model_spec(hp, hp_path)
     best = best_checkpoint(run_folder, ckpt)
-    emb_state = torch.load(
-        best.paramfiles["embedding_model"],
-        map_location="cpu",
-        weights_only=True,
-    )
+    averaged = _averaged_checkpoints(hp, run_folder, ckpt)
+    if averaged:  # the weights verify.py tested: the last N averaged
+        best = averaged[0]
+        emb_state = average_weights(averaged, "embedding_model")
+    else:
+        emb_state = torch.load(
+            best.paramfiles["embedding_model"],
+            map_location="cpu",
+            weights_only=True,
+        )
 
     # Training-side modules, the checkpoint loaded strictly.
     ref = {}
@@ -1060,11 +1080,14 @@ def export_model(
     clf = None
     label_src = os.path.join(run_folder, "save", LABEL_FILE)
     if classifier and "compute_cost" in best.paramfiles:
-        cost_state = torch.load(
-            best.paramfiles["compute_cost"],
-            map_location="cpu",
-            weights_only=True,
-        )
+        if averaged:
+            cost_state = average_weights(averaged, "compute_cost")
+        else:
+            cost_state = torch.load(
+                best.paramfiles["compute_cost"],
+                map_location="cpu",
+                weights_only=True,
+            )
         clf = classifier_spec(spec["softmax"], cost_state, emb_dim)
     if clf is not None:
         modules["classifier"] = clf[:2]
@@ -1177,6 +1200,7 @@ def export_model(
             else str(best.path),
             "valid_eer": best.meta.get("EER"),
             "epoch": _epoch_of(best),
+            "averaged_epochs": [_epoch_of(c) for c in averaged],
             "threshold": thr,
             "threshold_source": source,
             "threshold_note": note,
@@ -1198,6 +1222,21 @@ def export_model(
         )
     logger.info("exported %s -> %s", run_folder, model_folder)
     return meta
+
+
+def _averaged_checkpoints(hp, run_folder, ckpt=None):
+    """The checkpoints whose average the run was tested with, if any.
+
+    Empty unless the run's ``average_checkpoints`` is above 1 and no
+    explicit ``--ckpt`` was given.
+    """
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    n = int(hp.get("average_checkpoints", 1) or 1)
+    if ckpt is not None or n <= 1:
+        return []
+    save = os.path.join(os.fspath(run_folder), "save")
+    return select_test_checkpoints(Checkpointer(save), n)
 
 
 def _epoch_of(ckpt):

@@ -56,10 +56,22 @@ class MultiMetricBrain(sb.Brain):
         if getattr(getattr(self, "hparams", None), "channels_last", False):
             self.modules.embedding_model.to(memory_format=torch.channels_last)
 
-    def compute_embeddings(self, wavs, lens):
-        """Waveforms [B, N] -> embeddings [B, 1, D] (features, norm, net)."""
+    def compute_embeddings(self, wavs, lens, stage=None):
+        """Waveforms [B, N] -> embeddings [B, 1, D] (features, norm, net).
+
+        In training, the YAML's ``fea_augment`` (SpeechBrain's
+        ``Augmenter`` of ``SpectrogramDrop``: SpecAugment), if any, masks
+        the normalised features.
+        """
         feats = self.modules.compute_features(wavs)
         feats = self.modules.normalize(feats, lens)
+        fea_augment = getattr(self.hparams, "fea_augment", None)
+        if (
+            stage == sb.Stage.TRAIN
+            and fea_augment is not None
+            and fea_augment.augment_prob > 0  # off: no random draw at all
+        ):
+            feats, lens = fea_augment(feats, lens)
         return self.modules.embedding_model(feats, lens)
 
     def compute_forward(self, batch, stage):
@@ -68,7 +80,7 @@ class MultiMetricBrain(sb.Brain):
         wavs, lens = batch.sig
         if stage == sb.Stage.TRAIN:
             wavs, lens = self.modules.augment(wavs, lens)
-        return self.compute_embeddings(wavs, lens)
+        return self.compute_embeddings(wavs, lens, stage)
 
     def compute_objectives(self, predictions, batch, stage):
         """The multi-metric loss in training; embeddings kept in validation."""
@@ -117,7 +129,7 @@ class MultiMetricBrain(sb.Brain):
             self.valid_embeddings, self.valid_labels = [], []
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Log the loss terms and the valid EER; keep the best checkpoint."""
+        """Log the loss terms and the valid EER; keep the checkpoints."""
         if stage == sb.Stage.TRAIN:
             self.train_stats = {"loss": stage_loss}
             for name, total in self.term_sums.items():
@@ -136,8 +148,11 @@ class MultiMetricBrain(sb.Brain):
                 train_stats=self.train_stats,
                 valid_stats=stats,
             )
+            # The best one by valid EER, and the N most recent ones when
+            # the test averages the last N (average_checkpoints).
+            keep = max(1, int(getattr(self.hparams, "average_checkpoints", 1)))
             self.checkpointer.save_and_keep_only(
-                meta={"EER": eer}, min_keys=["EER"]
+                meta={"EER": eer}, min_keys=["EER"], num_to_keep=keep
             )
 
     def valid_eer(self):

@@ -5,10 +5,11 @@ Run after train.py (which also calls this at the end of training)::
 
     python verify.py hparams/multi_metric.yaml --data_folder=/data/voxceleb
 
-It loads the best checkpoint (lowest valid EER), embeds every test
-utterance twice -- whole, and as ``n_test_crops`` evenly spaced crops of
-``test_crop_frames`` -- caches the embeddings on disk, and scores the
-trials three ways:
+It loads the best checkpoint (lowest valid EER; or, with
+``average_checkpoints: N``, the average of the last N epochs' weights),
+embeds every test utterance twice -- whole, and as ``n_test_crops``
+evenly spaced crops of ``test_crop_frames`` -- caches the embeddings on
+disk, and scores the trials three ways:
 
 - ``full_cosine``: cosine of the whole-utterance embeddings;
 - ``multicrop_dot``: the paper's protocol, the mean of the 100 crop-pair
@@ -34,6 +35,10 @@ from dampit.metrics import multicrop
 from dampit.metrics.asnorm import as_norm
 from dampit.metrics.plots import write_report
 from dampit.utils.atomic import atomic_write_text
+from dampit.utils.checkpoint_averaging import (
+    average_weights,
+    select_test_checkpoints,
+)
 from dampit.utils.hparams import load_hparams
 
 logger = logging.getLogger(__name__)
@@ -119,10 +124,10 @@ def run_verification(brain, hparams, csvs, label_encoder=None):
     dict
         Metrics per scoring method.
     """
-    brain.checkpointer.recover_if_possible(min_key="EER")
-    brain.modules.eval()
     out = os.path.join(hparams["output_folder"], "verification")
     os.makedirs(out, exist_ok=True)
+    load_test_weights(brain, hparams, out)
+    brain.modules.eval()
     rows = _read_csv(csvs["test"])
     known = {r["ID"] for r in rows}
     trial_sets = {
@@ -199,6 +204,55 @@ def run_verification(brain, hparams, csvs, label_encoder=None):
             f"({res['n_target']} target / {res['n_nontarget']} non-target)"
         )
     return results
+
+
+def load_test_weights(brain, hparams, out):
+    """Load the weights the run is tested with; list them in a file.
+
+    ``average_checkpoints: 1`` (the paper): the checkpoint with the lowest
+    validation EER. ``N > 1``: the most recent checkpoint, then the
+    network's weights averaged over the N most recent end-of-epoch
+    checkpoints (``dampit.utils.checkpoint_averaging``).
+
+    Arguments
+    ---------
+    brain : MultiMetricBrain
+        A Brain with a checkpointer.
+    hparams : dict
+        The recipe's hyperparameters (``average_checkpoints``,
+        ``embedding_model``).
+    out : str
+        The verification folder; ``checkpoints.txt`` there lists the
+        checkpoint folders used.
+
+    Returns
+    -------
+    list
+        The checkpoints used (empty when there is none).
+    """
+    n = int(hparams.get("average_checkpoints", 1))
+    if n == 1:
+        best = brain.checkpointer.recover_if_possible(min_key="EER")
+        used = [best] if best is not None else []
+    else:
+        brain.checkpointer.recover_if_possible()  # every module, newest
+        used = select_test_checkpoints(brain.checkpointer, n)
+        if used:  # the unwrapped module, also when DDP wrapped it
+            hparams["embedding_model"].load_state_dict(
+                average_weights(used, "embedding_model")
+            )
+            logger.info(
+                "testing the average of %d checkpoints: %s",
+                len(used),
+                ", ".join(os.path.basename(str(c.path)) for c in used),
+            )
+    if not used:
+        logger.warning("no checkpoint found: testing the current weights")
+    atomic_write_text(
+        os.path.join(out, "checkpoints.txt"),
+        "".join(f"{c.path}\n" for c in used),
+    )
+    return used
 
 
 def _cohort_embeddings(brain, hparams, csvs, embed_fn):

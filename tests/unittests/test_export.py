@@ -86,8 +86,12 @@ def randomize(module, gen):
                 t.add_(0.01 * torch.randn(t.shape, generator=gen))
 
 
-def build_run(root, data):
-    """A run folder as the recipe leaves it; returns (run, expected)."""
+def build_run(root, data, extra=None):
+    """A run folder as the recipe leaves it; returns (run, expected).
+
+    ``extra``: more overrides of ``mini.yaml``. ``expected["epochs"]``
+    holds each epoch's saved network and classifier states.
+    """
     tree = small_tree(root / "data", data)
     run = root / "run"
     prep = prepare_folder(
@@ -101,6 +105,7 @@ def build_run(root, data):
         "emb_dim": 32,
         "n_speakers": n_train,
         "n_test_speakers": 2,
+        **(extra or {}),
     }
     base, merged = resolve_variant(str(MINI), overrides)
     with open(base, encoding="utf-8") as f:
@@ -110,12 +115,16 @@ def build_run(root, data):
     )
     hp, _, _ = load_hparams(str(MINI), overrides)
     gen = torch.Generator().manual_seed(0)
-    expected = {}
+    expected = {"epochs": {}}
     for epoch, eer in ((1, 30.0), (2, 20.0), (3, 25.0)):
         randomize(hp["embedding_model"], gen)
         randomize(hp["compute_cost"], gen)
         hp["epoch_counter"].current = epoch
         hp["checkpointer"].save_checkpoint(meta={"EER": eer})
+        expected["epochs"][epoch] = {
+            name: {k: v.clone() for k, v in hp[name].state_dict().items()}
+            for name in ("embedding_model", "compute_cost")
+        }
         if eer == 20.0:
             expected["emb"] = {
                 k: v.clone()
@@ -307,6 +316,47 @@ def test_explicit_checkpoint(exported, tmp_path):
     assert all(torch.equal(state[k], want[k]) for k in want)
     with pytest.raises(ExportError, match="not a SpeechBrain checkpoint"):
         export_model(run, tmp_path / "x", ckpt=run / "save", progress=False)
+
+
+def test_averaged_checkpoints_are_exported(tmp_path, shared_data):
+    """average_checkpoints: 2 exports the mean of epochs 3 and 2."""
+    run, expected = build_run(tmp_path, shared_data, {"average_checkpoints": 2})
+    model = tmp_path / "model"
+    meta = export_model(run, model, threshold=0.5, progress=False)
+    assert meta["averaged_epochs"] == [3, 2]
+    assert meta["epoch"] == 3
+    assert (
+        "weights averaged over epochs 3, 2" in (model / "README.md").read_text()
+    )
+    got = torch.load(model / "embedding_model.ckpt", weights_only=True)
+    last, prev = (expected["epochs"][e]["embedding_model"] for e in (3, 2))
+    assert set(got) == set(last)
+    for name in last:  # the mean, one tensor at a time
+        want = (last[name].double() + prev[name].double()) / 2
+        if not last[name].is_floating_point():
+            want = want.round()
+        assert got[name].dtype == last[name].dtype, name
+        torch.testing.assert_close(
+            got[name].double(), want, rtol=1e-6, atol=1e-7
+        )
+    # The classifier is the mean of the two softmax weights too.
+    clf = torch.load(model / "classifier.ckpt", weights_only=True)
+    w = [
+        expected["epochs"][e]["compute_cost"]["terms.softmax.classifier.weight"]
+        for e in (3, 2)
+    ]
+    (weight,) = [v for k, v in clf.items() if k.endswith("weight")]
+    torch.testing.assert_close(weight, (w[0] + w[1]) / 2)
+    # An explicit checkpoint wins over the averaging.
+    first = sorted((run / "save").glob("CKPT+*"))[0]
+    export_model(
+        run, tmp_path / "m1", threshold=0.5, ckpt=first, progress=False
+    )
+    one = torch.load(
+        tmp_path / "m1" / "embedding_model.ckpt", weights_only=True
+    )
+    want = expected["epochs"][1]["embedding_model"]
+    assert all(torch.equal(one[k], want[k]) for k in want)
 
 
 def test_existing_target_and_overwrite(exported, tmp_path):

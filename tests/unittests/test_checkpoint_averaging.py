@@ -1,0 +1,167 @@
+"""Tests of dampit.utils.checkpoint_averaging and the recipe's use of it.
+
+Checkpoints are written by the recipe's own checkpointer (mini.yaml's
+``AtomicCheckpointer``, modules and ``MultiMetricBrain``, from the
+``mini_brain`` fixture); the expected averages are computed here by a
+plain loop over the saved state dicts, in float64.
+"""
+
+import logging
+import os
+import re
+
+import pytest
+import torch
+
+from dampit.utils.checkpoint_averaging import (
+    average_weights,
+    recent_epoch_checkpoints,
+    select_test_checkpoints,
+)
+from dampit.utils.checkpoints import AtomicCheckpointer
+
+
+def perturb(module, gen):
+    """New random floating weights; the BN counters move on by 3."""
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if t.is_floating_point():
+                t.add_(torch.randn(t.shape, generator=gen))
+            else:
+                t.add_(3)
+
+
+def save_epochs(hp, eers, gen):
+    """One end-of-epoch checkpoint per EER; returns each epoch's state."""
+    states = []
+    for epoch, eer in enumerate(eers, start=1):
+        perturb(hp["embedding_model"], gen)
+        hp["epoch_counter"].current = epoch
+        hp["checkpointer"].save_checkpoint(meta={"EER": eer})
+        states.append(
+            {
+                k: v.clone()
+                for k, v in hp["embedding_model"].state_dict().items()
+            }
+        )
+    return states
+
+
+def loop_average(states):
+    """The mean of state dicts, key by key, in float64 (ints rounded)."""
+    out = {}
+    for name in states[0]:
+        total = torch.zeros(states[0][name].shape, dtype=torch.float64)
+        for state in states:
+            total += state[name].double()
+        mean = total / len(states)
+        if not states[0][name].is_floating_point():
+            mean = mean.round()
+        out[name] = mean
+    return out
+
+
+@pytest.fixture
+def saved(mini_brain):
+    _, hp = mini_brain()
+    gen = torch.Generator().manual_seed(0)
+    states = save_epochs(hp, [30.0, 10.0, 25.0, 20.0], gen)
+    return hp, states
+
+
+def test_average_equals_a_loop_over_the_saved_states(saved):
+    hp, states = saved
+    for n in (1, 2, 3, 4):
+        ckpts = recent_epoch_checkpoints(hp["checkpointer"], n)
+        assert [c.meta["EER"] for c in ckpts] == [20.0, 25.0, 10.0, 30.0][:n]
+        got = average_weights(ckpts, "embedding_model")
+        want = loop_average(states[-n:])
+        assert set(got) == set(want)
+        for name in want:
+            assert got[name].dtype == states[0][name].dtype, name
+            torch.testing.assert_close(
+                got[name].double(), want[name], rtol=1e-6, atol=1e-6
+            )
+
+
+def test_selection_for_the_test(saved, caplog):
+    hp, _ = saved
+    ckpt = hp["checkpointer"]
+    # n == 1: the lowest validation EER, as the paper's recipe.
+    assert [c.meta["EER"] for c in select_test_checkpoints(ckpt, 1)] == [10.0]
+    assert [c.meta["EER"] for c in select_test_checkpoints(ckpt, 3)] == [
+        20.0,
+        25.0,
+        10.0,
+    ]
+    # An intra-epoch checkpoint (no EER) is never averaged.
+    ckpt.save_checkpoint(meta={"intra": True}, end_of_epoch=False)
+    assert [c.meta["EER"] for c in select_test_checkpoints(ckpt, 2)] == [
+        20.0,
+        25.0,
+    ]
+    with caplog.at_level(logging.WARNING):
+        found = select_test_checkpoints(ckpt, 9)
+    assert len(found) == 4
+    assert "average_checkpoints=9" in caplog.text
+    with pytest.raises(ValueError, match="average_checkpoints must be >= 1"):
+        select_test_checkpoints(ckpt, 0)
+
+
+def test_missing_recoverable_names_the_checkpoint(saved):
+    hp, _ = saved
+    ckpts = recent_epoch_checkpoints(hp["checkpointer"], 2)
+    with pytest.raises(KeyError, match=re.escape(ckpts[0].path.name)):
+        average_weights(ckpts, "no_such_module")
+    with pytest.raises(ValueError, match="no checkpoints"):
+        average_weights([], "embedding_model")
+
+
+def test_training_keeps_the_best_and_the_last_n(mini_brain):
+    """save_and_keep_only as train.py calls it, with num_to_keep = N."""
+    _, hp = mini_brain()
+    ckpt = hp["checkpointer"]
+    for epoch, eer in enumerate([30.0, 10.0, 25.0, 20.0, 22.0], start=1):
+        hp["epoch_counter"].current = epoch
+        ckpt.save_and_keep_only(
+            meta={"EER": eer}, min_keys=["EER"], num_to_keep=2
+        )
+    kept = sorted(c.meta["EER"] for c in ckpt.list_checkpoints())
+    assert kept == [10.0, 20.0, 22.0]  # the 2 best (10, 20), the 2 newest
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_recipe_loads_the_weights_it_tests(tmp_path, recipe, mini_brain, n):
+    _, verify = recipe
+    brain, hp = mini_brain(average_checkpoints=n)  # the Brain is a recoverable
+    gen = torch.Generator().manual_seed(1)
+    states = save_epochs(hp, [30.0, 10.0, 25.0, 20.0], gen)
+    perturb(hp["embedding_model"], gen)  # weights no checkpoint holds
+    out = tmp_path / "verification"
+    out.mkdir()
+    used = verify.load_test_weights(brain, hp, str(out))
+    listed = (out / "checkpoints.txt").read_text().split()
+    assert listed == [str(c.path) for c in used]
+    got = hp["embedding_model"].state_dict()
+    want = loop_average(states[-n:]) if n > 1 else loop_average([states[1]])
+    assert len(used) == n
+    for name in want:
+        torch.testing.assert_close(
+            got[name].double(), want[name], rtol=1e-6, atol=1e-6
+        )
+    assert all(os.path.isdir(p) for p in listed)
+
+
+def test_recipe_without_checkpoints_says_so(
+    tmp_path, recipe, mini_brain, caplog
+):
+    _, verify = recipe
+    brain, hp = mini_brain(average_checkpoints=2)
+    brain.checkpointer = AtomicCheckpointer(tmp_path / "empty")
+    out = tmp_path / "verification"
+    out.mkdir()
+    with caplog.at_level(logging.WARNING):
+        used = verify.load_test_weights(brain, hp, str(out))
+    assert used == []
+    assert "no checkpoint found" in caplog.text
+    assert (out / "checkpoints.txt").read_text() == ""
