@@ -105,6 +105,7 @@ def build_run(root, data, extra=None):
         "emb_dim": 32,
         "n_speakers": n_train,
         "n_test_speakers": 2,
+        "average_checkpoints": 1,  # the best checkpoint (mini.yaml: 5)
         **(extra or {}),
     }
     base, merged = resolve_variant(str(MINI), overrides)

@@ -173,3 +173,34 @@ def test_figure_seed_prefers_the_most_complete_then_the_smallest():
     }
     assert ra.figure_seed(results) == 2
     assert ra.figure_seed({"a": {1: None}}) is None
+
+
+def test_average_checkpoints_option_reaches_every_dampit_run(
+    tmp_path, shared_data, capsys
+):
+    """--average-checkpoints N: every dampit config gets the key, the
+    template none; 0 is refused."""
+    common = [
+        "--report-only",
+        "--out",
+        str(tmp_path / "out"),
+        "--results-md",
+        "",
+        "--figure",
+        str(tmp_path / "f.png"),
+        "--data",
+        str(shared_data / "dspspeech"),
+    ]
+    ra.main(common + ["--average-checkpoints", "1"])
+    lines = [
+        ln.strip()
+        for ln in capsys.readouterr().out.splitlines()
+        if ln.startswith("  ")
+    ]
+    configs = dict(ln.split(": ", 1) for ln in lines)
+    assert set(configs) == set(ra.ablation_configs()) | {ra.BASELINE}
+    for name, text in configs.items():
+        has = "'average_checkpoints': 1" in text
+        assert has == (name != ra.BASELINE), (name, text)
+    with pytest.raises(SystemExit):
+        ra.main(common + ["--average-checkpoints", "0"])
