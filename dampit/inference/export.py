@@ -1049,13 +1049,7 @@ def export_model(
     averaged = _averaged_checkpoints(hp, run_folder, ckpt)
     if averaged:  # the weights verify.py tested: the last N averaged
         best = averaged[0]
-        emb_state = average_weights(averaged, "embedding_model")
-    else:
-        emb_state = torch.load(
-            best.paramfiles["embedding_model"],
-            map_location="cpu",
-            weights_only=True,
-        )
+    emb_state = _tested_weights(best, averaged, "embedding_model")
 
     # Training-side modules, the checkpoint loaded strictly.
     ref = {}
@@ -1080,14 +1074,7 @@ def export_model(
     clf = None
     label_src = os.path.join(run_folder, "save", LABEL_FILE)
     if classifier and "compute_cost" in best.paramfiles:
-        if averaged:
-            cost_state = average_weights(averaged, "compute_cost")
-        else:
-            cost_state = torch.load(
-                best.paramfiles["compute_cost"],
-                map_location="cpu",
-                weights_only=True,
-            )
+        cost_state = _tested_weights(best, averaged, "compute_cost")
         clf = classifier_spec(spec["softmax"], cost_state, emb_dim)
     if clf is not None:
         modules["classifier"] = clf[:2]
@@ -1237,6 +1224,16 @@ def _averaged_checkpoints(hp, run_folder, ckpt=None):
         return []
     save = os.path.join(os.fspath(run_folder), "save")
     return select_test_checkpoints(Checkpointer(save), n)
+
+
+def _tested_weights(best, averaged, name):
+    """One recoverable's weights as the run was tested: the average over
+    ``averaged`` when there is one, else ``best``'s (weights_only)."""
+    if averaged:
+        return average_weights(averaged, name)
+    return torch.load(
+        best.paramfiles[name], map_location="cpu", weights_only=True
+    )
 
 
 def _epoch_of(ckpt):
