@@ -150,7 +150,7 @@ class MultiMetricBrain(sb.Brain):
             )
             # The best one by valid EER, and the N most recent ones when
             # the test averages the last N (average_checkpoints).
-            keep = max(1, int(getattr(self.hparams, "average_checkpoints", 1)))
+            keep = int(getattr(self.hparams, "average_checkpoints", 1))
             self.checkpointer.save_and_keep_only(
                 meta={"EER": eer}, min_keys=["EER"], num_to_keep=keep
             )
@@ -271,6 +271,11 @@ def main(argv):
     """Parse the command line, prepare the data, train, verify."""
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     hparams, base_file, merged = load_hparams(hparams_file, overrides)
+    if int(hparams.get("average_checkpoints", 1)) < 1:  # before any work
+        raise ValueError(
+            f"average_checkpoints must be >= 1, got "
+            f"{hparams['average_checkpoints']} ({hparams_file})"
+        )
     sb.utils.distributed.ddp_init_group(run_opts)
     csvs = run_on_main(prepare_data, kwargs={"hparams": hparams})
     csvs = prepare_data(hparams)  # every rank reads the (cached) result

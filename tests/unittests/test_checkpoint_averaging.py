@@ -165,3 +165,22 @@ def test_recipe_without_checkpoints_says_so(
     assert used == []
     assert "no checkpoint found" in caplog.text
     assert (out / "checkpoints.txt").read_text() == ""
+
+
+def test_recipe_refuses_a_bad_count_before_any_work(recipe, tmp_path):
+    train, _ = recipe
+    mini = train.__file__.replace("train.py", "hparams/mini.yaml")
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="average_checkpoints must be >= 1"):
+        train.main(
+            [
+                mini,
+                f"--data_folder={tmp_path}",
+                f"--output_folder={out}",
+                "--average_checkpoints=0",
+            ]
+        )
+    # Loading the YAML makes the folders (SpeechBrain's checkpointer and
+    # logger do); the data preparation must not have started.
+    assert not (out / "prepared").exists()
+    assert not list((out / "save").glob("CKPT+*"))
