@@ -43,6 +43,18 @@ def pair_score(a, b, method):
     return -sq if method == "sqeuclidean" else -math.sqrt(sq)
 
 
+def score_atol(x, eps=1e-12):
+    """Absolute tolerance of a score summed over D products of |x| <= m.
+
+    Rounding of a D-term sum of products is a few ulps of D * m^2 (about
+    1e-12 * D * m^2 in float64, ``eps=1e-5`` for float32), whatever the
+    BLAS' summation order; a score near 0 (a self-trial under
+    ``sqeuclidean``) only has this absolute error.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    return eps * x.shape[-1] * float(np.abs(x).max()) ** 2
+
+
 def naive_trial_score(crops_e, crops_t, method):
     """Mean over all crop pairs, by a plain loop."""
     total = 0.0
@@ -72,7 +84,9 @@ def test_closed_form_equals_naive_100_pair_loop(crops, trials, method):
         naive_trial_score(crops[e], crops[t], method) for e, t in zip(ie, it)
     ]
     sv = ScoringVectors.from_embeddings(crops, method)
-    np.testing.assert_allclose(sv.score_pairs(ie, it), ref, rtol=1e-12)
+    np.testing.assert_allclose(
+        sv.score_pairs(ie, it), ref, rtol=1e-12, atol=score_atol(crops)
+    )
     # Same from the per-utterance statistics, and from float32 crops.
     st = crop_statistics(crops)
     got = score_from_stats(
@@ -80,7 +94,7 @@ def test_closed_form_equals_naive_100_pair_loop(crops, trials, method):
         type(st)(*(None if f is None else f[it] for f in st)),
         method,
     )
-    np.testing.assert_allclose(got, ref, rtol=1e-12)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=score_atol(crops))
     sv32 = ScoringVectors.from_embeddings(crops.astype(np.float32), method)
     assert sv32.vectors.dtype == np.float32
     np.testing.assert_allclose(
@@ -97,7 +111,7 @@ def test_explicit_pair_scores_equal_naive_loop(crops, trials, method):
         naive_trial_score(crops[e], crops[t], method) for e, t in zip(ie, it)
     ]
     got = explicit_pair_scores(crops, ie, it, method, chunk_size=7)
-    np.testing.assert_allclose(got, ref, rtol=1e-10)
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=score_atol(crops))
 
 
 def test_crop_statistics_hand_case():
@@ -114,7 +128,9 @@ def test_crop_statistics_batched_and_chunked_match_single(crops):
     for u in (0, 7, 11):
         one = crop_statistics(crops[u])
         for a, b in zip(full, one):
-            np.testing.assert_allclose(a[u], b, rtol=1e-14)
+            np.testing.assert_allclose(
+                a[u], b, rtol=1e-14, atol=score_atol(crops, 1e-14)
+            )
 
 
 @pytest.mark.parametrize("method", ["dot", "cosine", "sqeuclidean"])
@@ -125,11 +141,16 @@ def test_single_embeddings_full_utterance_scores(method):
     ref = [pair_score(emb[e], emb[t], method) for e, t in zip(ie, it)]
     sv = ScoringVectors.from_embeddings(emb, method)
     assert sv.vectors is emb  # no copy for [U, D]
-    np.testing.assert_allclose(sv.score_pairs(ie, it), ref, rtol=1e-12)
+    np.testing.assert_allclose(
+        sv.score_pairs(ie, it), ref, rtol=1e-12, atol=score_atol(emb)
+    )
     # SpeechBrain's [U, 1, D] and a torch tensor give the same.
     sv2 = ScoringVectors.from_embeddings(torch.from_numpy(emb)[:, None], method)
     np.testing.assert_allclose(
-        sv2.score_pairs(ie, it, chunk_size=4), ref, rtol=1e-12
+        sv2.score_pairs(ie, it, chunk_size=4),
+        ref,
+        rtol=1e-12,
+        atol=score_atol(emb),
     )
 
 
@@ -139,7 +160,9 @@ def test_cosine_of_single_embeddings_is_torch_cosine_similarity():
     sv = ScoringVectors.from_embeddings(torch.cat([e, t]), "cosine")
     got = sv.score_pairs(np.arange(5), np.arange(5, 10))
     ref = torch.nn.functional.cosine_similarity(e, t).numpy()
-    np.testing.assert_allclose(got, ref, rtol=1e-5)
+    np.testing.assert_allclose(
+        got, ref, rtol=1e-5, atol=score_atol(np.ones(32), 1e-7)
+    )
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 1000])
@@ -162,7 +185,9 @@ def test_score_block_matches_score_pairs(crops):
             naive_trial_score(crops[row], crops[5 + j], "sqeuclidean")
             for j in range(7)
         ]
-        np.testing.assert_allclose(block[r], ref, rtol=1e-12)
+        np.testing.assert_allclose(
+            block[r], ref, rtol=1e-12, atol=score_atol(crops)
+        )
 
 
 def test_zero_crop_and_nan_errors():
@@ -285,11 +310,11 @@ def test_score_trials_from_store_and_file(tmp_path, crops, method):
         chunk_size=4,
         out_folder=tmp_path / "vec",
     )
-    np.testing.assert_allclose(s1, s2, rtol=1e-12)
+    np.testing.assert_allclose(s1, s2, rtol=1e-12, atol=score_atol(crops, 1e-6))
     assert lab1.tolist() == lab2.tolist() == [x[0] for x in pairs]
     c32 = crops.astype(np.float32).astype(np.float64)
     ref = [naive_trial_score(c32[e], c32[t], method) for e, t in zip(ie, it)]
-    np.testing.assert_allclose(s1, ref, rtol=1e-5)
+    np.testing.assert_allclose(s1, ref, rtol=1e-5, atol=score_atol(crops, 1e-6))
     if method != "euclidean":
         vec = np.load(tmp_path / "vec" / f"{method}_vectors.npy")
         assert vec.shape == (12, 16)
@@ -317,16 +342,23 @@ def test_index_api_from_stats_crops_and_store(tmp_path, crops, trials, method):
     ]
     stats = crop_statistics(crops)
     np.testing.assert_allclose(
-        score_trials(stats, ie, it, method), ref, rtol=1e-12
+        score_trials(stats, ie, it, method),
+        ref,
+        rtol=1e-12,
+        atol=score_atol(crops),
     )
     np.testing.assert_allclose(
         score_trials(torch.from_numpy(crops), ie, it, method, chunk_size=3),
         ref,
         rtol=1e-12,
+        atol=score_atol(crops),
     )
     store = save_embeddings(tmp_path, [str(i) for i in range(12)], crops)
     np.testing.assert_allclose(
-        score_trials(store, ie, it, method), ref, rtol=1e-5
+        score_trials(store, ie, it, method),
+        ref,
+        rtol=1e-5,
+        atol=score_atol(crops, 1e-6),
     )
     with pytest.raises(ValueError, match="built for"):
         score_trials(ScoringVectors.from_stats(stats, "dot"), ie, it, "cosine")
