@@ -1,59 +1,88 @@
-"""Robust audio loading for training, evaluation and inference.
+"""Audio reading: the one place where dampit turns a file into a waveform.
 
-``load_audio`` is the one place where dampit turns a file into a waveform.
-It reads with soundfile (as SpeechBrain does; ``torchaudio.load`` needs
-FFmpeg), and handles or rejects bad input with an error naming the file:
+Files are read with soundfile (as SpeechBrain does). Bad input raises
+``AudioError`` naming the file: missing, empty, corrupt, too short, NaN or
+inf samples, or silent. Other rates are resampled (with a warning);
+channels are averaged to mono, unless they cancel out (``L = -R``), when the
+loudest channel is kept.
 
-- missing, empty, corrupt or non-audio files: ``AudioError``;
-- other sample rates: resampled to the target, with a warning;
-- several channels: down-mixed to mono (their mean);
-- NaN or inf samples: ``AudioError``;
-- all-zero (silent) audio: ``AudioError`` unless ``allow_silent=True``;
-- clips shorter than ``min_samples``: ``AudioError``.
+Silence: a channel is silent when it is constant, its peak-to-peak
+amplitude at most ``SILENCE`` (1e-6) times its peak: digital zeros, a DC
+offset of any size (1e-30 included). A quiet but varying signal (speech at
+-140 dBFS in a float file) is kept. A file is silent when all of its
+channels are, so an inverted stereo pair (``L = -R``) is not.
 """
 
-import logging
 import os
 import warnings
 
 import numpy as np
 import soundfile as sf
 import torch
+import torchaudio.functional as AF
 
-logger = logging.getLogger(__name__)
+from dampit.dataio.crops import repeat_to_length
+
+#: File endings dampit reads as audio (what libsndfile decodes).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+SILENCE = 1e-6
+#: Shortest file accepted for training, in seconds: one 25 ms feature frame.
+MIN_DURATION = 0.025
 
 
 class AudioError(ValueError):
     """An audio file that cannot be used; the message names the file."""
 
 
-def resample(wav, orig_sr, target_sr):
-    """Resample a 1-D float tensor with torchaudio's band-limited resampler.
-
-    Arguments
-    ---------
-    wav : torch.Tensor
-        Waveform [N].
-    orig_sr : int
-        Its sample rate.
-    target_sr : int
-        The wanted sample rate.
-
-    Returns
-    -------
-    torch.Tensor
-        The resampled waveform.
-
-    Example
-    -------
-    >>> resample(torch.zeros(8000), 8000, 16000).shape
-    torch.Size([16000])
+def _read(path, start=0, stop=None, crop=None, sample_rate=None):
+    """Open ``path`` once: ``(data [N, C] float32, rate, frames)``; with
+    ``crop`` (samples at ``sample_rate``) a random crop of ``[start, stop)``.
     """
-    if orig_sr == target_sr:
-        return wav
-    import torchaudio.functional as AF
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise AudioError(f"audio file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise AudioError(f"audio file is empty (0 bytes): {path}")
+    try:
+        with sf.SoundFile(path) as f:
+            sr, frames = f.samplerate, f.frames
+            stop = frames if stop is None else min(int(stop), frames)
+            start = int(start)
+            if crop is not None:
+                n = -(-crop * sr // sample_rate)  # the crop at the file's rate
+                if stop - start > n:
+                    start += int(torch.randint(0, stop - start - n + 1, (1,)))
+                    stop = start + n
+            f.seek(start)
+            data = f.read(max(0, stop - start), "float32", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError, ValueError, OSError) as err:
+        raise AudioError(f"cannot read audio file {path}: {err}") from err
+    if data.size == 0:
+        raise AudioError(f"audio file has no samples: {path}")
+    if not np.isfinite(data).all():
+        raise AudioError(f"audio file holds NaN or inf samples: {path}")
+    return data, sr, frames
 
-    return AF.resample(wav, orig_sr, target_sr)
+
+def _silent(data):
+    """Whether every column of ``data`` [N, C] is constant."""
+    peak = np.abs(data).max(axis=0)
+    return bool((np.ptp(data, axis=0) <= SILENCE * peak).all())
+
+
+def _mono(path, data, sr, sample_rate):
+    """Down-mix (the loudest channel if the mean cancels out), resample."""
+    mono = data.mean(axis=1)
+    if data.shape[1] > 1 and _silent(mono[:, None]):
+        mono = data[:, np.argmax(np.ptp(data, axis=0))]
+    wav = torch.from_numpy(np.ascontiguousarray(mono))
+    if sr != sample_rate:
+        warnings.warn(
+            f"{path}: sample rate {sr} Hz, resampled to {sample_rate} Hz",
+            stacklevel=3,
+        )
+        wav = AF.resample(wav, sr, sample_rate)
+    return wav
 
 
 def load_audio(
@@ -64,101 +93,98 @@ def load_audio(
     min_samples=1,
     allow_silent=False,
 ):
-    """Read a file as a mono float32 tensor at ``sample_rate``.
-
-    Arguments
-    ---------
-    path : str or os.PathLike
-        Audio file (anything libsndfile reads: wav, flac, ogg...).
-    sample_rate : int
-        The sample rate the caller works at; other rates are resampled
-        with a warning.
-    start : int
-        First sample to read (at the file's own rate).
-    stop : int or None
-        One past the last sample to read (None: to the end).
-    min_samples : int
-        Fewest samples (after resampling) accepted.
-    allow_silent : bool
-        Accept all-zero audio instead of raising.
-
-    Returns
-    -------
-    torch.Tensor
-        Waveform [N], float32.
-
-    Raises
-    ------
-    AudioError
-        When the file is missing, unreadable, empty, too short, silent or
-        holds NaN/inf; the message names the file.
-
-    Example
-    -------
-    >>> import tempfile, os
-    >>> p = os.path.join(tempfile.mkdtemp(), "x.wav")
-    >>> t = np.arange(16000) / 16000
-    >>> sf.write(p, 0.1 * np.sin(2 * np.pi * 440 * t), 16000)
-    >>> load_audio(p).shape
-    torch.Size([16000])
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise AudioError(f"audio file not found: {path}")
-    if os.path.getsize(path) == 0:
-        raise AudioError(f"audio file is empty (0 bytes): {path}")
-    try:
-        data, sr = sf.read(
-            path, start=start, stop=stop, dtype="float32", always_2d=True
-        )
-    except Exception as err:  # libsndfile raises several types
-        raise AudioError(
-            f"cannot read audio file {path}: {err} (corrupt or not audio?)"
-        ) from err
-    if data.shape[1] > 1:
-        data = data.mean(axis=1, keepdims=True)
-    wav = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
-    if wav.numel() == 0:
-        raise AudioError(f"audio file has no samples: {path}")
-    if not torch.isfinite(wav).all():
-        raise AudioError(f"audio file holds NaN or inf samples: {path}")
-    if sr != sample_rate:
-        warnings.warn(
-            f"{path}: sample rate {sr} Hz, resampling to {sample_rate} Hz",
-            stacklevel=2,
-        )
-        wav = resample(wav, sr, sample_rate)
-    if wav.numel() < min_samples:
-        raise AudioError(
-            f"audio file too short: {path} has {wav.numel()} samples at "
-            f"{sample_rate} Hz, at least {min_samples} needed"
-        )
-    if not allow_silent and not bool(wav.abs().max() > 0):
-        raise AudioError(f"audio file is silent (all zeros): {path}")
-    return wav
-
-
-def audio_info(path):
-    """Return ``(n_frames, sample_rate, channels)`` of an audio file.
+    """Read ``path[start:stop]`` as a mono float32 tensor at ``sample_rate``.
 
     Arguments
     ---------
     path : str or os.PathLike
         Audio file.
+    sample_rate : int
+        Wanted rate; other rates are resampled with a warning.
+    start, stop : int
+        Sample range at the file's own rate (``stop`` None: to the end).
+    min_samples : int
+        Fewest samples accepted (after resampling).
+    allow_silent : bool
+        Accept silent audio.
 
     Returns
     -------
-    tuple
-        (frames, sample rate, channels).
-
-    Raises
-    ------
-    AudioError
-        When the file is missing or unreadable; the message names it.
+    torch.Tensor
+        Waveform [N].
 
     Example
     -------
-    >>> import tempfile, os
+    >>> import tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.wav")
+    >>> sf.write(p, 0.1 * np.sin(np.arange(16000) / 5), 16000)
+    >>> load_audio(p).shape
+    torch.Size([16000])
+    """
+    data, sr, _ = _read(path, start, stop)
+    wav = _mono(os.fspath(path), data, sr, sample_rate)
+    if wav.numel() < min_samples:
+        raise AudioError(
+            f"audio file too short: {path} has {wav.numel()} samples at "
+            f"{sample_rate} Hz, at least {min_samples} needed"
+        )
+    if not allow_silent and _silent(data):
+        raise AudioError(f"audio file is silent: {path}")
+    return wav
+
+
+def read_crop(path, n, sample_rate=16000, start=0, stop=None):
+    """One random training crop of ``n`` samples of ``path[start:stop]``.
+
+    The file is opened once and only the crop is read; shorter ranges are
+    repeated to ``n`` samples. A silent crop is accepted (a pause inside a
+    valid file); preparation has already refused silent files.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.wav")
+    >>> sf.write(p, np.r_[0.1 * np.ones(800), np.zeros(80000)], 16000)
+    >>> read_crop(p, 48000).shape
+    torch.Size([48000])
+    """
+    data, sr, _ = _read(path, start, stop, crop=n, sample_rate=sample_rate)
+    wav = _mono(os.fspath(path), data, sr, sample_rate)
+    return repeat_to_length(wav, n)
+
+
+def check_audio(path, min_duration=MIN_DURATION):
+    """Decode a whole file and return ``(frames, rate)`` if training can use
+    it: readable, finite, not silent, at least ``min_duration`` seconds.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.wav")
+    >>> sf.write(p, np.full((1600, 2), 1e-30), 16000)
+    >>> try:
+    ...     check_audio(p)
+    ... except AudioError as err:
+    ...     print(str(err)[:21])
+    audio file is silent:
+    """
+    data, sr, frames = _read(path)
+    if frames < min_duration * sr:
+        raise AudioError(
+            f"audio file too short: {path} lasts {frames / sr:.3f} s, "
+            f"less than {min_duration} s"
+        )
+    if _silent(data):
+        raise AudioError(f"audio file is silent: {path}")
+    return frames, sr
+
+
+def audio_info(path):
+    """``(frames, sample_rate, channels)`` of an audio file (header only).
+
+    Example
+    -------
+    >>> import tempfile
     >>> p = os.path.join(tempfile.mkdtemp(), "x.wav")
     >>> sf.write(p, np.zeros((800, 2)), 8000)
     >>> audio_info(p)
@@ -169,8 +195,6 @@ def audio_info(path):
         raise AudioError(f"audio file not found: {path}")
     try:
         info = sf.info(path)
-    except Exception as err:
-        raise AudioError(
-            f"cannot read audio file {path}: {err} (corrupt or not audio?)"
-        ) from err
+    except (RuntimeError, sf.LibsndfileError) as err:
+        raise AudioError(f"cannot read audio file {path}: {err}") from err
     return info.frames, info.samplerate, info.channels
