@@ -102,10 +102,11 @@ def unique_ids(rel_paths, where):
     return ids
 
 
-def check_files(paths, skip_bad, save_folder, where):
+def check_files(paths, skip_bad, save_folder, where, bad=()):
     """Decode every file (threads); return ``path -> (frames, rate)`` of the
-    usable ones. Unusable files go to ``<save_folder>/bad_files.txt`` and are
-    skipped with a warning (``skip_bad``) or refused in one error.
+    usable ones. Unusable files (and ``bad``, ``(path, reason)`` found
+    before) go to ``<save_folder>/bad_files.txt`` and are skipped with a
+    warning (``skip_bad``) or refused in one error.
 
     Example
     -------
@@ -126,7 +127,7 @@ def check_files(paths, skip_bad, save_folder, where):
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         jobs = pool.map(one, paths)
         results = list(tqdm(jobs, total=len(paths), disable=len(paths) < 5000))
-    bad = [(p, r) for p, r in results if isinstance(r, str)]
+    bad = list(bad) + [(p, r) for p, r in results if isinstance(r, str)]
     if bad:
         listing = os.path.join(save_folder, BAD_FILES)
         os.makedirs(save_folder, exist_ok=True)

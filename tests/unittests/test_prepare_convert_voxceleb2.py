@@ -62,13 +62,13 @@ def stub_ffmpeg(tmp_path):
     return str(path)
 
 
-def make_aac(root, n_spk=2, bad=()):
+def make_aac(root, n_spk=2, bad=(), n_utt=3):
     """``<root>/dev/aac/<spk>/<vid>/<utt>.m4a``: 44.1 kHz stereo wav data
     under an .m4a name (ffmpeg probes the content, not the name)."""
     aac = root / "dev" / "aac"
     lengths = {}
     for s in range(n_spk):
-        for u in range(3):
+        for u in range(n_utt):
             rel = f"id0{s:04d}/vid{u % 2}/{u:05d}"
             p = aac / (rel + ".m4a")
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -93,14 +93,14 @@ def _check_outputs(out_root, lengths):
 
 
 def test_converts_in_parallel_into_mirror(tmp_path, stub_ffmpeg):
-    aac, lengths = make_aac(tmp_path / "vox2")
+    aac, lengths = make_aac(tmp_path / "vox2", n_utt=6)
     # The VoxCeleb2 root is accepted for its dev/aac folder.
     res = conv.convert_voxceleb2(
         str(tmp_path / "vox2"), workers=3, ffmpeg=stub_ffmpeg, progress=False
     )
     out = tmp_path / "vox2" / "dev" / "wav"
     assert res == {
-        "converted": 6,
+        "converted": 12,
         "skipped": 0,
         "failed": [],
         "output": str(out),
@@ -175,7 +175,7 @@ def test_missing_ffmpeg_is_a_clear_error(tmp_path, capsys):
 
 
 def test_beside_and_default_output(tmp_path, stub_ffmpeg):
-    aac, lengths = make_aac(tmp_path / "vox2", n_spk=1)
+    aac, lengths = make_aac(tmp_path / "vox2", n_utt=6)
     assert conv.default_output(str(aac)) == str(
         tmp_path / "vox2" / "dev" / "wav"
     )
@@ -185,13 +185,13 @@ def test_beside_and_default_output(tmp_path, stub_ffmpeg):
     res = conv.convert_voxceleb2(
         str(aac), beside=True, ffmpeg=stub_ffmpeg, progress=False
     )
-    assert res["output"] == str(aac) and res["converted"] == 3
+    assert res["output"] == str(aac) and res["converted"] == 12
     _check_outputs(aac, lengths)
     prep = prepare_voxceleb(
         tmp_path / "p", vox2_folder=tmp_path / "vox2", trial_lists=()
     )
     rows = read_csv(prep["train_csv"]) + read_csv(prep["dev_csv"])
-    assert len(rows) == 3
+    assert sorted(r["ID"] for r in rows) == sorted(lengths)
 
 
 @pytest.mark.skipif(

@@ -3,12 +3,13 @@
 
 import itertools
 import os
+import re
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from dampit.dataio.audio import load_audio
+from dampit.dataio.audio import load_audio, read_crop
 from dampit.dataio.prepare_folder import (
     BAD_FILES,
     CSV_FIELDS,
@@ -56,8 +57,8 @@ def test_csvs_trials_and_disjoint_split(tmp_path):
     data, out = tmp_path / "data", tmp_path / "prep"
     lengths = make_tree(data, n_spk=10, n_utt=10)
     (data / "README.md").write_text("not audio")
-    _write_wav(str(data / "stray.wav"), 100)  # no speaker folder: ignored
-    res = prepare_folder(data, out, n_test_speakers=3, dev_fraction=0.2)
+    _write_wav(str(data / "stray.wav"), 1000)  # no speaker folder: ignored
+    res = prepare_folder(data, out, n_test_speakers=3)
     train, dev, test = (
         read_csv(out / f"{k}.csv") for k in ("train", "dev", "test")
     )
@@ -69,14 +70,14 @@ def test_csvs_trials_and_disjoint_split(tmp_path):
     for r in all_rows:
         n = lengths[r["ID"]]
         assert (int(r["start"]), int(r["stop"])) == (0, n)
-        assert float(r["duration"]) == pytest.approx(n / 16000, abs=1e-4)
+        assert r["duration"] == pytest.approx(n / 16000, abs=1e-4)
         assert r["spk_id"] == r["ID"].split("/")[0]
         assert os.path.isabs(r["wav"]) and sf.info(r["wav"]).frames == n
-    # Speaker-disjoint test set; dev holds out 2 of each training speaker.
+    # Speaker-disjoint test set; dev holds out 1 of each speaker's 10.
     assert len(_spk(test)) == 3 and not _spk(test) & _spk(train)
     assert _spk(dev) == _spk(train) and len(_spk(train)) == 7
     for s in _spk(dev):
-        assert sum(r["spk_id"] == s for r in dev) == 2
+        assert sum(r["spk_id"] == s for r in dev) == 1
     assert sorted(res["test_speakers"]) == sorted(_spk(test))
     # Trials: all same-speaker pairs of test utterances, as many others.
     trials = read_trials(res["trials"], known_ids=set(_ids(test)))
@@ -91,27 +92,21 @@ def test_csvs_trials_and_disjoint_split(tmp_path):
     assert tgt == want and len(want) == 3 * 45
     assert len(non) == len(tgt) == len(set(non))
     assert all(e.split("/")[0] != t.split("/")[0] for e, t in non)
-    assert (res["n_train"], res["n_dev"], res["n_test_utts"]) == (56, 14, 30)
+    assert (res["n_train"], res["n_dev"], res["n_test_utts"]) == (63, 7, 30)
     assert res["n_trials"] == 270
 
 
 def test_deterministic_and_seed_dependent(tmp_path):
     data = tmp_path / "data"
-    make_tree(data, n_spk=8, n_utt=4)
+    make_tree(data, n_spk=8, n_utt=6)
     names = ("train.csv", "dev.csv", "test.csv", "trials.txt")
 
-    def run(seed, out, workers=1):
-        prepare_folder(
-            data,
-            tmp_path / out,
-            seed=seed,
-            dev_fraction=0.25,
-            num_workers=workers,
-        )
+    def run(seed, out):
+        prepare_folder(data, tmp_path / out, seed=seed)
         return [(tmp_path / out / n).read_bytes() for n in names]
 
     first = run(0, "a")
-    assert run(0, "b", workers=3) == first  # threaded header reads
+    assert run(0, "b") == first  # threads decode the files in any order
     test_spk = set()
     for s in range(4):
         run(s, f"s{s}")
@@ -122,63 +117,78 @@ def test_deterministic_and_seed_dependent(tmp_path):
 
 def test_default_split_sizes(tmp_path):
     data = tmp_path / "data"
-    make_tree(data, n_spk=10, n_utt=2)
+    make_tree(data, n_spk=10, n_utt=6)
     res = prepare_folder(data, tmp_path / "p")
     assert (res["n_train_speakers"], res["n_test_speakers"]) == (8, 2)
-    res = prepare_folder(data, tmp_path / "q", test_fraction=0.5)
-    assert res["n_test_speakers"] == 5
 
 
 def test_nested_flac_tree(tmp_path):
     data = tmp_path / "libri"
-    lengths = make_tree(data, n_spk=4, n_utt=4, nested=True)
+    lengths = make_tree(data, n_spk=4, n_utt=6, nested=True)
     res = prepare_folder(data, tmp_path / "p", n_test_speakers=2)
     rows = read_csv(res["train_csv"]) + read_csv(res["dev_csv"])
     rows += read_csv(res["test_csv"])
     assert sorted(_ids(rows)) == sorted(lengths)
     assert "s0/ch1/s0-1" in _ids(rows)
     assert {r["spk_id"] for r in rows} == {"s0", "s1", "s2", "s3"}
-    # Extension filter: nothing to find when only .wav is asked for.
-    with pytest.raises(DataPreparationError, match="no audio files"):
-        prepare_folder(data, tmp_path / "w", exts=(".wav",))
 
 
-def test_bad_files_all_listed_or_skipped(tmp_path):
+def _speech(shared_data):
+    """A real dspspeech recording (float64, 16 kHz)."""
+    wav, sr = sf.read(str(next((shared_data / "dspspeech").glob("*/*.wav"))))
+    assert sr == 16000
+    return wav
+
+
+def test_unusable_files_all_listed_or_skipped(shared_data, tmp_path):
+    """What training cannot use is found at preparation, all of it: NaN,
+    silent (zeros, a 1e-30 constant), 10 ms, corrupt, empty, no frames.
+    Real speech followed by 5 s of digital silence is a valid file, and a
+    training crop inside its silence is a normal input."""
     data, out = tmp_path / "data", tmp_path / "prep"
-    make_tree(data, n_spk=4, n_utt=3)
-    corrupt = data / "s1" / "corrupt.wav"
-    corrupt.write_bytes(b"RIFF\x00\x00garbage" * 10)
-    empty = data / "s2" / "empty.wav"
-    empty.write_bytes(b"")
-    noframes = data / "s3" / "noframes.wav"
-    sf.write(str(noframes), np.zeros(0), 16000)
+    make_tree(data, n_spk=4, n_utt=6)
+    speech = _speech(shared_data)
+    tail = data / "s0" / "speech_then_silence.wav"
+    sf.write(str(tail), np.r_[speech, np.zeros(5 * 16000)], 16000)
+    nan = speech.copy()
+    nan[100] = np.nan
+    bad = {
+        "s1/nan.wav": lambda p: sf.write(p, nan, 16000, subtype="FLOAT"),
+        "s1/zeros.wav": lambda p: sf.write(p, np.zeros(16000), 16000),
+        "s2/tiny.wav": lambda p: sf.write(
+            p, np.full(16000, 1e-30), 16000, subtype="FLOAT"
+        ),
+        "s2/ten_ms.wav": lambda p: sf.write(p, speech[4000:4160], 16000),
+        "s3/corrupt.wav": lambda p: open(p, "wb").write(b"RIFF\x00garbage"),
+        "s3/empty.wav": lambda p: open(p, "wb").close(),
+        "s3/noframes.wav": lambda p: sf.write(p, np.zeros(0), 16000),
+    }
+    for rel, write in bad.items():
+        write(str(data / rel))
     with pytest.raises(DataPreparationError) as err:
         prepare_folder(data, out, n_test_speakers=2)
     msg = str(err.value)
-    assert "3 missing or corrupt audio file(s)" in msg
-    for p in (corrupt, empty, noframes):
-        assert str(p) in msg
-    assert "skip_bad=True" in msg
-    listed = (out / BAD_FILES).read_text()
-    assert str(corrupt) in listed and str(empty) in listed
+    assert "\n" not in msg and "7 unusable audio file(s)" in msg
+    assert str(data) in msg and "skip_bad_files=True" in msg
+    listed = (out / BAD_FILES).read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in listed) == sorted(
+        str(data / rel) for rel in bad
+    )
     assert not (out / "train.csv").exists()
 
-    with pytest.warns(UserWarning, match="skipping 3 missing or corrupt"):
+    with pytest.warns(UserWarning, match="skipping 7 unusable"):
         res = prepare_folder(data, out, n_test_speakers=2, skip_bad=True)
-    ids = []
+    rows = []
     for k in ("train_csv", "dev_csv", "test_csv"):
-        ids += _ids(read_csv(res[k]))
-    assert len(ids) == 12 and res["n_bad_skipped"] == 3
-    assert not {"s1/corrupt", "s2/empty", "s3/noframes"} & set(ids)
-
-
-def test_full_check_catches_silent_file(tmp_path):
-    data = tmp_path / "data"
-    make_tree(data, n_spk=3, n_utt=2)
-    sf.write(str(data / "s0" / "silent.wav"), np.zeros(800), 16000)
-    prepare_folder(data, tmp_path / "a", n_test_speakers=2)  # header: fine
-    with pytest.raises(DataPreparationError, match="silent"):
-        prepare_folder(data, tmp_path / "b", n_test_speakers=2, full_check=True)
+        rows += read_csv(res[k])
+    assert len(rows) == 25 and res["n_bad_skipped"] == 7
+    assert "s0/speech_then_silence" in _ids(rows)
+    # Every kept file loads whole, and a crop inside the silence loads.
+    for r in rows:
+        assert load_audio(r["wav"]).numel() == int(r["stop"])
+    n = len(speech)
+    crop = read_crop(str(tail), 16000, start=n + 8000, stop=n + 5 * 16000)
+    assert crop.shape == (16000,) and not crop.any()
 
 
 def test_duplicate_ids_named(tmp_path):
@@ -191,52 +201,65 @@ def test_duplicate_ids_named(tmp_path):
     assert "2 duplicate utterance ID(s): s0/s0-1, s2/s2-0" in str(err.value)
 
 
-def test_argument_and_folder_errors(tmp_path):
-    data = tmp_path / "data"
-    make_tree(data, n_spk=3, n_utt=2)
-    with pytest.raises(DataPreparationError, match="3 speaker"):
-        prepare_folder(data, tmp_path / "p", n_test_speakers=3)
-    with pytest.raises(DataPreparationError, match="3 speaker"):
-        prepare_folder(data, tmp_path / "p", n_test_speakers=1)
-    with pytest.raises(ValueError, match="test_fraction"):
-        prepare_folder(data, tmp_path / "p", test_fraction=1.5)
-    with pytest.raises(DataPreparationError, match="data folder not found"):
-        prepare_folder(tmp_path / "missing", tmp_path / "p")
+def _tree(root, utts_per_speaker):
+    for s, n in enumerate(utts_per_speaker):
+        for u in range(n):
+            _write_wav(str(root / f"s{s}" / f"u{u}.wav"), 800, seed=u)
+    return root
+
+
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("missing", "data folder not found"),
+        ("empty", "no audio files"),
+        ("flat", "no <speaker>/ sub-folders"),
+        ("one_speaker", "1 speaker(s) found"),
+        ("too_few_test", "n_test_speakers=1"),
+        ("one_utt_each", "dev.csv would be empty"),
+        ("fewer_than_P", "4 training speaker(s) with 2 or more"),
+    ],
+)
+def test_data_errors_are_one_line_and_write_nothing(case, match, tmp_path):
+    """Each bad training folder: one line naming the folder, raised before
+    anything is written; an earlier preparation in the folder is kept."""
+    data, out = tmp_path / "data", tmp_path / "prep"
+    old = prepare_folder(_tree(tmp_path / "ok", [6] * 6), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    kwargs = {}
+    if case == "empty":
+        data.mkdir()
+    elif case == "flat":
+        _write_wav(str(data / "a.wav"), 800)
+    elif case == "one_speaker":
+        _tree(data, [6])
+    elif case == "too_few_test":
+        _tree(data, [6] * 4)
+        kwargs = {"n_test_speakers": 1}
+    elif case == "one_utt_each":
+        _tree(data, [1] * 6)
+    elif case == "fewer_than_P":
+        _tree(data, [6] * 6)
+        kwargs = {"n_test_speakers": 2, "min_speakers": 5}
+    with pytest.raises(DataPreparationError, match=re.escape(match)) as err:
+        prepare_folder(data, out, **kwargs)
+    assert "\n" not in str(err.value) and str(data) in str(err.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert prepare_folder(tmp_path / "ok", out) == old
 
 
 def test_skip_if_done_and_reprepare_on_new_options(tmp_path):
     data, out = tmp_path / "data", tmp_path / "prep"
-    make_tree(data, n_spk=4, n_utt=3)
+    make_tree(data, n_spk=4, n_utt=6)
     first = prepare_folder(data, out, n_test_speakers=2)
     mtime = os.path.getmtime(out / "train.csv")
     os.remove(data / "s0" / "s0-0.wav")  # not noticed: nothing is rescanned
     assert prepare_folder(data, out, n_test_speakers=2) == first
     assert os.path.getmtime(out / "train.csv") == mtime
-    # Other options (or skip_if_done=False) prepare again.
+    # Other options prepare again.
     second = prepare_folder(data, out, n_test_speakers=2, seed=1)
     total = second["n_train"] + second["n_dev"] + second["n_test_utts"]
-    assert total == 11
-
-
-def test_seg_dur_chunks_training_files_only(tmp_path):
-    data = tmp_path / "data"
-    for s in range(3):
-        _write_wav(str(data / f"s{s}" / "long.wav"), 16000 * 2 + 4000)
-        _write_wav(str(data / f"s{s}" / "short.wav"), 8000)
-    res = prepare_folder(
-        data, tmp_path / "p", n_test_speakers=2, dev_fraction=0, seg_dur=1.0
-    )
-    train = read_csv(res["train_csv"])
-    long_rows = [r for r in train if "/long_" in r["ID"]]
-    assert [(int(r["start"]), int(r["stop"])) for r in long_rows] == [
-        (0, 16000),
-        (16000, 32000),
-    ]
-    assert long_rows[0]["ID"].endswith("long_0_16000")
-    short = [r for r in train if "short" in r["ID"]]
-    assert [(int(r["start"]), int(r["stop"])) for r in short] == [(0, 8000)]
-    test = read_csv(res["test_csv"])
-    assert all("_" not in r["ID"] for r in test) and len(test) == 4
+    assert total == 23
 
 
 def test_scan_audio_tree_skips_hidden_and_root_files(tmp_path):
@@ -277,7 +300,7 @@ def test_dspspeech_defaults_and_speechbrain_loading(shared_data, tmp_path):
     for r in rows:
         spk, dur = manifest[r["ID"]]
         assert r["spk_id"] == spk
-        assert float(r["duration"]) == pytest.approx(dur, abs=1e-3)
+        assert r["duration"] == pytest.approx(dur, abs=1e-3)
     # SpeechBrain reads the CSV; start/stop select the samples.
     data = sb.dataio.dataio.load_data_csv(res["test_csv"])
     assert len(data) == 200

@@ -28,7 +28,7 @@ def _wav(path, n, seed):
 
 
 def _utts(spk):
-    return [f"{spk}/{v}/{u:05d}" for v in VIDEOS for u in (1, 2)]
+    return [f"{spk}/{v}/{u:05d}" for v in VIDEOS for u in (1, 2, 3)]
 
 
 def make_vox(root, vox2_layout="mirror"):
@@ -89,14 +89,14 @@ def _prep(out, vox1, vox2, **kw):
 
 def test_train_dev_test_and_trials(vox, tmp_path):
     vox1, vox2, lengths, lines = vox
-    res = _prep(tmp_path / "p", vox1, vox2, split_ratio=(75, 25))
+    res = _prep(tmp_path / "p", vox1, vox2)
     train, dev, test = (_rows(res, k) for k in ("train", "dev", "test"))
     # Test speakers (named by the trial list) only in test.csv.
     assert _spk(test) == set(VOX1_TEST)
     assert _spk(train) == set(VOX1_TRAIN + VOX2) == _spk(dev)
-    # One of the 4 utterances of each training speaker is held out.
+    # One of the 6 utterances of each training speaker is held out.
     for s in _spk(train):
-        assert sum(r["spk_id"] == s for r in train) == 3
+        assert sum(r["spk_id"] == s for r in train) == 5
         assert sum(r["spk_id"] == s for r in dev) == 1
     # IDs are the official relative paths without extension.
     named = {p[:-4] for line in lines for p in line.split()[1:]}
@@ -122,21 +122,12 @@ def test_train_dev_test_and_trials(vox, tmp_path):
     assert res["n_test_speakers"] == 3
 
 
-def test_speaker_split_and_train_sets(vox, tmp_path):
+def test_train_sets(vox, tmp_path):
     vox1, vox2, _, _ = vox
-    res = _prep(
-        tmp_path / "p",
-        vox1,
-        vox2,
-        split_by="speaker",
-        split_ratio=(70, 30),
-        train_sets=("vox2",),
-    )
+    res = _prep(tmp_path / "p", vox1, vox2, train_sets=("vox2",))
     train, dev = _rows(res, "train"), _rows(res, "dev")
-    assert not _spk(train) & _spk(dev)
-    assert _spk(train) | _spk(dev) == set(VOX2)
-    assert len(_spk(dev)) == 1  # round(0.3 * 3)
-    assert len(_rows(res, "test")) == 12
+    assert _spk(train) == _spk(dev) == set(VOX2)
+    assert len(_rows(res, "test")) == 18
 
 
 def test_several_trial_lists_aliases_and_count_warning(vox, tmp_path):
@@ -163,7 +154,7 @@ def test_vox1_only_without_trials_and_wavs_beside_m4a(tmp_path):
     assert _rows(res, "test") == [] and res["trials"] == {}
     res = prepare_voxceleb(tmp_path / "q", None, vox2, trial_lists=())
     rows = _rows(res, "train") + _rows(res, "dev")
-    assert len(rows) == 12
+    assert len(rows) == 18
     assert all(f"{os.sep}aac{os.sep}" in r["wav"] for r in rows)
 
 
@@ -179,7 +170,7 @@ def test_unconverted_vox2_is_a_clear_error(tmp_path):
         DataPreparationError, match="convert_voxceleb2.py"
     ) as err:
         prepare_voxceleb(tmp_path / "p", vox1, vox2, trial_lists=())
-    assert f"12 m4a files in {os.path.join(vox2, 'dev', 'aac')}" in str(
+    assert f"18 m4a files in {os.path.join(vox2, 'dev', 'aac')}" in str(
         err.value
     )
 
@@ -191,7 +182,7 @@ def test_partial_conversion_listed_or_skipped(tmp_path):
     with pytest.raises(DataPreparationError) as err:
         prepare_voxceleb(tmp_path / "p", vox1, vox2, trial_lists=())
     msg = str(err.value)
-    assert "1 missing or corrupt" in msg
+    assert "1 unusable audio file(s)" in msg
     assert "not converted to wav" in msg and "00002.m4a" in msg
     with pytest.warns(UserWarning, match="skipping 1"):
         res = prepare_voxceleb(
@@ -199,7 +190,7 @@ def test_partial_conversion_listed_or_skipped(tmp_path):
         )
     ids = {r["ID"] for r in _rows(res, "train") + _rows(res, "dev")}
     assert f"id00015/{VIDEOS[1]}/00002" not in ids
-    assert len(ids) == 7 * 4 + 3 * 4 - 1  # no trials: all vox1 trains
+    assert len(ids) == 7 * 6 + 3 * 6 - 1  # no trials: all vox1 trains
 
 
 def test_missing_and_corrupt_files_all_listed(vox, tmp_path):
@@ -212,7 +203,7 @@ def test_missing_and_corrupt_files_all_listed(vox, tmp_path):
     with pytest.raises(DataPreparationError) as err:
         _prep(tmp_path / "p", vox1, vox2)
     msg = str(err.value)
-    assert "2 missing or corrupt" in msg
+    assert "2 unusable audio file(s)" in msg and "\n" not in msg
     assert missing in msg and "in a trial list" in msg
     assert corrupt in msg
     assert os.path.isfile(tmp_path / "p" / "bad_files.txt")
@@ -231,18 +222,6 @@ def test_missing_and_corrupt_files_all_listed(vox, tmp_path):
     assert f"id10002/{VIDEOS[1]}/00002" not in ids
 
 
-def test_seg_dur_chunks_train_not_test(vox, tmp_path):
-    vox1, vox2, lengths, _ = vox
-    res = _prep(tmp_path / "p", vox1, vox2, seg_dur=0.05, split_ratio=(1, 0))
-    train = _rows(res, "train")
-    utt = f"id00012/{VIDEOS[0]}/00001"
-    chunks = [r for r in train if r["ID"].startswith(utt + "_")]
-    assert len(chunks) == lengths[utt] // 800
-    assert all(int(r["stop"]) - int(r["start"]) == 800 for r in chunks)
-    assert _rows(res, "dev") == []
-    assert all("_" not in r["ID"].split("/")[-1] for r in _rows(res, "test"))
-
-
 def test_skip_if_done(vox, tmp_path):
     vox1, vox2, _, _ = vox
     first = _prep(tmp_path / "p", vox1, vox2)
@@ -257,8 +236,6 @@ def test_argument_and_layout_errors(vox, tmp_path):
         prepare_voxceleb(tmp_path / "p")
     with pytest.raises(ValueError, match="give vox1_folder"):
         prepare_voxceleb(tmp_path / "p", None, vox2)
-    with pytest.raises(ValueError, match="split_by"):
-        prepare_voxceleb(tmp_path / "p", vox1, split_by="video")
     with pytest.raises(ValueError, match="vox2_folder is None"):
         prepare_voxceleb(tmp_path / "p", vox1, train_sets=("vox2",))
     with pytest.raises(DataPreparationError) as err:
