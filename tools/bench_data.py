@@ -43,7 +43,9 @@ from dampit.dataio.augment import FolderAugment  # noqa: E402
 from dampit.dataio.crops import random_crop, repeat_to_length  # noqa: E402
 from dampit.dataio.sampler import PKSampler  # noqa: E402
 from dampit.lobes.features import CropNormalization, Spectrogram  # noqa: E402
-from dampit.utils.bench import format_rows, resolve_device  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import format_rows, resolve_device  # noqa: E402
 
 SR = 16000
 CROP = 3 * SR

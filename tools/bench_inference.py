@@ -56,7 +56,9 @@ from dampit.dataio.crops import repeat_to_length  # noqa: E402
 from dampit.inference.extract import embed_utterances  # noqa: E402
 from dampit.lobes.features import CropNormalization, Spectrogram  # noqa: E402
 from dampit.lobes.resnet import SEResNet  # noqa: E402
-from dampit.utils.bench import Clock, format_rows, resolve_device  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import Clock, format_rows, resolve_device  # noqa: E402
 
 SR = 16000
 HOP = 160

@@ -30,6 +30,7 @@ Usage::
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -39,7 +40,9 @@ from torch import nn
 from tqdm import tqdm
 
 from dampit.losses import paper_multi_metric_loss
-from dampit.utils.bench import Clock, format_rows, resolve_device
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import Clock, format_rows, resolve_device  # noqa: E402
 
 P, K, EMB_DIM, N_CLASSES = 64, 2, 2048, 5994
 N_FREQ, N_FRAMES = 161, 300

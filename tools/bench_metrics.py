@@ -384,7 +384,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small sizes")
     args = parser.parse_args(argv)
     rows = run(args.quick)
-    from dampit.utils.bench import format_rows
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from benchlib import format_rows  # noqa: E402
 
     print(format_rows(rows))
     return rows

@@ -25,6 +25,7 @@ Usage::
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -35,7 +36,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from dampit.lobes.resnet import LinearClassifier, SEResNet
-from dampit.utils.bench import Clock, format_rows, resolve_device
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import Clock, format_rows, resolve_device  # noqa: E402
 
 N_FREQ = 161
 N_FRAMES = 300

@@ -34,6 +34,7 @@ Usage: ``python tools/bench_scoring.py [--quick]``.
 """
 
 import argparse
+import os
 import pathlib
 import sys
 import time
@@ -48,7 +49,9 @@ from dampit.metrics.multicrop import (  # noqa: E402
     ScoringVectors,
     explicit_pair_scores,
 )
-from dampit.utils.bench import format_rows  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import format_rows  # noqa: E402
 
 N_TRIALS = 37_720
 
