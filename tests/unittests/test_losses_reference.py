@@ -57,8 +57,8 @@ def _dist_matrix(emb, kind):
     return np.sqrt(sq) if kind == "euclidean" else sq
 
 
-def ref_triplet(emb, labels, margin, distance, mining, reduction):
-    """Triplet loss and frac_an_gt_ap with explicit loops."""
+def ref_triplet(emb, labels, margin, distance, mining):
+    """Triplet loss (mean) and frac_an_gt_ap with explicit loops."""
     n = len(labels)
     d = _dist_matrix(emb, distance).tolist()
     terms, gt = [], []
@@ -72,22 +72,13 @@ def ref_triplet(emb, labels, margin, distance, mining, reduction):
         gt.append(hard_n > hard_p)
         if mining == "batch_hard":
             terms.append(max(0.0, hard_p - hard_n + margin))
-        elif mining == "semi_hard":
+        else:  # semi_hard
             for p in pos:
                 dap = d[a][p]
                 semi = [d[a][k] for k in neg if dap < d[a][k] < dap + margin]
                 dan = min(semi) if semi else hard_n
                 terms.append(max(0.0, dap - dan + margin))
-        else:
-            for p in pos:
-                for k in neg:
-                    terms.append(max(0.0, d[a][p] - d[a][k] + margin))
-    if reduction == "mean":
-        loss = sum(terms) / len(terms)
-    else:
-        nonzero = [t for t in terms if t > 0]
-        loss = sum(nonzero) / max(len(nonzero), 1)
-    return loss, sum(gt) / len(gt)
+    return sum(terms) / len(terms), sum(gt) / len(gt)
 
 
 def ref_pairs(labels):
@@ -149,8 +140,9 @@ def _unit(v):
     return v / math.sqrt(float(np.dot(v, v)))
 
 
-def ref_angular(emb, labels, alpha, form, negatives):
-    """Angular loss, one (pair, negative) at a time."""
+def ref_angular(emb, labels, alpha, form):
+    """Angular loss, one (pair, negative) at a time; the negatives of a
+    pair are the other pairs' positives (the original code)."""
     t2 = math.tan(math.radians(alpha)) ** 2
     pairs = ref_pairs(labels)
     terms_all = []
@@ -158,12 +150,8 @@ def ref_angular(emb, labels, alpha, form, negatives):
     for a_i, p_i in pairs:
         a, p = _unit(emb[a_i]), _unit(emb[p_i])
         c = (a + p) / 2
-        if negatives == "positives":
-            cands = [q for _, q in pairs if labels[q] != labels[a_i]]
-        else:
-            cands = [j for j in range(len(labels)) if labels[j] != labels[a_i]]
         values = []
-        for j in cands:
+        for j in [q for _, q in pairs if labels[q] != labels[a_i]]:
             n = _unit(emb[j])
             if form == "npair":
                 values.append(
@@ -187,41 +175,26 @@ def _t(emb, labels, dtype=torch.float64):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("mining", ["batch_hard", "semi_hard", "all"])
+@pytest.mark.parametrize("mining", ["batch_hard", "semi_hard"])
 @pytest.mark.parametrize(
     "distance", ["euclidean", "squared_euclidean", "cosine"]
 )
 def test_triplet_matches_loop(shape, seed, mining, distance):
-    """Every mining x distance, mean reduction, several batches."""
-    if mining == "all" and shape[0] * shape[1] > 64:
-        shape = (8, 4, shape[2])  # the loop reference is O(B^3)
+    """Both minings x every distance, several batches with singletons."""
     emb, labels = _batch(*shape, seed=seed, extra_singletons=seed)
     margin = {"euclidean": 1.0, "squared_euclidean": 4.0, "cosine": 0.3}[
         distance
     ]
     loss_fn = TripletLoss(margin=margin, distance=distance, mining=mining)
     got = loss_fn(*_t(emb, labels))
-    want, frac = ref_triplet(emb, labels, margin, distance, mining, "mean")
+    want, frac = ref_triplet(emb, labels, margin, distance, mining)
     assert got.dtype == torch.float64
-    assert got.item() == pytest.approx(want, rel=1e-9, abs=1e-9)
+    assert got.item() == pytest.approx(want, rel=1e-9, abs=1e-12)
     assert loss_fn.last_stats["frac_an_gt_ap"].item() == pytest.approx(frac)
-    # float32 input: same value to float32 precision.
+    # float32 input: same value to float32 precision (distances ~ 10).
     got32 = loss_fn(*_t(emb, labels, torch.float32))
     assert got32.dtype == torch.float32
     assert got32.item() == pytest.approx(want, rel=2e-4, abs=2e-4)
-
-
-@pytest.mark.parametrize("mining", ["batch_hard", "semi_hard", "all"])
-@pytest.mark.parametrize("seed", SEEDS)
-def test_triplet_nonzero_reduction_matches_loop(mining, seed):
-    """reduction='nonzero' averages the positive terms only."""
-    emb, labels = _batch(6, 3, 8, seed)
-    loss_fn = TripletLoss(margin=0.7, mining=mining, reduction="nonzero")
-    got = loss_fn(*_t(emb, labels)).item()
-    want, _ = ref_triplet(emb, labels, 0.7, "euclidean", mining, "nonzero")
-    assert got == pytest.approx(want, rel=1e-9)
-    mean, _ = ref_triplet(emb, labels, 0.7, "euclidean", mining, "mean")
-    assert want > mean  # some terms are zero, so the two differ
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -236,36 +209,33 @@ def test_npair_matches_eq10_loop(shape, seed, l2_reg):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("p,k", [(4, 2), (3, 4), (32, 4), (64, 2)])
-def test_npair_interleaved_soft_targets_match_original(seed, p, k):
-    """Speaker-major batch with K > 2: labels repeat among the anchors."""
-    emb, labels = _batch(p, k, 16, seed, shuffle=False)
+@pytest.mark.parametrize("p", [2, 4, 16, 64])
+def test_npair_default_is_the_original_code_on_pk2_batches(seed, p):
+    """Speaker-major P x 2 batch: the original code's rows 0::2 / 1::2
+    with its label-equality targets, and Eq. 10 with the penalty."""
+    emb, labels = _batch(p, 2, 16, seed, shuffle=False)
     emb = emb / 4.0
-    loss_fn = NPairLoss(pairing="interleaved")
-    got = loss_fn(*_t(emb, labels)).item()
+    got = NPairLoss()(*_t(emb, labels)).item()
     want = ref_npair_original(emb, labels, 0.005)
     assert got == pytest.approx(want, rel=1e-9)
-    if k == 2:  # no repeated labels: also Eq. 10, and first_two agrees
-        assert want == pytest.approx(ref_npair_eq10(emb, labels, 0.005))
-        same = NPairLoss()(*_t(emb, labels)).item()
-        assert same == pytest.approx(got, rel=1e-12)
+    assert want == pytest.approx(ref_npair_eq10(emb, labels, 0.005))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("form", ["npair", "hinge"])
-@pytest.mark.parametrize("negatives", ["positives", "all"])
-def test_angular_matches_loop(shape, seed, form, negatives):
-    """Both forms, both negative sets, alpha 45 and 36 degrees."""
+def test_angular_matches_loop(shape, seed, form):
+    """Both forms, alpha 45 and 36 degrees."""
     emb, labels = _batch(*shape, seed=seed, extra_singletons=1)
     for alpha in (45.0, 36.0):
-        loss_fn = AngularLoss(alpha=alpha, form=form, negatives=negatives)
+        loss_fn = AngularLoss(alpha=alpha, form=form)
         got = loss_fn(*_t(emb, labels)).item()
-        want = ref_angular(emb, labels, alpha, form, negatives)
+        want = ref_angular(emb, labels, alpha, form)
+        # hinge terms can all be 0: atol at the float64 rounding level
         assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
 
 
-def _ref_margin_softmax(cos, labels, kind, margin, scale):
+def _ref_margin_softmax(cos, labels, margin, scale):
     """Cross-entropy of scaled cosines with the target's margin."""
     total = 0.0
     for row, y in zip(cos, labels):
@@ -273,23 +243,20 @@ def _ref_margin_softmax(cos, labels, kind, margin, scale):
         for c_idx, c in enumerate(row):
             c = float(c)
             if c_idx == y:
-                if kind == "am":
-                    c = c - margin
+                theta = math.acos(min(max(c, -1 + 1e-7), 1 - 1e-7))
+                if c > math.cos(math.pi - margin):
+                    c = math.cos(theta + margin)
                 else:
-                    theta = math.acos(min(max(c, -1 + 1e-7), 1 - 1e-7))
-                    if c > math.cos(math.pi - margin):
-                        c = math.cos(theta + margin)
-                    else:
-                        c = c - math.sin(math.pi - margin) * margin
+                    c = c - math.sin(math.pi - margin) * margin
             logits.append(scale * c)
         total -= logits[y] - _logsumexp(logits)
     return total / len(labels)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("kind", ["linear", "aam", "am"])
+@pytest.mark.parametrize("kind", ["linear", "aam"])
 def test_softmax_matches_loop(seed, kind):
-    """Linear CE and SpeechBrain's AAM / AM against the formulas."""
+    """Linear CE and SpeechBrain's AAM against the formulas."""
     torch.manual_seed(seed)
     b, d, c = 128, 24, 11
     emb = torch.randn(b, d)
@@ -310,7 +277,7 @@ def test_softmax_matches_loop(seed, kind):
             [float(x @ w[j] / (x.norm() * w[j].norm())) for j in range(c)]
             for x in emb.double()
         ]
-        want = _ref_margin_softmax(cos, labels.tolist(), kind, 0.2, 30.0)
+        want = _ref_margin_softmax(cos, labels.tolist(), 0.2, 30.0)
     assert got == pytest.approx(want, rel=1e-4)
 
 
@@ -334,8 +301,8 @@ def test_multi_metric_is_weighted_sum_of_references(seed):
     want = {
         "npair": 0.5 * ref_npair_eq10(emb, labels, 0.005),
         "triplet": 1.0
-        * ref_triplet(emb, labels, 0.5, "euclidean", "batch_hard", "mean")[0],
-        "angular": 1.0 * ref_angular(emb, labels, 45.0, "npair", "positives"),
+        * ref_triplet(emb, labels, 0.5, "euclidean", "batch_hard")[0],
+        "angular": 1.0 * ref_angular(emb, labels, 45.0, "npair"),
     }
     for key, value in want.items():
         assert loss_fn.last_terms[key].item() == pytest.approx(value, rel=1e-9)

@@ -1,0 +1,183 @@
+"""The base class of dampit's losses and the pieces several losses share.
+
+Every loss is called as SpeechBrain calls ``compute_cost``:
+``loss(predictions, targets, length=None)``, with embeddings ``[B, D]`` or
+``[B, 1, D]`` and integer speaker labels ``[B]`` or ``[B, 1]``. ``length``
+(relative waveform lengths) is accepted and ignored, as SpeechBrain's
+``LogSoftmaxWrapper`` ignores it: there is one embedding per utterance.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORM_EPS = 1e-6  # norm floor of F.normalize: a zero vector stays zero
+
+
+class MetricLoss(nn.Module):
+    """Owns ``forward``: checks, float32 arithmetic and ``last_stats``.
+
+    Subclasses implement :meth:`compute` only. It runs with autocast off on
+    float32 embeddings (float64 stays float64), so fp16/bf16 inputs neither
+    overflow nor lose the small differences metric losses depend on. A
+    batch the loss cannot use (``compute`` returns None: no anchor with a
+    positive and a negative, or no row at all) raises ``ValueError``
+    naming the loss, or gives a zero loss connected to the graph when
+    ``allow_empty`` is True (e.g. validation batches that are not P x K).
+
+    Arguments
+    ---------
+    allow_empty : bool
+        Return 0 instead of raising on a batch the loss cannot use.
+
+    Example
+    -------
+    >>> class Mean(MetricLoss):
+    ...     def compute(self, emb, labels):
+    ...         return emb.mean(), {"dtype": emb.dtype}
+    >>> loss = Mean()
+    >>> loss(torch.ones(2, 1, 3).half(), torch.tensor([[0], [1]]), None)
+    tensor(1.)
+    >>> loss.last_stats
+    {'dtype': torch.float32}
+    """
+
+    def __init__(self, allow_empty=False):
+        super().__init__()
+        self.allow_empty = bool(allow_empty)
+        self.last_stats = {}
+
+    def compute(self, emb, labels):
+        """``(loss, stats)`` of ``[B, D]`` embeddings and ``[B]`` labels.
+
+        B >= 1. Returns None when the batch cannot be used.
+        """
+        raise NotImplementedError
+
+    def forward(self, predictions, targets, length=None):
+        """The scalar loss of one batch (float32, float64 for float64).
+
+        Arguments
+        ---------
+        predictions : torch.Tensor
+            Embeddings ``[B, D]`` or ``[B, 1, D]``.
+        targets : torch.Tensor
+            Integer speaker labels ``[B]`` or ``[B, 1]``.
+        length : torch.Tensor, optional
+            Ignored (SpeechBrain's relative lengths).
+
+        Returns
+        -------
+        torch.Tensor
+            The loss.
+        """
+        name = type(self).__name__
+        emb, labels = _flatten(predictions, targets, name)
+        self.last_stats = {}
+        with torch.autocast(emb.device.type, enabled=False):
+            out = self.compute(emb, labels) if len(labels) else None
+        if out is not None:
+            loss, self.last_stats = out
+            return loss
+        if self.allow_empty:
+            return emb[:0].sum()  # 0, gradient 0, in the graph
+        counts = labels.unique(return_counts=True)[1]
+        raise ValueError(
+            f"{name}: no usable pair in this batch ({len(counts)} speakers, "
+            f"at most {int(counts.max()) if len(counts) else 0} utterances "
+            "each); use a P x K sampler (P >= 2, K >= 2) or allow_empty=True"
+        )
+
+
+def _flatten(predictions, targets, name):
+    """``[B, D]`` float32 (or float64) embeddings and ``[B]`` long labels."""
+    if not isinstance(predictions, torch.Tensor) or not isinstance(
+        targets, torch.Tensor
+    ):
+        raise TypeError(f"{name}: predictions and targets must be tensors")
+    emb, labels = predictions, targets
+    if emb.dim() == 3 and emb.shape[1] == 1:
+        emb = emb.squeeze(1)
+    if labels.dim() == 2 and labels.shape[1] == 1:
+        labels = labels.squeeze(1)
+    if emb.dim() != 2 or not emb.is_floating_point():
+        raise ValueError(
+            f"{name}: predictions must be float [B, D] or [B, 1, D], got "
+            f"{emb.dtype} of shape {list(predictions.shape)}"
+        )
+    if (
+        labels.dim() != 1
+        or labels.is_floating_point()
+        or labels.is_complex()
+        or len(labels) != len(emb)
+    ):
+        raise ValueError(
+            f"{name}: targets must be {len(emb)} integer labels [B] or "
+            f"[B, 1], got {labels.dtype} of shape {list(targets.shape)}"
+        )
+    emb = emb if emb.dtype == torch.float64 else emb.float()
+    return emb, labels.to(emb.device, torch.long)
+
+
+def check_choice(value, choices, arg, owner):
+    """``value`` if it is one of ``choices``, else a ValueError naming it.
+
+    Example
+    -------
+    >>> check_choice("cosine", ("cosine",), "distance", MetricLoss())
+    'cosine'
+    """
+    if value not in choices:
+        raise ValueError(
+            f"{type(owner).__name__}: {arg} must be one of {choices}, got "
+            f"{value!r}"
+        )
+    return value
+
+
+def pairwise_distance(x, distance="euclidean"):
+    """``[B, B]`` distances between the rows of ``x``, never NaN gradients.
+
+    ``"squared_euclidean"`` comes from the Gram matrix of the centred batch
+    (one matrix product; centring keeps distances and limits cancellation
+    far from the origin) with an exact-zero diagonal; ``"euclidean"`` is
+    its square root, 0 with gradient 0 at 0; ``"cosine"`` is ``1 - cos``.
+
+    Example
+    -------
+    >>> pairwise_distance(torch.tensor([[0.0, 0.0], [3.0, 4.0]]))
+    tensor([[0., 5.],
+            [5., 0.]])
+    """
+    if distance == "cosine":
+        xn = F.normalize(x, dim=1, eps=NORM_EPS)
+        return (1.0 - xn @ xn.t()).clamp(0.0, 2.0)
+    xc = x - x.mean(0, keepdim=True).detach()
+    gram = xc @ xc.t()
+    norms = gram.diagonal()
+    sq = (norms.unsqueeze(1) + norms.unsqueeze(0) - 2.0 * gram).clamp_min(0)
+    eye = torch.eye(len(x), dtype=torch.bool, device=x.device)
+    sq = sq.masked_fill(eye, 0.0)
+    if distance == "squared_euclidean":
+        return sq
+    nonzero = sq > 1e-12
+    return torch.where(nonzero, torch.where(nonzero, sq, 1.0).sqrt(), 0.0)
+
+
+def first_two_pairs(labels):
+    """Anchor and positive rows: the first two rows of each repeated label.
+
+    Pairs are ordered by the anchor's row. On a speaker-major P x 2 batch
+    these are the original code's rows ``0::2`` and ``1::2``; with K > 2
+    the further utterances are not used by the pair losses.
+
+    Example
+    -------
+    >>> first_two_pairs(torch.tensor([7, 7, 3, 5, 3, 7]))
+    (tensor([0, 2]), tensor([1, 4]))
+    """
+    same = labels.unsqueeze(0) == labels.unsqueeze(1)
+    rank = same.tril(-1).sum(1)  # earlier rows with the same label
+    anchors = ((rank == 0) & (same.sum(1) > 1)).nonzero().squeeze(1)
+    positives = (same[anchors] & (rank == 1)).int().argmax(1)
+    return anchors, positives
