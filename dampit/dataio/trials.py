@@ -1,23 +1,22 @@
-"""Verification trial lists: reading, writing and generating them.
+"""Trial lists and score files: the one reader and writer of each.
 
-A trial list has one trial a line in the official VoxCeleb format::
-
-    label enrol test
-
-where ``label`` is 1 (same speaker, a *target* trial) or 0 (different
-speakers, a *non-target* trial). The official lists name utterances by
-their path under ``wav/`` (``id10270/x6uYqmx31kE/00001.wav``); dampit's
-preparers write them with the CSV IDs instead, which are the same relative
-paths without the extension (``id10270/x6uYqmx31kE/00001``), so every trial
-maps to a row of ``test.csv``. :func:`utt_to_id` turns one into the other.
+A trial list has one trial a line, ``label enrol test`` (VoxCeleb's format;
+label 1: same speaker) or ``enrol test`` (unlabelled), never both kinds in
+one file. Blank lines and ``#`` comments are skipped; UTF-8, with or
+without a BOM. A score file has ``enrol test [label] score`` lines, as
+SpeechBrain's verification recipe writes them. Official lists name
+utterances by path (``id10270/x6uYqmx31kE/00001.wav``); dataset CSV IDs are
+the same paths without the extension (:func:`utt_to_id`).
 """
 
+import codecs
 import logging
 import os
+from array import array
 
 import numpy as np
 
-from dampit.utils.atomic import atomic_write_text
+from dampit.utils.atomic import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -25,56 +24,27 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".m4a", ".ogg", ".mp3", ".aac")
 
 
 class TrialListError(ValueError):
-    """A malformed or inconsistent trial list; the message names the file
-    and line."""
+    """A malformed trial list or score file (the message names the line)."""
 
 
 def utt_to_id(name):
-    """Map an utterance path from an official trial list to a CSV ID.
-
-    Back-slashes become ``/``, a leading ``./`` and a trailing audio
-    extension are removed.
-
-    Arguments
-    ---------
-    name : str
-        ``id10270/x6uYqmx31kE/00001.wav`` or an ID already.
-
-    Returns
-    -------
-    str
-        ``id10270/x6uYqmx31kE/00001``.
+    """Map an utterance path to a CSV ID (``/`` separators, no ``./``, no
+    audio extension).
 
     Example
     -------
-    >>> utt_to_id("id10270/x6uYqmx31kE/00001.wav")
-    'id10270/x6uYqmx31kE/00001'
-    >>> utt_to_id("./spk1\\\\a.flac")
-    'spk1/a'
-    >>> utt_to_id("spk1/a")
-    'spk1/a'
+    >>> utt_to_id("./spk1\\\\a.flac"), utt_to_id("id1/x/00001.wav")
+    ('spk1/a', 'id1/x/00001')
     """
     name = name.replace("\\", "/")
     while name.startswith("./"):
         name = name[2:]
     root, ext = os.path.splitext(name)
-    if ext.lower() in AUDIO_EXTENSIONS:
-        name = root
-    return name
+    return root if ext.lower() in AUDIO_EXTENSIONS else name
 
 
 def speaker_of(utt_id):
     """Speaker of an utterance ID or path: its first path component.
-
-    Arguments
-    ---------
-    utt_id : str
-        ``id10270/x6uYqmx31kE/00001`` (or with an extension).
-
-    Returns
-    -------
-    str
-        ``id10270``.
 
     Example
     -------
@@ -84,127 +54,218 @@ def speaker_of(utt_id):
     return utt_to_id(utt_id).split("/", 1)[0]
 
 
-def read_trials(path, known_ids=None, as_ids=True):
-    """Read a trial list (``label enrol test`` per line).
+def _fields(path):
+    """Yield ``(line number, fields)`` of the non-blank, non-comment lines."""
+    try:
+        f = open(path, "rb")
+    except OSError as err:
+        raise TrialListError(f"{path}: not found ({err.strerror})") from None
+    with f:
+        for n, raw in enumerate(f, 1):
+            if n == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                fields = raw.decode("utf-8").split()
+            except UnicodeDecodeError as err:
+                raise TrialListError(
+                    f"{path}:{n}: not valid UTF-8 (byte {err.start + 1})"
+                ) from None
+            if fields and not fields[0].startswith("#"):
+                yield n, fields
 
-    Blank lines and lines starting with ``#`` are ignored. Fields may be
-    separated by any white space.
+
+def iter_trials(path, as_ids=False):
+    """Stream a trial list, checking every line.
 
     Arguments
     ---------
     path : str or os.PathLike
         The trial list.
-    known_ids : collection of str or None
-        When given, every enrol and test utterance must be in it (after
-        the ``as_ids`` mapping); otherwise :class:`TrialListError` names
-        the unknown ones with their line numbers.
     as_ids : bool
-        Map utterance paths to IDs with :func:`utt_to_id` (strip the audio
-        extension), so official lists and dampit's lists read alike.
+        Map the names with :func:`utt_to_id`.
 
-    Returns
-    -------
-    list of tuple
-        ``(label: int, enrol: str, test: str)`` in file order.
+    Yields
+    ------
+    tuple
+        ``(line, label, enrol, test)``; ``label`` is 0/1, or None in an
+        unlabelled list.
 
     Raises
     ------
     TrialListError
-        On a missing file, a row without exactly three fields, a label
-        other than 0 or 1, or unknown utterances: ``path:line: ...``.
+        ``path:line: ...`` for a missing file, invalid UTF-8, a bad label,
+        a row of other than 2 or 3 fields (``1 a.wav``, a label and one
+        path, included), a mix of labelled and unlabelled rows, no trials.
+    """
+    path, first = os.fspath(path), None
+    for n, f in _fields(path):
+        if len(f) not in (2, 3) or (len(f) == 2 and f[0] in ("0", "1")):
+            raise TrialListError(
+                f"{path}:{n}: expected 'label enrol test' or 'enrol test', "
+                f"got {' '.join(f)!r}"
+            )
+        if len(f) == 3 and f[0] not in ("0", "1"):
+            raise TrialListError(
+                f"{path}:{n}: label must be 0 or 1, got {f[0]!r}"
+            )
+        if first is None:
+            first = (n, len(f))
+        elif len(f) != first[1]:
+            raise TrialListError(
+                f"{path}:{n}: mixes labelled and unlabelled trials "
+                f"({len(f)} fields here, {first[1]} on line {first[0]})"
+            )
+        e, t = (utt_to_id(f[-2]), utt_to_id(f[-1])) if as_ids else f[-2:]
+        yield n, (int(f[0]) if len(f) == 3 else None), e, t
+    if first is None:
+        raise TrialListError(f"{path}: no trials")
+
+
+def _warn_duplicates(path, n_dup):
+    if n_dup:
+        logger.warning(
+            "%s: %d duplicate trial(s) (an enrol-test pair listed again); "
+            "each is scored and counted",
+            path,
+            n_dup,
+        )
+
+
+def read_trials(path, known_ids=None, as_ids=True):
+    """Read a labelled trial list into ``(label, enrol, test)`` tuples.
+
+    Arguments
+    ---------
+    path : str or os.PathLike
+        The trial list (see :func:`iter_trials`; labels required).
+    known_ids : collection of str, optional
+        Every name must be in it, else the unknown ones are named with
+        their lines.
+    as_ids : bool
+        Map names with :func:`utt_to_id`.
+
+    Returns
+    -------
+    list of tuple
 
     Example
     -------
     >>> import os, tempfile
     >>> p = os.path.join(tempfile.mkdtemp(), "trials.txt")
-    >>> with open(p, "w") as f:
-    ...     _ = f.write("1 a/x/1.wav a/y/2.wav\\n0 a/x/1.wav b/z/3.wav\\n")
+    >>> _ = open(p, "w").write("1 a/x/1.wav a/y/2.wav\\n0 a/x/1 b/z/3\\n")
     >>> read_trials(p)
     [(1, 'a/x/1', 'a/y/2'), (0, 'a/x/1', 'b/z/3')]
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise TrialListError(f"trial list not found: {path}")
-    if known_ids is not None and not isinstance(known_ids, (set, frozenset)):
-        known_ids = set(known_ids)
-    trials = []
-    unknown = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            fields = text.split()
-            if len(fields) != 3:
-                raise TrialListError(
-                    f"{path}:{lineno}: expected 3 fields 'label enrol test',"
-                    f" got {len(fields)}: {text!r}"
-                )
-            label, enrol, test = fields
-            if label not in ("0", "1"):
-                raise TrialListError(
-                    f"{path}:{lineno}: label must be 0 or 1, got {label!r}"
-                )
-            if as_ids:
-                enrol, test = utt_to_id(enrol), utt_to_id(test)
-            if known_ids is not None:
-                for utt in (enrol, test):
-                    if utt not in known_ids:
-                        unknown.append((lineno, utt))
-            trials.append((int(label), enrol, test))
+    known = None if known_ids is None else frozenset(known_ids)
+    trials, unknown = [], []
+    for n, lab, e, t in iter_trials(path, as_ids):
+        if lab is None:
+            raise TrialListError(f"{path}:{n}: expected 'label enrol test'")
+        unknown += [(n, u) for u in (e, t) if known and u not in known]
+        trials.append((lab, e, t))
     if unknown:
         shown = ", ".join(f"line {n}: {u}" for n, u in unknown[:10])
-        more = f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""
         raise TrialListError(
             f"{path}: {len(unknown)} trial utterance(s) not among the known "
-            f"IDs: {shown}{more}"
+            f"IDs: {shown}" + (" ..." if len(unknown) > 10 else "")
         )
+    _warn_duplicates(path, len(trials) - len({t[1:] for t in trials}))
     return trials
 
 
-def write_trials(path, trials):
-    """Write trials atomically, one ``label enrol test`` a line.
+def read_trial_indices(path, index=None, as_ids=False):
+    """Stream a trial list into integer arrays (bounded memory).
+
+    No string is kept per trial: 10^6 trials cost 17 MB of arrays.
 
     Arguments
     ---------
     path : str or os.PathLike
-        Destination file.
-    trials : iterable of tuple
-        ``(label, enrol, test)`` with label 0/1 (int, bool or "0"/"1").
+        The trial list, labelled or not (see :func:`iter_trials`).
+    index : dict, optional
+        ``name -> row`` (an ``EmbeddingStore.index``); a name not in it is
+        an error naming the line. None: rows are given to names in order
+        of first appearance.
+    as_ids : bool
+        Map names with :func:`utt_to_id` first.
+
+    Returns
+    -------
+    enrol, test : numpy.ndarray
+        int64 [T] rows.
+    labels : numpy.ndarray or None
+        int64 [T], None for an unlabelled list.
+    names : list of str or None
+        With ``index=None``: the name of every row; else None.
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "trials.txt")
+    >>> _ = open(p, "w").write("a.wav b.wav\\nb.wav c.wav\\n")
+    >>> e, t, lab, names = read_trial_indices(p)
+    >>> e.tolist(), t.tolist(), lab, names
+    ([0, 1], [1, 2], None, ['a.wav', 'b.wav', 'c.wav'])
+    """
+    grow = index is None
+    index = {} if grow else index
+    rows, labels = array("q"), array("b")
+    for n, lab, e, t in iter_trials(path, as_ids):
+        for name in (e, t):
+            j = index.get(name)
+            if j is None:
+                if not grow:
+                    raise TrialListError(
+                        f"{path}:{n}: utterance {name!r} is not among the "
+                        f"{len(index)} embedded ones"
+                    )
+                j = index[name] = len(index)
+            rows.append(j)
+        if lab is not None:
+            labels.append(lab)
+    pairs = np.frombuffer(rows, dtype=np.int64).reshape(-1, 2)
+    _warn_duplicates(path, len(pairs) - len(np.unique(pairs, axis=0)))
+    lab = np.frombuffer(labels, dtype=np.int8).astype(np.int64)
+    return (
+        pairs[:, 0].copy(),
+        pairs[:, 1].copy(),
+        lab if lab.size else None,
+        list(index) if grow else None,
+    )
+
+
+def write_trials(path, trials):
+    """Write ``(label, enrol, test)`` trials atomically, one a line.
 
     Raises
     ------
     TrialListError
-        On a bad label or an utterance name that is empty or holds white
-        space (the format could not be read back); names the trial index.
+        A bad label, or a name that is empty or holds white space (it
+        could not be read back); names the trial (0-based).
 
     Example
     -------
     >>> import os, tempfile
     >>> p = os.path.join(tempfile.mkdtemp(), "t.txt")
     >>> write_trials(p, [(1, "a/1", "a/2"), (0, "a/1", "b/1")])
-    >>> print(open(p).read(), end="")
-    1 a/1 a/2
-    0 a/1 b/1
-    >>> read_trials(p)
-    [(1, 'a/1', 'a/2'), (0, 'a/1', 'b/1')]
+    >>> open(p).read()
+    '1 a/1 a/2\\n0 a/1 b/1\\n'
     """
     lines = []
     for i, trial in enumerate(trials):
-        try:
-            label, enrol, test = trial
-        except (TypeError, ValueError) as err:
+        if not isinstance(trial, (tuple, list)) or len(trial) != 3:
             raise TrialListError(
                 f"trial {i} must be (label, enrol, test), got {trial!r}"
-            ) from err
-        if label not in (0, 1, "0", "1"):  # True/False, 1.0 compare equal
+            )
+        label, enrol, test = trial
+        if label not in (0, 1, "0", "1"):
             raise TrialListError(
                 f"trial {i}: label must be 0 or 1, got {label!r}"
             )
-        for utt in (enrol, test):
-            if not isinstance(utt, str) or not utt or len(utt.split()) != 1:
+        for u in (enrol, test):
+            if not isinstance(u, str) or len(u.split()) != 1 or u != u.strip():
                 raise TrialListError(
-                    f"trial {i}: utterance name {utt!r} is empty or holds "
+                    f"trial {i}: utterance name {u!r} is empty or holds "
                     "white space"
                 )
         lines.append(f"{int(label)} {enrol} {test}\n")
@@ -212,18 +273,7 @@ def write_trials(path, trials):
 
 
 def trial_summary(trials):
-    """Counts of a trial list: trials, targets, non-targets, utterances and
-    speakers (speaker = first path component of an ID).
-
-    Arguments
-    ---------
-    trials : list of tuple
-        ``(label, enrol, test)``.
-
-    Returns
-    -------
-    dict
-        ``{"trials", "target", "nontarget", "utterances", "speakers"}``.
+    """Counts of ``(label, enrol, test)`` trials.
 
     Example
     -------
@@ -241,75 +291,33 @@ def trial_summary(trials):
     }
 
 
-def make_trials(
-    utt_ids,
-    spk_ids,
-    max_target=None,
-    nontarget_ratio=1.0,
-    seed=0,
-):
-    """Generate a deterministic, balanced trial list among utterances.
+def make_trials(utt_ids, spk_ids, max_target=None, nontarget_ratio=1.0, seed=0):
+    """A deterministic trial list: target pairs, then non-target pairs.
 
-    Target trials are all same-speaker pairs ``(i, j)``, ``i < j`` in the
-    sorted order of the IDs (or ``max_target`` of them drawn without
-    replacement). Non-target trials are ``round(nontarget_ratio *
-    n_target)`` different-speaker pairs drawn without replacement (all of
-    them when fewer exist). The result is sorted targets first, then
-    non-targets, each in pair order, and depends only on the inputs and
-    ``seed``.
-
-    Arguments
-    ---------
-    utt_ids : list of str
-        Utterance IDs (unique).
-    spk_ids : list of str
-        Speaker of each utterance.
-    max_target : int or None
-        Most target trials (None: all same-speaker pairs).
-    nontarget_ratio : float
-        Non-target trials per target trial.
-    seed : int
-        Seed of the sampling.
-
-    Returns
-    -------
-    list of tuple
-        ``(label, enrol, test)``.
-
-    Raises
-    ------
-    ValueError
-        On duplicate IDs, mismatched lengths, or fewer than two speakers
-        when non-target trials are asked for.
+    Targets are all same-speaker pairs ``(i, j)``, ``i < j`` in sorted ID
+    order (or ``max_target`` of them drawn); non-targets are
+    ``round(nontarget_ratio * n_target)`` distinct different-speaker pairs
+    drawn with ``seed`` (all of them when fewer exist).
 
     Example
     -------
-    >>> ids = ["a/1", "a/2", "b/1", "b/2"]
-    >>> trials = make_trials(ids, ["a", "a", "b", "b"])
-    >>> [t for t in trials if t[0] == 1]
-    [(1, 'a/1', 'a/2'), (1, 'b/1', 'b/2')]
-    >>> len(trials)
-    4
+    >>> make_trials(["a/1", "a/2", "b/1"], ["a", "a", "b"], seed=0)[0]
+    (1, 'a/1', 'a/2')
     """
-    utt_ids = list(utt_ids)
-    spk_ids = list(spk_ids)
+    utt_ids, spk_ids = list(utt_ids), list(spk_ids)
     if len(utt_ids) != len(spk_ids):
         raise ValueError(
             f"make_trials: {len(utt_ids)} utterances but {len(spk_ids)} "
             "speaker labels"
         )
     if len(set(utt_ids)) != len(utt_ids):
-        seen, dup = set(), []
-        for u in utt_ids:
-            if u in seen:
-                dup.append(u)
-            seen.add(u)
+        seen = set()
+        dup = [u for u in utt_ids if u in seen or seen.add(u)]
         raise ValueError(f"make_trials: duplicate utterance IDs: {dup[:10]}")
     order = sorted(range(len(utt_ids)), key=lambda i: utt_ids[i])
     ids = [utt_ids[i] for i in order]
     spk = [spk_ids[i] for i in order]
     rng = np.random.default_rng(seed)
-
     by_spk = {}
     for i, s in enumerate(spk):
         by_spk.setdefault(s, []).append(i)
@@ -322,43 +330,108 @@ def make_trials(
     if max_target is not None and max_target < len(target):
         pick = rng.choice(len(target), size=int(max_target), replace=False)
         target = [target[k] for k in sorted(pick)]
-
     n = len(ids)
-    n_pairs = n * (n - 1) // 2
-    n_nontarget_total = n_pairs - sum(
+    n_non = n * (n - 1) // 2 - sum(
         len(v) * (len(v) - 1) // 2 for v in by_spk.values()
     )
     want = int(round(nontarget_ratio * len(target)))
-    if want > 0 and n_nontarget_total == 0:
+    if want > 0 and n_non == 0:
         raise ValueError(
             "make_trials: non-target trials need at least two speakers, got "
             f"{len(by_spk)}"
         )
-    if want >= n_nontarget_total:
-        nontarget = [
+    if want >= n_non:
+        chosen = {
             (a, b)
             for a in range(n)
             for b in range(a + 1, n)
             if spk[a] != spk[b]
-        ]
-    else:
+        }
+    else:  # rejection sampling: non-target pairs are the large majority
         chosen = set()
-        # Rejection sampling of unordered different-speaker pairs; cheap
-        # because non-target pairs are the large majority when asked for
-        # fewer than all of them.
         while len(chosen) < want:
             m = 2 * (want - len(chosen)) + 16
-            a = rng.integers(0, n, size=m)
-            b = rng.integers(0, n, size=m)
-            for x, y in zip(a.tolist(), b.tolist()):
-                if x == y or spk[x] == spk[y]:
-                    continue
-                pair = (x, y) if x < y else (y, x)
-                if pair not in chosen:
-                    chosen.add(pair)
-                    if len(chosen) == want:
-                        break
-        nontarget = sorted(chosen)
+            for x, y in zip(*rng.integers(0, n, size=(2, m)).tolist()):
+                if spk[x] != spk[y] and len(chosen) < want:
+                    chosen.add((min(x, y), max(x, y)))
     return [(1, ids[a], ids[b]) for a, b in target] + [
-        (0, ids[a], ids[b]) for a, b in nontarget
+        (0, ids[a], ids[b]) for a, b in sorted(chosen)
     ]
+
+
+def write_scores(path, enrol_ids, test_ids, scores, labels=None):
+    """Write a score file atomically: ``enrol test [label] score`` lines.
+
+    Scores are written with ``repr`` (they read back exactly).
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "scores.txt")
+    >>> write_scores(p, ["a"], ["b"], [0.5], [1])
+    >>> open(p).read()
+    'a b 1 0.5\\n'
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n = scores.size
+    if len(enrol_ids) != n or len(test_ids) != n:
+        raise ValueError(
+            f"{len(enrol_ids)} enrol IDs, {len(test_ids)} test IDs and "
+            f"{n} scores: they must match"
+        )
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if labels.size != n:
+            raise ValueError(f"{labels.size} labels for {n} scores")
+    step = 1 << 16
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for s in range(0, n, step):
+            cols = [
+                enrol_ids[s : s + step],
+                test_ids[s : s + step],
+                map(repr, scores[s : s + step].tolist()),
+            ]
+            if labels is not None:
+                lab = labels[s : s + step].astype(np.int64).tolist()
+                cols.insert(2, map(str, lab))
+            f.write("".join(" ".join(r) + "\n" for r in zip(*cols)))
+
+
+def read_scores(path):
+    """Read a score file written by :func:`write_scores`.
+
+    Returns
+    -------
+    enrol_ids, test_ids : list of str
+    scores : numpy.ndarray
+        float64 [T].
+    labels : numpy.ndarray or None
+        int64 [T] when the file has labels.
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "scores.txt")
+    >>> write_scores(p, ["a", "a"], ["b", "c"], [0.5, -1.0], [1, 0])
+    >>> read_scores(p)[2:]
+    (array([ 0.5, -1. ]), array([1, 0]))
+    """
+    path, cols, width = os.fspath(path), ([], [], [], []), None
+    for n, f in _fields(path):
+        if len(f) not in (3, 4) or len(f) != (width or len(f)):
+            raise TrialListError(
+                f"{path}:{n}: expected 'enrol test label score' or 'enrol "
+                "test score' on every line"
+            )
+        width = len(f)
+        try:
+            cols[2].append(float(f[-1]))
+            if len(f) == 4 and f[2] not in ("0", "1"):
+                raise ValueError
+        except ValueError:
+            raise TrialListError(f"{path}:{n}: bad number in {f!r}") from None
+        cols[0].append(f[0])
+        cols[1].append(f[1])
+        cols[3].extend(f[2:3] if len(f) == 4 else [])
+    lab = np.asarray(cols[3], dtype=np.int64) if cols[3] else None
+    return cols[0], cols[1], np.asarray(cols[2], dtype=np.float64), lab

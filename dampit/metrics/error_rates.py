@@ -1,58 +1,20 @@
 """Exact, sort-based verification error rates: EER, minDCF and DET curves.
 
-All three functions sort the scores once (O(N log N) time, O(N) memory) and
-then read every operating point off cumulative counts. Equal scores are
-grouped: a threshold can never separate two trials with the same score, so
-a group of ties is accepted or rejected as a whole.
+The scores are sorted once (O(N log N)); every operating point is read off
+cumulative counts, with tied scores accepted or rejected together. As in
+``speechbrain.utils.metric_stats``, a trial is accepted when ``score >
+threshold``; the thresholds are ``-inf`` (accept all) and the distinct
+scores ``s_1 < ... < s_G`` (``s_G`` rejects all), and
+``FNR(t) = #{targets <= t} / #targets``, ``FPR(t) = #{non-targets > t} /
+#non-targets``. SpeechBrain's midpoints between scores add no new point.
 
-Decision rule and thresholds
-----------------------------
-As in ``speechbrain.utils.metric_stats``, a trial is accepted as a target
-when ``score > threshold``. With the distinct scores ``s_1 < ... < s_G``
-there are ``G + 1`` operating points: threshold ``-inf`` (accept all),
-then ``s_1, ..., s_G`` (reject every trial scoring ``<= s_k``; ``s_G``
-rejects all). For threshold ``t``::
-
-    FNR(t) = #{targets with score <= t} / #targets        (miss rate)
-    FPR(t) = #{non-targets with score > t} / #non-targets (false alarms)
-
-SpeechBrain also tries the midpoints between consecutive distinct scores;
-they give the same (FNR, FPR) as the distinct score below them, so they add
-nothing. SpeechBrain does not try the accept-all point; it never changes
-the EER, and changes minDCF only when accepting everything is strictly the
-cheapest decision (``c_fa * (1 - p_target)`` below every other cost).
-
-EER definitions
----------------
-``method="closest"`` (default; SpeechBrain's ``EER``): the operating point
-where ``|FPR - FNR|`` is smallest (compared exactly, in integers: the lowest
-threshold wins a tie, as in SpeechBrain's loop), and the EER is
-``(FPR + FNR) / 2`` there. The accept-all point is left out of this search,
-as in SpeechBrain: it only ever ties (when all scores are equal, EER 0.5).
-
-``method="interp"``: the exact crossing of FPR and FNR on the straight
-segment between the last operating point with ``FPR > FNR`` and the next
-one (the DET curve with ties drawn as diagonal segments; the usual
-``brentq`` on ``interp1d(fpr, tpr)`` recipe gives the same number, and
-the paper's original code reads the EER off the ROC the same way).
-
-The two differ by at most a quarter of the step of the crossing segment:
-if the group of tied scores at the crossing holds ``a`` non-targets and
-``b`` targets, ``|closest - interp| <= |a / N_non - b / N_tar| / 4``;
-without ties that is at most ``max(1 / N_tar, 1 / N_non) / 4``.
-
-Agreement with SpeechBrain
---------------------------
-``compute_eer(..., method="closest")`` is SpeechBrain's ``EER`` computed
-exactly: SpeechBrain divides counts in float32, so the values differ by
-float32 rounding (relative 1e-7) and, only when two operating points are
-equally close to the diagonal and float32 rounding orders them otherwise,
-by the choice between them (at most one step of the curve).
-``compute_min_dcf(..., normalize=False)`` is SpeechBrain's ``minDCF``
-(float32 rounding aside); the default ``normalize=True`` divides it by
-``min(c_miss * p_target, c_fa * (1 - p_target))``, the cost of the best
-decision made without looking at the score, which is the normalised
-minDCF that NIST and the VoxCeleb challenges report.
+``compute_eer(method="closest")`` is SpeechBrain's ``EER`` computed exactly
+(integer comparisons; the lowest threshold wins a tie): ``(FPR + FNR) / 2``
+where ``|FPR - FNR|`` is smallest. ``method="interp"`` is the exact
+crossing on the segment between the two points around it (the usual
+``brentq`` on the ROC). ``compute_min_dcf(normalize=False)`` is
+SpeechBrain's ``minDCF``; the default divides it by ``min(c_miss *
+p_target, c_fa * (1 - p_target))``, as NIST and VoxCeleb report it.
 """
 
 import numpy as np

@@ -1,15 +1,16 @@
-"""DET curves, score histograms and a one-call verification report.
-
-Figures are drawn with matplotlib's object API on the Agg canvas (no
-display, no global ``pyplot`` state) and written atomically.
-"""
+"""DET curves, score histograms and a one-call verification report
+(matplotlib's object API on the Agg canvas; files written atomically)."""
 
 import json
 import math
 import os
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy.stats import norm
 
+from dampit.dataio.trials import write_scores
 from dampit.metrics.error_rates import (
     compute_eer,
     compute_min_dcf,
@@ -25,9 +26,6 @@ _DET_TICKS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40, 60, 80]
 
 
 def _figure(figsize):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=figsize, dpi=100)
     FigureCanvasAgg(fig)
     return fig
@@ -58,13 +56,8 @@ def plot_det(
     p_targets=(0.01, 0.05),
     label=None,
 ):
-    """Draw the DET curve on normal-deviate axes and save it as a PNG.
-
-    The miss rate (FNR) is plotted against the false-alarm rate (FPR), both
-    through ``scipy.stats.norm.ppf`` so that Gaussian score distributions
-    give straight lines. The EER point and the minDCF operating point of
-    every ``p_target`` are marked. Rates of 0 or 1 are drawn at the axis
-    edge.
+    """Save the DET curve (miss vs false-alarm rate on normal-deviate
+    axes) with the EER and the minDCF point of every ``p_target`` marked.
 
     Arguments
     ---------
@@ -96,8 +89,6 @@ def plot_det(
     >>> os.path.getsize(p) > 0
     True
     """
-    from scipy.stats import norm
-
     s, lab = validate_scores_labels(scores, labels)
     fpr, fnr, thr = det_curve(s, lab)
     eer, _ = compute_eer(s, lab)
@@ -165,10 +156,8 @@ def plot_det(
 
 
 def plot_score_histogram(scores, labels, path, title=None, bins=100):
-    """Histogram of target and non-target scores, saved as a PNG.
-
-    Both classes are drawn as densities (each integrates to 1), so a small
-    target class stays visible; the EER threshold is marked.
+    """Save the target and non-target score densities, with the EER
+    threshold marked.
 
     Arguments
     ---------
@@ -302,8 +291,6 @@ def write_report(
     report["det_png"] = det
     report["hist_png"] = hist
     if trial_ids is not None:
-        from dampit.metrics.multicrop import write_scores
-
         report["scores_txt"] = os.path.join(out_dir, f"{name}_scores.txt")
         write_scores(
             report["scores_txt"],

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from dampit.dataio.trials import read_scores
 from dampit.metrics.error_rates import compute_eer, compute_min_dcf
-from dampit.metrics.multicrop import read_scores
 from dampit.metrics.plots import plot_det, plot_score_histogram, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,16 +1,21 @@
 """Trial lists: reading (official format), writing, generating."""
 
 import itertools
+import logging
 
+import numpy as np
 import pytest
 
 from dampit.dataio.trials import (
     TrialListError,
     make_trials,
+    read_scores,
+    read_trial_indices,
     read_trials,
     speaker_of,
     trial_summary,
     utt_to_id,
+    write_scores,
     write_trials,
 )
 
@@ -45,8 +50,9 @@ def test_read_ignores_blank_and_comment_lines_and_extra_space(tmp_path):
 @pytest.mark.parametrize(
     "line, match",
     [
-        ("1 a/1.wav", "expected 3 fields"),
-        ("1 a/1 a/2 a/3", "expected 3 fields"),
+        ("1 a/1.wav", "expected 'label enrol test' or 'enrol test'"),
+        ("1 a/1 a/2 a/3", "expected 'label enrol test' or 'enrol test'"),
+        ("a/1 a/2", "mixes labelled and unlabelled .*3 on line 1"),
         ("2 a/1 a/2", "label must be 0 or 1"),
         ("target a/1 a/2", "label must be 0 or 1"),
         ("-1 a/1 a/2", "label must be 0 or 1"),
@@ -199,3 +205,105 @@ def test_trial_summary_counts_by_hand():
         "utterances": 4,
         "speakers": 3,
     }
+
+
+def test_bom_accepted_and_invalid_utf8_named(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_bytes(b"\xef\xbb\xbf1 a/1 a/2\n0 a/1 b/1\n")
+    assert read_trials(p) == [(1, "a/1", "a/2"), (0, "a/1", "b/1")]
+    p.write_bytes(b"1 a/1 a/2\n0 a/\xff b/1\n")
+    with pytest.raises(TrialListError, match=f"{p}:2: not valid UTF-8"):
+        read_trials(p)
+    with pytest.raises(TrialListError, match=f"{p}:2: not valid UTF-8"):
+        read_trial_indices(p)
+
+
+@pytest.mark.parametrize("first", ["a.wav b.wav", "1 a.wav b.wav"])
+def test_label_and_one_path_is_an_error_not_a_pair(tmp_path, first):
+    p = _write(tmp_path, f"{first}\n1 c.wav\n")
+    with pytest.raises(TrialListError, match=f"{p}:2: expected .*'1 c.wav'"):
+        read_trial_indices(p)
+    p = _write(tmp_path, "0 c.wav\n")  # even as the only line
+    with pytest.raises(TrialListError, match=":1: expected"):
+        read_trial_indices(p)
+
+
+def test_mixed_labelled_and_unlabelled_refused(tmp_path):
+    p = _write(tmp_path, "a b\n# note\nc d\n1 a c\n")
+    with pytest.raises(TrialListError, match=f"{p}:4: mixes .*2 on line 1"):
+        read_trial_indices(p)
+    p = _write(tmp_path, "a b\n")
+    with pytest.raises(TrialListError, match=f"{p}:1: expected 'label"):
+        read_trials(p)  # read_trials wants labels
+    p = _write(tmp_path, "# only a comment\n\n")
+    with pytest.raises(TrialListError, match="no trials"):
+        read_trial_indices(p)
+
+
+def test_duplicates_counted_and_warned_once(tmp_path, caplog):
+    p = _write(tmp_path, "1 a b\n0 a c\n1 a b\n1 b a\n1 a b\n")
+    with caplog.at_level(logging.WARNING):
+        trials = read_trials(p)
+        e, t, lab, names = read_trial_indices(p)
+    assert len(trials) == 5 and lab.tolist() == [1, 0, 1, 1, 1]
+    msgs = [r.getMessage() for r in caplog.records]
+    assert (
+        msgs
+        == [
+            f"{p}: 2 duplicate trial(s) (an enrol-test pair "
+            "listed again); each is scored and counted"
+        ]
+        * 2
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        read_trials(_write(tmp_path, "1 a b\n1 b a\n"))
+    assert not caplog.records  # (a, b) and (b, a) are different trials
+
+
+def test_read_trial_indices_matches_read_trials(tmp_path):
+    rng = np.random.default_rng(0)
+    ids = [f"spk{u // 10:03d}/utt{u:05d}.wav" for u in range(200)]
+    pairs = rng.integers(0, 200, size=(30_000, 2))
+    labels = rng.integers(0, 2, size=30_000)
+    lines = [f"{x} {ids[a]} {ids[b]}\n" for x, (a, b) in zip(labels, pairs)]
+    lines.insert(12_345, "\n")
+    p = _write(tmp_path, "".join(lines))
+    index = {u: i for i, u in enumerate(ids)}
+    e, t, lab, names = read_trial_indices(p, index)
+    assert names is None and lab.dtype == np.int64
+    assert (
+        e.tolist() == pairs[:, 0].tolist()
+        and t.tolist() == pairs[:, 1].tolist()
+    )
+    assert lab.tolist() == labels.tolist()
+    ref = read_trials(p, as_ids=False)
+    e2, t2, lab2, names = read_trial_indices(p)  # rows by first appearance
+    assert [
+        (int(x), names[a], names[b]) for x, a, b in zip(lab2, e2, t2)
+    ] == ref
+    assert read_trial_indices(p, as_ids=True)[3][0] == utt_to_id(ref[0][1])
+    p = _write(tmp_path, f"1 {ids[0]} {ids[1]}\n\n0 {ids[0]} nope\n")
+    with pytest.raises(TrialListError, match=f"{p}:3: utterance 'nope' is not"):
+        read_trial_indices(p, index)
+
+
+def test_score_file_roundtrip_and_errors(tmp_path):
+    p = tmp_path / "scores.txt"
+    s = np.array([0.1234567890123, -2.5, 1e-12])
+    write_scores(p, ["a", "b", "c"], ["d", "e", "f"], s, [1, 0, 1])
+    e, t, got, lab = read_scores(p)
+    assert e == ["a", "b", "c"] and t == ["d", "e", "f"]
+    np.testing.assert_array_equal(got, s)  # repr: exact round trip
+    assert lab.tolist() == [1, 0, 1]
+    write_scores(p, ["a"], ["b"], [0.5])
+    _, _, got, lab = read_scores(p)
+    assert got.tolist() == [0.5] and lab is None
+    with pytest.raises(ValueError, match="must match"):
+        write_scores(p, ["a"], ["b", "c"], [0.5])
+    p.write_text("a b 1 0.5\nc d 0.25\n")
+    with pytest.raises(TrialListError, match=f"{p}:2: expected"):
+        read_scores(p)
+    p.write_text("a b 2 0.5\n")
+    with pytest.raises(TrialListError, match=f"{p}:1: bad number"):
+        read_scores(p)

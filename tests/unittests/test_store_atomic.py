@@ -1,0 +1,214 @@
+"""The embedding store: round trip, errors, and replacement as one unit
+(SIGKILL at every step of a replace, a full disk)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from dampit.metrics.embedding_store import (
+    EmbeddingStore,
+    EmbeddingStoreWriter,
+    save_embeddings,
+)
+
+OLD = (["a", "b"], np.ones((2, 4)), "a.wav\nb.wav\n")
+NEW = (["x", "y", "z"], np.full((3, 4), 7.0), "x.wav\ny.wav\nz.wav\n")
+
+
+def _save(folder, store):
+    ids, emb, paths = store
+    return save_embeddings(folder, ids, emb, files={"paths.txt": paths})
+
+
+def _is(folder, store):
+    """The store in ``folder`` is ``store``, all three files together."""
+    s = EmbeddingStore(folder, mmap=False)
+    ids, emb, paths = store
+    with open(os.path.join(folder, "paths.txt")) as f:
+        return (
+            s.ids == ids and (s.embeddings == emb).all() and f.read() == paths
+        )
+
+
+def test_roundtrip_mmap_and_plain_numpy(tmp_path):
+    rng = np.random.default_rng(0)
+    crops = rng.normal(size=(12, 10, 16))
+    ids = [f"id1/{u:03d} x.wav" for u in range(12)]  # spaces are fine
+    store = save_embeddings(tmp_path / "s", ids, torch.from_numpy(crops))
+    assert isinstance(store.embeddings, np.memmap)
+    assert (len(store), store.n_crops, store.dim) == (12, 10, 16)
+    np.testing.assert_array_equal(store[ids[4]], crops[4])
+    assert sorted(os.listdir(tmp_path / "s")) == ["embeddings.npy", "ids.txt"]
+    raw = np.load(tmp_path / "s" / "embeddings.npy")
+    np.testing.assert_array_equal(raw, crops)
+    one = save_embeddings(tmp_path / "t", ["a", "b"], torch.ones(2, 1, 8))
+    assert one.embeddings.shape == (2, 8) and one.n_crops is None
+    assert one.embeddings.dtype == np.float32
+    with pytest.raises(KeyError, match="'q' is not in the store"):
+        one["q"]
+
+
+def test_writer_failure_keeps_old_store(tmp_path):
+    _save(tmp_path / "s", OLD)
+    w = EmbeddingStoreWriter(tmp_path / "s", 3, (4,))
+    w.add_batch(["x"], np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="opened for 3 utterances but 1"):
+        w.close()
+    with pytest.raises(RuntimeError, match="boom"):
+        with EmbeddingStoreWriter(tmp_path / "s", 1, (4,)) as w2:
+            w2.add_batch(["y"], np.zeros((1, 4)))
+            raise RuntimeError("boom")
+    assert _is(tmp_path / "s", OLD)
+    assert os.listdir(tmp_path) == ["s"]  # no temp folder left
+
+
+def test_writer_errors(tmp_path):
+    with EmbeddingStoreWriter(tmp_path / "s", 3, (2, 4)) as w:
+        with pytest.raises(ValueError, match="shape"):
+            w.add_batch(["a"], np.zeros((1, 4)))
+        w.add_batch(["a"], np.zeros((1, 2, 4)))
+        with pytest.raises(ValueError, match="duplicate utterance ID 'a'"):
+            w.add_batch(["a"], np.zeros((1, 2, 4)))
+        with pytest.raises(ValueError, match="'b' has NaN"):
+            w.add_batch(["b"], np.full((1, 2, 4), np.nan))
+        with pytest.raises(ValueError, match="multi-line"):
+            w.add_batch(["c\nd"], np.zeros((1, 2, 4)))
+        with pytest.raises(ValueError, match="cannot be a store file"):
+            w.add_file("ids.txt", "")
+        w.add_batch(["b", "c"], np.ones((2, 2, 4)))
+    assert EmbeddingStore(tmp_path / "s").ids == ["a", "b", "c"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="other exists and is not an embed"):
+        EmbeddingStoreWriter(tmp_path / "other", 1, (4,))
+    assert os.listdir(tmp_path / "other") == ["notes.txt"]
+
+
+def test_inconsistent_or_missing_files_are_reported(tmp_path):
+    _save(tmp_path, OLD)
+    (tmp_path / "ids.txt").write_text("a\n")
+    with pytest.raises(ValueError, match=r"1 IDs in ids.txt, array of shape"):
+        EmbeddingStore(tmp_path)
+    os.remove(tmp_path / "ids.txt")
+    with pytest.raises(
+        ValueError, match=f"cannot read embedding store {tmp_path}"
+    ):
+        EmbeddingStore(tmp_path)
+
+
+# A child process replaces OLD by NEW and SIGKILLs itself just before its
+# k-th file-system step (a rename, fsync, rmtree, mkdir or fallocate).
+KILL_CHILD = textwrap.dedent(
+    """
+    import os, shutil, signal, sys
+    import numpy as np
+    from dampit.metrics.embedding_store import save_embeddings
+
+    k, calls = int(sys.argv[2]), [0]
+
+    def step(fn):
+        def run(*args, **kwargs):
+            if calls[0] == k:
+                os.kill(os.getpid(), signal.SIGKILL)
+            calls[0] += 1
+            return fn(*args, **kwargs)
+        return run
+
+    for mod, name in [(os, "rename"), (os, "fsync"), (os, "makedirs"),
+                      (os, "posix_fallocate"), (shutil, "rmtree")]:
+        setattr(mod, name, step(getattr(mod, name)))
+    save_embeddings(sys.argv[1], ["x", "y", "z"], np.full((3, 4), 7.0),
+                    files={"paths.txt": "x.wav\\ny.wav\\nz.wav\\n"})
+    """
+)
+
+
+def test_sigkill_at_every_step_leaves_old_or_new_store(tmp_path):
+    seen = []
+    for k in range(100):
+        folder = tmp_path / f"k{k}" / "store"
+        _save(folder, OLD)
+        r = subprocess.run(
+            [sys.executable, "-c", KILL_CHILD, str(folder), str(k)],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode in (0, -9), r.stderr
+        state = "old" if _is(folder, OLD) else "new" if _is(folder, NEW) else ""
+        assert state, f"killed at step {k}: neither the old nor the new store"
+        seen.append(state)
+        if r.returncode == 0:
+            break
+    # Many steps before the commit point, at least one after it, then done.
+    assert seen[0] == "old" and seen[-1] == "new" and len(seen) > 6, seen
+    assert seen == sorted(seen, key=("old", "new").index)
+    # A later write cleans what a killed one left.
+    _save(folder, OLD)
+    assert os.listdir(folder.parent) == ["store"] and _is(folder, OLD)
+
+
+def _assert_full_disk_refused(r, folder):
+    assert r.returncode == 3, (r.returncode, r.stderr)  # not SIGBUS (-7)
+    assert f"embedding store {folder}" in r.stdout
+    assert "No space left" in r.stdout or "too large" in r.stdout
+    assert _is(folder, OLD)
+    assert os.listdir(folder.parent) == ["store"]
+
+
+FULL_CHILD = textwrap.dedent(
+    """
+    import resource, sys
+    import numpy as np
+    from dampit.metrics.embedding_store import save_embeddings
+
+    if sys.argv[2] != "0":
+        lim = int(sys.argv[2])
+        resource.setrlimit(resource.RLIMIT_FSIZE, (lim, lim))
+    try:
+        save_embeddings(sys.argv[1], ["x"], np.ones((1, 10, 2**16)))
+    except OSError as err:
+        print(err)
+        sys.exit(3)
+    """
+)
+
+
+def test_file_size_limit_is_an_error_naming_the_store(tmp_path):
+    folder = tmp_path / "store"
+    _save(folder, OLD)
+    r = subprocess.run(
+        [sys.executable, "-c", FULL_CHILD, str(folder), str(2**20)],
+        capture_output=True,
+        text=True,
+    )
+    _assert_full_disk_refused(r, folder)
+
+
+def test_full_disk_is_an_error_naming_the_store(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode:
+        pytest.skip(f"cannot mount a 1 MB tmpfs: {r.stderr.strip()}")
+    try:
+        folder = disk / "store"
+        _save(folder, OLD)
+        r = subprocess.run(
+            [sys.executable, "-c", FULL_CHILD, str(folder), "0"],
+            capture_output=True,
+            text=True,
+        )
+        _assert_full_disk_refused(r, folder)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+        shutil.rmtree(disk, ignore_errors=True)
