@@ -1,35 +1,13 @@
 """Crash-safe SpeechBrain checkpoints: atomic saves, checked loads.
 
-SpeechBrain's :class:`~speechbrain.utils.checkpoints.Checkpointer` writes
-a checkpoint in place: it creates ``CKPT+<time>``, writes ``CKPT.yaml``
-*first*, then one ``<name>.ckpt`` per recoverable. A process killed during
-the save (SIGKILL, out of memory, a full disk, a pre-empted node) leaves a
-folder that looks complete -- it has ``CKPT.yaml`` -- but whose parameter
-files are missing or truncated; being the most recent, it is the one the
-next run tries to resume from, and the restart crashes (or, with
-``allow_partial_load``, silently resumes half a model).
-
-:class:`AtomicCheckpointer` is a drop-in replacement that
-
-- saves into a hidden temporary folder (``.tmp-CKPT+...``, which no
-  checkpointer lists), fsyncs every file, records each parameter file's
-  size in ``CKPT.yaml``, and only then renames the folder to
-  ``CKPT+...``: a checkpoint folder either appears whole or not at all;
-- lists only checkpoints whose ``CKPT.yaml`` parses and whose files match
-  the recorded sizes (others are skipped with a warning naming them);
-- loads tensors with ``torch.load(weights_only=True)`` (no unpickling of
-  arbitrary objects);
-- when recovering, falls back to the next candidate checkpoint if one
-  fails to load (a legacy half-written folder, a damaged file), with a
-  warning naming it, and raises one error listing all of them if none
-  loads.
-
-Use it in a recipe YAML exactly like SpeechBrain's::
-
-    checkpointer: !new:dampit.utils.checkpoints.AtomicCheckpointer
-        checkpoints_dir: !ref <save_folder>
-        recoverables:
-            embedding_model: !ref <embedding_model>
+SpeechBrain's Checkpointer writes ``CKPT.yaml`` first, then the parameter
+files: a save killed half-way leaves a checkpoint that looks whole.
+``AtomicCheckpointer`` (a drop-in replacement) saves into ``.tmp-CKPT+...``,
+which no checkpointer lists, records each file's size in ``CKPT.yaml``,
+fsyncs and renames; it lists only checkpoints whose files match, loads
+tensors with ``weights_only=True``, falls back to the next candidate when
+one does not load, and reports a failed save (full disk, read-only folder)
+as one error naming the folder.
 """
 
 import logging
@@ -42,7 +20,6 @@ import yaml
 from speechbrain.utils.checkpoints import (
     CKPT_PREFIX,
     DEFAULT_LOAD_HOOKS,
-    DEFAULT_SAVE_HOOKS,
     METAFNAME,
     PARAMFILE_EXT,
     Checkpoint,
@@ -51,58 +28,32 @@ from speechbrain.utils.checkpoints import (
     hook_on_loading_state_dict_checkpoint,
     torch_recovery,
 )
-from speechbrain.utils.distributed import (
-    ddp_barrier,
-    ddp_broadcast,
-    if_main_process,
-)
-
-__all__ = [
-    "AtomicCheckpointer",
-    "CheckpointLoadError",
-    "FILES_KEY",
-    "TMP_PREFIX",
-    "check_checkpoint_dir",
-    "torch_recovery_weights_only",
-]
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 logger = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
-OLD_PREFIX = ".old-"
 FILES_KEY = "dampit-files"
 
 
 class CheckpointLoadError(RuntimeError):
-    """No candidate checkpoint could be loaded; the message lists each one
-    with its error."""
+    """No candidate checkpoint loads; the message lists each one."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (full disk, no permission)."""
 
 
 def torch_recovery_weights_only(obj, path, end_of_epoch):
-    """Load a state dict with ``torch.load(weights_only=True)``.
-
-    Replaces SpeechBrain's ``torch_recovery`` (modules, optimizers,
-    schedulers, grad scalers): the same key patching and strict loading,
-    but a file holding anything other than tensors and plain containers
-    is refused instead of unpickled.
-
-    Arguments
-    ---------
-    obj : object
-        Anything with ``load_state_dict``.
-    path : str or os.PathLike
-        The ``.ckpt`` file.
-    end_of_epoch : bool
-        Unused (the signature of SpeechBrain's load hooks).
+    """SpeechBrain's ``torch_recovery`` with ``torch.load(weights_only=True)``.
 
     Example
     -------
-    >>> import tempfile, os
+    >>> import tempfile
     >>> p = os.path.join(tempfile.mkdtemp(), "lin.ckpt")
     >>> torch.save(torch.nn.Linear(2, 1).state_dict(), p)
     >>> torch_recovery_weights_only(torch.nn.Linear(2, 1), p, True)
     """
-    del end_of_epoch
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = hook_on_loading_state_dict_checkpoint(state)
     try:
@@ -112,39 +63,24 @@ def torch_recovery_weights_only(obj, path, end_of_epoch):
 
 
 def _fsync(path):
-    """fsync a file or a folder (best effort where folders cannot be)."""
-    flags = os.O_RDONLY
-    if os.path.isdir(path):
-        flags |= getattr(os, "O_DIRECTORY", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
+    """fsync a file or a folder."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
 
 
 def check_checkpoint_dir(path):
-    """Read a checkpoint folder and say what is wrong with it, if anything.
-
-    Arguments
-    ---------
-    path : str or os.PathLike
-        A ``CKPT+...`` folder.
+    """A checkpoint folder and what is wrong with it, if anything.
 
     Returns
     -------
-    checkpoint : speechbrain.utils.checkpoints.Checkpoint or None
-        The checkpoint (``path``, ``meta``, ``paramfiles``) when usable.
+    checkpoint : Checkpoint or None
+        When usable.
     problem : str or None
-        Why it is not usable: unreadable ``CKPT.yaml``, or a parameter
-        file missing or of another size than recorded at save time.
-        Folders written by SpeechBrain's own Checkpointer record no sizes;
-        only their ``CKPT.yaml`` is checked.
+        Unreadable ``CKPT.yaml``, or a file missing or of another size
+        than saved (SpeechBrain's own folders record no sizes).
 
     Example
     -------
@@ -158,50 +94,25 @@ def check_checkpoint_dir(path):
     """
     path = pathlib.Path(path)
     try:
-        with open(path / METAFNAME, encoding="utf-8") as f:
-            meta = yaml.load(f, Loader=yaml.SafeLoader)
+        meta = yaml.safe_load((path / METAFNAME).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         return None, f"{METAFNAME} unreadable ({err})"
     if not isinstance(meta, dict) or "unixtime" not in meta:
         return None, f"{METAFNAME} is incomplete: {meta!r}"
-    files = meta.get(FILES_KEY)
-    if files is not None:
-        if not isinstance(files, dict):
-            return None, f"{METAFNAME}: {FILES_KEY} is not a mapping"
-        for name, size in sorted(files.items()):
-            try:
-                got = (path / name).stat().st_size
-            except OSError:
-                return None, f"{name} is missing"
-            if got != size:
-                return None, f"{name} has {got} bytes, {size} were saved"
-    paramfiles = {
-        f.stem: f for f in path.iterdir() if f.suffix == PARAMFILE_EXT
-    }
-    return Checkpoint(path, meta, paramfiles), None
+    for name, size in sorted(dict(meta.get(FILES_KEY) or {}).items()):
+        got = (path / name).stat().st_size if (path / name).exists() else None
+        if got is None:
+            return None, f"{name} is missing"
+        if got != size:
+            return None, f"{name} has {got} bytes, {size} were saved"
+    files = {f.stem: f for f in path.iterdir() if f.suffix == PARAMFILE_EXT}
+    return Checkpoint(path, meta, files), None
 
 
 class AtomicCheckpointer(Checkpointer):
-    """A SpeechBrain Checkpointer whose saves are atomic.
+    """SpeechBrain's Checkpointer with atomic saves and checked loads.
 
-    Same arguments and methods as
-    :class:`speechbrain.utils.checkpoints.Checkpointer`; see the module
-    docstring for what differs (temporary folder + rename, size manifest,
-    checked listing, ``weights_only`` loading, fallback on a bad
-    checkpoint).
-
-    Arguments
-    ---------
-    checkpoints_dir : str or os.PathLike
-        Where the ``CKPT+...`` folders go.
-    recoverables : mapping, optional
-        Name -> object to save and recover.
-    custom_load_hooks : mapping, optional
-        Name -> load hook.
-    custom_save_hooks : mapping, optional
-        Name -> save hook.
-    allow_partial_load : bool
-        Skip recoverables missing from a checkpoint instead of raising.
+    Same arguments and methods as SpeechBrain's (see the module docstring).
 
     Example
     -------
@@ -211,145 +122,59 @@ class AtomicCheckpointer(Checkpointer):
     >>> ckpt = ckpter.save_checkpoint(meta={"EER": 3.1})
     >>> ckpt.path.name.startswith("CKPT+"), sorted(ckpt.paramfiles)
     (True, ['net'])
-    >>> with torch.no_grad():
-    ...     _ = net.weight.fill_(0.0)
     >>> ckpter.recover_if_possible(min_key="EER").meta["EER"]
     3.1
-    >>> bool(net.weight.abs().sum() > 0)
-    True
     """
 
-    def __init__(
-        self,
-        checkpoints_dir,
-        recoverables=None,
-        custom_load_hooks=None,
-        custom_save_hooks=None,
-        allow_partial_load=False,
-    ):
-        super().__init__(
-            checkpoints_dir,
-            recoverables=recoverables,
-            custom_load_hooks=custom_load_hooks,
-            custom_save_hooks=custom_save_hooks,
-            allow_partial_load=allow_partial_load,
-        )
-        self._reported = set()
+    def _new_checkpoint_dirpath(self):
+        final = super()._new_checkpoint_dirpath()
+        return final.with_name(TMP_PREFIX + final.name)
 
-    # ------------------------------------------------------------ saving
+    def _custom_checkpoint_dirpath(self, name):
+        return self.checkpoints_dir / f"{TMP_PREFIX}{CKPT_PREFIX}+{name}"
 
     def save_checkpoint(
         self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO
     ):
-        """Save a checkpoint atomically (temporary folder, then rename).
-
-        Arguments
-        ---------
-        meta : mapping
-            Added to ``CKPT.yaml`` (``unixtime``, ``end-of-epoch`` and the
-            file sizes under ``dampit-files`` are added too).
-        end_of_epoch : bool
-            Whether the checkpoint is at the end of an epoch.
-        name : str, optional
-            A custom name (``CKPT+<name>``); default: a timestamp.
-        verbosity : int
-            Logging level of the "saved" message.
-
-        Returns
-        -------
-        speechbrain.utils.checkpoints.Checkpoint or None
-            The saved checkpoint (None on processes other than the main).
-        """
-        final = tmp = None
+        """SpeechBrain's save into a temporary folder, then a rename."""
         if if_main_process():
-            self._remove_stale_temporaries()
-            if name is None:
-                final = self._new_checkpoint_dirpath()
-            else:
-                final = self._custom_checkpoint_dirpath(name)
-            tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp)
-        final, tmp = ddp_broadcast((final, tmp), src=0)
-
-        paramfiles = {}
-        for key, obj in self.recoverables.items():
-            hook = self.custom_save_hooks.get(key)
-            if hook is None:
-                hook = get_default_hook(obj, DEFAULT_SAVE_HOOKS)
-            if hook is None:
-                raise RuntimeError(
-                    f"Don't know how to save {type(obj)} ('{key}'): register "
-                    "a default hook or give a custom save hook."
-                )
-            hook(obj, tmp / f"{key}{PARAMFILE_EXT}")
-            paramfiles[key] = final / f"{key}{PARAMFILE_EXT}"
-        ddp_barrier()  # every rank's files are in tmp
-
-        saved_meta = None
-        if if_main_process():
-            files = {}
+            for old in self.checkpoints_dir.glob(TMP_PREFIX + "*"):
+                logger.warning("removing %s, left by a killed save", old)
+                shutil.rmtree(old, ignore_errors=True)
+        try:
+            ckpt = super().save_checkpoint(meta, end_of_epoch, name, 0)
+            ddp_barrier()
+            if ckpt is None:  # not the main process
+                return None
+            tmp = ckpt.path
+            sizes = {}
             for f in sorted(tmp.iterdir()):
                 _fsync(f)
-                files[f.name] = f.stat().st_size
-            saved_meta = self._save_checkpoint_metafile(
-                tmp / METAFNAME,
-                {**meta, FILES_KEY: files},
-                end_of_epoch,
+                sizes[f.name] = f.stat().st_size
+            del sizes[METAFNAME]
+            saved = self._save_checkpoint_metafile(
+                tmp / METAFNAME, {**meta, FILES_KEY: sizes}, end_of_epoch
             )
             _fsync(tmp / METAFNAME)
-            _fsync(tmp)
-            self._publish(tmp, final)
-            ckpt_type = "end-of-epoch" if end_of_epoch else "intra-epoch"
-            logger.log(
-                verbosity, "Saved an %s checkpoint in %s", ckpt_type, final
-            )
-        ddp_barrier()
-        if if_main_process():
-            return Checkpoint(final, saved_meta, paramfiles)
-        return None
-
-    def _publish(self, tmp, final):
-        """Rename ``tmp`` to ``final``; an older ``final`` (custom names)
-        is moved aside first and removed after."""
-        old = None
-        if final.exists():
-            old = final.with_name(f"{OLD_PREFIX}{final.name}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(final, old)
-        os.rename(tmp, final)
-        _fsync(self.checkpoints_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def _remove_stale_temporaries(self):
-        """Delete temporary folders left by a save that was killed, and put
-        back a checkpoint moved aside by a killed ``_publish``."""
-        for entry in self.checkpoints_dir.iterdir():
-            if entry.name.startswith(TMP_PREFIX + CKPT_PREFIX):
-                logger.warning(
-                    "removing %s, left by a checkpoint save that did not "
-                    "finish",
-                    entry,
-                )
-                shutil.rmtree(entry, ignore_errors=True)
-            elif entry.name.startswith(OLD_PREFIX + CKPT_PREFIX):
-                target = entry.with_name(entry.name[len(OLD_PREFIX) :])
-                if target.exists():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    os.rename(entry, target)
-
-    # ----------------------------------------------------------- listing
+            final = tmp.with_name(tmp.name[len(TMP_PREFIX) :])
+            if final.exists():  # a custom name saved again
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            _fsync(self.checkpoints_dir)
+        except (OSError, RuntimeError) as err:
+            if not isinstance(err, OSError) and "write" not in str(err):
+                raise  # a bug, not the disk
+            free = shutil.disk_usage(self.checkpoints_dir).free // 2**20
+            raise CheckpointSaveError(
+                f"cannot save a checkpoint in {self.checkpoints_dir} "
+                f"({free} MiB free): {getattr(err, 'strerror', None) or err}"
+            ) from err
+        logger.log(verbosity, "Saved a checkpoint in %s", final)
+        files = {k: final / p.name for k, p in ckpt.paramfiles.items()}
+        return Checkpoint(final, saved, files)
 
     def list_checkpoints(self):
-        """List the usable checkpoints; skip (with a warning) broken ones.
-
-        Returns
-        -------
-        list
-            Checkpoint namedtuples (``path``, ``meta``, ``paramfiles``).
-        """
+        """The usable checkpoints; broken ones are skipped with a warning."""
         found = []
         for path in self._list_checkpoint_dirs():
             ckpt, problem = check_checkpoint_dir(path)
@@ -361,11 +186,10 @@ class AtomicCheckpointer(Checkpointer):
 
     def _report(self, key, msg):
         """Warn once per checkpoint."""
-        if key not in self._reported:
-            self._reported.add(key)
+        reported = self.__dict__.setdefault("_reported", set())
+        if key not in reported:
+            reported.add(key)
             logger.warning(msg)
-
-    # ----------------------------------------------------------- loading
 
     def recover_if_possible(
         self,
@@ -374,85 +198,32 @@ class AtomicCheckpointer(Checkpointer):
         min_key=None,
         ckpt_predicate=None,
     ):
-        """Load the best usable checkpoint, falling back on failure.
-
-        Candidates are ranked as by SpeechBrain (most recent by default,
-        or by ``importance_key`` / ``max_key`` / ``min_key``); one that
-        fails to load is reported and the next one is tried.
-
-        Arguments
-        ---------
-        importance_key : callable, optional
-            Higher is better.
-        max_key : str, optional
-            Meta key whose highest value wins.
-        min_key : str, optional
-            Meta key whose lowest value wins.
-        ckpt_predicate : callable, optional
-            Filter on the candidates.
-
-        Returns
-        -------
-        speechbrain.utils.checkpoints.Checkpoint or None
-            The loaded checkpoint, or None when there is none.
-
-        Raises
-        ------
-        CheckpointLoadError
-            When there are candidates and none of them loads.
-        """
+        """Load the best candidate; one that fails is reported, the next
+        tried; ``CheckpointLoadError`` when none loads."""
         candidates = self.find_checkpoints(
-            importance_key=importance_key,
-            max_key=max_key,
-            min_key=min_key,
-            ckpt_predicate=ckpt_predicate,
+            importance_key, max_key, min_key, ckpt_predicate
         )
-        if not candidates:
-            logger.info("Would load a checkpoint here, but none found yet.")
-            return None
         failures = []
         for ckpt in candidates:
             try:
                 self.load_checkpoint(ckpt)
+                return ckpt
             except Exception as err:  # any damage: try the next one
                 failures.append(f"{ckpt.path}: {type(err).__name__}: {err}")
-                self._report(
-                    ckpt.path,
-                    f"cannot load checkpoint {ckpt.path} ({err}); trying "
-                    "the next one",
-                )
-                continue
-            return ckpt
-        raise CheckpointLoadError(
-            f"none of the {len(candidates)} checkpoint(s) in "
-            f"{self.checkpoints_dir} loads:\n  " + "\n  ".join(failures)
-        )
+                self._report(ckpt.path, f"cannot load {failures[-1]}")
+        if failures:
+            raise CheckpointLoadError(
+                f"none of the {len(failures)} checkpoint(s) in "
+                f"{self.checkpoints_dir} loads:\n  " + "\n  ".join(failures)
+            )
+        logger.info("no checkpoint in %s yet", self.checkpoints_dir)
+        return None
 
     def _call_load_hooks(self, checkpoint):
-        """SpeechBrain's hook dispatch, with ``weights_only`` loading for
-        every object SpeechBrain would load with ``torch_recovery``."""
-        logger.info("Loading a checkpoint from %s", checkpoint.path)
-        end_of_epoch = checkpoint.meta["end-of-epoch"]
+        """SpeechBrain's loading, ``weights_only`` for its torch objects."""
         for key, obj in self.recoverables.items():
-            path = checkpoint.paramfiles.get(key)
-            if path is None:
-                optional = self.optional_recoverables.get(key)
-                if self.allow_partial_load or optional or "dataloader" in key:
-                    logger.warning(
-                        "%s has no '%s'; skipped", checkpoint.path, key
-                    )
-                    continue
-                raise RuntimeError(
-                    f"checkpoint {checkpoint.path} has no file for '{key}'"
+            if get_default_hook(obj, DEFAULT_LOAD_HOOKS) is torch_recovery:
+                self.custom_load_hooks.setdefault(
+                    key, torch_recovery_weights_only
                 )
-            hook = self.custom_load_hooks.get(key)
-            if hook is None:
-                hook = get_default_hook(obj, DEFAULT_LOAD_HOOKS)
-                if hook is torch_recovery:
-                    hook = torch_recovery_weights_only
-            if hook is None:
-                raise RuntimeError(
-                    f"Don't know how to load {type(obj)} ('{key}'): register "
-                    "a default hook or give a custom load hook."
-                )
-            hook(obj, path, end_of_epoch)
+        super()._call_load_hooks(checkpoint)

@@ -1,115 +1,88 @@
-"""Hyperparameter files that extend a base file.
+"""Recipe variants: a file that names its base and lists what it changes.
 
-A recipe variant (an ablation, a small configuration) should not copy the
-base YAML. dampit's variants are short files that name their base and list
-only what they change::
+A variant holds HyperPyYAML overrides of its base, tags included::
 
-    # hparams/ablations/softmax_triplet.yaml
-    extends: ../multi_metric.yaml
-    experiment: softmax_triplet
-    w_npair: 0.0
-    w_angular: 0.0
+    extends: ../multi_metric.yaml      # hparams/ablations/no_gates.yaml
+    gate: none
 
-``load_hparams`` reads such a file, merges its keys with command-line
-overrides (the command line wins) and loads the base with HyperPyYAML, so
-``!ref`` values in the base see the variant's values. Bases may extend
-other bases. A variant holds plain YAML values (numbers, strings, lists,
-mappings); anything with tags belongs in the base.
+``load_hparams`` reads each variant once with ruamel (as HyperPyYAML reads
+command-line overrides), puts the command line on top and loads the base
+once with ``load_hyperpyyaml``; a file without an ``extends:`` line is a
+base and is not read here.
 """
 
 import os
 
-import yaml
+import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml
+from hyperpyyaml.core import recursive_update
 
 EXTENDS_KEY = "extends"
 
 
 def resolve_variant(hparams_file, overrides=None):
-    """Follow ``extends:`` links down to the base file.
+    """Follow ``extends:`` down to the base; merge the variants' keys.
 
     Arguments
     ---------
-    hparams_file : str
-        A YAML file, either a full HyperPyYAML file or a variant.
-    overrides : dict, str or None
-        Overrides from the command line (YAML string or dict); they take
-        precedence over the variant's values.
+    hparams_file : str or os.PathLike
+        A HyperPyYAML file or a variant of one.
+    overrides : str, dict or None
+        Command-line overrides (they win over the variants' values).
 
     Returns
     -------
     base_file : str
         The HyperPyYAML file to load.
     merged : dict
-        The variant's keys and the overrides merged, outermost last.
+        Overrides for it: the variants' keys, outermost last, then
+        ``overrides``.
 
     Example
     -------
     >>> import os, tempfile
     >>> d = tempfile.mkdtemp()
-    >>> with open(os.path.join(d, "base.yaml"), "w") as f:
-    ...     _ = f.write("a: 1\\nb: !ref <a>\\n")
-    >>> with open(os.path.join(d, "v.yaml"), "w") as f:
-    ...     _ = f.write("extends: base.yaml\\na: 2\\n")
-    >>> base, merged = resolve_variant(os.path.join(d, "v.yaml"), "a: 3")
-    >>> os.path.basename(base), merged
-    ('base.yaml', {'a': 3})
+    >>> _ = open(os.path.join(d, "base.yaml"), "w").write("a: 1\\nb: 2\\n")
+    >>> _ = open(os.path.join(d, "v.yaml"), "w").write(
+    ...     "extends: base.yaml\\na: !ref <b>\\n")
+    >>> base, merged = resolve_variant(os.path.join(d, "v.yaml"), "b: 3")
+    >>> os.path.basename(base), merged["a"].tag.value, merged["b"]
+    ('base.yaml', '!ref', 3)
     """
-    if isinstance(overrides, str):
-        overrides = yaml.safe_load(overrides) or {}
-    overrides = dict(overrides or {})
-    chain = []
-    current = os.path.abspath(hparams_file)
+    loader = ruamel.yaml.YAML()
+    chain, current = [], os.path.abspath(hparams_file)
     while True:
-        if current in (c for c, _ in chain):
-            raise ValueError(f"{hparams_file}: 'extends' loop at {current}")
-        variant = _read_variant(current)
-        if variant is None:
+        with open(current, encoding="utf-8") as f:
+            text = f.read()
+        lines = text.splitlines()
+        if not any(line.startswith(EXTENDS_KEY + ":") for line in lines):
             break
-        chain.append((current, variant))
+        variant = loader.load(text)
         base = variant.pop(EXTENDS_KEY)
-        if not isinstance(base, str):
-            raise ValueError(f"{current}: 'extends' must be a file name")
-        current = os.path.normpath(os.path.join(os.path.dirname(current), base))
-        if not os.path.isfile(current):
-            raise FileNotFoundError(
-                f"{chain[-1][0]}: extends {base}, but {current} does not exist"
-            )
+        chain.append(variant)
+        nxt = os.path.normpath(os.path.join(os.path.dirname(current), base))
+        if not os.path.isfile(nxt):
+            raise FileNotFoundError(f"{current}: extends {base}: no such file")
+        if len(chain) > 20:
+            raise ValueError(f"{hparams_file}: 'extends' loop at {current}")
+        current = nxt
     merged = {}
-    for _, variant in reversed(chain):
-        merged.update(variant)
-    merged.update(overrides)
+    for variant in reversed(chain):
+        recursive_update(merged, variant)
+    if isinstance(overrides, str):
+        overrides = loader.load(overrides)
+    recursive_update(merged, overrides or {})
     return current, merged
 
 
-def _read_variant(path):
-    """Return the variant's keys if ``path`` is a variant, else None."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if not any(
-        line.startswith(EXTENDS_KEY + ":") for line in text.splitlines()
-    ):
-        return None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ValueError(
-            f"{path}: a variant file ('{EXTENDS_KEY}:') may only hold plain "
-            f"YAML values, no tags; put tagged objects in the base ({err})"
-        ) from err
-    if not isinstance(data, dict) or EXTENDS_KEY not in data:
-        return None
-    return data
-
-
 def load_hparams(hparams_file, overrides=None):
-    """Load a HyperPyYAML file or a variant of one.
+    """Load a HyperPyYAML file or a variant of one (objects built once).
 
     Arguments
     ---------
-    hparams_file : str
+    hparams_file : str or os.PathLike
         A HyperPyYAML file or a variant (``extends: base.yaml``).
-    overrides : dict, str or None
+    overrides : str, dict or None
         Command-line overrides.
 
     Returns
@@ -117,7 +90,7 @@ def load_hparams(hparams_file, overrides=None):
     hparams : dict
         The loaded hyperparameters.
     base_file : str
-        The HyperPyYAML file that was loaded.
+        The HyperPyYAML file loaded.
     merged : dict
         The overrides applied to it (to save beside the experiment).
 
@@ -125,12 +98,11 @@ def load_hparams(hparams_file, overrides=None):
     -------
     >>> import os, tempfile
     >>> d = tempfile.mkdtemp()
-    >>> with open(os.path.join(d, "base.yaml"), "w") as f:
-    ...     _ = f.write("a: 1\\nb: !ref <a> * 10\\n")
-    >>> with open(os.path.join(d, "v.yaml"), "w") as f:
-    ...     _ = f.write("extends: base.yaml\\na: 2\\n")
-    >>> hp, _, _ = load_hparams(os.path.join(d, "v.yaml"))
-    >>> hp["b"]
+    >>> _ = open(os.path.join(d, "base.yaml"), "w").write(
+    ...     "a: 1\\nb: !ref <a> * 10\\n")
+    >>> _ = open(os.path.join(d, "v.yaml"), "w").write(
+    ...     "extends: base.yaml\\na: 2\\n")
+    >>> load_hparams(os.path.join(d, "v.yaml"))[0]["b"]
     20
     """
     base_file, merged = resolve_variant(hparams_file, overrides)

@@ -1,0 +1,181 @@
+"""Start a recipe run: check, lock, prepare the data, load the YAML once.
+
+The data keys are read plainly first (references resolved, no object
+built), so that the number of training speakers is known before the one
+``load_hyperpyyaml`` that builds the modules (``n_speakers`` override).
+"""
+
+import atexit
+import logging
+import os
+import sys
+import types
+
+import ruamel.yaml
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml, resolve_references
+from speechbrain.utils.distributed import if_main_process, run_on_main
+
+from dampit.dataio.prepare_folder import DataPreparationError, prepare_folder
+from dampit.dataio.prepare_voxceleb import prepare_voxceleb
+from dampit.dataio.trials import TrialListError
+from dampit.recipe.run_lock import RunLock, RunLockError
+from dampit.utils.checkpoints import CheckpointLoadError, CheckpointSaveError
+from dampit.utils.hparams import resolve_variant
+
+logger = logging.getLogger(__name__)
+
+
+class RecipeError(ValueError):
+    """A bad argument or data folder, reported in one line."""
+
+
+USER_ERRORS = (
+    RecipeError,
+    RunLockError,
+    DataPreparationError,
+    TrialListError,
+    CheckpointLoadError,
+    CheckpointSaveError,
+)
+
+
+def check_arguments(hp, hparams_file):
+    """Refuse bad arguments before any work (one-line ``RecipeError``).
+
+    Arguments
+    ---------
+    hp : dict
+        The plainly read hyperparameters.
+    hparams_file : str
+        For the messages.
+    """
+    folder = hp.get("data_folder")
+    if not isinstance(folder, str) or not os.path.isdir(folder):
+        raise RecipeError(
+            f"{hparams_file}: data_folder={folder}: no such folder"
+        )
+    n = hp.get("average_checkpoints", 1)
+    if not isinstance(n, int) or n < 1:
+        raise RecipeError(
+            f"{hparams_file}: average_checkpoints must be >= 1, got {n}"
+        )
+    out = os.path.abspath(hp["output_folder"])
+    parent = out
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RecipeError(f"output_folder={out}: {parent} is not writable")
+
+
+def prepare_data(hp):
+    """Write (once) the manifests and trial lists; return their paths.
+
+    Arguments
+    ---------
+    hp : dict
+        ``data_layout`` ("voxceleb" or "folder"), ``data_folder``,
+        ``prep_folder``, ``skip_bad_files``, ``P`` (the fewest training
+        speakers) and the layout's keys.
+
+    Returns
+    -------
+    dict
+        ``train``, ``dev``, ``test`` manifests, ``trials`` (name -> file)
+        and ``n_train_speakers``.
+    """
+    if hp["data_layout"] == "voxceleb":
+        vox = [
+            os.path.join(hp["data_folder"], hp[k])
+            for k in ("vox1_subdir", "vox2_subdir")
+        ]
+        s = prepare_voxceleb(
+            save_folder=hp["prep_folder"],
+            vox1_folder=vox[0] if os.path.isdir(vox[0]) else None,
+            vox2_folder=vox[1] if os.path.isdir(vox[1]) else None,
+            trial_lists=list(hp["trial_lists"]),
+            train_sets=list(hp["train_sets"]),
+            skip_bad=hp["skip_bad_files"],
+            min_speakers=int(hp["P"]),
+        )
+    elif hp["data_layout"] == "folder":
+        s = prepare_folder(
+            data_folder=hp["data_folder"],
+            save_folder=hp["prep_folder"],
+            n_test_speakers=hp["n_test_speakers"],
+            seed=0,
+            skip_bad=hp["skip_bad_files"],
+            min_speakers=int(hp["P"]),
+        )
+    else:
+        raise RecipeError(
+            f"data_layout={hp['data_layout']}: use voxceleb or folder"
+        )
+    trials = (
+        s["trials"]
+        if isinstance(s["trials"], dict)
+        else {"trials": s["trials"]}
+    )
+    return {
+        "train": s["train_csv"],
+        "dev": s["dev_csv"],
+        "test": s["test_csv"],
+        "trials": trials,
+        "n_train_speakers": s["n_train_speakers"],
+    }
+
+
+def start_run(argv):
+    """Parse the command line, check, lock, prepare, load the YAML once.
+
+    The main process holds the output folder's ``RunLock`` until exit.
+    ``n_speakers`` is set to the number of training speakers.
+
+    Arguments
+    ---------
+    argv : list of str
+        ``hparams_file`` and SpeechBrain's arguments and overrides.
+
+    Returns
+    -------
+    types.SimpleNamespace
+        ``hparams``, ``run_opts``, ``data`` (:func:`prepare_data`),
+        ``hparams_file``, ``base_file`` and ``overrides`` (to save).
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    base_file, merged = resolve_variant(hparams_file, overrides)
+    with open(base_file, encoding="utf-8") as f:
+        plain = ruamel.yaml.YAML().load(resolve_references(f, merged))
+    check_arguments(plain, hparams_file)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    if if_main_process():
+        lock = RunLock(plain["output_folder"]).acquire()
+        atexit.register(lock.release)
+    run_on_main(prepare_data, kwargs={"hp": plain})
+    data = prepare_data(plain)  # every rank reads the cached result
+    if data["n_train_speakers"] != plain["n_speakers"]:
+        logger.info(
+            "n_speakers=%d: the training speakers (%s says %s)",
+            data["n_train_speakers"],
+            hparams_file,
+            plain["n_speakers"],
+        )
+    merged["n_speakers"] = data["n_train_speakers"]
+    with open(base_file, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f, merged)
+    return types.SimpleNamespace(
+        hparams=hparams,
+        run_opts=run_opts,
+        data=data,
+        hparams_file=hparams_file,
+        base_file=base_file,
+        overrides=merged,
+    )
+
+
+def run_script(main):
+    """Run ``main(sys.argv[1:])``; a user error exits with one line."""
+    try:
+        main(sys.argv[1:])
+    except USER_ERRORS as err:
+        sys.exit(f"error: {err}")

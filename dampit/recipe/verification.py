@@ -1,0 +1,255 @@
+"""Verify a trained model on the test trials: weights, embeddings, reports.
+
+Whole-utterance and ``n_test_crops`` crop embeddings of the test set
+(``DynamicItemDataset`` + a ``DataLoader`` with ``num_workers``), stored
+under ``<output_folder>/verification``, then three scorings per trial
+list (cosine of whole utterances, the paper's multi-crop dot and cosine
+in closed form, AS-norm on request) with EER, minDCF, DET and histogram.
+"""
+
+import json
+import logging
+import os
+
+import numpy as np
+import speechbrain as sb
+import torch
+from tqdm import tqdm
+
+from dampit.dataio.audio import load_audio
+from dampit.dataio.crops import eval_crops
+from dampit.dataio.trials import read_trials
+from dampit.metrics import multicrop
+from dampit.metrics.asnorm import as_norm
+from dampit.metrics.embedding_store import save_embeddings
+from dampit.metrics.plots import write_report
+from dampit.utils.atomic import atomic_write_text
+from dampit.utils.checkpoint_averaging import (
+    average_weights,
+    select_test_checkpoints,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def load_test_weights(checkpointer, hparams, out):
+    """Load the tested weights; list their checkpoints in ``checkpoints.txt``.
+
+    ``average_checkpoints: 1``: the checkpoint with the lowest validation
+    EER; ``N > 1``: the newest checkpoint, then the network's weights
+    averaged over the N newest end-of-epoch ones.
+
+    Arguments
+    ---------
+    checkpointer : speechbrain.utils.checkpoints.Checkpointer
+        The run's checkpointer.
+    hparams : dict
+        ``average_checkpoints`` and ``embedding_model``.
+    out : str
+        The verification folder.
+
+    Returns
+    -------
+    list
+        The checkpoints used (empty: none, the current weights are tested).
+    """
+    n = int(hparams.get("average_checkpoints", 1))
+    if n == 1:
+        best = checkpointer.recover_if_possible(min_key="EER")
+        used = [best] if best is not None else []
+    else:
+        checkpointer.recover_if_possible()  # every module, newest
+        used = select_test_checkpoints(checkpointer, n)
+        if used:
+            hparams["embedding_model"].load_state_dict(
+                average_weights(used, "embedding_model")
+            )
+    if not used:
+        logger.warning("no checkpoint found: testing the current weights")
+    logger.info("testing %s", ", ".join(str(c.path) for c in used))
+    os.makedirs(out, exist_ok=True)
+    text = "".join(f"{c.path}\n" for c in used)
+    atomic_write_text(os.path.join(out, "checkpoints.txt"), text)
+    return used
+
+
+def utterance_loader(hparams, csv_path, ids, n_crops=0):
+    """A DataLoader of whole utterances (``sig``) and their crops.
+
+    Arguments
+    ---------
+    hparams : dict
+        ``data_folder``, ``sample_rate``, ``hop_length``,
+        ``test_crop_frames``, ``test_batch_size``, ``num_workers``.
+    csv_path : str
+        A prepared manifest (``ID, duration, wav, start, stop, spk_id``).
+    ids : set of str
+        The utterances to load.
+    n_crops : int
+        Evenly spaced crops per utterance (``crops``; 0: none).
+
+    Returns
+    -------
+    torch.utils.data.DataLoader
+        Batches sorted by duration (``id``, ``sig``, ``crops``).
+    """
+    sr = int(hparams["sample_rate"])
+    crop = (int(hparams["test_crop_frames"]) - 1) * int(hparams["hop_length"])
+    data = sb.dataio.dataset.DynamicItemDataset.from_csv(
+        csv_path, replacements={"data_root": hparams["data_folder"]}
+    )
+    data = data.filtered_sorted(
+        key_test={"id": lambda uid: uid in ids}, sort_key="duration"
+    )
+
+    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+    @sb.utils.data_pipeline.provides("sig", "crops")
+    def audio(wav, start, stop):
+        sig = load_audio(wav, sr, start=int(start), stop=int(stop))
+        yield sig
+        yield eval_crops(sig, max(1, n_crops), crop)
+
+    data.add_dynamic_item(audio)
+    data.set_output_keys(["id", "sig"] + (["crops"] if n_crops else []))
+    return sb.dataio.dataloader.make_dataloader(
+        data,
+        batch_size=int(hparams["test_batch_size"]),
+        num_workers=int(hparams["num_workers"]),
+    )
+
+
+@torch.no_grad()
+def embed(embed_fn, loader, hop_length, device, progress=True):
+    """Embeddings of every utterance of a loader, whole and cropped.
+
+    Padded utterances get frame-exact relative lengths,
+    ``(1 + n // hop) / (1 + N // hop)``: each embeds as it would alone.
+
+    Arguments
+    ---------
+    embed_fn : callable
+        ``(wavs [B, N], lens [B]) -> [B, 1, D]``.
+    loader : DataLoader
+        From :func:`utterance_loader`.
+    hop_length : int
+        The features' hop.
+    device : str or torch.device
+        Where the batches go.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    ids : list of str
+    full : numpy.ndarray
+        [U, D].
+    crops : numpy.ndarray or None
+        [U, n_crops, D].
+    """
+    ids, full, crops = [], [], []
+
+    def run(wavs, lens):
+        emb = embed_fn(wavs.to(device), lens.to(device))
+        return emb.reshape(len(wavs), -1).float().cpu().numpy()
+
+    for batch in tqdm(loader, desc="embedding", disable=not progress):
+        wavs, rel = batch.sig
+        frames = 1 + torch.round(rel * wavs.shape[1]).long() // hop_length
+        full.append(run(wavs, frames / (1 + wavs.shape[1] // hop_length)))
+        ids += batch.id
+        if getattr(batch, "crops", None) is not None:
+            cuts = batch.crops.data
+            flat = cuts.reshape(-1, cuts.shape[-1])
+            emb = run(flat, torch.ones(len(flat)))
+            crops.append(emb.reshape(cuts.shape[0], cuts.shape[1], -1))
+    crops = np.concatenate(crops) if crops else None
+    return ids, np.concatenate(full), crops
+
+
+def verify(embed_fn, hparams, data, device, progress=True):
+    """Embed the test set, score every trial list, write the reports.
+
+    Arguments
+    ---------
+    embed_fn : callable
+        ``(wavs, lens) -> [B, 1, D]``, in evaluation mode.
+    hparams : dict
+        The recipe's hyperparameters.
+    data : dict
+        The prepared data (``test``, ``train``, ``trials``).
+    device : str or torch.device
+        Where the batches go.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        ``<list>/<scoring>`` -> metrics (also in ``summary.json``).
+    """
+    out = os.path.join(hparams["output_folder"], "verification")
+    trial_sets = {
+        name: read_trials(path) for name, path in data["trials"].items()
+    }
+    needed = {u for ts in trial_sets.values() for t in ts for u in t[1:]}
+    hop = int(hparams["hop_length"])
+    n_crops = int(hparams["n_test_crops"])
+    loader = utterance_loader(hparams, data["test"], needed, n_crops)
+    ids, full, crops = embed(embed_fn, loader, hop, device, progress)
+    missing = sorted(needed - set(ids))
+    if missing:
+        raise ValueError(f"{data['test']}: trials name unknown {missing[:3]}")
+    save_embeddings(os.path.join(out, "embeddings_full"), ids, full)
+    save_embeddings(os.path.join(out, "embeddings_crops"), ids, crops)
+    full = multicrop.ScoringVectors.from_embeddings(full, "cosine")
+    crops = {
+        m: multicrop.ScoringVectors.from_embeddings(crops, m)
+        for m in ("dot", "cosine")
+    }
+    cohort = None
+    if hparams.get("score_norm") == "as-norm":
+        pick = _cohort_ids(data["train"], int(hparams["cohort_size"]))
+        loader = utterance_loader(hparams, data["train"], pick)
+        cohort = embed(embed_fn, loader, hop, device, progress)[1]
+    index = {uid: k for k, uid in enumerate(ids)}
+    results = {}
+    for list_name, trials in trial_sets.items():
+        enrol = np.array([index[t[1]] for t in trials])
+        test = np.array([index[t[2]] for t in trials])
+        methods = {"full_cosine": full.score_pairs(enrol, test)}
+        for m, vectors in crops.items():
+            methods[f"multicrop_{m}"] = vectors.score_pairs(enrol, test)
+        if cohort is not None:
+            methods["full_cosine_asnorm"] = as_norm(
+                methods["full_cosine"],
+                enrol,
+                test,
+                full,
+                cohort,
+                top_k=int(hparams["asnorm_top_k"]),
+            )
+        for name, scores in methods.items():
+            results[f"{list_name}/{name}"] = write_report(
+                scores,
+                np.array([t[0] for t in trials]),
+                os.path.join(out, list_name),
+                name,
+                trial_ids=[(t[1], t[2]) for t in trials],
+            )
+    text = json.dumps(results, indent=2)
+    atomic_write_text(os.path.join(out, "summary.json"), text)
+    for key, res in results.items():
+        print(
+            f"[dampit] {key}: EER {100 * res['eer']:.2f}% "
+            f"minDCF(0.01) {res['min_dcf_0.01']:.4f} "
+            f"({res['n_target']} target / {res['n_nontarget']} non-target)"
+        )
+    return results
+
+
+def _cohort_ids(csv_path, size):
+    """``size`` training utterances drawn with seed 0 (the AS-norm cohort)."""
+    rows = sb.dataio.dataio.load_data_csv(csv_path)
+    ids = list(rows)
+    pick = np.random.default_rng(0).permutation(len(ids))[:size]
+    return {ids[k] for k in pick}
