@@ -24,28 +24,20 @@ def corpora(draw):
     return [labels[i] for i in perm]
 
 
-def _usable(labels, K, small_classes):
+def _usable(labels, K):
     counts = collections.Counter(labels)
-    need = K if small_classes == "skip" else 1
-    return {s for s, c in counts.items() if c >= need}
+    return {s for s, c in counts.items() if c >= K}
 
 
-def _check_batch(batch, labels, P, K, small_classes):
+def _check_batch(batch, labels, P, K):
     assert len(batch) == P * K
     spk = [labels[i] for i in batch]
     blocks = [spk[j * K : (j + 1) * K] for j in range(P)]
     for block in blocks:  # speaker-major: K of the same speaker in a row
         assert len(set(block)) == 1
     assert len({b[0] for b in blocks}) == P  # no speaker twice
-    counts = collections.Counter(labels)
-    for j, block in enumerate(blocks):
-        utts = batch[j * K : (j + 1) * K]
-        if counts[block[0]] >= K or small_classes == "skip":
-            assert len(set(utts)) == K  # distinct utterances
-        else:
-            assert set(utts) == {
-                i for i, s in enumerate(labels) if s == block[0]
-            }
+    for j in range(P):
+        assert len(set(batch[j * K : (j + 1) * K])) == K  # distinct
 
 
 @settings(max_examples=80, deadline=None)
@@ -54,23 +46,15 @@ def _check_batch(batch, labels, P, K, small_classes):
     P=st.integers(1, 6),
     K=st.integers(1, 4),
     seed=st.integers(0, 2**31),
-    small_classes=st.sampled_from(["skip", "replace"]),
     bpe=st.one_of(st.none(), st.integers(1, 6)),
 )
-def test_batches_are_p_by_k(labels, P, K, seed, small_classes, bpe):
-    usable = _usable(labels, K, small_classes)
+def test_batches_are_p_by_k(labels, P, K, seed, bpe):
+    usable = _usable(labels, K)
     if len(usable) < P:
         with pytest.raises(ValueError, match=f"P={P}"):
-            PKSampler(labels, P, K, seed=seed, small_classes=small_classes)
+            PKSampler(labels, P, K, seed=seed)
         return
-    sampler = PKSampler(
-        labels,
-        P,
-        K,
-        seed=seed,
-        batches_per_epoch=bpe,
-        small_classes=small_classes,
-    )
+    sampler = PKSampler(labels, P, K, seed=seed, batches_per_epoch=bpe)
     batches = list(sampler)
     assert len(batches) == len(sampler)
     if bpe is None:
@@ -84,14 +68,14 @@ def test_batches_are_p_by_k(labels, P, K, seed, small_classes, bpe):
         assert len(sampler) == bpe
     for batch in batches:
         assert all(isinstance(i, int) for i in batch)
-        _check_batch(batch, labels, P, K, small_classes)
+        _check_batch(batch, labels, P, K)
         assert {labels[i] for i in batch} <= usable
 
 
 @settings(max_examples=40, deadline=None)
 @given(labels=corpora(), seed=st.integers(0, 1000), epoch=st.integers(0, 50))
 def test_deterministic_per_seed_and_epoch(labels, seed, epoch):
-    assume(len(_usable(labels, 2, "skip")) >= 2)
+    assume(len(_usable(labels, 2)) >= 2)
     a = PKSampler(labels, 2, 2, seed=seed, batches_per_epoch=4)
     b = PKSampler(labels, 2, 2, seed=seed, batches_per_epoch=4)
     a.set_epoch(epoch)
@@ -134,7 +118,7 @@ def test_internal_counter_without_set_epoch():
     epoch=st.integers(0, 9),
 )
 def test_ranks_disjoint_and_covering(labels, world, bpe, epoch):
-    assume(len(_usable(labels, 2, "skip")) >= 2)
+    assume(len(_usable(labels, 2)) >= 2)
     per_rank = []
     for r in range(world):
         s = PKSampler(
@@ -181,18 +165,12 @@ def test_utterances_used_evenly_within_each_speaker():
     assert per_spk[4] > per_spk[5]
 
 
-def test_small_classes_skip_and_replace():
+def test_speakers_with_fewer_than_k_are_left_out():
     labels = ["a"] * 5 + ["b"] * 4 + ["c"]
-    with pytest.raises(ValueError, match="small_classes='replace'"):
+    with pytest.raises(ValueError, match="only 2 of 3 speakers"):
         PKSampler(labels, P=3, K=2)
-    s = PKSampler(
-        labels, P=3, K=2, small_classes="replace", batches_per_epoch=3
-    )
-    for batch in s:
-        c = [i for i in batch if labels[i] == "c"]
-        assert c == [9, 9]
-    with pytest.raises(ValueError, match="only 3 speakers"):
-        PKSampler(labels, P=4, K=1, small_classes="replace")
+    s = PKSampler(labels, P=2, K=2, batches_per_epoch=3)
+    assert all(labels[i] != "c" for batch in s for i in batch)
 
 
 def test_bad_arguments():
@@ -200,7 +178,6 @@ def test_bad_arguments():
     for kwargs in (
         {"P": 0, "K": 2},
         {"P": 2, "K": 2, "seed": -1},
-        {"P": 2, "K": 2, "small_classes": "drop"},
         {"P": 2, "K": 2, "batches_per_epoch": 0},
         {"P": 2, "K": 2, "num_replicas": 2, "rank": 2},
         {"P": 2, "K": 2, "num_replicas": 2},  # rank missing, no DDP
