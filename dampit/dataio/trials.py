@@ -10,6 +10,7 @@ the same paths without the extension (:func:`utt_to_id`).
 """
 
 import codecs
+import itertools
 import logging
 import os
 from array import array
@@ -75,27 +76,21 @@ def _fields(path):
 
 
 def iter_trials(path, as_ids=False):
-    """Stream a trial list, checking every line.
+    """Stream a trial list: ``(line, label or None, enrol, test)``.
 
-    Arguments
-    ---------
-    path : str or os.PathLike
-        The trial list.
-    as_ids : bool
-        Map the names with :func:`utt_to_id`.
+    Names are mapped with :func:`utt_to_id` when ``as_ids``. Raises
+    :class:`TrialListError` (``path:line: ...``) for a missing file,
+    invalid UTF-8, a bad label, a row of other than 2 or 3 fields (``1
+    a.wav``, a label and one path, included), labelled and unlabelled rows
+    mixed, or no trials.
 
-    Yields
-    ------
-    tuple
-        ``(line, label, enrol, test)``; ``label`` is 0/1, or None in an
-        unlabelled list.
-
-    Raises
-    ------
-    TrialListError
-        ``path:line: ...`` for a missing file, invalid UTF-8, a bad label,
-        a row of other than 2 or 3 fields (``1 a.wav``, a label and one
-        path, included), a mix of labelled and unlabelled rows, no trials.
+    Example
+    -------
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "t.txt")
+    >>> _ = open(p, "w").write("a.wav b.wav\\n")
+    >>> list(iter_trials(p, as_ids=True))
+    [(1, None, 'a', 'b')]
     """
     path, first = os.fspath(path), None
     for n, f in _fields(path):
@@ -134,19 +129,7 @@ def _warn_duplicates(path, n_dup):
 def read_trials(path, known_ids=None, as_ids=True):
     """Read a labelled trial list into ``(label, enrol, test)`` tuples.
 
-    Arguments
-    ---------
-    path : str or os.PathLike
-        The trial list (see :func:`iter_trials`; labels required).
-    known_ids : collection of str, optional
-        Every name must be in it, else the unknown ones are named with
-        their lines.
-    as_ids : bool
-        Map names with :func:`utt_to_id`.
-
-    Returns
-    -------
-    list of tuple
+    With ``known_ids``, names not in it are listed with their lines.
 
     Example
     -------
@@ -161,7 +144,9 @@ def read_trials(path, known_ids=None, as_ids=True):
     for n, lab, e, t in iter_trials(path, as_ids):
         if lab is None:
             raise TrialListError(f"{path}:{n}: expected 'label enrol test'")
-        unknown += [(n, u) for u in (e, t) if known and u not in known]
+        unknown += [
+            (n, u) for u in (e, t) if known is not None and u not in known
+        ]
         trials.append((lab, e, t))
     if unknown:
         shown = ", ".join(f"line {n}: {u}" for n, u in unknown[:10])
@@ -176,18 +161,9 @@ def read_trials(path, known_ids=None, as_ids=True):
 def read_trial_indices(path, index=None, as_ids=False):
     """Stream a trial list into integer arrays (bounded memory).
 
-    No string is kept per trial: 10^6 trials cost 17 MB of arrays.
-
-    Arguments
-    ---------
-    path : str or os.PathLike
-        The trial list, labelled or not (see :func:`iter_trials`).
-    index : dict, optional
-        ``name -> row`` (an ``EmbeddingStore.index``); a name not in it is
-        an error naming the line. None: rows are given to names in order
-        of first appearance.
-    as_ids : bool
-        Map names with :func:`utt_to_id` first.
+    No string is kept per trial (10^6 trials: 17 MB). ``index`` maps names
+    to rows (an ``EmbeddingStore.index``; an unknown name is an error
+    naming the line); None gives rows to names in order of appearance.
 
     Returns
     -------
@@ -237,11 +213,8 @@ def read_trial_indices(path, index=None, as_ids=False):
 def write_trials(path, trials):
     """Write ``(label, enrol, test)`` trials atomically, one a line.
 
-    Raises
-    ------
-    TrialListError
-        A bad label, or a name that is empty or holds white space (it
-        could not be read back); names the trial (0-based).
+    A bad label or a name that could not be read back (empty, white
+    space, a leading ``#``) raises TrialListError naming the trial.
 
     Example
     -------
@@ -263,7 +236,7 @@ def write_trials(path, trials):
                 f"trial {i}: label must be 0 or 1, got {label!r}"
             )
         for u in (enrol, test):
-            if not isinstance(u, str) or len(u.split()) != 1 or u != u.strip():
+            if not isinstance(u, str) or [u] != u.split() or u[0] == "#":
                 raise TrialListError(
                     f"trial {i}: utterance name {u!r} is empty or holds "
                     "white space"
@@ -304,36 +277,28 @@ def make_trials(utt_ids, spk_ids, max_target=None, nontarget_ratio=1.0, seed=0):
     >>> make_trials(["a/1", "a/2", "b/1"], ["a", "a", "b"], seed=0)[0]
     (1, 'a/1', 'a/2')
     """
-    utt_ids, spk_ids = list(utt_ids), list(spk_ids)
     if len(utt_ids) != len(spk_ids):
         raise ValueError(
             f"make_trials: {len(utt_ids)} utterances but {len(spk_ids)} "
             "speaker labels"
         )
-    if len(set(utt_ids)) != len(utt_ids):
-        seen = set()
-        dup = [u for u in utt_ids if u in seen or seen.add(u)]
+    seen = set()
+    dup = [u for u in utt_ids if u in seen or seen.add(u)]
+    if dup:
         raise ValueError(f"make_trials: duplicate utterance IDs: {dup[:10]}")
-    order = sorted(range(len(utt_ids)), key=lambda i: utt_ids[i])
-    ids = [utt_ids[i] for i in order]
-    spk = [spk_ids[i] for i in order]
-    rng = np.random.default_rng(seed)
+    ids, spk = (
+        map(list, zip(*sorted(zip(utt_ids, spk_ids)))) if seen else ([], [])
+    )
     by_spk = {}
     for i, s in enumerate(spk):
         by_spk.setdefault(s, []).append(i)
-    target = [
-        (a, b)
-        for s in sorted(by_spk)
-        for k, a in enumerate(by_spk[s])
-        for b in by_spk[s][k + 1 :]
-    ]
+    pairs = itertools.combinations
+    target = [p for s in sorted(by_spk) for p in pairs(by_spk[s], 2)]
+    n, rng = len(ids), np.random.default_rng(seed)
+    n_non = n * (n - 1) // 2 - len(target)
     if max_target is not None and max_target < len(target):
         pick = rng.choice(len(target), size=int(max_target), replace=False)
         target = [target[k] for k in sorted(pick)]
-    n = len(ids)
-    n_non = n * (n - 1) // 2 - sum(
-        len(v) * (len(v) - 1) // 2 for v in by_spk.values()
-    )
     want = int(round(nontarget_ratio * len(target)))
     if want > 0 and n_non == 0:
         raise ValueError(
@@ -341,12 +306,7 @@ def make_trials(utt_ids, spk_ids, max_target=None, nontarget_ratio=1.0, seed=0):
             f"{len(by_spk)}"
         )
     if want >= n_non:
-        chosen = {
-            (a, b)
-            for a in range(n)
-            for b in range(a + 1, n)
-            if spk[a] != spk[b]
-        }
+        chosen = {(a, b) for a, b in pairs(range(n), 2) if spk[a] != spk[b]}
     else:  # rejection sampling: non-target pairs are the large majority
         chosen = set()
         while len(chosen) < want:
@@ -360,9 +320,8 @@ def make_trials(utt_ids, spk_ids, max_target=None, nontarget_ratio=1.0, seed=0):
 
 
 def write_scores(path, enrol_ids, test_ids, scores, labels=None):
-    """Write a score file atomically: ``enrol test [label] score`` lines.
-
-    Scores are written with ``repr`` (they read back exactly).
+    """Write a score file atomically: ``enrol test [label] score`` lines
+    (scores as ``repr``: they read back exactly).
 
     Example
     -------
@@ -372,29 +331,19 @@ def write_scores(path, enrol_ids, test_ids, scores, labels=None):
     >>> open(p).read()
     'a b 1 0.5\\n'
     """
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    n = scores.size
-    if len(enrol_ids) != n or len(test_ids) != n:
-        raise ValueError(
-            f"{len(enrol_ids)} enrol IDs, {len(test_ids)} test IDs and "
-            f"{n} scores: they must match"
-        )
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
+    cols = [enrol_ids, test_ids]
     if labels is not None:
-        labels = np.asarray(labels).reshape(-1)
-        if labels.size != n:
-            raise ValueError(f"{labels.size} labels for {n} scores")
-    step = 1 << 16
+        cols.append([str(int(v)) for v in np.asarray(labels).reshape(-1)])
+    if any(len(c) != len(scores) for c in cols):
+        raise ValueError(
+            f"{[len(c) for c in cols]} IDs/labels and {len(scores)} scores: "
+            "they must match"
+        )
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for s in range(0, n, step):
-            cols = [
-                enrol_ids[s : s + step],
-                test_ids[s : s + step],
-                map(repr, scores[s : s + step].tolist()),
-            ]
-            if labels is not None:
-                lab = labels[s : s + step].astype(np.int64).tolist()
-                cols.insert(2, map(str, lab))
-            f.write("".join(" ".join(r) + "\n" for r in zip(*cols)))
+        f.writelines(
+            " ".join(row[:-1]) + f" {row[-1]!r}\n" for row in zip(*cols, scores)
+        )
 
 
 def read_scores(path):

@@ -3,16 +3,17 @@
 A store is a folder holding ``embeddings.npy`` (``[U, D]`` or
 ``[U, n_crops, D]``, a plain ``.npy`` read memory-mapped), ``ids.txt`` (one
 ID a line, in row order) and the text files written with it
-(``paths.txt``, say). :class:`EmbeddingStoreWriter` fills the sibling
-folder ``.<name>.new`` row by row through a memory map (bounded memory; the
-space is reserved first, so a full disk is an ``OSError`` naming the store,
-not a SIGBUS), fsyncs it, then moves the old store to ``.<name>.old``,
-renames the new one into place and deletes the old one. A crash between
-the two renames is finished by the next open (the new folder was
-complete): readers see the old store or the new one, never a mix. A folder
-that exists and is not a store is never replaced.
+(``paths.txt``). :class:`EmbeddingStoreWriter` fills the sibling folder
+``.<name>.new`` row by row through a memory map (bounded memory; the space
+is reserved first, so a full disk is an ``OSError`` naming the store, not a
+SIGBUS), fsyncs it, moves the old store to ``.<name>.old``, renames the new
+one into place and deletes the old one. A crash between the two renames is
+finished by the next open (the new folder was complete): readers see the
+old store or the new one, never a mix. A folder that is not a store is
+never replaced.
 """
 
+import contextlib
 import os
 import shutil
 
@@ -20,8 +21,7 @@ import numpy as np
 
 __all__ = ["EmbeddingStore", "EmbeddingStoreWriter", "save_embeddings"]
 
-EMBEDDINGS_FILE = "embeddings.npy"
-IDS_FILE = "ids.txt"
+EMBEDDINGS_FILE, IDS_FILE = "embeddings.npy", "ids.txt"
 
 
 def as_numpy(x):
@@ -49,32 +49,13 @@ def _recover(folder):
     """Finish a replacement that stopped between its two renames."""
     new, old = _sibling(folder, "new"), _sibling(folder, "old")
     if not os.path.exists(folder) and os.path.isdir(old):
-        if os.path.isdir(new):
-            os.rename(new, folder)
-        else:  # cannot happen by the protocol; keep the old store
-            os.rename(old, folder)
+        os.rename(new if os.path.isdir(new) else old, folder)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _store_error(folder, err):
-    return OSError(
-        err.errno, f"embedding store {folder}: {err.strerror or err}"
-    )
-
-
 class EmbeddingStoreWriter:
-    """Write a store row by row; it replaces ``folder`` on :meth:`close`.
-
-    Arguments
-    ---------
-    folder : str or os.PathLike
-        The store folder: new, empty, or an existing store.
-    n_utts : int
-        Number of utterances (rows).
-    item_shape : tuple of int
-        ``(D,)`` or ``(n_crops, D)``.
-    dtype : str or numpy.dtype
-        Stored dtype.
+    """Write a store row by row (:meth:`add_batch`); :meth:`close` makes it
+    replace ``folder`` (new, empty or a store); an error discards it.
 
     Example
     -------
@@ -88,16 +69,21 @@ class EmbeddingStoreWriter:
 
     def __init__(self, folder, n_utts, item_shape, dtype="float32"):
         self.folder = os.path.abspath(os.fspath(folder))
-        self.n_utts, self.item_shape = int(n_utts), tuple(map(int, item_shape))
+        self.n_utts, self.item_shape = int(n_utts), tuple(item_shape)
         if self.n_utts < 1 or len(self.item_shape) not in (1, 2):
             raise ValueError(
                 f"store {self.folder}: need n_utts >= 1 and item_shape (D,) "
                 f"or (n_crops, D), got {n_utts}, {item_shape}"
             )
         self._ids, self._seen, self._tmp = [], set(), None
-        try:
+        with self._fs_errors():
             _recover(self.folder)
-            if os.path.exists(self.folder) and not _is_store(self.folder):
+            names = (
+                set(os.listdir(self.folder))
+                if os.path.exists(folder)
+                else set()
+            )
+            if names and not {EMBEDDINGS_FILE, IDS_FILE} <= names:
                 raise ValueError(
                     f"{self.folder} exists and is not an embedding store; "
                     "nothing written (give a new or empty folder)"
@@ -111,41 +97,35 @@ class EmbeddingStoreWriter:
             )
             with open(npy, "r+b") as f:  # reserve the space: no SIGBUS
                 os.posix_fallocate(f.fileno(), 0, os.path.getsize(npy))
+
+    @contextlib.contextmanager
+    def _fs_errors(self):
+        """A file-system error discards the new store and names it."""
+        try:
+            yield
         except OSError as err:
             self.abort()
-            raise _store_error(self.folder, err) from None
-
-    def __len__(self):
-        return len(self._ids)
+            msg = f"embedding store {self.folder}: {err.strerror or err}"
+            raise OSError(err.errno, msg) from None
 
     def add_batch(self, utt_ids, embeddings):
         """Append utterances: IDs and ``[B, *item_shape]`` embeddings (or
         SpeechBrain's ``[B, 1, D]``)."""
         emb, utt_ids = as_numpy(embeddings), list(utt_ids)
-        want = (len(utt_ids),) + self.item_shape
-        if emb.shape != want and emb.ndim == len(want) + 1:
-            emb = emb[:, 0] if emb.shape[1] == 1 else emb
-        if emb.shape != want:
+        want, start = (len(utt_ids),) + self.item_shape, len(self._ids)
+        if emb.ndim == len(want) + 1 and emb.shape[1] == 1:
+            emb = emb[:, 0]
+        if emb.shape != want or start + len(utt_ids) > self.n_utts:
             raise ValueError(
                 f"embeddings of {utt_ids[:3]} have shape {emb.shape}, "
-                f"expected {want}"
-            )
-        start = len(self._ids)
-        if start + len(utt_ids) > self.n_utts:
-            raise ValueError(
-                f"store {self.folder} was opened for {self.n_utts} "
-                f"utterances; {utt_ids[0]!r} would exceed it"
+                f"expected {want}, with {start} of {self.n_utts} rows written"
             )
         finite = np.isfinite(emb.reshape(len(utt_ids), -1)).all(axis=1)
         batch = set()
         for u, ok in zip(utt_ids, finite):
-            if (
-                not isinstance(u, str)
-                or u != u.strip()
-                or len(u.splitlines()) != 1
-            ):
+            if not isinstance(u, str) or [u] != u.strip().splitlines():
                 raise ValueError(
-                    f"utterance ID {u!r}: empty, padded or multi-line"
+                    f"utterance ID {u!r}: empty, padded or 2 lines"
                 )
             if u in self._seen or u in batch:
                 raise ValueError(f"duplicate utterance ID {u!r}")
@@ -158,17 +138,17 @@ class EmbeddingStoreWriter:
 
     def add_file(self, name, text, _own=False):
         """Write a text file (``paths.txt``, say) into the new store."""
-        own = (IDS_FILE, EMBEDDINGS_FILE, ".", "..")
-        if os.path.basename(name) != name or (name in own and not _own):
+        if (
+            os.path.basename(name) != name
+            or name in (".", "..")
+            or (name in (IDS_FILE, EMBEDDINGS_FILE) and not _own)
+        ):
             raise ValueError(f"{name!r} cannot be a store file name")
-        try:
+        with self._fs_errors():
             with open(
                 os.path.join(self._tmp, name), "w", encoding="utf-8"
             ) as f:
                 f.write(text)
-        except OSError as err:
-            self.abort()
-            raise _store_error(self.folder, err) from None
 
     def close(self):
         """Check that every row was written, then publish the store."""
@@ -183,20 +163,17 @@ class EmbeddingStoreWriter:
         self._array.flush()
         del self._array
         self.add_file(IDS_FILE, "".join(u + "\n" for u in self._ids), True)
-        try:
+        with self._fs_errors():
             for name in os.listdir(self._tmp):
                 _fsync(os.path.join(self._tmp, name))
             _fsync(self._tmp)
             old = _sibling(self.folder, "old")
             if os.path.exists(self.folder):
                 os.rename(self.folder, old)
-            os.rename(self._tmp, self.folder)
+            os.rename(self._tmp, self.folder)  # the commit point
             self._tmp = None
             _fsync(os.path.dirname(self.folder))
             shutil.rmtree(old, ignore_errors=True)
-        except OSError as err:
-            self.abort()
-            raise _store_error(self.folder, err) from None
 
     def abort(self):
         """Discard everything written (the old store stays)."""
@@ -215,28 +192,9 @@ class EmbeddingStoreWriter:
             self.abort()
 
 
-def _is_store(folder):
-    names = os.listdir(folder)
-    return not names or {EMBEDDINGS_FILE, IDS_FILE} <= set(names)
-
-
 def save_embeddings(folder, ids, embeddings, files=None):
-    """Write a whole store at once.
-
-    Arguments
-    ---------
-    folder : str or os.PathLike
-        The store folder.
-    ids : sequence of str
-        Row IDs.
-    embeddings : array-like or torch.Tensor
-        ``[U, D]``, ``[U, 1, D]`` or ``[U, n_crops, D]``.
-    files : dict, optional
-        ``{file name: text}`` written with the store (``paths.txt``).
-
-    Returns
-    -------
-    EmbeddingStore
+    """Write a whole store: ``ids``, ``[U, D]``, ``[U, 1, D]`` or
+    ``[U, n_crops, D]`` embeddings and ``files`` (``{name: text}``).
 
     Example
     -------
@@ -254,7 +212,7 @@ def save_embeddings(folder, ids, embeddings, files=None):
         )
     dtype = np.float64 if arr.dtype == np.float64 else np.float32
     with EmbeddingStoreWriter(folder, len(ids), arr.shape[1:], dtype) as w:
-        step = max(1, 2**24 // max(1, arr[0].size))
+        step = max(1, 2**24 // arr[0].size)
         for s in range(0, len(ids), step):
             w.add_batch(ids[s : s + step], arr[s : s + step])
         for name, text in (files or {}).items():
@@ -263,41 +221,38 @@ def save_embeddings(folder, ids, embeddings, files=None):
 
 
 class EmbeddingStore:
-    """A store, memory-mapped (``mmap=False``: read into memory).
-
-    Attributes: ``ids`` (row order), ``embeddings`` (``[U, D]`` or
-    ``[U, n_crops, D]``), ``index`` (ID -> row), ``folder``.
+    """A store, memory-mapped (``mmap=False``: read into memory): ``ids``
+    (row order), ``embeddings``, ``index`` (ID -> row), ``folder``.
 
     Example
     -------
-    >>> import tempfile, numpy as np
-    >>> d = tempfile.mkdtemp()
-    >>> store = save_embeddings(d, ["u1", "u2"], np.ones((2, 10, 4)))
-    >>> len(store), store.n_crops, store.dim, store["u2"].shape
-    (2, 10, 4, (10, 4))
+    >>> import tempfile
+    >>> store = save_embeddings(tempfile.mkdtemp(), ["u1"], np.ones((1, 10, 4)))
+    >>> len(store), store["u1"].shape
+    (1, (10, 4))
     """
 
     def __init__(self, folder, mmap=True):
         self.folder = os.path.abspath(os.fspath(folder))
-        npy = os.path.join(self.folder, EMBEDDINGS_FILE)
         try:
             _recover(self.folder)
             with open(
                 os.path.join(self.folder, IDS_FILE), encoding="utf-8"
             ) as f:
                 self.ids = f.read().splitlines()
-            self.embeddings = np.load(npy, mmap_mode="r" if mmap else None)
+            self.embeddings = np.load(
+                os.path.join(self.folder, EMBEDDINGS_FILE),
+                mmap_mode="r" if mmap else None,
+            )
         except (OSError, ValueError) as err:
             raise ValueError(
                 f"cannot read embedding store {self.folder}: {err}"
             )
-        if self.embeddings.ndim not in (2, 3) or len(self.ids) != len(
-            self.embeddings
-        ):
+        shape = self.embeddings.shape
+        if len(shape) not in (2, 3) or len(self.ids) != shape[0]:
             raise ValueError(
                 f"embedding store {self.folder} is inconsistent: "
-                f"{len(self.ids)} IDs in {IDS_FILE}, array of shape "
-                f"{self.embeddings.shape}"
+                f"{len(self.ids)} IDs in {IDS_FILE}, array of shape {shape}"
             )
         self.index = {u: i for i, u in enumerate(self.ids)}
         if len(self.index) != len(self.ids):
@@ -306,22 +261,7 @@ class EmbeddingStore:
     def __len__(self):
         return len(self.ids)
 
-    def __contains__(self, utt_id):
-        return utt_id in self.index
-
     def __getitem__(self, utt_id):
         if utt_id not in self.index:
             raise KeyError(f"{utt_id!r} is not in the store {self.folder}")
         return self.embeddings[self.index[utt_id]]
-
-    @property
-    def dim(self):
-        """Embedding dimension D."""
-        return int(self.embeddings.shape[-1])
-
-    @property
-    def n_crops(self):
-        """Crops per utterance (None: one embedding per utterance)."""
-        return (
-            int(self.embeddings.shape[1]) if self.embeddings.ndim == 3 else None
-        )

@@ -15,7 +15,6 @@ utterance) are scored the same way: ``"cosine"`` is the plain cosine.
 """
 
 import numpy as np
-from tqdm import tqdm
 
 from dampit.metrics.embedding_store import EmbeddingStore, as_numpy
 
@@ -39,9 +38,14 @@ class ScoringVectors:
     [0.6]
     """
 
-    def __init__(self, vectors, method, weight=1.0, scale=None, offset=None):
+    def __init__(self, vectors, method, weight=1.0, scale=1.0, offset=0.0):
         self.vectors, self.method, self.weight = vectors, method, weight
-        self.scale, self.offset, self.ids = scale, offset, None
+        n = len(vectors)
+        self.scale, self.offset = (
+            np.broadcast_to(scale, n),
+            np.broadcast_to(offset, n),
+        )
+        self.ids = None
 
     def __len__(self):
         return len(self.vectors)
@@ -98,24 +102,24 @@ class ScoringVectors:
             elif crops:
                 vec[s : s + step] = c.mean(axis=1)
             sq[s : s + step] = q.mean(axis=1)
-        sv = cls(vec, method, 2.0 if method == "sqeuclidean" else 1.0)
+        sv = cls(
+            vec,
+            method,
+            weight=2.0 if method == "sqeuclidean" else 1.0,
+            scale=1 / np.sqrt(sq) if method == "cosine" and not crops else 1.0,
+            offset=-sq if method == "sqeuclidean" else 0.0,
+        )
         sv.ids = ids
-        if method == "cosine" and not crops:
-            sv.scale = 1.0 / np.sqrt(sq)
-        if method == "sqeuclidean":
-            sv.offset = -sq
         return sv
 
     def _finish(self, dots, i, other, j, outer=False):
+        a = (lambda x: x[:, None]) if outer else (lambda x: x)
         m = np.asarray(dots, dtype=np.float64) * self.weight
-        left = (lambda x: x[:, None]) if outer else (lambda x: x)
-        if self.scale is not None:
-            m *= left(self.scale[i]) * other.scale[j]
-        if self.offset is not None:
-            m += left(self.offset[i]) + other.offset[j]
-        return m
+        return m * a(self.scale[i]) * other.scale[j] + (
+            a(self.offset[i]) + other.offset[j]
+        )
 
-    def score_pairs(self, enrol_idx, test_idx, chunk_size=None, progress=False):
+    def score_pairs(self, enrol_idx, test_idx, chunk_size=None):
         """Scores of trials given as row indices (float64 [T], chunked).
 
         Example
@@ -141,7 +145,7 @@ class ScoringVectors:
         step = chunk_size or max(16, 2**20 // row_bytes)
         order = np.argsort(ie, kind="stable")
         out = np.empty(ie.size)
-        for s in tqdm(range(0, ie.size, step), "scoring", disable=not progress):
+        for s in range(0, ie.size, step):
             sel = order[s : s + step]
             a, b = self.vectors[ie[sel]], self.vectors[it[sel]]
             dots = np.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]
@@ -228,7 +232,7 @@ def cosine_scores(embeddings, enrol_idx, test_idx, chunk_size=None):
     >>> cosine_scores([[3.0, 4.0], [0.0, 1.0]], [0], [1]).round(6).tolist()
     [0.8]
     """
-    sv = ScoringVectors.from_embeddings(embeddings, "cosine")
-    if sv.scale is None:
+    emb = as_numpy(getattr(embeddings, "embeddings", embeddings))
+    if emb.ndim == 3 and emb.shape[1] != 1:
         raise ValueError("cosine_scores takes [U, D] embeddings, not crops")
-    return sv.score_pairs(enrol_idx, test_idx, chunk_size)
+    return score_trials(embeddings, enrol_idx, test_idx, "cosine", chunk_size)

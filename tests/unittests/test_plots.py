@@ -63,7 +63,7 @@ def test_plots_overwrite_atomically(tmp_path, scores_labels):
     s, lab = scores_labels
     p = tmp_path / "det.png"
     p.write_bytes(b"old")
-    plot_det(s, lab, p, title="t", label="system A")
+    plot_det(s, lab, p, title="t")
     assert p.read_bytes()[:8] == PNG_MAGIC
     plot_score_histogram(np.full(10, 0.5), [1, 0] * 5, tmp_path / "h.png")
     assert sorted(os.listdir(tmp_path)) == ["det.png", "h.png"]
