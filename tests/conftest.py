@@ -144,6 +144,35 @@ def recipe():
 
 
 @pytest.fixture
+def run_recipe():
+    """Factory: (data folder, output folder, *flags) -> the completed
+    process of a 1-batch debug run of mini.yaml (no test stage)."""
+    import subprocess
+    import sys
+
+    def run(data, out, *flags):
+        opts = dict(debug_batches=1, debug_epochs=1, n_test_speakers=4, P=4)
+        opts.update(K=2, test_after_training=False)
+        opts.update(f[2:].split("=", 1) for f in flags)
+        cmd = [
+            sys.executable,
+            str(REPO / "recipes" / "VoxCeleb" / "train.py"),
+            str(REPO / "recipes" / "VoxCeleb" / "hparams" / "mini.yaml"),
+            f"--data_folder={data}",
+            f"--output_folder={out}",
+            "--debug",
+            "--noprogressbar",
+            *(f"--{k}={v}" for k, v in opts.items()),
+        ]
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        return subprocess.run(
+            cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        )
+
+    return run
+
+
+@pytest.fixture
 def mini_brain(recipe, tmp_path):
     """Factory: overrides -> (MultiMetricBrain on CPU, hparams) of the
     recipe's mini.yaml made small (width 8, 32-d, 4 speakers)."""

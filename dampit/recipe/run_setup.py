@@ -64,8 +64,10 @@ def check_arguments(hp, hparams_file):
     parent = out
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise RecipeError(f"output_folder={out}: {parent} is not writable")
+    if not (os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)):
+        raise RecipeError(
+            f"output_folder={out}: {parent} is not a writable folder"
+        )
 
 
 def prepare_data(hp):

@@ -162,12 +162,13 @@ class AtomicCheckpointer(Checkpointer):
             os.rename(tmp, final)
             _fsync(self.checkpoints_dir)
         except (OSError, RuntimeError) as err:
-            if not isinstance(err, OSError) and "write" not in str(err):
+            torch_io = "inline_container" in str(err) or "write" in str(err)
+            if not (isinstance(err, OSError) or torch_io):
                 raise  # a bug, not the disk
             free = shutil.disk_usage(self.checkpoints_dir).free // 2**20
             raise CheckpointSaveError(
                 f"cannot save a checkpoint in {self.checkpoints_dir} "
-                f"({free} MiB free): {getattr(err, 'strerror', None) or err}"
+                f"({free} MiB free): {getattr(err, 'strerror', None) or 'write failed'}"
             ) from err
         logger.log(verbosity, "Saved a checkpoint in %s", final)
         files = {k: final / p.name for k, p in ckpt.paramfiles.items()}
