@@ -166,9 +166,10 @@ class AtomicCheckpointer(Checkpointer):
             if not (isinstance(err, OSError) or torch_io):
                 raise  # a bug, not the disk
             free = shutil.disk_usage(self.checkpoints_dir).free // 2**20
+            why = getattr(err, "strerror", None) or "write failed"
             raise CheckpointSaveError(
                 f"cannot save a checkpoint in {self.checkpoints_dir} "
-                f"({free} MiB free): {getattr(err, 'strerror', None) or 'write failed'}"
+                f"({free} MiB free): {why}"
             ) from err
         logger.log(verbosity, "Saved a checkpoint in %s", final)
         files = {k: final / p.name for k, p in ckpt.paramfiles.items()}
