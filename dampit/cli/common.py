@@ -1,132 +1,147 @@
-"""Helpers shared by dampit's console scripts: inputs, model, errors."""
+"""What dampit's console scripts share: arguments, checks, inputs, errors.
 
+A user error ends a command with one line on stderr and exit status 2
+(its traceback with ``--verbose``); warnings are one line too.
+"""
+
+import argparse
+import contextlib
+import glob
 import logging
+import math
 import os
 import sys
+import tempfile
+import warnings
+from os.path import isfile
 
-from dampit.dataio.trials import AUDIO_EXTENSIONS, utt_to_id
+import numpy as np
+import torch
 
-__all__ = [
-    "CliError",
-    "add_model_args",
-    "fail",
-    "list_audio_inputs",
-    "open_model",
-]
+from dampit.dataio.audio import AUDIO_EXTENSIONS, AudioError
+from dampit.dataio.trials import TrialListError, utt_to_id
+from dampit.inference.api import ModelFolderError, load_model
+
+USER_ERRORS = (AudioError, ModelFolderError, TrialListError)
 
 
 class CliError(ValueError):
     """Bad command-line input; the message names the file/line/argument."""
 
 
-def add_model_args(parser):
-    """Add ``--model``, ``--device``, ``--trust`` and ``--batch-size``.
+def _checked(convert, ok, what):
+    """An argparse type: ``convert(text)`` if ``ok`` of it, else ``what``."""
 
-    Arguments
-    ---------
-    parser : argparse.ArgumentParser
-        The parser to extend.
+    def parse(text):
+        with contextlib.suppress(ValueError, RuntimeError):
+            if ok(value := convert(text)):
+                return value
+        raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
+
+    return parse
+
+
+def _device_ok(text):
+    dev, n_gpus = torch.device(text), torch.cuda.device_count()
+    return dev.type == "cpu" or dev.type == "cuda" and (dev.index or 0) < n_gpus
+
+
+finite_float = _checked(float, math.isfinite, "need a finite number")
+
+
+class Parser(argparse.ArgumentParser):
+    """dampit's parser: model arguments, one-line errors (exit 2)."""
+
+    def __init__(self, prog, description):
+        super().__init__(prog=prog, description=description)
+        self.add_argument("--model", required=True, help="model folder")
+        self.add_argument(
+            "--device",
+            default="cpu",
+            type=_checked(str, _device_ok, "not an available cpu/cuda:N"),
+        )
+        self.add_argument(
+            "--trust",
+            action="store_true",
+            help="load with SpeechBrain's from_hparams, which runs the "
+            "folder's hyperparams.yaml: only for folders you trust",
+        )
+        self.add_argument(
+            "--batch-size",
+            default=16,
+            type=_checked(int, lambda n: n >= 1, "need an integer >= 1"),
+        )
+        self.add_argument("--no-progress", action="store_true")
+        self.add_argument("--verbose", action="store_true", help="tracebacks")
+
+    def error(self, message):
+        """Exit 2 with one line (no usage)."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def check_args(args, out_folder):
+    """Check ``--out`` and ``--model`` before any work.
+
+    ``--out`` must not be a folder (file) or a file (folder), and the
+    folder it goes in must take a new file.
+    """
+    out = os.path.abspath(args.out or ".")
+    if args.out and os.path.exists(out) and os.path.isdir(out) != out_folder:
+        raise CliError(f"--out {out} is {'not ' * out_folder}a folder")
+    parent = os.path.dirname(out)
+    while args.out and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as err:
+        raise CliError(f"--out {out}: cannot write in {parent}: {err}")
+    if not os.path.isdir(args.model):
+        raise CliError(f"--model {args.model}: folder not found")
+
+
+def read_lines(path):
+    """Yield ``(line_number, text)`` of a UTF-8 file (BOM allowed).
 
     Example
     -------
-    >>> import argparse
-    >>> p = argparse.ArgumentParser()
-    >>> add_model_args(p)
-    >>> p.parse_args(["--model", "m"]).trust
-    False
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "l.txt")
+    >>> _ = open(p, "wb").write(b"\\xef\\xbb\\xbfa b\\n")
+    >>> list(read_lines(p))
+    [(1, 'a b')]
     """
-    parser.add_argument(
-        "--model", required=True, help="exported model folder (dampit-export)"
-    )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda:0...")
-    parser.add_argument(
-        "--trust",
-        action="store_true",
-        help="load the model even if its hyperparams.yaml uses tags outside "
-        "dampit's allow-list (it can then run arbitrary code)",
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=16, help="files per forward pass"
-    )
-
-
-def open_model(args):
-    """Load ``args.model`` (see :func:`dampit.inference.api.load_model`).
-
-    Arguments
-    ---------
-    args : argparse.Namespace
-        With ``model``, ``device`` and ``trust``.
-
-    Returns
-    -------
-    dampit.inference.api.DampitSpeakerRecognition
-        The loaded model.
-    """
-    from dampit.inference.api import load_model
-
-    logging.getLogger("speechbrain").setLevel(logging.WARNING)
-    return load_model(args.model, device=args.device, trust=args.trust)
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise CliError(f"{path}:{n}: not UTF-8 ({err.reason})")
+            yield n, text.rstrip("\r\n")
 
 
 def _is_audio(path):
     return os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS
 
 
-def _scan_folder(folder, exts):
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in sorted(files):
-            if os.path.splitext(name)[1].lower() in exts:
-                path = os.path.join(root, name)
-                rel = os.path.relpath(path, folder).replace(os.sep, "/")
-                found.append((utt_to_id(rel), path))
-    return found
-
-
-def _read_list(path):
-    items = []
-    base = os.path.dirname(os.path.abspath(path))
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            text = line.rstrip("\n").rstrip("\r")
-            if not text.strip() or text.lstrip().startswith("#"):
-                continue
-            if "\t" in text:
-                uid, wav = (t.strip() for t in text.split("\t", 1))
-            else:
-                wav = text.strip()
-                uid = utt_to_id(wav)
-            full = wav if os.path.isabs(wav) else os.path.join(base, wav)
-            items.append((uid, full, f"{path}:{lineno}"))
+def _list_file(path):
+    """``(id, path, origin)`` of a list file's lines."""
+    base, items = os.path.dirname(os.path.abspath(path)), []
+    for n, text in read_lines(path):
+        uid, _, wav = (s.strip() for s in text.rpartition("\t"))
+        if wav and not text.lstrip().startswith("#"):
+            full = os.path.join(base, wav)  # unchanged when absolute
+            if not os.path.isfile(full):
+                raise CliError(f"{path}:{n}: audio file not found: {wav}")
+            items.append((uid or utt_to_id(wav), full, f"{path}:{n}"))
     return items
 
 
-def list_audio_inputs(inputs, exts=(".wav", ".flac")):
+def list_audio_inputs(inputs):
     """Expand folders, list files and audio files into ``(id, path)``.
 
-    Arguments
-    ---------
-    inputs : list of str
-        Each is a folder (searched recursively for ``exts``; IDs are the
-        relative paths without extension), an audio file (ID: its path
-        without extension) or a list file: one audio path a line (relative
-        to the list's folder; ID: the path without extension) or
-        ``ID<TAB>path``; blank lines and ``#`` comments are skipped.
-    exts : tuple of str
-        Extensions searched in folders.
-
-    Returns
-    -------
-    list of tuple
-        ``(id, path)`` in input order.
-
-    Raises
-    ------
-    CliError
-        For a missing input, an empty folder, missing listed files (with
-        their list line) or duplicate IDs.
+    Folders are searched recursively (ID: relative path without
+    extension); audio files give their path without extension; list files
+    have one path a line (relative to the list) or ``ID<TAB>path``.
 
     Example
     -------
@@ -137,74 +152,74 @@ def list_audio_inputs(inputs, exts=(".wav", ".flac")):
     >>> list_audio_inputs([d]) == [("spk1/a", os.path.join(d, "spk1", "a.wav"))]
     True
     """
-    exts = tuple(e.lower() for e in exts)
-    items, origin = [], {}
+    found, seen = [], {}
     for arg in inputs:
         if os.path.isdir(arg):
-            found = _scan_folder(arg, exts)
-            if not found:
-                raise CliError(f"no {'/'.join(exts)} files under {arg}")
-            for uid, path in found:
-                items.append((uid, path))
-                origin.setdefault(uid, []).append(path)
-        elif _is_audio(arg):
-            uid = utt_to_id(arg)
-            items.append((uid, arg))
-            origin.setdefault(uid, []).append(arg)
-        elif os.path.isfile(arg):
-            listed = _read_list(arg)
-            if not listed:
-                raise CliError(f"list file {arg} names no audio files")
-            missing = [
-                (w, where) for _, w, where in listed if not os.path.isfile(w)
-            ]
-            if missing:
-                shown = "; ".join(f"{where}: {w}" for w, where in missing[:5])
-                more = (
-                    f" (and {len(missing) - 5} more)"
-                    if len(missing) > 5
-                    else ""
-                )
-                raise CliError(
-                    f"{len(missing)} listed audio file(s) not found: "
-                    f"{shown}{more}"
-                )
-            for uid, path, where in listed:
-                items.append((uid, path))
-                origin.setdefault(uid, []).append(where)
+            tree = glob.glob(os.path.join(arg, "**", "*"), recursive=True)
+            tree = [p for p in sorted(tree) if _is_audio(p) and isfile(p)]
+            found += [(utt_to_id(os.path.relpath(p, arg)), p, p) for p in tree]
+            if not tree:
+                raise CliError(f"no {'/'.join(AUDIO_EXTENSIONS)} under {arg}")
+        elif _is_audio(arg) or not isfile(arg):
+            if not isfile(arg):
+                raise CliError(f"input not found: {arg}")
+            found.append((utt_to_id(arg), arg, arg))
+        elif not (listed := _list_file(arg)):
+            raise CliError(f"{arg}: lists no audio files")
         else:
-            raise CliError(f"input not found: {arg}")
-    dups = {u: w for u, w in origin.items() if len(w) > 1}
-    if dups:
-        uid, where = next(iter(dups.items()))
+            found += listed
+    for uid, _, origin in found:
+        if seen.setdefault(uid, origin) != origin:
+            raise CliError(f"{origin}: duplicate ID {uid!r} (also {seen[uid]})")
+    return [(uid, path) for uid, path, _ in found]
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Turn an OSError (disk full, read-only) into one naming ``path``."""
+    try:
+        yield
+    except OSError as err:
+        msg = err.strerror or str(err)
+        raise CliError(msg if path in msg else f"cannot write {path}: {msg}")
+
+
+def open_model(args):
+    """``load_model`` of ``--model`` on ``--device`` (``--trust``)."""
+    return load_model(args.model, device=args.device, trust=args.trust)
+
+
+def embed(model, items, args):
+    """``(ids, [N, D] embeddings)`` of ``items``; non-finite ones refused."""
+    ids, emb = model.embed_files(items, args.batch_size, not args.no_progress)
+    bad = ~np.isfinite(emb).all(axis=1)
+    if bad.any():
         raise CliError(
-            f"{len(dups)} duplicate utterance ID(s), e.g. {uid!r} from "
-            f"{', '.join(where[:3])}; give IDs explicitly (ID<TAB>path lines)"
+            f"{args.model}: the model gives NaN/inf embeddings "
+            f"({bad.sum()} of {len(ids)} files): broken weights"
         )
-    return items
+    return ids, emb
 
 
-def fail(prog, err, code=2):
-    """Print ``prog: error: err`` to stderr and return ``code``.
+def run(prog, args, work):
+    """``work()``'s exit status; a user error prints one line, returns 2."""
 
-    Arguments
-    ---------
-    prog : str
-        Program name.
-    err : Exception or str
-        The error.
-    code : int
-        Exit status returned.
+    def show(message, *_, **__):
+        print(f"{prog}: warning: {message}", file=sys.stderr)
 
-    Returns
-    -------
-    int
-        ``code``.
-
-    Example
-    -------
-    >>> fail("dampit-x", "bad", 3)
-    3
-    """
-    print(f"{prog}: error: {err}", file=sys.stderr)
-    return code
+    log = logging.StreamHandler()  # warnings of dampit's loggers, one line
+    log.setLevel(logging.WARNING)
+    log.setFormatter(logging.Formatter(f"{prog}: warning: %(message)s"))
+    logging.getLogger().addHandler(log)
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        try:
+            return work()
+        except (CliError, *USER_ERRORS) as err:
+            if args.verbose:
+                raise
+            msg = "; ".join(filter(None, map(str.strip, str(err).split("\n"))))
+            print(f"{prog}: error: {msg}", file=sys.stderr)
+            return 2
+        finally:
+            logging.getLogger().removeHandler(log)

@@ -2,173 +2,86 @@
 
 ::
 
-    dampit-embed --model model/ data/wavs/ --out emb/
-    dampit-embed --model model/ files.txt a.wav b.flac --out emb/
+    dampit-embed --model model/ data/wavs/ files.txt a.wav --out emb/
 
-Inputs are folders (searched recursively for ``.wav``/``.flac``), audio
-files, or list files (one path a line, or ``ID<TAB>path``). The output
-folder is a :mod:`dampit.metrics.embedding_store`: ``embeddings.npy``
-(``[N, D]`` float32, whole-utterance embeddings, the model's
-``encode_batch`` in frame-exact padded batches) and ``ids.txt`` (the index:
-one ID a line, in row order), plus ``paths.txt`` (the file of each row).
-Everything is written atomically; a progress bar shows the files done.
-
-Bad input: a missing, unreadable (not audio), empty (no samples), silent
-(all zeros) or too short (< 400 samples) file stops the run with an error
-naming the file, unless ``--skip-bad`` (then it is left out, with a
-warning, and listed in ``bad_files.txt``). Files at another sample rate
-are resampled to the model's with a warning; several channels are
-averaged to mono.
+Inputs are folders (searched recursively for audio files), audio files or
+list files (one path a line, or ``ID<TAB>path``). ``--out`` becomes an
+embedding store (:mod:`dampit.metrics.embedding_store`: ``embeddings.npy``
+``[N, D]``, ``ids.txt``, ``paths.txt``), replaced as one unit. A bad file
+(missing, not audio, empty, silent, shorter than 400 samples) stops the
+run naming it, unless ``--skip-bad`` leaves it out (listed in
+``bad_files.txt``). Other sample rates are resampled, channels averaged.
 """
 
-import argparse
-import logging
 import os
 import sys
 import warnings
 
-from dampit.cli.common import (
-    CliError,
-    add_model_args,
-    fail,
-    list_audio_inputs,
-    open_model,
+from dampit.cli import common
+from dampit.dataio.audio import AudioError, load_audio
+from dampit.metrics.embedding_store import (
+    EMBEDDINGS_FILE,
+    IDS_FILE,
+    save_embeddings,
 )
-
-__all__ = ["embed", "main"]
 
 PROG = "dampit-embed"
 
 
-def embed(model, items, out, batch_size=16, skip_bad=False, progress=True):
-    """Embed ``items`` and write the store to ``out``.
+def _drop_bad(items, sample_rate):
+    good, bad = [], ""
+    for uid, path in items:
+        try:
+            with warnings.catch_warnings(action="ignore"):
+                load_audio(path, sample_rate, min_samples=400)
+            good.append((uid, path))
+        except AudioError as err:
+            warnings.warn(f"skipping {path}: {err}", stacklevel=1)
+            bad += f"{path}\t{err}\n"
+    if not good:
+        raise common.CliError("every input file is bad; nothing to embed")
+    return good, bad
 
-    Arguments
-    ---------
-    model : dampit.inference.api.DampitSpeakerRecognition
-        A loaded model.
-    items : list of tuple
-        ``(id, path)``.
-    out : str
-        Output folder.
-    batch_size : int
-        Files per forward pass.
-    skip_bad : bool
-        Leave out bad files (listed in ``bad_files.txt``) instead of
-        failing.
-    progress : bool
-        Show a progress bar.
 
-    Returns
-    -------
-    dict
-        ``n``, ``dim``, ``skipped`` (list of (path, reason)), ``out``.
-    """
-    from dampit.dataio.audio import AudioError, load_audio
-    from dampit.metrics.embedding_store import save_embeddings
-    from dampit.utils.atomic import atomic_write_text
-
-    skipped = []
-    if skip_bad:
-        good = []
-        for uid, path in items:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    load_audio(path, model.sample_rate, min_samples=400)
-            except AudioError as err:
-                warnings.warn(f"skipping {path}: {err}", stacklevel=2)
-                skipped.append((path, str(err)))
-            else:
-                good.append((uid, path))
-        items = good
-        if not items:
-            raise CliError("every input file is bad; nothing to embed")
-    ids, emb = model.embed_files(
-        items, batch_size=batch_size, progress=progress
+def _embed(args):
+    common.check_args(args, out_folder=True)
+    out = args.out
+    if os.path.isdir(out) and os.listdir(out):
+        if not {EMBEDDINGS_FILE, IDS_FILE} <= set(os.listdir(out)):
+            raise common.CliError(f"--out {out} is not an embedding store")
+    items = common.list_audio_inputs(args.inputs)
+    model = common.open_model(args)
+    bad = ""
+    if args.skip_bad:
+        items, bad = _drop_bad(items, model.sample_rate)
+    ids, emb = common.embed(model, items, args)
+    files = {"paths.txt": "".join(f"{p}\n" for _, p in items)}
+    with common.writing(out):
+        save_embeddings(out, ids, emb, {**files, "bad_files.txt": bad})
+    print(
+        f"[dampit] {len(ids)} embeddings of size {emb.shape[1]} -> "
+        f"{os.path.join(out, EMBEDDINGS_FILE)} (index: {IDS_FILE})"
+        + (f"; {bad.count(chr(10))} bad file(s) skipped" if bad else "")
     )
-    os.makedirs(out, exist_ok=True)
-    save_embeddings(out, ids=ids, embeddings=emb)
-    atomic_write_text(
-        os.path.join(out, "paths.txt"), "".join(f"{p}\n" for _, p in items)
-    )
-    bad_file = os.path.join(out, "bad_files.txt")
-    if skipped:
-        atomic_write_text(
-            bad_file, "".join(f"{p}\t{why}\n" for p, why in skipped)
-        )
-    elif os.path.exists(bad_file):
-        os.remove(bad_file)
-    return {
-        "n": len(ids),
-        "dim": int(emb.shape[1]),
-        "skipped": skipped,
-        "out": out,
-    }
+    return 0
 
 
 def main(argv=None):
-    """Run ``dampit-embed``.
-
-    Arguments
-    ---------
-    argv : list of str, optional
-        Arguments (default ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        0 on success, 2 on bad input.
-    """
-    from dampit.dataio.audio import AudioError
-    from dampit.inference.api import ModelFolderError
-    from dampit.inference.safe_yaml import UnsafeYAMLError
-
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Embed audio files (folders, list files or files) with "
-        "an exported dampit model; writes <out>/embeddings.npy and "
-        "<out>/ids.txt.",
+    """Run ``dampit-embed``; returns 0, or 2 on bad input."""
+    parser = common.Parser(
+        PROG,
+        "Embed audio files (folders, list files "
+        "or files) with an exported dampit model.",
     )
     parser.add_argument("inputs", nargs="+", help="folders, list files, audio")
-    parser.add_argument("--out", required=True, help="output folder")
-    add_model_args(parser)
+    parser.add_argument("--out", required=True, help="output store folder")
     parser.add_argument(
         "--skip-bad",
         action="store_true",
-        help="leave out unreadable/empty/silent files instead of failing",
+        help="leave out bad audio files instead of failing",
     )
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        items = list_audio_inputs(args.inputs)
-        model = open_model(args)
-        res = embed(
-            model,
-            items,
-            args.out,
-            batch_size=args.batch_size,
-            skip_bad=args.skip_bad,
-            progress=not args.no_progress,
-        )
-    except (
-        AudioError,
-        CliError,
-        ModelFolderError,
-        UnsafeYAMLError,
-    ) as err:
-        return fail(PROG, err)
-    print(
-        f"[dampit] {res['n']} embeddings of size {res['dim']} -> "
-        f"{os.path.join(args.out, 'embeddings.npy')} (index: ids.txt)"
-        + (
-            f"; {len(res['skipped'])} bad file(s) skipped"
-            if res["skipped"]
-            else ""
-        )
-    )
-    return 0
+    return common.run(PROG, args, lambda: _embed(args))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 The console scripts run in-process through their ``main``; the expected
 embeddings come from SpeechBrain's own ``SpeakerRecognition`` loading the
 same model folder and embedding one file at a time, scores from a cosine
-written here, EERs from a plain loop over every threshold.
+written here, EERs from a plain loop over every threshold. More user
+errors: test_cli_errors.py; bounded memory: test_cli_memory.py.
 """
 
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -22,12 +24,20 @@ from speechbrain.inference.speaker import SpeakerRecognition
 from dampit.cli import embed as embed_cli
 from dampit.cli import verify as verify_cli
 from dampit.cli.common import CliError, list_audio_inputs
-from dampit.inference.export import write_demo_model
+from dampit.dataio.trials import read_scores
+
+HERE = pathlib.Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location(
+    "model_folder", HERE.parent / "model_folder.py"
+)
+model_folder = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(model_folder)
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return pathlib.Path(write_demo_model(tmp_path_factory.mktemp("demo")))
+    root = tmp_path_factory.mktemp("demo")
+    return pathlib.Path(model_folder.write_demo_model(root))
 
 
 @pytest.fixture(scope="module")
@@ -140,19 +150,23 @@ def test_list_file_errors(tmp_path):
     with pytest.raises(CliError, match=r"list.txt:3: .*missing/b.wav"):
         list_audio_inputs([str(lst)])
     lst.write_text("a.wav\nx\t a.wav\nx\ta.wav\n")
-    with pytest.raises(CliError, match="duplicate utterance ID.*'x'"):
+    with pytest.raises(CliError, match="list.txt:3: duplicate ID 'x'"):
         list_audio_inputs([str(lst)])
     with pytest.raises(CliError, match="input not found"):
         list_audio_inputs([str(tmp_path / "nothing")])
+    lst.write_text("# nothing\n\n")
+    with pytest.raises(CliError, match="list.txt: lists no audio files"):
+        list_audio_inputs([str(lst)])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CliError, match="no .wav/.flac files under"):
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    with pytest.raises(CliError, match="no .wav/.flac.* under"):
         list_audio_inputs([str(tmp_path / "empty")])
 
 
 def write_bad(kind, path):
     """Write a bad file of ``kind`` at ``path``; return the error text."""
     if kind == "missing":
-        return "audio file not found"
+        return "not found"
     if kind == "not_audio":
         path.write_text("this is not audio\n" * 100)
         return "cannot read audio file"
@@ -202,6 +216,7 @@ def test_embed_bad_file_is_a_clear_error(model, wavs, tmp_path, capsys, kind):
     assert code == 2
     assert cap.err.startswith("dampit-embed: error:")
     assert expected in cap.err and str(bad) in cap.err
+    assert len(cap.err.strip().splitlines()) == 1
     assert not out.exists()  # nothing half-written
 
 
@@ -210,20 +225,23 @@ def test_embed_skip_bad(model, wavs, tmp_path, capsys):
     write_bad("silent", tree / "s" / "zz_silent.wav")
     write_bad("not_audio", tree / "s" / "zz_text.wav")
     out = tmp_path / "e"
-    with pytest.warns(UserWarning, match="skipping"):
-        code, cap = run_embed(
-            [
-                "--model",
-                str(model),
-                str(tree),
-                "--out",
-                str(out),
-                "--skip-bad",
-                "--no-progress",
-            ],
-            capsys,
-        )
+    code, cap = run_embed(
+        [
+            "--model",
+            str(model),
+            str(tree),
+            "--out",
+            str(out),
+            "--skip-bad",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0
+    warned = cap.err.strip().splitlines()
+    assert len(warned) == 2 and all(
+        w.startswith("dampit-embed: warning: skipping") for w in warned
+    )
     assert len((out / "ids.txt").read_text().splitlines()) == 2
     bad = (out / "bad_files.txt").read_text().splitlines()
     assert [line.split("\t")[0] for line in bad] == [
@@ -234,7 +252,7 @@ def test_embed_skip_bad(model, wavs, tmp_path, capsys):
     assert "2 bad file(s) skipped" in cap.out
 
 
-def test_other_sample_rate_is_resampled(model, sb, wavs, tmp_path):
+def test_other_sample_rate_is_resampled(model, sb, wavs, tmp_path, capsys):
     """An 8 kHz file is resampled (warning) like torchaudio would."""
     data, sr = sf.read(next(iter(wavs.values()))[0], dtype="float32")
     low = tmp_path / "low.wav"
@@ -243,18 +261,12 @@ def test_other_sample_rate_is_resampled(model, sb, wavs, tmp_path):
     ref16 = tmp_path / "ref16.wav"
     sf.write(ref16, up.numpy(), 16000, subtype="FLOAT")
     out = tmp_path / "e"
-    with pytest.warns(UserWarning, match="sample rate 8000 Hz, resampling"):
-        code, _ = run_embed(
-            [
-                "--model",
-                str(model),
-                str(low),
-                "--out",
-                str(out),
-                "--no-progress",
-            ]
-        )
+    code, cap = run_embed(
+        ["--model", str(model), str(low), "--out", str(out), "--no-progress"],
+        capsys,
+    )
     assert code == 0
+    assert "dampit-embed: warning:" in cap.err and "8000 Hz" in cap.err
     emb = np.load(out / "embeddings.npy")
     assert close(emb[0], reference(sb, ref16))
 
@@ -345,16 +357,23 @@ def test_verify_trial_list(model, sb, wavs, tmp_path, capsys):
     assert code == 0, cap.err
     want = [cosine(reference(sb, e), reference(sb, t)) for _, e, t in trials]
     rows = [line.split() for line in out.read_text().splitlines()]
-    assert len(rows) == 6
-    got = [float(r[2]) for r in rows]
+    assert [r[:3] for r in rows] == [
+        ln.split()[1:] + ln.split()[:1] for ln in lines
+    ]
+    got = [float(r[3]) for r in rows]
     assert np.allclose(got, want, atol=1e-5)
-    assert [int(r[3]) for r in rows] == [int(s > 0.5) for s in got]
+    # The score file is the one format dampit reads back.
+    enrol_ids, _, back, labels = read_scores(out)
+    assert back.tolist() == got and enrol_ids[0] == rel[f1[0]]
+    assert labels.tolist() == [y for y, _, _ in trials]
+    n_accept = sum(s > 0.5 for s in got)
+    assert f"6 trials scored, threshold 0.5000, {n_accept} accepted" in cap.out
     eer = eer_loop(got, [y for y, _, _ in trials])
     assert f"EER {100 * eer:.2f}%" in cap.out
     assert "3 target / 3 non-target" in cap.out
 
 
-def test_verify_csv_ids(model, wavs, tmp_path, capsys):
+def test_verify_csv_ids(model, sb, wavs, tmp_path, capsys):
     files = [f for fs in wavs.values() for f in fs]
     csv_path = tmp_path / "test.csv"
     rows = ["ID,duration,wav,start,stop,spk_id"]
@@ -363,44 +382,51 @@ def test_verify_csv_ids(model, wavs, tmp_path, capsys):
     csv_path.write_text("\n".join(rows) + "\n")
     tl = tmp_path / "t.txt"
     tl.write_text("u0 u1\nu0 u4\n")
+    out = tmp_path / "s.txt"
+    argv = ["--model", str(model), "--trials", str(tl), "--csv", str(csv_path)]
     code = verify_cli.main(
-        [
-            "--model",
-            str(model),
-            "--trials",
-            str(tl),
-            "--csv",
-            str(csv_path),
-            "--data-root",
-            str(files[0].parent.parent),
-            "--no-progress",
-        ]
+        argv + ["--data-root", str(files[0].parent.parent), "--out", str(out)]
     )
     cap = capsys.readouterr()
     assert code == 0, cap.err
-    assert [line.split()[:2] for line in cap.out.splitlines()] == [
-        ["u0", "u1"],
-        ["u0", "u4"],
+    got = [line.split() for line in out.read_text().splitlines()]
+    assert [r[:2] for r in got] == [["u0", "u1"], ["u0", "u4"]]
+    want = [
+        cosine(reference(sb, files[0]), reference(sb, files[k])) for k in (1, 4)
     ]
-    assert "2 trials scored" in cap.err
+    assert np.allclose([float(r[2]) for r in got], want, atol=1e-5)
+    assert "2 trials scored" in cap.out
+    # Without --data-root the CSV's $data_root cannot be filled.
+    assert verify_cli.main(argv) == 2
+    assert f"--csv {csv_path}" in capsys.readouterr().err
+    tl.write_text("u0 u1\nu0 u9\n")
+    argv += ["--data-root", str(files[0].parent.parent)]
+    assert verify_cli.main(argv) == 2
+    assert "t.txt:2: u9: not in --csv" in capsys.readouterr().err
 
 
 def test_verify_bad_trials(model, wavs, tmp_path, capsys):
     f = next(iter(wavs.values()))[0]
     tl = tmp_path / "t.txt"
-    tl.write_text(f"1 {f} {f}\n1 {f} {f} {f}\n")
-    assert verify_cli.main(["--model", str(model), "--trials", str(tl)]) == 2
-    assert "t.txt:2: expected 'label enrol test'" in capsys.readouterr().err
-    tl.write_text(f"1 {f} {f}\n{f} {f}\n")
-    assert verify_cli.main(["--model", str(model), "--trials", str(tl)]) == 2
-    assert "some lines have a label" in capsys.readouterr().err
-    tl.write_text(f"1 {f} {f}\n0 {f} nowhere/x.wav\n")
-    assert verify_cli.main(["--model", str(model), "--trials", str(tl)]) == 2
-    err = capsys.readouterr().err
-    assert "t.txt:2: nowhere/x.wav" in err
-    tl.write_text(f"2 {f} {f}\n")
-    assert verify_cli.main(["--model", str(model), "--trials", str(tl)]) == 2
-    assert "label must be 0 or 1" in capsys.readouterr().err
+
+    def error(text):
+        tl.write_text(text)
+        code = verify_cli.main(["--model", str(model), "--trials", str(tl)])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        return err
+
+    assert "t.txt:2: expected 'label enrol test'" in error(
+        f"1 {f} {f}\n1 {f} {f} {f}\n"
+    )
+    assert "t.txt:2: mixes labelled and unlabelled" in error(
+        f"1 {f} {f}\n{f} {f}\n"
+    )
+    assert "t.txt:2: nowhere/x.wav: audio file not found" in error(
+        f"1 {f} {f}\n0 {f} nowhere/x.wav\n"
+    )
+    assert "label must be 0 or 1" in error(f"2 {f} {f}\n")
+    assert "t.txt: no trials" in error("# only a comment\n\n")
     assert (
         verify_cli.main(
             ["--model", str(model), str(f), str(tmp_path / "no.wav")]
@@ -412,26 +438,22 @@ def test_verify_bad_trials(model, wavs, tmp_path, capsys):
         verify_cli.main(["--model", str(model), str(f)])
 
 
-def test_verify_refuses_unsafe_model_unless_trust(
-    model, wavs, tmp_path, capsys
-):
+def test_model_yaml_is_not_executed(model, wavs, tmp_path, capsys):
+    """A hyperparams.yaml that would run code when loaded (issue 16 item
+    1): dampit-verify and dampit-embed score with the folder's JSON and
+    weights; the code does not run."""
     bad = tmp_path / "bad"
     shutil.copytree(model, bad)
+    pwned = tmp_path / "PWNED"
     hp = bad / "hyperparams.yaml"
-    hp.write_text(hp.read_text() + "extra: !apply:os.getcwd []\n")
-    n = len(hp.read_text().splitlines())
+    hp.write_text(hp.read_text() + f"extra: !apply:os.makedirs [{pwned}]\n")
     f = next(iter(wavs.values()))[0]
-    assert verify_cli.main(["--model", str(bad), str(f), str(f)]) == 2
-    err = capsys.readouterr().err
-    assert f"{hp}:{n}: !apply:os.getcwd" in err and "--trust" in err
-    code = verify_cli.main(["--model", str(bad), str(f), str(f), "--trust"])
-    assert code == 0
+    assert verify_cli.main(["--model", str(bad), str(f), str(f)]) == 0
     assert "score 1.0000" in capsys.readouterr().out
-    # dampit-embed checks too.
-    code, cap = run_embed(
+    code, _ = run_embed(
         ["--model", str(bad), str(f), "--out", str(tmp_path / "e")], capsys
     )
-    assert code == 2 and "!apply:os.getcwd" in cap.err
+    assert code == 0 and not pwned.exists()
 
 
 def test_console_scripts_installed():

@@ -1,0 +1,397 @@
+"""User errors of dampit-embed and dampit-verify: one line, exit 2.
+
+Every bad argument, output path, trial list and model folder gives one
+line on stderr naming the argument, file or row, and exit status 2,
+before any audio is embedded (no progress bar, nothing written); the
+traceback shows only with ``--verbose``. Read-only and full output
+folders are real tmpfs mounts (``unshare``) when running as root.
+"""
+
+import importlib.util
+import json
+import math
+import pathlib
+import shlex
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dampit.cli import embed as embed_cli
+from dampit.cli import verify as verify_cli
+from dampit.cli.common import CliError
+
+HERE = pathlib.Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location(
+    "model_folder", HERE.parent / "model_folder.py"
+)
+model_folder = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(model_folder)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    return pathlib.Path(model_folder.write_demo_model(root))
+
+
+@pytest.fixture(scope="module")
+def wavs(shared_data):
+    """Two files of each of two dspspeech speakers."""
+    root = shared_data / "dspspeech"
+    spk = sorted(p for p in root.iterdir() if p.is_dir())[:2]
+    return [f for s in spk for f in sorted(s.glob("*.wav"))[:2]]
+
+
+def one_line_error(err, *names, alone=True):
+    """The stderr of a refused command: one error line, the last, naming
+    ``names``; with ``alone``, nothing else (no progress bar, warning or
+    traceback)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 or not alone, err
+    assert "Traceback" not in err and ": error: " in lines[-1], err
+    assert sum(": error: " in ln for ln in lines) == 1, err
+    for name in names:
+        assert str(name) in lines[-1], (name, lines[-1])
+    return lines[-1]
+
+
+def refused(main, argv, capsys, *names):
+    """Run ``main(argv)`` (argparse exits too): exit 2 and one line."""
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    cap = capsys.readouterr()
+    assert code == 2, cap
+    assert cap.out == ""
+    return one_line_error(cap.err, *names)
+
+
+def verify_args(model, wavs, *extra):
+    return ["--model", str(model), str(wavs[0]), str(wavs[2]), *extra]
+
+
+# ---------------------------------------------------------- arguments --
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "two"])
+def test_batch_size_below_one(model, wavs, tmp_path, capsys, value):
+    out = tmp_path / "e"
+    argv = ["--model", str(model), str(wavs[0]), "--out", str(out)]
+    refused(
+        embed_cli.main,
+        argv + ["--batch-size", value],
+        capsys,
+        "--batch-size",
+        value,
+    )
+    refused(
+        verify_cli.main,
+        verify_args(model, wavs, "--batch-size", value),
+        capsys,
+        "--batch-size",
+    )
+    assert not out.exists()
+
+
+def test_bad_device(model, wavs, capsys):
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    bad = ["gpu7", "cuda:x", f"cuda:{n_gpus}"]
+    if n_gpus == 0:
+        bad.append("cuda")
+    for dev in bad:
+        refused(
+            verify_cli.main,
+            verify_args(model, wavs, "--device", dev),
+            capsys,
+            "--device",
+            dev,
+        )
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "abc"])
+def test_threshold_must_be_finite(model, wavs, capsys, value):
+    refused(
+        verify_cli.main,
+        verify_args(model, wavs, f"--threshold={value}"),
+        capsys,
+        "--threshold",
+        value,
+    )
+
+
+def test_out_checked_before_any_work(model, wavs, tmp_path, capsys):
+    """An existing file as embed's --out folder, a folder as verify's
+    --out file: refused at once (no progress bar), nothing changed."""
+    taken = tmp_path / "taken.txt"
+    taken.write_text("keep me\n")
+    argv = ["--model", str(model), *map(str, wavs), "--out", str(taken)]
+    refused(embed_cli.main, argv, capsys, "--out", taken, "not a folder")
+    assert taken.read_text() == "keep me\n"
+    trials = tmp_path / "t.txt"
+    trials.write_text(f"1 {wavs[0]} {wavs[1]}\n")
+    argv = ["--model", str(model), "--trials", str(trials), "--out"]
+    refused(verify_cli.main, argv + [str(tmp_path)], capsys, "--out", "folder")
+
+
+def test_missing_model_folder_before_the_trials(model, wavs, tmp_path, capsys):
+    """The model folder is an argument: checked before the trial list."""
+    trials = tmp_path / "t.txt"
+    trials.write_text("1 a.wav gone.wav\n")
+    gone = tmp_path / "no_model"
+    argv = ["--model", str(gone), "--trials", str(trials)]
+    refused(verify_cli.main, argv, capsys, "--model", gone)
+    argv = ["--model", str(gone), str(wavs[0]), "--out", str(tmp_path / "e")]
+    refused(embed_cli.main, argv, capsys, gone)
+
+
+def test_verbose_shows_the_traceback(model, wavs, tmp_path):
+    with pytest.raises(CliError, match="--model"):
+        verify_cli.main(
+            [
+                "--model",
+                str(tmp_path / "none"),
+                "--verbose",
+                str(wavs[0]),
+                str(wavs[1]),
+            ]
+        )
+
+
+# --------------------------------------------------------- trial lists --
+
+
+def trial_run(model, trials, capsys, *extra):
+    code = verify_cli.main(
+        [
+            "--model",
+            str(model),
+            "--trials",
+            str(trials),
+            "--no-progress",
+            *extra,
+        ]
+    )
+    cap = capsys.readouterr()
+    return code, cap
+
+
+def test_bom_is_accepted(model, wavs, tmp_path, capsys):
+    lines = f"1 {wavs[0]} {wavs[1]}\n0 {wavs[0]} {wavs[2]}\n"
+    plain, bom = tmp_path / "plain.txt", tmp_path / "bom.txt"
+    plain.write_text(lines)
+    bom.write_bytes(b"\xef\xbb\xbf" + lines.encode())
+    code, want = trial_run(model, plain, capsys)
+    assert code == 0
+    code, got = trial_run(model, bom, capsys)
+    assert code == 0, got.err
+    assert got.out == want.out and len(got.out.splitlines()) == 2
+
+
+def test_invalid_utf8_names_the_line(model, wavs, tmp_path, capsys):
+    trials = tmp_path / "t.txt"
+    trials.write_bytes(
+        f"1 {wavs[0]} {wavs[1]}\n".encode() * 2 + b"0 caf\xe9.wav x.wav\n"
+    )
+    argv = ["--model", str(model), "--trials", str(trials)]
+    refused(verify_cli.main, argv, capsys, f"{trials}:3", "UTF-8")
+
+
+def test_embed_list_file_encoding(model, wavs, tmp_path, capsys):
+    lst = tmp_path / "files.txt"
+    lst.write_bytes(b"\xef\xbb\xbf" + f"spk\t{wavs[0]}\n".encode())
+    out = tmp_path / "e"
+    argv = ["--model", str(model), str(lst), "--out", str(out)]
+    assert embed_cli.main(argv + ["--no-progress"]) == 0
+    capsys.readouterr()
+    assert (out / "ids.txt").read_text() == "spk\n"
+    lst.write_bytes(f"{wavs[0]}\n".encode() + b"\xff\xfe.wav\n")
+    refused(embed_cli.main, argv, capsys, f"{lst}:2", "UTF-8")
+
+
+def test_label_and_one_path_names_the_row(model, wavs, tmp_path, capsys):
+    trials = tmp_path / "t.txt"
+    trials.write_text(f"1 {wavs[0]} {wavs[1]}\n1 {wavs[2]}\n")
+    argv = ["--model", str(model), "--trials", str(trials)]
+    refused(verify_cli.main, argv, capsys, f"{trials}:2", "label")
+
+
+def test_missing_audio_names_the_row(model, wavs, tmp_path, capsys):
+    trials = tmp_path / "t.txt"
+    trials.write_text(f"1 {wavs[0]} {wavs[1]}\n# x\n0 {wavs[0]} no/x.wav\n")
+    argv = ["--model", str(model), "--trials", str(trials)]
+    refused(verify_cli.main, argv, capsys, f"{trials}:3", "no/x.wav")
+
+
+def test_duplicate_trials_are_counted_once(model, wavs, tmp_path, capsys):
+    a, b, c = map(str, wavs[:3])
+    rows = [(a, b), (a, c), (a, b), (b, c), (a, b), (a, c)]  # 3 repeats
+    trials = tmp_path / "t.txt"
+    trials.write_text("".join(f"{e} {t}\n" for e, t in rows))
+    out = tmp_path / "s.txt"
+    code, cap = trial_run(model, trials, capsys, "--out", str(out))
+    assert code == 0
+    warned = [ln for ln in cap.err.splitlines() if "duplicate" in ln]
+    assert len(warned) == 1 and "3 duplicate trial" in warned[0]
+    assert warned[0].startswith("dampit-verify: warning: ")
+    assert str(trials) in warned[0]
+    scored = [ln.split()[:2] for ln in out.read_text().splitlines()]
+    assert scored == [list(r) for r in rows]  # each still scored
+
+
+# ------------------------------------------------------- model folder --
+
+
+def edited_model(model, tmp_path, threshold="keep", scale=None):
+    """A copy of ``model`` whose ``dampit_export.json`` has another
+    threshold (None: none) and/or whose weights are multiplied by
+    ``scale``."""
+    new = tmp_path / "edited"
+    shutil.copytree(model, new)
+    spec_file = new / "dampit_export.json"
+    spec = json.loads(spec_file.read_text())
+    if threshold is None:
+        del spec["threshold"]
+    elif threshold != "keep":
+        spec["threshold"] = threshold
+    spec_file.write_text(json.dumps(spec))
+    if scale is not None:
+        ckpt = new / "embedding_model.ckpt"
+        state = torch.load(ckpt, weights_only=True)
+        for k, v in state.items():
+            if v.is_floating_point() and k.endswith("weight"):
+                state[k] = v * scale
+        torch.save(state, ckpt)
+    return new
+
+
+def test_missing_threshold_warns_once(model, wavs, tmp_path, capsys):
+    """No calibrated threshold: one warning naming 0.25 and the folder;
+    the decision is made at 0.25."""
+    bare = edited_model(model, tmp_path, threshold=None)
+    assert verify_cli.main(verify_args(bare, wavs)) == 0
+    cap = capsys.readouterr()
+    warned = [ln for ln in cap.err.splitlines() if "threshold" in ln]
+    assert len(warned) == 1 and "0.25" in warned[0] and str(bare) in warned[0]
+    score = float(cap.out.split()[1])
+    assert "threshold 0.2500" in cap.out
+    assert cap.out.strip().endswith(
+        "same speaker" if score > 0.25 else "different speakers"
+    )
+    # --threshold given: nothing to warn about.
+    assert verify_cli.main(verify_args(bare, wavs, "--threshold", "0.3")) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_stored_nan_threshold_is_an_error(model, wavs, tmp_path, capsys):
+    bad = edited_model(model, tmp_path, threshold=math.nan)
+    err = refused(verify_cli.main, verify_args(bad, wavs), capsys, bad)
+    assert "threshold" in err
+
+
+@pytest.mark.parametrize("scale", [math.nan, 1e10], ids=["nan", "overflow"])
+def test_non_finite_embeddings_name_the_model(
+    model, wavs, tmp_path, capsys, scale
+):
+    """NaN weights, or finite weights that overflow to NaN embeddings: an
+    error naming the model folder, never a 'score nan' decision, and no
+    embedding store written."""
+    bad = edited_model(model, tmp_path, scale=scale)
+    args = verify_args(bad, wavs, "--no-progress")
+    err = refused(verify_cli.main, args, capsys, bad)  # stdout is empty
+    assert "NaN" in err or "weights" in err
+    out = tmp_path / "e"
+    argv = [
+        "--model",
+        str(bad),
+        str(wavs[0]),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    refused(embed_cli.main, argv, capsys, bad)
+    assert not (out / "embeddings.npy").exists()
+
+
+# ----------------------------------------- read-only and full folders --
+
+# Runs CLI calls in one process and prints their exit codes and stderr,
+# then what the "full" folder holds (names, and the old score file).
+CASES_SCRIPT = """
+import contextlib, io, json, os, sys
+from dampit.cli import embed, verify
+cases, full = json.loads(sys.argv[1]), sys.argv[2]
+res = {}
+for name, prog, argv in cases:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(err):
+        code = {"embed": embed.main, "verify": verify.main}[prog](argv)
+    res[name] = (code, err.getvalue())
+res["listing"] = sorted(os.listdir(full))
+res["old"] = open(os.path.join(full, "scores.txt")).read()
+print(json.dumps(res))
+"""
+
+
+@pytest.fixture(scope="module")
+def write_faults(model, wavs, tmp_path_factory):
+    """dampit-embed and dampit-verify writing into a read-only tmpfs, and
+    dampit-verify writing 3,000 score lines into an 8 kB tmpfs that holds
+    an old score file (ENOSPC); in a user and mount namespace, so nothing
+    outside sees the mounts."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare not available")
+    tmp = tmp_path_factory.mktemp("faults")
+    ro, full = tmp / "ro", tmp / "full"
+    ro.mkdir(), full.mkdir()
+    trials = tmp / "t.txt"
+    pick = np.random.default_rng(0).integers(0, len(wavs), size=(3000, 2))
+    trials.write_text("".join(f"{wavs[a]} {wavs[b]}\n" for a, b in pick))
+    m = ["--model", str(model), "--no-progress"]
+    t = [*m, "--trials", str(trials), "--out"]
+    cases = [
+        ("ro_embed", "embed", [*m, str(wavs[0]), "--out", str(ro / "emb")]),
+        ("ro_verify", "verify", [*t, str(ro / "s.txt")]),
+        ("full", "verify", [*t, str(full / "scores.txt")]),
+    ]
+    q = shlex.quote
+    body = (
+        f"mount -t tmpfs -o ro,size=1m dampit {q(str(ro))} || exit 99; "
+        f"mount -t tmpfs -o size=8k dampit {q(str(full))} || exit 99; "
+        f'echo old > {q(str(full / "scores.txt"))}; exec "$@"'
+    )
+    cmd = [sys.executable, "-c", CASES_SCRIPT, json.dumps(cases), str(full)]
+    res = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", body, "sh", *cmd],
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode == 99:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout), ro, full
+
+
+def test_read_only_output_folder(write_faults):
+    """Refused before any work: one line naming --out and the cause."""
+    res, ro, _ = write_faults
+    for case, out in (("ro_embed", ro / "emb"), ("ro_verify", ro / "s.txt")):
+        code, err = res[case]
+        assert code == 2
+        one_line_error(err, "--out", out, "Read-only file system")
+
+
+def test_disk_full_names_the_output_and_keeps_the_old_file(write_faults):
+    """ENOSPC: one error line naming the file and the cause; the old file
+    is intact and no temporary file is left."""
+    res, _, full = write_faults
+    code, err = res["full"]
+    assert code == 2
+    line = one_line_error(err, full / "scores.txt", alone=False)
+    assert line.endswith("No space left on device")
+    assert err.count("duplicate trial") == 1  # logged once, one line
+    assert res["listing"] == ["scores.txt"] and res["old"] == "old\n"
