@@ -1,138 +1,234 @@
-"""A small Python API over an exported dampit model.
+"""Load an exported model folder without executing anything from it.
 
-An exported model folder (see :mod:`dampit.inference.export`) loads with
-SpeechBrain's own interfaces, offline::
+:func:`load_model` reads ``dampit_export.json`` with ``json`` (each
+module's class name and keyword arguments as plain values, ``threshold``,
+``sample_rate``), builds only the classes of :data:`REGISTRY`, loads
+``<module>.ckpt`` with ``torch.load(weights_only=True)`` and refuses
+non-finite weights or thresholds with one line naming the file.
 
-    from speechbrain.inference.speaker import SpeakerRecognition
-    model = SpeakerRecognition.from_hparams(source="model", savedir="tmp")
-    score, same = model.verify_files("a.wav", "b.wav")  # threshold 0.25!
+The folder's ``hyperparams.yaml`` is for SpeechBrain's
+``EncoderClassifier.from_hparams``, which *executes* it (HyperPyYAML builds
+any Python object it names): that is SpeechBrain's trust model, for folders
+you trust. ``load_model(folder, trust=True)`` does the same (it loads
+SpeechBrain's own folders, which have no JSON).
 
-SpeechBrain's ``verify_files`` decides with its fixed threshold 0.25.
-:func:`load_model` returns a :class:`DampitSpeakerRecognition` instead,
-which decides with the model's calibrated ``threshold``, reads audio with
-:func:`dampit.dataio.audio.load_audio` (missing, unreadable, empty, silent
-files raise :class:`~dampit.dataio.audio.AudioError` naming the file; other
-sample rates are resampled with a warning; several channels are averaged)
-and embeds many files in padded batches whose relative lengths are exact in
-frames, so a batch gives the embeddings of the files one by one::
+The result is SpeechBrain's ``SpeakerRecognition`` deciding with the
+folder's threshold, reading audio with :func:`dampit.dataio.audio.
+load_audio`, and embedding many files in padded batches whose relative
+lengths count frames exactly (:func:`dampit.inference.extract.pad_batch`)::
 
-    from dampit.inference.api import load_model
-    model = load_model("model")               # refuses unsafe YAML
-    ids, emb = model.embed_files(["a.wav", "b.wav", "c.wav"])
+    model = load_model("model")
+    ids, emb = model.embed_files(["a.wav", "b.wav"])
     scores, decisions = model.verify_pairs([("a.wav", "b.wav")])
-
-Relative lengths and frames
----------------------------
-SpeechBrain passes relative lengths (``n / N`` samples) to the modules,
-which turn them into frames as ``round(length * T)``. With a centred STFT
-a file of ``n`` samples has ``1 + n // hop`` frames, and ``round(n / N *
-(1 + N // hop))`` can differ from it by one frame, so a padded batch can
-differ slightly from one file at a time. :func:`frame_relative_lengths`
-gives the relative lengths ``(1 + n // hop) / (1 + N // hop)`` that make
-the modules count exactly the file's frames.
 """
 
+import json
+import math
 import os
-import shutil
+import pickle
 import tempfile
+import warnings
 
-import numpy as np
 import torch
+from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.speaker import SpeakerRecognition
+from speechbrain.lobes.features import Fbank
+from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, Classifier
+from speechbrain.processing.features import InputNormalization
 
 from dampit.dataio.audio import load_audio
-from dampit.inference.extract import embed_utterances, pad_batch
-from dampit.inference.safe_yaml import check_hparams
+from dampit.inference.extract import embed_utterances
+from dampit.lobes.features import CropNormalization, Features
+from dampit.lobes.resnet import LinearClassifier, SEResNet
 
-__all__ = [
-    "DampitSpeakerRecognition",
-    "ModelFolderError",
-    "cosine_scores",
-    "frame_relative_lengths",
-    "load_model",
-]
+__all__ = ["DampitSpeakerRecognition", "ModelFolderError", "load_model"]
 
+SPEC_FILE = "dampit_export.json"
 HPARAMS_FILE = "hyperparams.yaml"
+LABELS_FILE = "label_encoder.ckpt"
 DEFAULT_THRESHOLD = 0.25  # SpeechBrain's verify_batch default
+MODULES = ("compute_features", "mean_var_norm", "embedding_model")
+MODULES += ("classifier",)
+#: The only classes :func:`load_model` builds, by the name the JSON gives.
+REGISTRY = {
+    "dampit.lobes.features.Features": Features,
+    "dampit.lobes.features.CropNormalization": CropNormalization,
+    "dampit.lobes.resnet.SEResNet": SEResNet,
+    "dampit.lobes.resnet.LinearClassifier": LinearClassifier,
+    "speechbrain.lobes.features.Fbank": Fbank,
+    "speechbrain.processing.features.InputNormalization": InputNormalization,
+    "speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN": ECAPA_TDNN,
+    "speechbrain.lobes.models.ECAPA_TDNN.Classifier": Classifier,
+}
+_LOAD_ERRORS = (RuntimeError, ValueError, TypeError, AttributeError)
+_LOAD_ERRORS += (KeyError, EOFError, OSError, pickle.UnpicklingError)
 
 
-class ModelFolderError(FileNotFoundError):
-    """A model folder that is missing or lacks a needed file."""
+class ModelFolderError(ValueError):
+    """A model folder that is missing, incomplete, malformed or refused."""
 
 
-def frame_relative_lengths(n_samples, hop_length, n_fft=None, center=True):
-    """Relative lengths that give each item its exact STFT frame count.
+def _first_line(err):
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _check_threshold(where, value):
+    """The threshold, or None with a warning; non-finite raises."""
+    if value is None:
+        warnings.warn(
+            f"{where}: no threshold stored; deciding at SpeechBrain's "
+            f"default {DEFAULT_THRESHOLD}",
+            stacklevel=3,
+        )
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ModelFolderError(f"{where}: threshold {value!r} is not a number")
+    if not math.isfinite(value):
+        raise ModelFolderError(f"{where}: threshold {value} is not finite")
+    return float(value)
+
+
+def read_spec(folder):
+    """``dampit_export.json`` of a model folder, checked.
 
     Arguments
     ---------
-    n_samples : sequence of int
-        Samples of each item of the padded batch.
-    hop_length : int
-        STFT hop.
-    n_fft : int, optional
-        FFT size (only needed when ``center=False``).
-    center : bool
-        Whether the STFT is centred (``1 + n // hop`` frames).
+    folder : str
+        The model folder.
 
     Returns
     -------
-    torch.Tensor
-        ``[B]`` float32: frames of the item / frames of the longest.
-
-    Example
-    -------
-    >>> frame_relative_lengths([32000, 16000], 160).tolist()
-    [1.0, 0.5024875402450562]
+    dict
+        ``modules`` (name -> ``{"class", "kwargs"}``), ``sample_rate``,
+        ``threshold`` and facts about the export.
     """
-    n = np.asarray(list(n_samples), dtype=np.int64)
-    if center:
-        frames = 1 + n // int(hop_length)
-    else:
-        frames = 1 + (n - int(n_fft)) // int(hop_length)
-    frames = np.maximum(frames, 1)
-    rel = frames.astype(np.float64) / float(frames.max())
-    return torch.tensor(rel, dtype=torch.float32)
+    path = os.path.join(folder, SPEC_FILE)
+    if not os.path.isdir(folder):
+        raise ModelFolderError(f"model folder not found: {folder}")
+    if not os.path.isfile(path):
+        raise ModelFolderError(
+            f"{folder}: no {SPEC_FILE}, not a dampit model folder (export "
+            "one with dampit-export; load a SpeechBrain folder you trust "
+            "with --trust)"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ModelFolderError(f"{path}: not valid JSON: {err}") from None
+    mods = spec.get("modules") if isinstance(spec, dict) else None
+    if not isinstance(mods, dict) or any(m not in mods for m in MODULES[:3]):
+        raise ModelFolderError(f"{path}: needs modules {', '.join(MODULES)}")
+    rate = spec.get("sample_rate")
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
+        raise ModelFolderError(f"{path}: sample_rate {rate!r} is not valid")
+    return spec
 
 
-def cosine_scores(emb_a, emb_b):
-    """Row-wise cosine similarity, as ``SpeakerRecognition.verify_batch``.
+def _build(path, name, entry):
+    """One module from its JSON entry: registry classes only."""
+    if name not in MODULES:
+        raise ModelFolderError(f"{path}: unknown module {name!r}")
+    entry = entry if isinstance(entry, dict) else {}
+    cls = REGISTRY.get(str(entry.get("class")))
+    kwargs = entry.get("kwargs", {})
+    if cls is None:
+        raise ModelFolderError(
+            f"{path}: {name}: class {entry.get('class')!r} is not one "
+            f"dampit builds ({', '.join(sorted(REGISTRY))})"
+        )
+    if not isinstance(kwargs, dict):
+        raise ModelFolderError(f"{path}: {name}: kwargs must be an object")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ModelFolderError(f"{path}: {name}: {_first_line(err)}") from None
+
+
+def _load_weights(folder, name, module):
+    """``<name>.ckpt`` into ``module``: weights only, strict, finite."""
+    path = os.path.join(folder, f"{name}.ckpt")
+    if not os.path.isfile(path):
+        if name == "embedding_model":
+            raise ModelFolderError(f"{path}: missing")
+        return
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
+    except _LOAD_ERRORS as err:
+        raise ModelFolderError(
+            f"{path}: cannot load the weights: {_first_line(err)}"
+        ) from None
+    for key, value in module.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ModelFolderError(f"{path}: non-finite weights in {key}")
+
+
+def load_model(source, device="cpu", trust=False):
+    """Load a model folder, offline.
 
     Arguments
     ---------
-    emb_a : array-like or torch.Tensor
-        ``[N, D]`` (or ``[N, 1, D]``).
-    emb_b : array-like or torch.Tensor
-        Same shape.
+    source : str or os.PathLike
+        The model folder (written by ``dampit-export``).
+    device : str
+        Where the modules go ("cpu", "cuda:0"...).
+    trust : bool
+        Load with SpeechBrain's ``from_hparams`` instead, which executes
+        the folder's ``hyperparams.yaml``: only for folders you trust.
 
     Returns
     -------
-    numpy.ndarray
-        ``[N]`` cosine similarities (norms floored at 1e-6, like
-        SpeechBrain's ``CosineSimilarity(eps=1e-6)``).
+    DampitSpeakerRecognition
+        The model, in eval mode.
 
-    Example
-    -------
-    >>> s = cosine_scores([[1.0, 0.0], [1.0, 1.0]], [[2.0, 0.0], [-1.0, -1.0]])
-    >>> s.round(4).tolist()
-    [1.0, -1.0]
+    Raises
+    ------
+    ModelFolderError
+        One line naming the folder or file: missing, malformed, refused
+        class, unreadable or non-finite weights, non-finite threshold.
     """
-    a = torch.as_tensor(np.asarray(emb_a), dtype=torch.float32)
-    b = torch.as_tensor(np.asarray(emb_b), dtype=torch.float32)
-    a = a.reshape(a.shape[0], -1)
-    b = b.reshape(b.shape[0], -1)
-    sim = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-6)
-    return sim.numpy()
+    folder = os.path.abspath(os.fspath(source))
+    if trust:
+        if not os.path.isfile(os.path.join(folder, HPARAMS_FILE)):
+            raise ModelFolderError(f"{folder}: no {HPARAMS_FILE}")
+        with tempfile.TemporaryDirectory(prefix="dampit-model-") as tmp:
+            model = DampitSpeakerRecognition.from_hparams(
+                source=folder, savedir=tmp, run_opts={"device": device}
+            )
+        threshold = getattr(model.hparams, "threshold", None)
+        model.hparams.threshold = _check_threshold(folder, threshold)
+        return model.eval()
+    spec = read_spec(folder)
+    path = os.path.join(folder, SPEC_FILE)
+    mods = {k: _build(path, k, v) for k, v in spec["modules"].items()}
+    for name, module in mods.items():
+        _load_weights(folder, name, module)
+    hparams = {
+        "threshold": _check_threshold(path, spec.get("threshold")),
+        "sample_rate": spec["sample_rate"],
+        **mods,
+    }
+    labels = os.path.join(folder, LABELS_FILE)
+    if os.path.isfile(labels):
+        hparams["label_encoder"] = CategoricalEncoder()
+        try:
+            hparams["label_encoder"].load(labels)
+        except (ValueError, SyntaxError, OSError) as err:
+            raise ModelFolderError(f"{labels}: {_first_line(err)}") from None
+    model = DampitSpeakerRecognition(
+        modules=mods, hparams=hparams, run_opts={"device": device}
+    )
+    return model.eval()
 
 
 class DampitSpeakerRecognition(SpeakerRecognition):
     """``SpeakerRecognition`` with the stored threshold and robust audio.
 
-    Differences from SpeechBrain's class (everything else is inherited):
-
-    - ``verify_batch`` / ``verify_files`` default to the model's
-      ``threshold`` (from ``hyperparams.yaml``) instead of 0.25;
-    - ``load_audio`` uses :func:`dampit.dataio.audio.load_audio`;
-    - :meth:`embed_files` and :meth:`verify_pairs` batch many files.
+    ``verify_batch`` / ``verify_files`` decide with :attr:`threshold`
+    (SpeechBrain's: 0.25), ``load_audio`` is :func:`dampit.dataio.audio.
+    load_audio`, and :meth:`embed_files` / :meth:`verify_pairs` batch many
+    files; the rest is SpeechBrain's.
 
     Arguments
     ---------
@@ -140,41 +236,30 @@ class DampitSpeakerRecognition(SpeakerRecognition):
         See ``speechbrain.inference.interfaces.Pretrained``.
     **kwargs : dict
         See ``speechbrain.inference.interfaces.Pretrained``.
-
-    Example
-    -------
-    >>> import os, tempfile
-    >>> from dampit.inference.export import write_demo_model
-    >>> folder = write_demo_model(tempfile.mkdtemp())
-    >>> model = load_model(folder)
-    >>> model.threshold
-    0.5
-    >>> model.encode_batch(torch.randn(2, 8000)).shape
-    torch.Size([2, 1, 16])
     """
 
     @property
     def threshold(self):
-        """The calibrated decision threshold (``score > threshold``)."""
-        return float(getattr(self.hparams, "threshold", DEFAULT_THRESHOLD))
+        """The decision threshold (same speaker when score > threshold)."""
+        value = getattr(self.hparams, "threshold", None)
+        return DEFAULT_THRESHOLD if value is None else float(value)
 
     @property
     def sample_rate(self):
         """Sample rate the model expects."""
         rate = getattr(self.hparams, "sample_rate", None)
-        if rate is None:
-            rate = getattr(self.mods.compute_features, "sample_rate", 16000)
-        return int(rate)
+        feats = self.mods.compute_features
+        return int(rate or getattr(feats, "sample_rate", 16000))
 
     def load_audio(self, path, savedir=None):
-        """Read a file as the model expects it (mono, its sample rate).
+        """Read a local file as the model expects it (mono, its rate).
 
         Arguments
         ---------
         path : str or os.PathLike
-            A local audio file.
+            The audio file.
         savedir : None
-            Unused (SpeechBrain's signature; remote paths are not read).
+            Unused (SpeechBrain's signature).
 
         Returns
         -------
@@ -186,18 +271,14 @@ class DampitSpeakerRecognition(SpeakerRecognition):
     def verify_batch(
         self, wavs1, wavs2, wav1_lens=None, wav2_lens=None, threshold=None
     ):
-        """Cosine scores and decisions with the stored threshold.
+        """SpeechBrain's ``verify_batch``, by default at :attr:`threshold`.
 
         Arguments
         ---------
-        wavs1 : torch.Tensor
-            ``[B, N1]`` waveforms.
-        wavs2 : torch.Tensor
-            ``[B, N2]`` waveforms.
-        wav1_lens : torch.Tensor, optional
-            Relative lengths of ``wavs1``.
-        wav2_lens : torch.Tensor, optional
-            Relative lengths of ``wavs2``.
+        wavs1, wavs2 : torch.Tensor
+            ``[B, N]`` waveforms.
+        wav1_lens, wav2_lens : torch.Tensor, optional
+            Relative lengths.
         threshold : float, optional
             Defaults to :attr:`threshold`.
 
@@ -208,57 +289,10 @@ class DampitSpeakerRecognition(SpeakerRecognition):
         decision : torch.Tensor
             ``score > threshold``.
         """
-        if threshold is None:
-            threshold = self.threshold
+        threshold = self.threshold if threshold is None else threshold
         return super().verify_batch(
             wavs1, wavs2, wav1_lens, wav2_lens, threshold=threshold
         )
-
-    def frame_lengths(self, n_samples):
-        """Frame-exact relative lengths for this model's features.
-
-        Arguments
-        ---------
-        n_samples : sequence of int
-            Samples of each item of a padded batch.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[B]`` relative lengths (see :func:`frame_relative_lengths`);
-            plain ``n / max(n)`` for features without ``hop_length``.
-        """
-        feats = self.mods.compute_features
-        hop = getattr(feats, "hop_length", None)
-        n = [int(k) for k in n_samples]
-        if hop is None:
-            return torch.tensor([k / max(n) for k in n])
-        return frame_relative_lengths(
-            n,
-            hop,
-            n_fft=getattr(feats, "n_fft", None),
-            center=bool(getattr(feats, "center", True)),
-        )
-
-    def encode_waveforms(self, wavs):
-        """Embed 1-D waveforms of any lengths as one padded batch.
-
-        Arguments
-        ---------
-        wavs : list of torch.Tensor
-            ``[N_i]`` waveforms at :attr:`sample_rate`.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[B, D]`` embeddings, equal (to float rounding) to embedding
-            each waveform alone.
-        """
-        batch, _ = pad_batch(wavs)
-        lens = self.frame_lengths([w.numel() for w in wavs])
-        with torch.no_grad():
-            emb = self.encode_batch(batch, lens)
-        return emb.reshape(emb.shape[0], -1)
 
     def embed_files(self, items, batch_size=16, progress=True):
         """Embed audio files in padded batches, with a progress bar.
@@ -271,7 +305,7 @@ class DampitSpeakerRecognition(SpeakerRecognition):
         batch_size : int
             Files per forward pass.
         progress : bool
-            Show a tqdm progress bar.
+            Show a progress bar.
 
         Returns
         -------
@@ -279,32 +313,21 @@ class DampitSpeakerRecognition(SpeakerRecognition):
             Item IDs (the paths, for plain paths), in input order.
         embeddings : numpy.ndarray
             ``[N, D]`` float32.
-
-        Raises
-        ------
-        dampit.dataio.audio.AudioError
-            For a missing, unreadable, empty, silent or too short file.
         """
-        lens_fn = self.frame_lengths
-
-        def embed_fn(batch, rel):
-            # Recover the sample counts from pad_batch's n / N lengths.
-            n = torch.round(rel.double().cpu() * batch.shape[1]).long()
-            lens = lens_fn(n.tolist()).to(batch.device)
-            return self.encode_batch(batch, lens)
-
+        hop = getattr(self.mods.compute_features, "hop_length", None)
         ids, emb, _ = embed_utterances(
-            embed_fn,
+            self.encode_batch,
             items,
             sample_rate=self.sample_rate,
             batch_size=batch_size,
             device=self.device,
             progress=progress,
+            hop_length=hop if isinstance(hop, int) else None,
         )
         return ids, emb
 
     def verify_pairs(self, pairs, batch_size=16, progress=True):
-        """Score pairs of files; each file is embedded once.
+        """Score pairs of files (cosine), each file embedded once.
 
         Arguments
         ---------
@@ -313,7 +336,7 @@ class DampitSpeakerRecognition(SpeakerRecognition):
         batch_size : int
             Files per forward pass.
         progress : bool
-            Show a tqdm progress bar.
+            Show a progress bar.
 
         Returns
         -------
@@ -325,71 +348,8 @@ class DampitSpeakerRecognition(SpeakerRecognition):
         files = sorted({os.fspath(p) for pair in pairs for p in pair})
         ids, emb = self.embed_files(files, batch_size, progress)
         row = {u: k for k, u in enumerate(ids)}
+        emb = torch.from_numpy(emb)
         a = emb[[row[os.fspath(p)] for p, _ in pairs]]
         b = emb[[row[os.fspath(q)] for _, q in pairs]]
-        scores = cosine_scores(a, b)
+        scores = self.similarity(a, b).numpy()
         return scores, scores > self.threshold
-
-
-def load_model(
-    source, device="cpu", trust=False, savedir=None, cls=None, **kwargs
-):
-    """Load an exported model folder, offline, after a safety check.
-
-    Arguments
-    ---------
-    source : str or os.PathLike
-        The model folder (with ``hyperparams.yaml``).
-    device : str
-        Where the modules go ("cpu", "cuda:0"...).
-    trust : bool
-        Load even if ``hyperparams.yaml`` uses tags outside the allow-list
-        (see :mod:`dampit.inference.safe_yaml`).
-    savedir : str, optional
-        Where SpeechBrain links the files; default: a temporary folder
-        removed after loading (the weights are then in memory).
-    cls : type, optional
-        The interface class (default :class:`DampitSpeakerRecognition`;
-        any ``EncoderClassifier`` subclass works).
-    **kwargs : dict
-        Passed to ``from_hparams``.
-
-    Returns
-    -------
-    DampitSpeakerRecognition
-        The loaded model, in eval mode.
-
-    Raises
-    ------
-    ModelFolderError
-        When ``source`` is not a folder with ``hyperparams.yaml``.
-    dampit.inference.safe_yaml.UnsafeYAMLError
-        When the YAML uses refused tags and ``trust`` is False.
-    """
-    source = os.fspath(source)
-    hp_file = os.path.join(source, HPARAMS_FILE)
-    if not os.path.isdir(source):
-        raise ModelFolderError(f"model folder not found: {source}")
-    if not os.path.isfile(hp_file):
-        raise ModelFolderError(
-            f"{source} is not a model folder: {HPARAMS_FILE} is missing "
-            "(export one with dampit-export <run> <model>)"
-        )
-    check_hparams(hp_file, trust=trust)
-    cls = cls or DampitSpeakerRecognition
-    tmp = None
-    if savedir is None:
-        tmp = tempfile.mkdtemp(prefix="dampit-model-")
-        savedir = tmp
-    try:
-        model = cls.from_hparams(
-            source=os.path.abspath(source),
-            savedir=savedir,
-            run_opts={"device": device},
-            **kwargs,
-        )
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    model.eval()
-    return model

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from dampit.dataio.audio import load_audio
 from dampit.dataio.crops import eval_crops
+from dampit.metrics.embedding_store import EmbeddingStore, EmbeddingStoreWriter
 
 
 def _as_items(items):
@@ -214,8 +215,6 @@ class _Sink:
             self.rows.append(emb)
             return
         if self.writer is None:
-            from dampit.metrics.embedding_store import EmbeddingStoreWriter
-
             self.writer = EmbeddingStoreWriter(
                 self.folder, self.n, emb.shape[1:]
             )
@@ -228,7 +227,5 @@ class _Sink:
     def close(self):
         if self.folder is None:
             return np.concatenate(self.rows)
-        from dampit.metrics.embedding_store import EmbeddingStore
-
         self.writer.close()
         return EmbeddingStore(self.folder).embeddings

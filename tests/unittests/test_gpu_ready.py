@@ -24,6 +24,7 @@ import sys
 import pytest
 import torch
 
+from dampit.lobes.features import CropNormalization, Spectrogram
 from dampit.lobes.resnet import SEResNet
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -175,8 +176,6 @@ def test_compile_inductor_matches_eager_embeddings():
 
 def _brain(channels_last):
     """The recipe's MultiMetricBrain around the thin model (CPU)."""
-    from dampit.lobes.features import CropNormalization, Spectrogram
-
     sys.path.insert(0, str(RECIPE))
     try:
         from train import MultiMetricBrain

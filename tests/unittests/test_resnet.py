@@ -7,17 +7,14 @@ run one by one for the padded batches.
 """
 
 import math
+import re
 
 import pytest
 import torch
 
-from dampit.lobes.gates import SEGate, SpatialGate, residual_sigmoid
-from dampit.lobes.pooling import (
-    FreqMeanAttentiveStatsPool,
-    GlobalAvgPool,
-    GlobalMaxPool,
-    TemporalStatsPool,
-)
+import dampit.lobes.gates as gates
+from dampit.lobes.gates import SpatialGate
+from dampit.lobes.pooling import GlobalAvgPool, TemporalStatsPool
 from dampit.lobes.resnet import LinearClassifier, SEResNet
 
 BLOCKS = {
@@ -128,15 +125,32 @@ def test_trunk_keys_and_shapes_are_torchvisions(depth):
     assert trunk_params(model) == n_params(want)
 
 
+def strong_gates(model, std=0.3):
+    """Gate weights large enough that the gates change the result."""
+    with torch.no_grad():
+        for gate in model.gates.values():
+            gate.conv1.weight.normal_(0, std)
+            gate.conv2.weight.normal_(0, std)
+    return model
+
+
 def test_gate_and_prelu_parameter_counts():
-    plain = SEResNet(depth=50, gate="none", last_activation="relu")
+    plain = SEResNet(depth=50, gate="none")
     gated = SEResNet(depth=50, gate="spatial", gate_hidden=16)
-    # each gate: C*16 + 16 + 16*C + C; plus one PReLU slope in layer4.2.
-    want = sum(33 * c + 16 for c in (256, 512, 1024)) + 1
+    # each gate: C*16 + 16 + 16*C + C
+    want = sum(33 * c + 16 for c in (256, 512, 1024))
     extra = sum(p.numel() for p in gated.parameters()) - sum(
         p.numel() for p in plain.parameters()
     )
     assert extra == want
+    # the trunk's only non-torchvision parameter: layer4.2's PReLU slope
+    non_tv = [
+        n
+        for n, p in plain.named_parameters()
+        if n.startswith(("conv1.", "bn1.", "layer"))
+        and n.endswith("relu.weight")
+    ]
+    assert non_tv == ["layer4.2.relu.weight"]
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101])
@@ -166,13 +180,6 @@ def test_output_shapes(depth, base_width, in_channels):
         torch.testing.assert_close(model(sb), model(img))
 
 
-def test_last_stride_one_keeps_conv4_resolution():
-    model = SEResNet(depth=18, base_width=4, emb_dim=4, last_stride=1).eval()
-    with torch.no_grad():
-        feats, _ = model.trunk(torch.randn(1, 3, 32, 64))
-    assert feats.shape[-2:] == (halve(32, 4), halve(64, 4))
-
-
 @pytest.mark.parametrize("t", [9, 50, 123, 301])
 def test_variable_time_length_in_eval(t):
     model = SEResNet(depth=50, base_width=4, emb_dim=8).eval()
@@ -183,16 +190,18 @@ def test_variable_time_length_in_eval(t):
 
 
 def test_pooling_output_sizes_and_head():
-    for pooling, factor in (("avg", 1), ("max", 1), ("asp", 2)):
-        model = SEResNet(depth=18, base_width=4, pooling=pooling, emb_dim=5)
-        assert model.head.fc1.in_features == 32 * factor
-        assert model.head.fc1.out_features == 32  # default: trunk channels
+    for pooling, size in (("avg", 32), ("stats", 2 * 32 * 2)):
+        model = SEResNet(
+            depth=18, base_width=4, pooling=pooling, emb_dim=5, n_freq=40
+        )
+        assert model.out_freq(40) == 2
+        assert model.head.fc1.in_features == size
+        assert model.head.fc1.out_features == 32  # trunk channels
         assert model.head.fc1.bias is None
         assert isinstance(model.head.act, torch.nn.PReLU)
         assert model.head.drop.p == 0.1
         assert model.head.fc2.out_features == 5
-    model = SEResNet(depth=18, base_width=4, head_hidden=12, dropout=0.3)
-    assert model.head.fc1.out_features == 12 and model.head.drop.p == 0.3
+    assert SEResNet(depth=18, base_width=4, dropout=0.3).head.drop.p == 0.3
 
 
 def test_paper_defaults():
@@ -204,37 +213,21 @@ def test_paper_defaults():
     assert isinstance(gate, SpatialGate) and gate.hidden == 16
     assert isinstance(gate.act, torch.nn.ReLU)  # paper text
     assert isinstance(model.pool, GlobalAvgPool)
-
-
-def test_last_activation_only_in_last_block():
-    model = SEResNet(depth=50, base_width=4)
     prelu = [
         name
         for name, m in model.named_modules()
         if isinstance(m, torch.nn.PReLU) and name.startswith("layer")
     ]
-    assert prelu == ["layer4.2.relu"]
-    plain = SEResNet(depth=50, base_width=4, last_activation="relu")
-    assert not any(
-        isinstance(m, torch.nn.PReLU)
-        for n, m in plain.named_modules()
-        if n.startswith("layer")
-    )
+    assert prelu == ["layer4.2.relu"]  # the last block only
 
 
 # ----------------------------------------------------------------- gates
 
 
-@pytest.mark.parametrize(
-    "stages, gate",
-    [((2, 3, 4), "spatial"), ((3, 4, 5), "se"), ((4,), "spatial")],
-)
-def test_gates_sit_on_the_outputs_of_the_chosen_stages(stages, gate):
-    model = SEResNet(
-        depth=50, base_width=4, gate=gate, gate_stages=stages, emb_dim=4
-    ).eval()
-    assert sorted(model.gates) == [f"conv{s}" for s in stages]
-    for s in stages:
+def test_gates_sit_on_the_outputs_of_conv2_to_conv4():
+    model = SEResNet(depth=50, base_width=4, emb_dim=4).eval()
+    assert sorted(model.gates) == ["conv2", "conv3", "conv4"]
+    for s in (2, 3, 4):
         assert model.gates[f"conv{s}"].channels == model.stage_channels[s - 2]
     calls = []
 
@@ -250,21 +243,22 @@ def test_gates_sit_on_the_outputs_of_the_chosen_stages(stages, gate):
         layer[-1].register_forward_hook(hook(f"conv{i + 1}"))
     for name, g in model.gates.items():
         g.register_forward_hook(hook(f"gate_{name}"))
-    with torch.no_grad():
-        model(torch.randn(1, 3, 32, 40))
+    model(torch.randn(1, 3, 32, 40))  # with autograd: no in-place gates
     names = [c[0] for c in calls if not c[0].startswith("first")]
-    want = []
-    for s in (2, 3, 4, 5):
-        want.append(f"conv{s}")
-        if s in stages:
-            want.append(f"gate_conv{s}")
-    assert names == want
+    assert names == [
+        "conv2",
+        "gate_conv2",
+        "conv3",
+        "gate_conv3",
+        "conv4",
+        "gate_conv4",
+        "conv5",
+    ]
     by_name = {c[0]: c for c in calls}
-    for s in stages:
-        # the gate takes the stage's output...
+    for s in (2, 3, 4):
+        # the gate takes the stage's output, the next stage the gate's
         assert by_name[f"gate_conv{s}"][1] is by_name[f"conv{s}"][2]
-        if s < 5:  # ... and the next stage takes the gate's output
-            assert by_name[f"first{s + 1}"][1] is by_name[f"gate_conv{s}"][2]
+        assert by_name[f"first{s + 1}"][1] is by_name[f"gate_conv{s}"][2]
 
 
 def test_no_gates_for_none():
@@ -272,13 +266,18 @@ def test_no_gates_for_none():
     assert len(model.gates) == 0
 
 
-def test_spatial_gate_matches_a_plain_loop():
-    gate = SpatialGate(5, hidden=3, init_std=0.5)
+def _random_gate(channels, hidden, std=0.5):
+    gate = SpatialGate(channels, hidden=hidden).double()
     with torch.no_grad():
-        gate.conv1.bias.uniform_(-1, 1)
-        gate.conv2.bias.uniform_(-1, 1)
+        for conv in (gate.conv1, gate.conv2):
+            conv.weight.normal_(0, std)
+            conv.bias.uniform_(-1, 1)
+    return gate
+
+
+def test_spatial_gate_matches_a_plain_loop():
+    gate = _random_gate(5, 3)
     x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
-    gate = gate.double()
     w1 = gate.conv1.weight[:, :, 0, 0]
     w2 = gate.conv2.weight[:, :, 0, 0]
     want = torch.empty_like(x)
@@ -288,109 +287,61 @@ def test_spatial_gate_matches_a_plain_loop():
                 v = x[b, :, f, t]
                 h = torch.relu(w1 @ v + gate.conv1.bias)
                 m = 1 / (1 + torch.exp(-(w2 @ h + gate.conv2.bias)))
-                want[b, :, f, t] = v * m + v
+                want[b, :, f, t] = v * m + v  # the paper's Eq. 7
     with torch.no_grad():
         torch.testing.assert_close(gate(x), want)
-        gate.residual = False
-        torch.testing.assert_close(gate(x), want - x)
 
 
-def test_fused_residual_sigmoid_gradients():
-    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
-    z = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(residual_sigmoid, (x, z))
+def test_spatial_gate_gradients_match_the_formula(monkeypatch):
+    # chunked on CPU (2 chunks) and whole: the same gradients, and those
+    # of x * s + x with s = sigmoid(z): d/dx = 1 + s (+ the path through z)
+    x = torch.randn(3, 4, 2, 2, dtype=torch.float64, requires_grad=True)
+    gate = _random_gate(4, 3)
+    monkeypatch.setattr(gates, "CPU_CHUNK_ELEMENTS", 32)  # 2 items a chunk
+    assert torch.autograd.gradcheck(gate, (x,))
     g = torch.randn_like(x)
-    out = residual_sigmoid(x, z)
-    assert type(out.grad_fn).__name__ == "_ResidualSigmoidBackward"
-    gx, gz = torch.autograd.grad(out, (x, z), g)
-    # plain formulas: d/dx = 1 + s, d/dz = x s (1 - s)
-    s = 1 / (1 + torch.exp(-z.detach()))
-    torch.testing.assert_close(gx, g * (1 + s))
-    torch.testing.assert_close(gz, g * x.detach() * s * (1 - s))
-    with torch.no_grad():
-        torch.testing.assert_close(residual_sigmoid(x, z), out)
-    only_z = residual_sigmoid(x.detach(), z)
-    (gz2,) = torch.autograd.grad(only_z, (z,), g)
-    torch.testing.assert_close(gz2, gz)
+    params = [x] + list(gate.parameters())
+    chunked = torch.autograd.grad(gate(x), params, g)
+    monkeypatch.setattr(gates, "CPU_CHUNK_ELEMENTS", 10**9)
+    whole = torch.autograd.grad(gate(x), params, g)
+    z = gate.conv2(torch.relu(gate.conv1(x)))
+    plain = torch.autograd.grad(x * torch.sigmoid(z) + x, params, g)
+    for a, b, c in zip(chunked, whole, plain):
+        torch.testing.assert_close(a, c)
+        torch.testing.assert_close(b, c)
 
 
-def test_spatial_gate_keeps_the_map_and_se_gate_pools():
-    x = torch.randn(1, 8, 4, 6)
+def test_spatial_gate_is_local():
+    x = torch.randn(1, 8, 4, 6, dtype=torch.float64)
     y = x.clone()
     y[0, :, 1, 2] += 3.0  # change one position
-    spatial = SpatialGate(8, hidden=4, init_std=0.3).eval()
-    se = SEGate(8, reduction=2, init_std=0.3).eval()
+    gate = _random_gate(8, 4, std=0.3)
     with torch.no_grad():
-        ds = (spatial(y) - spatial(x)).abs().sum(dim=1)[0]
-        de = (se(y) - se(x)).abs().sum(dim=1)[0]
-    changed = ds > 1e-6
+        changed = (gate(y) - gate(x)).abs().sum(dim=1)[0] > 1e-9
     assert changed[1, 2] and changed.sum() == 1  # only that position
-    assert (de > 1e-6).sum() > 1  # the pooled gate changes everywhere
 
 
-def test_se_gate_matches_a_plain_loop_with_mask():
-    gate = SEGate(6, reduction=2, init_std=0.4, activation="prelu").double()
-    x = torch.randn(2, 6, 3, 5, dtype=torch.float64)
-    frames = [5, 2]
-    mask = torch.zeros(2, 1, 1, 5, dtype=torch.float64)
-    for b, n in enumerate(frames):
-        mask[b, ..., :n] = 1
-    a = gate.act.weight.item()
-    want = torch.empty_like(x)
-    for b, n in enumerate(frames):
-        z = x[b, :, :, :n].sum(dim=(1, 2)) / (3 * n)
-        h = gate.fc1.weight @ z + gate.fc1.bias
-        h = torch.where(h > 0, h, a * h)
-        s = torch.sigmoid(gate.fc2.weight @ h + gate.fc2.bias)
-        want[b] = x[b] * s[:, None, None] + x[b]
-    with torch.no_grad():
-        torch.testing.assert_close(gate(x, mask), want)
-
-
-@pytest.mark.parametrize("kind", ["spatial", "se"])
-def test_inplace_inference_path_gives_the_same_result(kind, monkeypatch):
-    import dampit.lobes.gates as gates
-
-    monkeypatch.setattr(gates, "CPU_CHUNK_ELEMENTS", 100)  # several chunks
-    gate = gates.make_gate(kind, 8, hidden=4, reduction=2, init_std=0.3)
+@pytest.mark.parametrize("chunk", [100, 10**9])  # several chunks, one
+def test_inplace_inference_path_gives_the_same_result(chunk, monkeypatch):
+    monkeypatch.setattr(gates, "CPU_CHUNK_ELEMENTS", chunk)
+    gate = _random_gate(8, 4, std=0.3).float()
     x = torch.randn(5, 8, 3, 4)
     want = gate(x)  # gradients enabled: never in place
     assert want is not x
     keep = x.clone()
     with torch.no_grad():
         assert gate(x) is not x  # not asked: x untouched
-        torch.testing.assert_close(x, keep)
+        torch.testing.assert_close(x, keep, rtol=0, atol=0)
         out = gate(x, inplace=True)
     assert out is x
     torch.testing.assert_close(out, want.detach())
     y = keep.clone().requires_grad_()
     assert gate(y, inplace=True) is not y  # grad enabled: not in place
-    torch.testing.assert_close(y.detach(), keep)
-
-
-@pytest.mark.parametrize("activation", ["relu", "prelu"])
-def test_chunked_gate_matches_whole_batch(activation, monkeypatch):
-    import dampit.lobes.gates as gates
-
-    gate = SpatialGate(4, hidden=3, init_std=0.4, activation=activation)
-    gate = gate.double()
-    x = torch.randn(5, 4, 3, 2, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(5, 4, 3, 2, dtype=torch.float64)
-    results = []
-    for chunk in (10**9, 24, 50):  # whole batch, 1 item, 2 items
-        monkeypatch.setattr(gates, "CPU_CHUNK_ELEMENTS", chunk)
-        out = gate(x)
-        grads = torch.autograd.grad(out, [x] + list(gate.parameters()), g)
-        results.append((out, grads))
-    for out, grads in results[1:]:
-        torch.testing.assert_close(out, results[0][0])
-        for a, b in zip(grads, results[0][1]):
-            torch.testing.assert_close(a, b)
+    torch.testing.assert_close(y.detach(), keep, rtol=0, atol=0)
 
 
 def test_model_in_eval_with_and_without_grad_agrees():
-    model = SEResNet(depth=50, base_width=4, emb_dim=8, gate_init_std=0.3)
-    model.eval()
+    model = strong_gates(SEResNet(depth=50, base_width=4, emb_dim=8)).eval()
     x = torch.randn(3, 3, 32, 40)
     with_grad = model(x)
     with torch.inference_mode():
@@ -407,7 +358,6 @@ def test_gate_initialisation_is_the_codes():
         m = gate.attention(torch.randn(1, 512, 2, 3))
     # sigmoid of nearly zero logits: the gate starts as x * 1.5
     assert (m - 0.5).abs().max() < 1e-3
-    assert isinstance(SpatialGate(8, activation="prelu").act, torch.nn.PReLU)
 
 
 # ---------------------------------------------------- lengths and padding
@@ -428,12 +378,9 @@ def _pad_batch(items, fill):
     "depth, pooling, gate",
     [
         (50, "avg", "spatial"),
-        (50, "avg", "se"),
-        (50, "max", "none"),
-        (50, "asp", "spatial"),
-        (50, "asp", "se"),
+        (50, "stats", "none"),
         (18, "avg", "spatial"),
-        (34, "asp", "none"),
+        (34, "avg", "none"),
         (18, "stats", "spatial"),
     ],
 )
@@ -453,13 +400,10 @@ def test_padded_batch_equals_files_one_by_one(depth, pooling, gate, stem):
         emb_dim=16,
         pooling=pooling,
         gate=gate,
-        gate_stages=(2, 3, 4, 5),
-        gate_init_std=0.3,  # make the gates matter
-        asp_attention_channels=8,
         n_freq=40,
         **stem,
     )
-    model = model.double().eval()
+    model = strong_gates(model).double().eval()
     items = [torch.randn(1, 3, 40, t, dtype=torch.float64) for t in (97, 60)]
     items += [torch.randn(1, 3, 40, t, dtype=torch.float64) for t in (33, 5)]
     batch, lens = _pad_batch(items, fill=7.0)  # padding need not be zero
@@ -468,7 +412,8 @@ def test_padded_batch_equals_files_one_by_one(depth, pooling, gate, stem):
         padded = model(batch, lens)
         unmasked = model(batch)
     assert padded.shape == (4, 1, 16)
-    assert (padded - one_by_one).abs().max() < 1e-5
+    # float64 rounding of sums over at most ~1e5 terms of size O(10)
+    torch.testing.assert_close(padded, one_by_one, rtol=1e-9, atol=1e-9)
     # the masks matter: without lengths the short items change a lot
     assert (unmasked[1:] - one_by_one[1:]).abs().max() > 1e-2
 
@@ -480,27 +425,22 @@ def test_full_lengths_equal_no_lengths():
         torch.testing.assert_close(model(x, torch.ones(3)), model(x))
 
 
-def test_pooling_modules_match_plain_computation():
+def test_avg_pool_matches_plain_computation():
     x = torch.randn(2, 3, 4, 6, dtype=torch.float64)
     frames = torch.tensor([6, 2])
     avg = GlobalAvgPool()(x, frames)
-    mx = GlobalMaxPool()(x, frames)
     for b, n in enumerate(frames.tolist()):
         torch.testing.assert_close(avg[b], x[b, :, :, :n].mean(dim=(1, 2)))
-        torch.testing.assert_close(mx[b], x[b, :, :, :n].amax(dim=(1, 2)))
-    asp = FreqMeanAttentiveStatsPool(3, attention_channels=4).double().eval()
-    with torch.no_grad():
-        out = asp(x, frames)
-        alone = asp(x[1:, :, :, :2])
-    torch.testing.assert_close(out[1:], alone)
-    assert out.shape == (2, 6)
+    torch.testing.assert_close(GlobalAvgPool()(x), x.mean(dim=(2, 3)))
 
 
 # ------------------------------------------------------- training and misc
 
 
 def test_training_step_reaches_every_parameter():
-    model = SEResNet(depth=18, base_width=4, emb_dim=8, pooling="asp")
+    model = SEResNet(
+        depth=18, base_width=4, emb_dim=8, pooling="stats", n_freq=24
+    )
     clf = LinearClassifier(8, 3)
     model.train()
     x = torch.randn(4, 50, 24)
@@ -520,24 +460,20 @@ def test_linear_classifier_is_a_plain_linear_layer():
     want = x[:, 0] @ clf.out.weight.T + clf.out.bias
     torch.testing.assert_close(clf(x)[:, 0], want)
     torch.testing.assert_close(clf(x[:, 0]), want)
-    assert LinearClassifier(4, 3, bias=False).out.bias is None
-    with pytest.raises(ValueError, match="B, D"):
-        clf(torch.randn(4))
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="depth"):
-        SEResNet(depth=42)
-    with pytest.raises(ValueError, match="gate_stages"):
-        SEResNet(depth=18, gate_stages=(1, 2))
-    with pytest.raises(ValueError, match="gate"):
-        SEResNet(depth=18, gate="cbam")
-    with pytest.raises(ValueError, match="pooling"):
-        SEResNet(depth=18, pooling="median")
-    with pytest.raises(ValueError, match="last_activation"):
-        SEResNet(depth=18, last_activation="gelu")
-    with pytest.raises(ValueError, match="activation"):
-        SEResNet(depth=18, gate_activation="tanh")
+    for kwargs, name in (
+        ({"depth": 42}, "depth=42"),
+        ({"depth": 152}, "depth=152"),
+        ({"gate": "se"}, "gate='se'"),
+        ({"pooling": "asp"}, "pooling='asp'"),
+        ({"pooling": "stats"}, "n_freq=None"),
+        ({"stem_kernel": 4}, "stem_kernel=4"),
+        ({"stem_stride": 0}, "stem_stride=0"),
+    ):
+        with pytest.raises(ValueError, match=f"bad {re.escape(name)}"):
+            SEResNet(**{"depth": 18, **kwargs})
     model = SEResNet(depth=18, base_width=4, emb_dim=4)
     with pytest.raises(ValueError, match="channels"):
         model(torch.randn(1, 2, 20, 30))
@@ -604,13 +540,7 @@ def test_out_freq_matches_trunk_and_stats_head(n_freq, stem):
     assert out.shape == (2, 1, 6)
 
 
-def test_stem_and_stats_errors():
-    with pytest.raises(ValueError, match="n_freq"):
-        SEResNet(depth=18, base_width=4, pooling="stats")
-    with pytest.raises(ValueError, match="stem_kernel"):
-        SEResNet(depth=18, base_width=4, stem_kernel=4)
-    with pytest.raises(ValueError, match="stem_stride"):
-        SEResNet(depth=18, base_width=4, stem_stride=0)
+def test_stats_pool_errors():
     model = SEResNet(depth=18, base_width=4, pooling="stats", n_freq=80)
     with pytest.raises(ValueError, match="n_freq must match"):
         model(torch.randn(1, 50, 40))

@@ -25,7 +25,7 @@ def encoder():
             norm_type="sentence", std_norm=False
         ),
         "embedding_model": SEResNet(
-            depth=50, base_width=8, emb_dim=32, pooling="asp"
+            depth=50, base_width=8, emb_dim=32, pooling="stats", n_freq=40
         ),
         "classifier": LinearClassifier(32, 5),
     }
