@@ -1,6 +1,6 @@
 """dampit.dataio: from audio files to training batches and trial lists.
 
-- ``audio``: ``load_audio`` / ``audio_info`` (mono, resampling, clear
+- ``audio``: ``load_audio`` / ``read_crop`` (mono, resampling, clear
   ``AudioError`` naming the file);
 - ``prepare_voxceleb``: VoxCeleb1/2 -> ``train.csv``, ``dev.csv``,
   ``test.csv`` and ID trial lists (VoxCeleb1-O, -O cleaned, -E, -H);

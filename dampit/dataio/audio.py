@@ -177,24 +177,3 @@ def check_audio(path, min_duration=MIN_DURATION):
     if _silent(data):
         raise AudioError(f"audio file is silent: {path}")
     return frames, sr
-
-
-def audio_info(path):
-    """``(frames, sample_rate, channels)`` of an audio file (header only).
-
-    Example
-    -------
-    >>> import tempfile
-    >>> p = os.path.join(tempfile.mkdtemp(), "x.wav")
-    >>> sf.write(p, np.zeros((800, 2)), 8000)
-    >>> audio_info(p)
-    (800, 8000, 2)
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise AudioError(f"audio file not found: {path}")
-    try:
-        info = sf.info(path)
-    except (RuntimeError, sf.LibsndfileError) as err:
-        raise AudioError(f"cannot read audio file {path}: {err}") from err
-    return info.frames, info.samplerate, info.channels

@@ -18,17 +18,13 @@ __all__ = ["repeat_to_length", "random_crop", "eval_crops"]
 
 
 def _check(wav, n, fn):
-    """Validate a 1-D, non-empty waveform and a positive crop length."""
-    if not isinstance(wav, torch.Tensor):
-        wav = torch.as_tensor(wav)
-    if wav.dim() != 1:
+    """A non-empty 1-D waveform and a crop length n >= 1, or a ValueError."""
+    wav = torch.as_tensor(wav)
+    if wav.dim() != 1 or wav.numel() == 0 or int(n) != n or n <= 0:
         raise ValueError(
-            f"{fn}: expects a 1-D waveform [N], got shape {tuple(wav.shape)}"
+            f"{fn}: needs a non-empty 1-D waveform and a crop length n >= 1, "
+            f"got shape {tuple(wav.shape)} and n={n}"
         )
-    if wav.numel() == 0:
-        raise ValueError(f"{fn}: the waveform is empty (0 samples)")
-    if int(n) != n or n <= 0:
-        raise ValueError(f"{fn}: crop length n={n} must be a positive int")
     return wav, int(n)
 
 

@@ -199,12 +199,14 @@ def cached(save_folder, opts, outputs):
     return saved.get("summary")
 
 
-def write_outputs(save_folder, tables, trial_lists, opts, summary):
-    """Write CSVs (``name -> rows``), trial lists (``file -> trials``) and,
-    last, the options and summary."""
+def write_outputs(save_folder, opts, tables, trial_lists, **summary):
+    """Write ``<name>.csv`` for ``tables`` (name -> rows ``(ID, path,
+    frames, rate, speaker)``), the trial lists (file -> trials) and, last,
+    the options with the summary (paths and counts added), returned."""
     os.makedirs(save_folder, exist_ok=True)
     for name, rows in tables.items():
-        with atomic_path(os.path.join(save_folder, name)) as tmp:
+        path = summary[f"{name}_csv"] = os.path.join(save_folder, name + ".csv")
+        with atomic_path(path) as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f)
                 writer.writerow(CSV_FIELDS)
@@ -213,6 +215,8 @@ def write_outputs(save_folder, tables, trial_lists, opts, summary):
                 )
     for name, trials in trial_lists.items():
         write_trials(os.path.join(save_folder, name), trials)
+    summary.update(n_train=len(tables["train"]), n_dev=len(tables["dev"]))
+    summary["n_test_utts"] = len(tables["test"])
     text = json.dumps({"opts": opts, "summary": summary}, indent=1)
     atomic_write_text(os.path.join(save_folder, OPTS_FILE), text + "\n")
     return summary
@@ -313,26 +317,18 @@ def prepare_folder(
     test = [r for s in test_spk for r in by_spk[s]]
     trials = make_trials([r[0] for r in test], [r[-1] for r in test], seed=seed)
     stats = trial_summary(trials)
-    out = {
-        k: os.path.join(save_folder, f"{k}.csv")
-        for k in ("train", "dev", "test")
-    }
-    summary = {f"{k}_csv": v for k, v in out.items()}
-    summary.update(
+    return write_outputs(
+        save_folder,
+        opts,
+        {"train": train, "dev": dev, "test": test},
+        {"trials.txt": trials},
         trials=os.path.join(save_folder, "trials.txt"),
         n_train_speakers=len(train_spk),
         n_test_speakers=n_test,
-        n_train=len(train),
-        n_dev=len(dev),
-        n_test_utts=len(test),
         n_trials=stats["trials"],
         n_target=stats["target"],
         n_nontarget=stats["nontarget"],
         n_bad_skipped=len(paths) - len(info),
         test_speakers=test_spk,
         sample_rates=sorted({sr for _, sr in info.values()}),
-    )
-    tables = {"train.csv": train, "dev.csv": dev, "test.csv": test}
-    return write_outputs(
-        save_folder, tables, {"trials.txt": trials}, opts, summary
     )

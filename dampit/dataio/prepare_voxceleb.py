@@ -11,8 +11,8 @@ Layouts (the official downloads, unpacked)::
 corpora minus every speaker of the trial lists, 10 % of each speaker held
 out), ``test.csv`` (the utterances the trial lists name) and
 ``trials_<name>.txt`` per list, with IDs as in the CSVs
-(``id10270/x6uYqmx31kE/00001``). Lists are given as paths, official names
-or aliases (``vox1-o``, ``vox1-o-clean``, ``vox1-e``, ``vox1-h``...).
+(``id10270/x6uYqmx31kE/00001``). Lists are given as paths or official
+names (``veri_test2.txt``: VoxCeleb1-O cleaned).
 """
 
 import os
@@ -42,20 +42,12 @@ OFFICIAL_TRIAL_LISTS = {
     "list_test_hard.txt": ("VoxCeleb1-H", 552536),
     "list_test_hard2.txt": ("VoxCeleb1-H cleaned", 550894),
 }
-TRIAL_ALIASES = {
-    "vox1-o": "veri_test.txt",
-    "vox1-o-clean": "veri_test2.txt",
-    "vox1-e": "list_test_all.txt",
-    "vox1-e-clean": "list_test_all2.txt",
-    "vox1-h": "list_test_hard.txt",
-    "vox1-h-clean": "list_test_hard2.txt",
-}
 CONVERT_HINT = "convert it first: python tools/convert_voxceleb2.py {}"
 
 
 def find_trial_list(name, vox1_folder=None):
-    """Path of a trial list given as a path, an official name or an alias,
-    looked for as given, then in ``<vox1>/meta`` and ``<vox1>``.
+    """Path of a trial list given as a path or a file name, looked for as
+    given, then in ``<vox1>/meta`` and ``<vox1>``.
 
     Example
     -------
@@ -63,10 +55,10 @@ def find_trial_list(name, vox1_folder=None):
     >>> d = tempfile.mkdtemp()
     >>> os.makedirs(os.path.join(d, "meta"))
     >>> open(os.path.join(d, "meta", "veri_test.txt"), "w").close()
-    >>> find_trial_list("vox1-o", d) == os.path.join(d, "meta", "veri_test.txt")
-    True
+    >>> find_trial_list("veri_test.txt", d)[len(d):]
+    '/meta/veri_test.txt'
     """
-    base = TRIAL_ALIASES.get(os.fspath(name).lower(), os.fspath(name))
+    base = os.fspath(name)
     tried = [base]
     if vox1_folder is not None and os.path.basename(base) == base:
         tried += [os.path.join(vox1_folder, "meta", base)]
@@ -118,7 +110,7 @@ def prepare_voxceleb(
     vox1_folder, vox2_folder : str or None
         Corpus roots (VoxCeleb1 is needed for trial lists).
     trial_lists : sequence of str
-        Official names, aliases or paths; their speakers never train.
+        Official names or paths; their speakers never train.
     train_sets : sequence of str or None
         ``"vox1"`` and/or ``"vox2"`` (None: every corpus given; the paper
         trains on ``("vox2",)``).
@@ -247,21 +239,18 @@ def prepare_voxceleb(
             )
         trials[name] = kept
         stats[name[7:-4]] = trial_summary(kept)
-    test = [rows[u] for u in test_ids if u in rows]
-    out = {
-        k: os.path.join(save_folder, f"{k}.csv")
-        for k in ("train", "dev", "test")
-    }
-    summary = {f"{k}_csv": v for k, v in out.items()}
-    summary.update(
+    return write_outputs(
+        save_folder,
+        opts,
+        {
+            "train": train,
+            "dev": dev,
+            "test": [rows[u] for u in test_ids if u in rows],
+        },
+        trials,
         trials={n[7:-4]: os.path.join(save_folder, n) for n in names},
         trial_stats=stats,
-        n_train=len(train),
-        n_dev=len(dev),
-        n_test_utts=len(test),
         n_train_speakers=len(by_spk),
         n_test_speakers=len(test_spk),
         n_bad_skipped=len(bad) + len(wanted) - len(rows),
     )
-    tables = {"train.csv": train, "dev.csv": dev, "test.csv": test}
-    return write_outputs(save_folder, tables, trials, opts, summary)
