@@ -93,8 +93,9 @@ def utterance_loader(hparams, csv_path, ids, n_crops=0):
     torch.utils.data.DataLoader
         Batches sorted by duration (``id``, ``sig``, ``crops``).
     """
-    sr = int(hparams["sample_rate"])
-    crop = (int(hparams["test_crop_frames"]) - 1) * int(hparams["hop_length"])
+    sr, crop = int(hparams["sample_rate"]), None
+    if n_crops:
+        crop = (int(hparams["test_crop_frames"]) - 1) * hparams["hop_length"]
     data = sb.dataio.dataset.DynamicItemDataset.from_csv(
         csv_path, replacements={"data_root": hparams["data_folder"]}
     )
@@ -122,7 +123,7 @@ def utterance_loader(hparams, csv_path, ids, n_crops=0):
 def embed(embed_fn, loader, hop_length, device, progress=True):
     """Embeddings of every utterance of a loader, whole and cropped.
 
-    Padded utterances get frame-exact relative lengths,
+    With ``hop_length``, padded utterances get frame-exact lengths,
     ``(1 + n // hop) / (1 + N // hop)``: each embeds as it would alone.
 
     Arguments
@@ -131,8 +132,8 @@ def embed(embed_fn, loader, hop_length, device, progress=True):
         ``(wavs [B, N], lens [B]) -> [B, 1, D]``.
     loader : DataLoader
         From :func:`utterance_loader`.
-    hop_length : int
-        The features' hop.
+    hop_length : int or None
+        The features' hop (None: SpeechBrain's relative lengths).
     device : str or torch.device
         Where the batches go.
     progress : bool
@@ -154,8 +155,10 @@ def embed(embed_fn, loader, hop_length, device, progress=True):
 
     for batch in tqdm(loader, desc="embedding", disable=not progress):
         wavs, rel = batch.sig
-        frames = 1 + torch.round(rel * wavs.shape[1]).long() // hop_length
-        full.append(run(wavs, frames / (1 + wavs.shape[1] // hop_length)))
+        if hop_length:  # frame-exact
+            frames = 1 + torch.round(rel * wavs.shape[1]).long() // hop_length
+            rel = frames / (1 + wavs.shape[1] // hop_length)
+        full.append(run(wavs, rel))
         ids += batch.id
         if getattr(batch, "crops", None) is not None:
             cuts = batch.crops.data

@@ -42,8 +42,13 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
-from speechbrain.utils.metric_stats import EER
 
+from dampit.dataio.prepare_folder import prepare_folder
+from dampit.dataio.trials import read_trials
+from dampit.metrics.multicrop import cosine_scores
+from dampit.metrics.plots import write_report
+from dampit.recipe.validation import validation_eer
+from dampit.recipe.verification import embed, utterance_loader
 from dampit.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -110,7 +115,13 @@ class SpeakerBrain(sb.core.Brain):
             for name, total in self.term_sums.items():
                 self.train_stats[name] = total / max(1, self.term_count)
             return
-        stats = {"EER": self.valid_eer()}
+        # All pairs of the validation embeddings (other utterances of the
+        # training speakers); the lowest EER's checkpoint is the one tested.
+        stats = {
+            "EER": validation_eer(
+                torch.cat(self.valid_emb), torch.cat(self.valid_spk)
+            )
+        }
         if stage == sb.Stage.VALID:
             old_lr, new_lr = self.hparams.lr_annealing(epoch)
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
@@ -120,28 +131,6 @@ class SpeakerBrain(sb.core.Brain):
                 valid_stats=stats,
             )
             self.checkpointer.save_and_keep_only(meta=stats, min_keys=["EER"])
-
-    def valid_eer(self):
-        """EER (%) over all pairs of the validation embeddings (cosine).
-
-        The validation set holds other utterances of the training speakers;
-        the checkpoint with the lowest value is the one tested.
-
-        Returns
-        -------
-        float
-            The EER in percent (100 when the batches seen cannot form both
-            same- and different-speaker pairs, as can happen in --debug).
-        """
-        emb = torch.nn.functional.normalize(torch.cat(self.valid_emb), dim=1)
-        spk = torch.cat(self.valid_spk)
-        i, j = torch.triu_indices(len(spk), len(spk), offset=1)
-        scores = (emb[i] * emb[j]).sum(1)
-        same = spk[i] == spk[j]
-        if same.all() or not same.any():
-            return 100.0
-        eer, _ = EER(scores[same], scores[~same])
-        return 100.0 * float(eer)
 
 
 def prepare_data(hparams):
@@ -159,8 +148,6 @@ def prepare_data(hparams):
         ``train_csv``, ``dev_csv``, ``test_csv``, ``trials`` paths and
         counts (see ``dampit.dataio.prepare_folder.prepare_folder``).
     """
-    from dampit.dataio.prepare_folder import prepare_folder
-
     return prepare_folder(
         data_folder=hparams["data_folder"],
         save_folder=hparams["prep_folder"],
@@ -297,40 +284,31 @@ def evaluate(brain, hparams, prep):
     dict
         ``eer`` (%), ``min_dcf`` (p_target 0.01), ``n_trials`` and more.
     """
-    from dampit.dataio.prepare_folder import read_csv
-    from dampit.dataio.trials import read_trials
-    from dampit.inference.extract import embed_utterances
-    from dampit.metrics.error_rates import compute_min_dcf
-    from dampit.metrics.plots import write_report
-
     brain.checkpointer.recover_if_possible(min_key="EER")
     brain.modules.eval()
-    rows = read_csv(prep["test_csv"])
-    trials = read_trials(prep["trials"], known_ids={r["ID"] for r in rows})
-    ids, emb, _ = embed_utterances(
-        brain.compute_embeddings,
-        rows,
-        sample_rate=int(hparams["sample_rate"]),
-        batch_size=int(hparams["test_batch_size"]),
-        device=brain.device,
-        progress=not brain.noprogressbar,
-    )
-    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    trials = read_trials(prep["trials"])
+    needed = {u for t in trials for u in t[1:]}
+    loader = utterance_loader(hparams, prep["test_csv"], needed)
+    progress = not brain.noprogressbar
+    with torch.no_grad():
+        ids, emb, _ = embed(
+            brain.compute_embeddings, loader, None, brain.device, progress
+        )
     index = {uid: k for k, uid in enumerate(ids)}
     enrol = np.array([index[t[1]] for t in trials])
     test = np.array([index[t[2]] for t in trials])
-    scores = (emb[enrol] * emb[test]).sum(1)
-    labels = np.array([t[0] for t in trials])
+    scores = cosine_scores(emb, enrol, test)
     report = write_report(
         scores,
-        labels,
+        np.array([t[0] for t in trials]),
         os.path.join(hparams["output_folder"], "verification"),
         "full_cosine",
+        trial_ids=[(t[1], t[2]) for t in trials],
     )
     return {
         "experiment": hparams["experiment"],
         "eer": 100.0 * float(report["eer"]),
-        "min_dcf": float(compute_min_dcf(scores, labels, p_target=0.01)[0]),
+        "min_dcf": float(report["min_dcf_0.01"]),
         "n_trials": len(trials),
         "n_test_utterances": len(ids),
         "scoring": "cosine of whole-utterance embeddings",

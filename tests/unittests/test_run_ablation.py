@@ -53,24 +53,20 @@ def test_configs_from_the_recipe_ablation_files():
     }
 
 
-def test_variant_overrides_drops_base_values_and_tool_keys(tmp_path):
-    (tmp_path / "base.yaml").write_text(
-        "a: 1\nb: !ref <a>\ngate: spatial\nnumber_of_epochs: 60\n"
-    )
+def test_config_keys_are_the_variant_keys_less_the_tool_keys(tmp_path):
+    """A variant's keys (its chain's, tags included) become overrides;
+    experiment, epochs and seed belong to the tool."""
+    (tmp_path / "base.yaml").write_text("a: 1\ngate: spatial\n")
+    (tmp_path / "mid.yaml").write_text("extends: base.yaml\nb: 2\n")
     (tmp_path / "v.yaml").write_text(
-        "extends: base.yaml\nexperiment: v\na: 1\nb: 3\ngate: none\n"
+        "extends: mid.yaml\nexperiment: v\na: 1\nb: 3\ngate: none\n"
         "number_of_epochs: 2\nseed: 7\n"
     )
-    base_file, keys = ra.resolve_variant(str(tmp_path / "v.yaml"))
-    base = ra.plain_values(base_file)
-    assert base == {
-        "a": 1,
-        "b": None,
-        "gate": "spatial",
-        "number_of_epochs": 60,
-    }
-    # a equals the base; experiment, epochs, seed belong to the tool.
-    assert ra.variant_overrides(keys, base) == {"b": 3, "gate": "none"}
+    cfg = ra.ablation_configs(str(tmp_path))
+    assert cfg["v"] == {"a": 1, "b": 3, "gate": "none"}
+    assert cfg["mid"] == {"b": 2}
+    assert cfg["all_four"] == {}
+    assert "base" in cfg and cfg["base"] == {}  # not a variant: as is
 
 
 def test_run_command_for_recipe_and_baseline():
