@@ -94,14 +94,12 @@ def iter_trials(path, as_ids=False):
     """
     path, first = os.fspath(path), None
     for n, f in _fields(path):
-        if len(f) not in (2, 3) or (len(f) == 2 and f[0] in ("0", "1")):
+        # 3 fields: a 0/1 label first; 2 fields: no label ("1 a.wav" is
+        # a label and one path, not a pair).
+        if len(f) not in (2, 3) or (f[0] in ("0", "1")) != (len(f) == 3):
             raise TrialListError(
-                f"{path}:{n}: expected 'label enrol test' or 'enrol test', "
-                f"got {' '.join(f)!r}"
-            )
-        if len(f) == 3 and f[0] not in ("0", "1"):
-            raise TrialListError(
-                f"{path}:{n}: label must be 0 or 1, got {f[0]!r}"
+                f"{path}:{n}: expected 'label enrol test' or 'enrol test' "
+                f"(label must be 0 or 1), got {' '.join(f)!r}"
             )
         if first is None:
             first = (n, len(f))
@@ -118,12 +116,7 @@ def iter_trials(path, as_ids=False):
 
 def _warn_duplicates(path, n_dup):
     if n_dup:
-        logger.warning(
-            "%s: %d duplicate trial(s) (an enrol-test pair listed again); "
-            "each is scored and counted",
-            path,
-            n_dup,
-        )
+        logger.warning("%s: %d duplicate trial(s), each counted", path, n_dup)
 
 
 def read_trials(path, known_ids=None, as_ids=True):
@@ -201,13 +194,13 @@ def read_trial_indices(path, index=None, as_ids=False):
             labels.append(lab)
     pairs = np.frombuffer(rows, dtype=np.int64).reshape(-1, 2)
     _warn_duplicates(path, len(pairs) - len(np.unique(pairs, axis=0)))
-    lab = np.frombuffer(labels, dtype=np.int8).astype(np.int64)
-    return (
-        pairs[:, 0].copy(),
-        pairs[:, 1].copy(),
-        lab if lab.size else None,
-        list(index) if grow else None,
+    lab = (
+        np.frombuffer(labels, dtype=np.int8).astype(np.int64)
+        if labels
+        else None
     )
+    names = list(index) if grow else None
+    return pairs[:, 0].copy(), pairs[:, 1].copy(), lab, names
 
 
 def write_trials(path, trials):
@@ -225,23 +218,21 @@ def write_trials(path, trials):
     '1 a/1 a/2\\n0 a/1 b/1\\n'
     """
     lines = []
-    for i, trial in enumerate(trials):
-        if not isinstance(trial, (tuple, list)) or len(trial) != 3:
-            raise TrialListError(
-                f"trial {i} must be (label, enrol, test), got {trial!r}"
+    for i, t in enumerate(trials):
+        names = isinstance(t, (tuple, list)) and len(t) == 3 and t[1:]
+        if (
+            not names
+            or t[0] not in (0, 1, "0", "1")
+            or not all(
+                isinstance(u, str) and [u] == u.split() and u[0] != "#"
+                for u in names
             )
-        label, enrol, test = trial
-        if label not in (0, 1, "0", "1"):
+        ):
             raise TrialListError(
-                f"trial {i}: label must be 0 or 1, got {label!r}"
+                f"trial {i}: {t!r} must be (label, enrol, test): label must "
+                "be 0 or 1, names free of white space and a leading #"
             )
-        for u in (enrol, test):
-            if not isinstance(u, str) or [u] != u.split() or u[0] == "#":
-                raise TrialListError(
-                    f"trial {i}: utterance name {u!r} is empty or holds "
-                    "white space"
-                )
-        lines.append(f"{int(label)} {enrol} {test}\n")
+        lines.append(f"{int(t[0])} {t[1]} {t[2]}\n")
     atomic_write_text(path, "".join(lines))
 
 

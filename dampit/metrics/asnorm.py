@@ -110,8 +110,7 @@ def as_norm(
     if not isinstance(cohort, ScoringVectors):
         cohort = ScoringVectors.from_embeddings(cohort, vectors.method)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    ie = np.asarray(enrol_idx, dtype=np.int64).reshape(-1)
-    it = np.asarray(test_idx, dtype=np.int64).reshape(-1)
+    ie, it = (np.ravel(x).astype(np.int64) for x in (enrol_idx, test_idx))
     if not s.size == ie.size == it.size:
         raise ValueError(
             f"{s.size} scores, {ie.size} enrol and {it.size} test indices"

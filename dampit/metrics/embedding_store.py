@@ -15,6 +15,7 @@ never replaced.
 
 import contextlib
 import os
+import pathlib
 import shutil
 
 import numpy as np
@@ -70,19 +71,10 @@ class EmbeddingStoreWriter:
     def __init__(self, folder, n_utts, item_shape, dtype="float32"):
         self.folder = os.path.abspath(os.fspath(folder))
         self.n_utts, self.item_shape = int(n_utts), tuple(item_shape)
-        if self.n_utts < 1 or len(self.item_shape) not in (1, 2):
-            raise ValueError(
-                f"store {self.folder}: need n_utts >= 1 and item_shape (D,) "
-                f"or (n_crops, D), got {n_utts}, {item_shape}"
-            )
         self._ids, self._seen, self._tmp = [], set(), None
         with self._fs_errors():
             _recover(self.folder)
-            names = (
-                set(os.listdir(self.folder))
-                if os.path.exists(folder)
-                else set()
-            )
+            names = os.path.exists(folder) and set(os.listdir(self.folder))
             if names and not {EMBEDDINGS_FILE, IDS_FILE} <= names:
                 raise ValueError(
                     f"{self.folder} exists and is not an embedding store; "
@@ -138,17 +130,11 @@ class EmbeddingStoreWriter:
 
     def add_file(self, name, text, _own=False):
         """Write a text file (``paths.txt``, say) into the new store."""
-        if (
-            os.path.basename(name) != name
-            or name in (".", "..")
-            or (name in (IDS_FILE, EMBEDDINGS_FILE) and not _own)
-        ):
+        taken = not _own and name in (IDS_FILE, EMBEDDINGS_FILE)
+        if taken or name.startswith(".") or os.path.basename(name) != name:
             raise ValueError(f"{name!r} cannot be a store file name")
         with self._fs_errors():
-            with open(
-                os.path.join(self._tmp, name), "w", encoding="utf-8"
-            ) as f:
-                f.write(text)
+            pathlib.Path(self._tmp, name).write_text(text, encoding="utf-8")
 
     def close(self):
         """Check that every row was written, then publish the store."""

@@ -35,34 +35,30 @@ def validate_scores_labels(scores, labels):
     >>> validate_scores_labels([0.5, 0.1], [[1], [0]])[1].tolist()
     [True, False]
     """
-    arr = {}
+    arr = []
     for name, x in (("scores", scores), ("labels", labels)):
         try:
             a = as_numpy(x)
         except ValueError as exc:  # ragged lists
             raise ValueError(f"{name}: cannot convert to an array: {exc}")
         a = a[:, 0] if a.ndim == 2 and a.shape[1] == 1 else a
-        if a.ndim != 1 or not (
-            np.issubdtype(a.dtype, np.number) or a.dtype == bool
-        ):
+        if a.ndim != 1 or a.dtype.kind not in "biuf":
             raise ValueError(
                 f"{name} must be numbers, 1-D ([N] or [N, 1]), got "
                 f"{a.dtype} {a.shape}"
             )
-        arr[name] = a
-    s, lab = arr["scores"].astype(np.float64), arr["labels"]
+        arr.append(a)
+    s, lab = arr[0].astype(np.float64), arr[1]
     if s.shape != lab.shape:
         raise ValueError(f"{s.size} scores, {lab.size} labels: must match")
-    for bad, what in (
-        (~np.isfinite(s), "finite"),
-        ((lab != 0) & (lab != 1), "0 or 1"),
-    ):
+    checks = (("scores", s, ~np.isfinite(s), "finite"),)
+    checks += (("labels", lab, (lab != 0) & (lab != 1), "0 or 1"),)
+    for name, x, bad, what in checks:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            v = s[i] if what == "finite" else lab[i]
             raise ValueError(
-                f"{'scores' if what == 'finite' else 'labels'} must be {what}: "
-                f"{int(bad.sum())} are not, the first at index {i} ({v!r})"
+                f"{name} must be {what}: {bad.sum()} are not, the first at "
+                f"index {i} ({x[i]!r})"
             )
     lab = lab == 1
     if lab.all() or not lab.any():

@@ -38,14 +38,11 @@ class ScoringVectors:
     [0.6]
     """
 
-    def __init__(self, vectors, method, weight=1.0, scale=1.0, offset=0.0):
-        self.vectors, self.method, self.weight = vectors, method, weight
-        n = len(vectors)
-        self.scale, self.offset = (
-            np.broadcast_to(scale, n),
-            np.broadcast_to(offset, n),
-        )
-        self.ids = None
+    def __init__(self, vectors, method, weight=1, scale=1, offset=0, ids=None):
+        self.vectors, self.method = vectors, method
+        self.weight, self.ids = weight, ids
+        self.scale = np.broadcast_to(scale, len(vectors))
+        self.offset = np.broadcast_to(offset, len(vectors))
 
     def __len__(self):
         return len(self.vectors)
@@ -102,15 +99,11 @@ class ScoringVectors:
             elif crops:
                 vec[s : s + step] = c.mean(axis=1)
             sq[s : s + step] = q.mean(axis=1)
-        sv = cls(
-            vec,
-            method,
-            weight=2.0 if method == "sqeuclidean" else 1.0,
-            scale=1 / np.sqrt(sq) if method == "cosine" and not crops else 1.0,
-            offset=-sq if method == "sqeuclidean" else 0.0,
+        sqe = method == "sqeuclidean"
+        scale = 1 / np.sqrt(sq) if method == "cosine" and not crops else 1
+        return cls(
+            vec, method, 2.0 if sqe else 1.0, scale, -sq if sqe else 0, ids
         )
-        sv.ids = ids
-        return sv
 
     def _finish(self, dots, i, other, j, outer=False):
         a = (lambda x: x[:, None]) if outer else (lambda x: x)
@@ -128,8 +121,7 @@ class ScoringVectors:
         >>> sv.score_pairs([0, 1], [1, 1]).tolist()
         [3.0, 9.0]
         """
-        ie = np.asarray(enrol_idx, dtype=np.int64).reshape(-1)
-        it = np.asarray(test_idx, dtype=np.int64).reshape(-1)
+        ie, it = (np.ravel(x).astype(np.int64) for x in (enrol_idx, test_idx))
         if ie.size != it.size:
             raise ValueError(f"{ie.size} enrol but {it.size} test indices")
         for side, idx in (("enrol", ie), ("test", it)):
@@ -163,15 +155,9 @@ class ScoringVectors:
         >>> a.score_block([0], b).tolist()
         [[2.0, 0.0]]
         """
-        if (other.method, other.vectors.shape[1]) != (
-            self.method,
-            self.vectors.shape[1],
-        ):
-            raise ValueError(
-                f"cannot score {self.method} vectors of dimension "
-                f"{self.vectors.shape[1]} against {other.method} ones of "
-                f"{other.vectors.shape[1]}"
-            )
+        a, b = (f"{v.method} [{v.vectors.shape[1]}]" for v in (self, other))
+        if a != b:
+            raise ValueError(f"cannot score {a} vectors against {b} ones")
         rows = np.asarray(rows, dtype=np.int64)
         dots = self.vectors[rows] @ np.asarray(other.vectors).T
         return self._finish(dots, rows, other, slice(None), outer=True)
@@ -209,9 +195,7 @@ def score_trials(
     if not isinstance(sv, ScoringVectors):
         sv = ScoringVectors.from_embeddings(embeddings, method)
     if sv.method != method:
-        raise ValueError(
-            f"vectors were built for {sv.method!r}, not {method!r}"
-        )
+        raise ValueError(f"vectors built for {sv.method!r}, not {method!r}")
     return sv.score_pairs(enrol_idx, test_idx, chunk_size)
 
 

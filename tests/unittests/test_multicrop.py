@@ -130,7 +130,10 @@ def test_score_block_matches_loop(crops):
             block[r], ref, rtol=1e-12, atol=score_atol(crops)
         )
     dot = ScoringVectors.from_embeddings(crops, "dot")
-    with pytest.raises(ValueError, match="cannot score sqeuclidean"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot score sqeuclidean \[16\] vectors against dot \[16\]",
+    ):
         sv.score_block([0], dot)
 
 
