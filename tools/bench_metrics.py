@@ -148,10 +148,10 @@ print(json.dumps(out))
 
 _CHILD_STREAM = r"""
 import os
-from dampit.metrics.embedding_store import (
-    EmbeddingStore, EmbeddingStoreWriter, read_trial_indices)
+from dampit.dataio.trials import read_trial_indices, write_scores
+from dampit.metrics.embedding_store import EmbeddingStore, EmbeddingStoreWriter
 from dampit.metrics.error_rates import compute_eer, compute_min_dcf
-from dampit.metrics.multicrop import ScoringVectors, write_scores
+from dampit.metrics.multicrop import ScoringVectors
 folder, n_utts, dim, n_trials = (
     sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
 rng = np.random.default_rng(0)
@@ -183,7 +183,7 @@ base = rss()
 with AnonPeak() as mem:
     t0 = time.perf_counter()
     store = EmbeddingStore(os.path.join(folder, "store"))
-    ie, it, labels = read_trial_indices(trial_file, store)
+    ie, it, labels, _ = read_trial_indices(trial_file, store.index)
     out["read_time"] = time.perf_counter() - t0
     sv = ScoringVectors.from_embeddings(store, "cosine")
     scores = sv.score_pairs(ie, it)

@@ -193,7 +193,8 @@ def read_trial_indices(path, index=None, as_ids=False):
         if lab is not None:
             labels.append(lab)
     pairs = np.frombuffer(rows, dtype=np.int64).reshape(-1, 2)
-    _warn_duplicates(path, len(pairs) - len(np.unique(pairs, axis=0)))
+    key = pairs[:, 0] * max(len(index), 1) + pairs[:, 1]
+    _warn_duplicates(path, len(key) - len(np.unique(key)))
     lab = (
         np.frombuffer(labels, dtype=np.int8).astype(np.int64)
         if labels
