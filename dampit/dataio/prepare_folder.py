@@ -21,7 +21,6 @@ before anything is written. The helpers are shared with
 
 import csv
 import json
-import logging
 import os
 import warnings
 from collections import Counter
@@ -34,8 +33,6 @@ from tqdm import tqdm
 from dampit.dataio.audio import AUDIO_EXTENSIONS, AudioError, check_audio
 from dampit.dataio.trials import make_trials, trial_summary, write_trials
 from dampit.utils.atomic import atomic_path, atomic_write_text
-
-logger = logging.getLogger(__name__)
 
 CSV_FIELDS = ("ID", "duration", "wav", "start", "stop", "spk_id")
 OPTS_FILE = "prepare_opts.json"
@@ -281,7 +278,6 @@ def prepare_folder(
     outputs = ["train.csv", "dev.csv", "test.csv", "trials.txt"]
     summary = cached(save_folder, opts, outputs)
     if summary is not None:
-        logger.info("%s already prepared, skipping", save_folder)
         return summary
     rel_paths = scan_audio_tree(data_folder)
     if not rel_paths:

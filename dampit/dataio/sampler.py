@@ -19,12 +19,8 @@ sampler a second time (``DistributedSamplerWrapper``), or give it
 ``num_replicas=1, rank=0`` and let the wrapper split the global sequence.
 """
 
-import logging
-
 import numpy as np
 import torch
-
-logger = logging.getLogger(__name__)
 
 
 def _int(name, value, low):

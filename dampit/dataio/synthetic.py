@@ -17,6 +17,7 @@ extends a smaller one. Command line: ``dampit-synth OUT_DIR --speakers 40``.
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import multiprocessing
@@ -31,7 +32,7 @@ from tqdm import tqdm
 from dampit.utils.atomic import atomic_path, atomic_write_text
 
 MANIFEST, CONFIG_FILE = "manifest.csv", "corpus.json"
-HOP, NFFT, SESSIONS = 80, 512, 4
+HOP, NFFT, SESSIONS = 128, 512, 4
 # F1-F3 (Hz, adult male; Hillenbrand et al. 1995) of 12 vowels.
 VOWELS = np.array(
     [[342, 2322, 3000], [427, 2034, 2684], [476, 2089, 2691], [580, 1799, 2605],
@@ -142,48 +143,38 @@ def synthesize_utterance(
     n = int(round(duration * sr))
     n_frames = (n + NFFT) // HOP + 2
     fmt, voice, fric = _phones(rng, t, n_frames)
-    accents = np.convolve(
-        rng.standard_normal(n_frames + 40), np.hanning(41), "valid"
-    )
-    semitones = t["f0_range"] * accents / accents.std() - 2 * np.linspace(
-        0, 1, n_frames
-    )
-    f0 = (
-        t["f0"]
-        * 2 ** (semitones / 12)
-        * (1 + t["jitter"] * rng.standard_normal(n_frames))
-    )
-    phase = (
-        np.cumsum(np.interp(np.arange(n + NFFT), np.arange(n_frames) * HOP, f0))
-        / sr
-    )
-    pulses = np.diff(np.floor(phase), prepend=0.0) * np.sqrt(sr / t["f0"])
+    acc = np.convolve(rng.standard_normal(n_frames + 40), np.hanning(41))
+    semitones = t["f0_range"] * acc[40:-40] / acc.std()
+    semitones -= 2 * np.linspace(0, 1, n_frames)  # declination
+    f0 = t["f0"] * 2 ** (semitones / 12)
+    f0 *= 1 + t["jitter"] * rng.standard_normal(n_frames)
+    f0 = np.interp(np.arange(n + NFFT), np.arange(n_frames) * HOP, f0)
+    pulses = np.diff(np.floor(np.cumsum(f0) / sr), prepend=0.0)
     spec = partial(stft, fs=sr, nperseg=NFFT, noverlap=NFFT - HOP)
-    f, _, P = spec(pulses)
+    f, _, P = spec(pulses * np.sqrt(sr / t["f0"]))
     B = spec(rng.standard_normal(n + NFFT))[2].T
-    m = len(B)
-    bw = np.array([80, 100, 140, 220, 300]) * t["bw_scale"]
+    m, v = len(B), voice[: len(B), None]
+    bw = np.array([80, 100, 140, 220, 300])[:, None] * t["bw_scale"]
     fc = fmt[:m, :, None]  # resonances (unit gain at DC), glottal roll-off
-    env = 1 / np.sqrt(
-        ((1 - (f / fc) ** 2) ** 2 + (f * bw[:, None] / fc**2) ** 2).prod(1)
-    )
+    env = ((1 - (f / fc) ** 2) ** 2 + (f * bw / fc**2) ** 2).prod(1) ** -0.5
     env /= np.sqrt(1 + (f / 500) ** 2)
-    v = voice[:m, None]
-    hiss = (fric[:m, :1] > 0) * np.exp(
-        -0.5 * ((f - fric[:m, :1]) / np.maximum(fric[:m, 1:], 1)) ** 2
-    )
+    fc, fbw = fric[:m, :1], np.maximum(fric[:m, 1:], 1)
+    hiss = (fc > 0) * np.exp(-0.5 * ((f - fc) / fbw) ** 2)
     X = (P.T * v + B * t["breathiness"] * v) * env + 3 * B * hiss
     x = istft(X.T, fs=sr, nperseg=NFFT, noverlap=NFFT - HOP)[1][:n]
-    ch = session_channel(seed, spk_index, session)
-    fx = np.fft.rfftfreq(n, 1 / sr)
-    gain_db = sum(_eq_db(fx, *e) for e in t["timbre"] + [ch["eq"]])
-    gain_db += (t["tilt_db"] + ch["tilt_db"]) * np.log2(
-        np.maximum(fx, 50) / 1000
+    return _channel(rng, x, t, session_channel(seed, spk_index, session))
+
+
+def _channel(rng, x, traits, ch):
+    """Timbre, channel, noise at the session's SNR and a random level."""
+    n, fx = len(x), np.fft.rfftfreq(len(x), 1 / 16000)
+    gain = sum(_eq_db(fx, *e) for e in traits["timbre"] + [ch["eq"]])
+    gain += (traits["tilt_db"] + ch["tilt_db"]) * np.log2(
+        np.maximum(fx, 50) / 1e3
     )
-    band = (1 + (ch["highpass"] / np.maximum(fx, 1)) ** 4) * (
-        1 + (fx / ch["lowpass"]) ** 8
-    )
-    x = np.fft.irfft(np.fft.rfft(x) * 10 ** (gain_db / 20) / np.sqrt(band), n)
+    band = 1 + (ch["highpass"] / np.maximum(fx, 1)) ** 4
+    band *= 1 + (fx / ch["lowpass"]) ** 8
+    x = np.fft.irfft(np.fft.rfft(x) * 10 ** (gain / 20) / np.sqrt(band), n)
     colour = np.maximum(fx, 20) ** (-ch["noise"] / 2)
     noise = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * colour, n)
     power = np.mean(x[np.abs(x) > 1e-3 * np.abs(x).max()] ** 2)
@@ -259,8 +250,13 @@ def generate_corpus(
     if _complete(out_dir, opts):
         return manifest
     jobs = [(out_dir, i, opts) for i in range(n_speakers)]
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        done = pool.imap(_speaker, jobs) if workers > 1 else map(_speaker, jobs)
+    pool = (
+        multiprocessing.get_context("spawn").Pool(workers)
+        if workers > 1
+        else None
+    )
+    with pool or contextlib.nullcontext():
+        done = pool.imap(_speaker, jobs) if pool else map(_speaker, jobs)
         results = list(tqdm(done, total=n_speakers, disable=not progress))
     with atomic_path(manifest) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
