@@ -131,23 +131,8 @@ def trial_matmul_loop(crops, enrol_idx, test_idx):
 
 
 def batched_pairs(crops, enrol_idx, test_idx, chunk=1024):
-    """Mean of the crop-pair dot products, all C x C pairs of a chunk of
-    trials in one float64 einsum.
-
-    Arguments
-    ---------
-    crops : numpy.ndarray
-        [U, C, D] crop embeddings.
-    enrol_idx, test_idx : numpy.ndarray
-        Trial rows.
-    chunk : int
-        Trials per einsum.
-
-    Returns
-    -------
-    numpy.ndarray
-        float64 scores.
-    """
+    """Like :func:`pair_loop`, all C x C pairs of ``chunk`` trials in one
+    float64 einsum."""
     out = np.empty(len(enrol_idx))
     for s in range(0, len(enrol_idx), chunk):
         e = crops[enrol_idx[s : s + chunk]].astype(np.float64)
