@@ -60,8 +60,8 @@ REGISTRY = {
     "speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN": ECAPA_TDNN,
     "speechbrain.lobes.models.ECAPA_TDNN.Classifier": Classifier,
 }
-_LOAD_ERRORS = (RuntimeError, ValueError, TypeError, AttributeError)
-_LOAD_ERRORS += (KeyError, EOFError, OSError, pickle.UnpicklingError)
+_LOAD_ERRORS = (RuntimeError, ValueError, TypeError, AttributeError, OSError)
+_LOAD_ERRORS += (KeyError, EOFError, pickle.UnpicklingError)
 
 
 class ModelFolderError(ValueError):
@@ -81,10 +81,8 @@ def _check_threshold(where, value):
             stacklevel=3,
         )
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ModelFolderError(f"{where}: threshold {value!r} is not a number")
-    if not math.isfinite(value):
-        raise ModelFolderError(f"{where}: threshold {value} is not finite")
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ModelFolderError(f"{where}: threshold {value!r} is not finite")
     return float(value)
 
 
@@ -120,7 +118,7 @@ def read_spec(folder):
     if not isinstance(mods, dict) or any(m not in mods for m in MODULES[:3]):
         raise ModelFolderError(f"{path}: needs modules {', '.join(MODULES)}")
     rate = spec.get("sample_rate")
-    if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
+    if type(rate) is not int or rate <= 0:
         raise ModelFolderError(f"{path}: sample_rate {rate!r} is not valid")
     return spec
 
@@ -247,9 +245,7 @@ class DampitSpeakerRecognition(SpeakerRecognition):
     @property
     def sample_rate(self):
         """Sample rate the model expects."""
-        rate = getattr(self.hparams, "sample_rate", None)
-        feats = self.mods.compute_features
-        return int(rate or getattr(feats, "sample_rate", 16000))
+        return int(getattr(self.hparams, "sample_rate", 16000))
 
     def load_audio(self, path, savedir=None):
         """Read a local file as the model expects it (mono, its rate).

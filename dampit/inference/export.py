@@ -1,33 +1,22 @@
-"""``dampit-export RUN MODEL``: a recipe run -> a self-contained model folder.
+"""``dampit-export RUN MODEL``: a verified recipe run -> a model folder.
 
-It reads what the run's verification (``recipes/VoxCeleb/verify.py``)
-wrote, and recomputes nothing::
-
-    <run>/hyperparams.yaml               classes and arguments of the modules
-    <run>/verification/checkpoints.txt   the checkpoint(s) tested (several:
-                                         their weights were averaged)
-    <run>/verification/summary.json      EER threshold of ``full_cosine``
-    <run>/save/label_encoder.txt         speaker labels of the classifier
-
-A run without the two verification files is refused (verify it first). It
-writes, as one folder renamed into place::
-
-    <model>/dampit_export.json   modules (class, kwargs), threshold, sample
-                                 rate, facts: what ``load_model`` reads
-    <model>/hyperparams.yaml     the same, for SpeechBrain's from_hparams
-    <model>/embedding_model.ckpt, classifier.ckpt, label_encoder.ckpt
-    <model>/README.md            a short model card
-    <model>/embedding_model.ts / .onnx   with --torchscript / --onnx
-
-The threshold is the EER threshold of the run's whole-utterance cosine
-scores (``full_cosine``, what the folder's interface computes) on its test
-trials, so it is optimistic for that test set. Before the rename the staged
-folder is loaded by ``load_model`` and by ``EncoderClassifier.from_hparams``
-and both must give the same embeddings.
+It reads what the run's verification (``dampit.recipe.verification``)
+wrote and recomputes nothing: the modules' classes and arguments from
+``<run>/hyperparams.yaml``, the weights of the checkpoints listed in
+``verification/checkpoints.txt`` (averaged when several), the EER
+threshold of ``full_cosine`` (the whole-utterance cosine scores the folder's
+interface computes; optimistic for the run's test trials) from
+``verification/summary.json``, and ``save/label_encoder.txt``. A run
+without these files is refused. It writes, as one folder renamed into
+place: ``dampit_export.json`` (what ``load_model`` reads),
+``hyperparams.yaml`` (the same, for SpeechBrain's ``from_hparams``),
+``embedding_model.ckpt``, ``classifier.ckpt``, ``label_encoder.ckpt``, a
+short ``README.md``, and ``embedding_model.ts`` / ``.onnx`` on request.
+Before the rename the staged folder is loaded by ``load_model`` and by
+``EncoderClassifier.from_hparams``: both must give the same embeddings.
 """
 
 import argparse
-import datetime
 import json
 import math
 import os
@@ -35,13 +24,11 @@ import shutil
 import sys
 import tempfile
 
-import speechbrain
 import torch
 import yaml
 from speechbrain.inference.classifiers import EncoderClassifier
-from speechbrain.utils.checkpoints import Checkpointer
+from speechbrain.utils.checkpoints import Checkpoint
 
-import dampit
 from dampit.inference.api import (
     HPARAMS_FILE,
     LABELS_FILE,
@@ -61,6 +48,12 @@ CHECK_TOL = 1e-5
 SCORING = "full_cosine"
 LINEAR = "dampit.lobes.resnet.LinearClassifier"
 COSINE = "speechbrain.lobes.models.ECAPA_TDNN.Classifier"
+#: Model folder module -> its names in a run's YAML (the recipe's first).
+RUN_KEYS = {
+    "compute_features": ["compute_features"],
+    "mean_var_norm": ["normalize", "mean_var_norm"],
+    "embedding_model": ["embedding_model"],
+}
 TEMPLATE = """\
 # dampit speaker-embedding model (written by dampit-export).
 # SpeechBrain's from_hparams EXECUTES this file (HyperPyYAML builds what it
@@ -77,22 +70,16 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
 CARD = """\
 # dampit speaker-embedding model
 
-Exported {date} by dampit-export from `{run}`, weights of {checkpoints}.
-Input: mono audio at {sample_rate} Hz. Same speaker when the cosine of two
-whole-utterance embeddings is above `threshold` = {threshold:.6g}, the EER
+Exported by dampit-export from `{run}` (weights of {checkpoints}). Input:
+mono audio at {sample_rate} Hz. Same speaker when the cosine of two
+whole-utterance embeddings is above `threshold` {threshold:.6g}, the EER
 threshold of `{key}` on the run's test trials (optimistic for them).
-
-```python
-from dampit.inference.api import load_model  # executes nothing
-model = load_model("this/folder")
-scores, decisions = model.verify_pairs([("a.wav", "b.wav")])
-# SpeechBrain executes hyperparams.yaml: for folders you trust.
-from speechbrain.inference.speaker import SpeakerRecognition
-sb = SpeakerRecognition.from_hparams(source="this/folder", savedir="tmp")
-```
+Load it with `dampit.inference.api.load_model(folder)` (reads
+`dampit_export.json`, executes nothing) or SpeechBrain's
+`SpeakerRecognition.from_hparams(source=folder, savedir=tmp)` (executes
+`hyperparams.yaml`: for folders you trust).
 
 Test results of the run (`verification/summary.json`):
-
 {results}
 """
 
@@ -156,7 +143,7 @@ def _module(hp, keys, where):
     """``{"class", "kwargs"}`` of the first of ``keys`` in the run's YAML."""
     node = next((hp[k] for k in keys if k in hp), None)
     if not isinstance(node, dict) or set(node) != {"class", "kwargs"}:
-        raise ExportError(f"{where}: '{keys[0]}' is not a !new: object")
+        raise ExportError(f"{where}: '{keys[-1]}' is not a !new: object")
     return {"class": node["class"], "kwargs": dict(node["kwargs"])}
 
 
@@ -173,10 +160,8 @@ def _classifier(hp, state):
     sub = {
         k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)
     }
-    if not soft or (kw.get("weights") or {}).get("softmax") == 0:
+    if not soft or kw.get("weights", {}).get("softmax") == 0 or not sub:
         return None  # no softmax term, or one never trained
-    if "weight" not in sub:
-        return None
     n, dim = (int(s) for s in sub["weight"].shape)
     if soft.get("kwargs", {}).get("kind", "linear") == "linear":
         kwargs = {"input_size": dim, "n_classes": n}
@@ -191,22 +176,22 @@ def _classifier(hp, state):
 def _tested_checkpoints(run):
     """The checkpoints verification tested (``checkpoints.txt``)."""
     path = os.path.join(run, "verification", "checkpoints.txt")
-    lines = _read(path, "verify the run first", lambda f: f.read().split())
-    if not lines:
+    names = _read(path, "verify the run first", lambda f: f.read().split())
+    if not names:
         raise ExportError(f"{path}: no checkpoint (the run was not trained)")
     found = []
-    for line in lines:
-        ckpt = line  # or, in a moved run, the same name in <run>/save
+    for name in names:
+        ckpt = name  # or, in a moved run, the same name in <run>/save
         if not os.path.isdir(ckpt):
-            ckpt = os.path.join(run, "save", os.path.basename(line))
-        match = [
-            c
-            for c in Checkpointer(os.path.dirname(ckpt)).list_checkpoints()
-            if os.path.basename(c.path) == os.path.basename(ckpt)
-        ]
-        if not match:
-            raise ExportError(f"{path}: checkpoint {line} not found")
-        found += match
+            ckpt = os.path.join(run, "save", os.path.basename(name))
+        if not os.path.isdir(ckpt):
+            raise ExportError(f"{path}: checkpoint {name} not found")
+        files = {
+            f[: -len(".ckpt")]: os.path.join(ckpt, f)
+            for f in os.listdir(ckpt)
+            if f.endswith(".ckpt")
+        }
+        found.append(Checkpoint(ckpt, {}, files))
     return found
 
 
@@ -222,11 +207,11 @@ def _threshold(run):
     raise ExportError(f"{path}: no finite eer_threshold for {SCORING}")
 
 
-def write_model_files(folder, modules, weights, threshold, sample_rate):
-    """Write a model folder's JSON, YAML and weights into ``folder``.
-
-    The one writer of the format :func:`dampit.inference.api.load_model`
-    reads.
+def write_model_files(
+    folder, modules, weights, threshold, sample_rate, **facts
+):
+    """Write a model folder's JSON, YAML and weights (the one writer of
+    what :func:`dampit.inference.api.load_model` reads).
 
     Arguments
     ---------
@@ -241,15 +226,16 @@ def write_model_files(folder, modules, weights, threshold, sample_rate):
         Decision threshold.
     sample_rate : int
         Sample rate of the input.
+    **facts : dict
+        More JSON keys (where the model comes from).
 
     Returns
     -------
     dict
-        The content of ``dampit_export.json`` (add facts with
-        ``json.dump`` over it).
+        The content of ``dampit_export.json``.
     """
     spec = {"format": 1, "sample_rate": int(sample_rate)}
-    spec.update(threshold=threshold, modules=modules)
+    spec.update(threshold=threshold, modules=modules, **facts)
     with open(os.path.join(folder, SPEC_FILE), "w", encoding="utf-8") as f:
         json.dump(spec, f, indent=2)
     for name, state in weights.items():
@@ -276,12 +262,12 @@ def write_model_files(folder, modules, weights, threshold, sample_rate):
 
 
 @torch.no_grad()
-def _check(folder):
+def _check(folder, target):
     """``load_model`` and ``from_hparams`` give the same embeddings."""
     try:
         model = load_model(folder)
     except ModelFolderError as err:
-        raise ExportError(str(err)) from None
+        raise ExportError(str(err).replace(folder, target)) from None
     with tempfile.TemporaryDirectory(prefix="dampit-check-") as tmp:
         sb = EncoderClassifier.from_hparams(source=folder, savedir=tmp)
     gen = torch.Generator().manual_seed(0)
@@ -293,13 +279,13 @@ def _check(folder):
     diff = float((got - want).abs().max()) / max(1.0, float(want.abs().max()))
     if not diff <= CHECK_TOL:
         raise ExportError(
-            f"{folder}: load_model and from_hparams differ by {diff:.3g}"
+            f"{target}: load_model and from_hparams differ by {diff:.3g}"
         )
     return model
 
 
 def export_model(run, model, overwrite=False, torchscript=False, onnx=False):
-    """Export a verified recipe run to a model folder.
+    """Export a verified recipe run to a model folder (module docstring).
 
     Arguments
     ---------
@@ -325,63 +311,47 @@ def export_model(run, model, overwrite=False, torchscript=False, onnx=False):
         raise ExportError(f"run folder not found: {run}")
     if os.path.exists(model) and not overwrite:
         raise FileExistsError(f"{model} exists (--overwrite replaces it)")
-    hp_path = os.path.join(run, HPARAMS_FILE)
     hp = read_run_hparams(run)
     threshold, key, summary = _threshold(run)
     ckpts = _tested_checkpoints(run)
-    modules = {
-        "compute_features": _module(hp, ["compute_features"], hp_path),
-        "mean_var_norm": _module(hp, ["mean_var_norm", "normalize"], hp_path),
-        "embedding_model": _module(hp, ["embedding_model"], hp_path),
-    }
+    where = os.path.join(run, HPARAMS_FILE)
+    modules = {k: _module(hp, keys, where) for k, keys in RUN_KEYS.items()}
     weights = {"embedding_model": average_weights(ckpts, "embedding_model")}
     if all("compute_cost" in c.paramfiles for c in ckpts):
         clf = _classifier(hp, average_weights(ckpts, "compute_cost"))
         if clf is not None:
             modules["classifier"], weights["classifier"] = clf
-    labels = os.path.join(str(hp.get("save_folder", "")), "label_encoder.txt")
+    labels = os.path.join(str(hp.get("save_folder")), "label_encoder.txt")
+    rate = int(hp.get("sample_rate", 16000))
     with atomic_folder(model, overwrite=overwrite) as tmp:
         if "classifier" in modules and os.path.isfile(labels):
             shutil.copyfile(labels, os.path.join(tmp, LABELS_FILE))
-        rate = int(hp.get("sample_rate", 16000))
-        spec = write_model_files(tmp, modules, weights, threshold, rate)
-        loaded = _check(tmp)
+        spec = write_model_files(
+            tmp,
+            modules,
+            weights,
+            threshold,
+            rate,
+            threshold_source=f"{run}/verification/summary.json: {key}",
+            run=run,
+            checkpoints=[c.path for c in ckpts],
+        )
+        loaded = _check(tmp, model)
         if torchscript:
             export_torchscript(loaded, os.path.join(tmp, "embedding_model.ts"))
         if onnx:
             export_onnx(loaded, os.path.join(tmp, "embedding_model.onnx"))
-        results = {
-            k: {m: v.get(m) for m in ("eer", "min_dcf_0.01", "n_trials")}
-            for k, v in summary.items()
-            if isinstance(v, dict)
-        }
-        spec.update(
-            threshold_source=f"{run}/verification/summary.json: {key}",
-            run=run,
-            checkpoints=[str(c.path) for c in ckpts],
-            results=results,
-            versions={
-                "dampit": dampit.__version__,
-                "speechbrain": speechbrain.__version__,
-                "torch": torch.__version__,
-            },
-        )
-        with open(os.path.join(tmp, SPEC_FILE), "w", encoding="utf-8") as f:
-            json.dump(spec, f, indent=2)
-        lines = [
-            f"- {k}: EER {100 * r['eer']:.2f}%, minDCF(0.01) "
-            f"{r['min_dcf_0.01']:.4f}"
-            for k, r in results.items()
-            if isinstance(r["eer"], float) and r["min_dcf_0.01"] is not None
-        ]
         card = CARD.format(
-            date=datetime.date.today().isoformat(),
             run=run,
-            checkpoints=", ".join(os.path.basename(str(c.path)) for c in ckpts),
+            checkpoints=", ".join(os.path.basename(c.path) for c in ckpts),
             sample_rate=rate,
             threshold=threshold,
             key=key,
-            results="\n".join(lines),
+            results="".join(
+                f"- {k}: EER {100 * v['eer']:.2f}%\n"
+                for k, v in summary.items()
+                if isinstance(v, dict) and isinstance(v.get("eer"), float)
+            ),
         )
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
             f.write(card)
@@ -403,15 +373,13 @@ def main(argv=None):
     """
     parser = argparse.ArgumentParser(
         prog="dampit-export",
-        description="Export a verified recipe run (its output_folder) as a "
-        "model folder for dampit's load_model and SpeechBrain's "
-        "EncoderClassifier.from_hparams.",
+        description="A verified recipe run -> a model "
+        "folder for load_model and EncoderClassifier.from_hparams.",
     )
     parser.add_argument("run", help="the recipe's output_folder")
     parser.add_argument("model", help="the model folder to write")
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--torchscript", action="store_true")
-    parser.add_argument("--onnx", action="store_true")
+    for flag in ("--overwrite", "--torchscript", "--onnx"):
+        parser.add_argument(flag, action="store_true")
     args = parser.parse_args(argv)
     try:
         spec = export_model(

@@ -7,12 +7,13 @@ returns ``[B, D]``. :func:`export_torchscript` traces it and
 STFT becomes ONNX's ``STFT``, opset 18); both keep the batch and time axes
 variable and need neither dampit nor SpeechBrain to run::
 
-    ts = torch.jit.load("model/embedding_model.ts")
-    emb = ts(wavs, lengths)                 # [B, N] float32, [B] relative
-    emb = OnnxEmbedder("model/embedding_model.onnx")(wavs, lengths)
+    emb = torch.jit.load("model/embedding_model.ts")(wavs, lengths)
+    sess = onnxruntime.InferenceSession("model/embedding_model.onnx")
+    emb = sess.run(None, {"wavs": wavs, "lengths": lengths})[0]
 
-Relative lengths of a padded batch: :func:`dampit.inference.extract.
-pad_batch` with the features' ``hop_length`` (ones for a single file).
+with ``wavs`` ``[B, N]`` float32 (N >= 400 for ONNX) and ``lengths``
+``[B]`` relative lengths (:func:`dampit.inference.extract.pad_batch` with
+the features' ``hop_length``; ones for a single file).
 The ONNX part needs the optional ``onnx`` extra (onnx, onnxscript,
 onnxruntime).
 """
@@ -24,14 +25,12 @@ import logging
 import os
 import warnings
 
-import numpy as np
 import torch
 
 from dampit.inference.extract import pad_batch
 from dampit.utils.atomic import atomic_path
 
-__all__ = ["EmbeddingPipeline", "OnnxEmbedder", "export_onnx"]
-__all__ += ["export_torchscript"]
+__all__ = ["EmbeddingPipeline", "export_onnx", "export_torchscript"]
 
 #: Shortest and longest inputs of the ONNX graph, in samples.
 MIN_SAMPLES, MAX_SAMPLES = 400, 16000 * 3600
@@ -173,38 +172,3 @@ def export_onnx(model, path, opset=18):
     finally:
         quiet.setLevel(level)
     return os.fspath(path)
-
-
-class OnnxEmbedder:
-    """Embed padded batches with an exported ONNX file (onnxruntime).
-
-    Arguments
-    ---------
-    path : str or os.PathLike
-        The ``.onnx`` file written by :func:`export_onnx`.
-    """
-
-    def __init__(self, path):
-        import onnxruntime  # optional dependency (the onnx extra)
-
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"ONNX model not found: {path}")
-        opts = onnxruntime.SessionOptions()
-        opts.log_severity_level = 3
-        self.session = onnxruntime.InferenceSession(
-            os.fspath(path), opts, providers=["CPUExecutionProvider"]
-        )
-
-    def __call__(self, wavs, lengths=None):
-        """``[B, N]`` waveforms (N >= 400), ``[B]`` relative lengths
-        (default ones) -> ``[B, D]`` float32 embeddings."""
-        wavs = np.atleast_2d(np.asarray(wavs, dtype=np.float32))
-        if wavs.shape[1] < MIN_SAMPLES:
-            raise ValueError(
-                f"ONNX embedding model: {wavs.shape[1]} samples, at least "
-                f"{MIN_SAMPLES} needed"
-            )
-        if lengths is None:
-            lengths = np.ones(wavs.shape[0])
-        lengths = np.asarray(lengths, dtype=np.float32)
-        return self.session.run(None, {"wavs": wavs, "lengths": lengths})[0]

@@ -173,7 +173,7 @@ def test_threshold_and_card_from_summary(exported, tmp_path):
     assert sb.hparams.threshold == 0.4321
     card = (model / "README.md").read_text()
     assert "0.4321" in card and "trials/full_cosine" in card
-    assert "- trials/multicrop_dot: EER 30.00%, minDCF(0.01) 0.8000" in card
+    assert "- trials/multicrop_dot: EER 30.00%\n" in card
 
 
 def test_both_loaders_give_the_training_side_embeddings(exported, tmp_path):

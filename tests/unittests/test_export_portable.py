@@ -18,7 +18,6 @@ from dampit.inference.api import load_model
 from dampit.inference.extract import pad_batch
 from dampit.inference.portable import (
     EmbeddingPipeline,
-    OnnxEmbedder,
     export_onnx,
     export_torchscript,
 )
@@ -87,19 +86,21 @@ def test_torchscript_variable_length(model, waves, tmp_path):
 
 
 def test_onnx_variable_length(model, waves, tmp_path):
-    pytest.importorskip("onnxruntime")
+    ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     path = tmp_path / "m.onnx"
     export_onnx(model, path)
-    onnx_model = OnnxEmbedder(path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(wavs, lens):
+        feed = {"wavs": wavs.numpy(), "lengths": lens.numpy()}
+        return sess.run(None, feed)[0]
+
     want = reference(model, waves)
     tol = 5e-5 * max(1.0, float(np.abs(want).max()))
     for k, w in enumerate(waves[:2]):  # two different lengths
-        got = onnx_model(w[None].numpy())
+        got = run(w[None], torch.ones(1))
         assert np.abs(got[0] - want[k]).max() <= tol
-    batch, lens = padded(waves)
-    got = onnx_model(batch, lens)
+    got = run(*padded(waves))
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= tol
-    with pytest.raises(ValueError, match="at least 400"):
-        onnx_model(np.zeros((1, 100), dtype=np.float32))

@@ -245,8 +245,8 @@ def test_json_class_outside_the_registry_is_refused(cls, demo, tmp_path):
         ),
         (lambda s: s.update(threshold=float("nan")), "threshold nan is not"),
         (lambda s: s.update(threshold=float("inf")), "threshold inf is not"),
-        (lambda s: s.update(threshold="0.5"), "threshold '0.5' is not a"),
-        (lambda s: s.update(threshold=True), "threshold True is not a"),
+        (lambda s: s.update(threshold="0.5"), "threshold '0.5' is not finite"),
+        (lambda s: s.update(threshold=True), "threshold True is not finite"),
         (lambda s: s.update(sample_rate=-1), "sample_rate -1 is not"),
     ],
 )
