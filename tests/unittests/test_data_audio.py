@@ -1,0 +1,122 @@
+"""dampit.dataio.audio on real speech: what counts as silent (issue 16
+item 8), down-mixing that cancels out, and training crops read from the
+file (one open per sample, silent crops accepted: issue 16 item 3)."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from scipy import signal
+
+from dampit.dataio.audio import AudioError, check_audio, load_audio, read_crop
+
+
+@pytest.fixture(scope="module")
+def speech(shared_data):
+    """A real dspspeech recording, float64 at 16 kHz."""
+    path = sorted((shared_data / "dspspeech").glob("*/*.wav"))[0]
+    wav, sr = sf.read(str(path))
+    assert sr == 16000 and wav.ndim == 1
+    return wav
+
+
+def _float_wav(path, data, sr=16000):
+    sf.write(str(path), data, sr, subtype="FLOAT")
+    return path
+
+
+@pytest.mark.parametrize(
+    "name,data",
+    [
+        ("zeros", np.zeros(16000)),
+        ("tiny_constant", np.full(16000, 1e-30)),
+        ("dc_offset", np.full(16000, 0.5)),
+        ("stereo_constants", np.stack([np.full(800, 1e-30), np.zeros(800)], 1)),
+    ],
+)
+def test_constant_signals_are_silent(name, data, tmp_path):
+    """A constant channel carries nothing, whatever its level."""
+    path = _float_wav(tmp_path / f"{name}.wav", data)
+    for read in (load_audio, check_audio):
+        with pytest.raises(AudioError, match="silent") as err:
+            read(path)
+        assert str(path) in str(err.value)
+
+
+def test_quiet_and_offset_speech_is_not_silent(speech, tmp_path):
+    """Speech at -140 dBFS (float file) or on a DC offset is a signal."""
+    for name, data in (("quiet", 1e-7 * speech), ("dc", 0.5 + 1e-3 * speech)):
+        path = _float_wav(tmp_path / f"{name}.wav", data)
+        got = load_audio(path).double().numpy()
+        np.testing.assert_allclose(got, data, rtol=1e-6, atol=0)
+        assert check_audio(path) == (len(speech), 16000)
+
+
+def test_inverted_stereo_keeps_a_channel(speech, tmp_path):
+    """L = -R is not silent; its mean would be, so the loudest channel is
+    kept. Channels that do not cancel are averaged."""
+    inverted = _float_wav(tmp_path / "inv.wav", np.stack([speech, -speech], 1))
+    np.testing.assert_allclose(load_audio(inverted).numpy(), speech, atol=1e-7)
+    assert check_audio(inverted) == (len(speech), 16000)
+    louder_right = np.stack([-0.5 * speech, speech], 1)
+    path = _float_wav(tmp_path / "mix.wav", louder_right)
+    np.testing.assert_allclose(
+        load_audio(path).numpy(), 0.25 * speech, atol=1e-7
+    )
+
+
+def test_short_files_refused_for_training(speech, tmp_path):
+    """check_audio refuses less than one 25 ms frame (a 10 ms clip)."""
+    path = _float_wav(tmp_path / "ten_ms.wav", speech[4000:4160])
+    with pytest.raises(AudioError, match="too short"):
+        check_audio(path)
+    assert check_audio(_float_wav(tmp_path / "ok.wav", speech[4000:4400]))
+
+
+def test_read_crop_is_a_uniform_slice_of_the_range(speech, tmp_path):
+    """Each crop is file[s : s + n] with s uniform in [start, stop - n]."""
+    path = _float_wav(tmp_path / "s.wav", speech)
+    start, stop, n = 1000, 1000 + 3000, 2000
+    torch.manual_seed(0)
+    seen = set()
+    f32 = speech.astype(np.float32)
+    for _ in range(300):
+        crop = read_crop(path, n, start=start, stop=stop).numpy()
+        hits = [
+            s
+            for s in np.flatnonzero(f32[start : stop - n + 1] == crop[0])
+            + start
+            if np.array_equal(crop, f32[s : s + n])
+        ]
+        assert len(hits) >= 1
+        seen.add(hits[0])
+    assert min(seen) >= start and max(seen) <= stop - n
+    assert len(seen) > 200  # spread over the 1001 starts
+
+
+def test_read_crop_tiles_short_ranges_and_resamples(speech, tmp_path):
+    """A range shorter than the crop is repeated; an 8 kHz file gives a
+    full 16 kHz crop read from half as many file samples."""
+    path = _float_wav(tmp_path / "s.wav", speech)
+    crop = read_crop(path, 1000, start=100, stop=400).numpy()
+    want = np.resize(speech[100:400].astype(np.float32), 1000)
+    np.testing.assert_array_equal(crop, want)
+    low = _float_wav(
+        tmp_path / "8k.wav", signal.resample_poly(speech, 1, 2), 8000
+    )
+    with pytest.warns(UserWarning, match="sample rate 8000 Hz"):
+        crop = read_crop(low, 16000)
+    assert crop.shape == (16000,) and torch.isfinite(crop).all()
+
+
+def test_silent_crop_of_a_valid_file(speech, tmp_path):
+    """Speech then 5 s of digital silence: the file is valid, and a crop
+    that falls inside the silence is zeros, not an error."""
+    path = tmp_path / "tail.wav"
+    sf.write(str(path), np.r_[speech, np.zeros(80000)], 16000)
+    assert check_audio(path) == (len(speech) + 80000, 16000)
+    start = len(speech) + 1000
+    crop = read_crop(path, 48000, start=start, stop=start + 60000)
+    assert crop.shape == (48000,) and not crop.any()
+    with pytest.raises(AudioError, match="silent"):  # read whole, refused
+        load_audio(path, start=start, stop=start + 60000)
