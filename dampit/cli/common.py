@@ -46,7 +46,9 @@ def _device_ok(text):
     return dev.type == "cpu" or dev.type == "cuda" and (dev.index or 0) < n_gpus
 
 
-finite_float = _checked(float, math.isfinite, "need a finite number")
+FINITE = _checked(float, math.isfinite, "need a finite number")
+DEVICE = _checked(str, _device_ok, "not an available cpu or cuda:N device")
+POSITIVE = _checked(int, lambda n: n >= 1, "need an integer >= 1")
 
 
 class Parser(argparse.ArgumentParser):
@@ -54,25 +56,13 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, prog, description):
         super().__init__(prog=prog, description=description)
-        self.add_argument("--model", required=True, help="model folder")
-        self.add_argument(
-            "--device",
-            default="cpu",
-            type=_checked(str, _device_ok, "not an available cpu/cuda:N"),
-        )
-        self.add_argument(
-            "--trust",
-            action="store_true",
-            help="load with SpeechBrain's from_hparams, which runs the "
-            "folder's hyperparams.yaml: only for folders you trust",
-        )
-        self.add_argument(
-            "--batch-size",
-            default=16,
-            type=_checked(int, lambda n: n >= 1, "need an integer >= 1"),
-        )
-        self.add_argument("--no-progress", action="store_true")
-        self.add_argument("--verbose", action="store_true", help="tracebacks")
+        add = self.add_argument
+        add("--model", required=True, help="model folder (dampit-export)")
+        add("--device", default="cpu", type=DEVICE, help="cpu, cuda:0...")
+        add("--trust", action="store_true", help="load by from_hparams")
+        add("--batch-size", default=16, type=POSITIVE, help="files a batch")
+        add("--no-progress", action="store_true")
+        add("--verbose", action="store_true", help="show error tracebacks")
 
     def error(self, message):
         """Exit 2 with one line (no usage)."""
@@ -80,43 +70,20 @@ class Parser(argparse.ArgumentParser):
 
 
 def check_args(args, out_folder):
-    """Check ``--out`` and ``--model`` before any work.
-
-    ``--out`` must not be a folder (file) or a file (folder), and the
-    folder it goes in must take a new file.
-    """
-    out = os.path.abspath(args.out or ".")
-    if args.out and os.path.exists(out) and os.path.isdir(out) != out_folder:
+    """Before any work: ``--out`` not a folder (a file when
+    ``out_folder``), its folder takes a new file; ``--model`` exists."""
+    out = args.out and os.path.abspath(args.out)
+    if out and os.path.exists(out) and os.path.isdir(out) != out_folder:
         raise CliError(f"--out {out} is {'not ' * out_folder}a folder")
-    parent = os.path.dirname(out)
-    while args.out and not os.path.exists(parent):
+    parent = os.path.dirname(out or ".")
+    while out and not os.path.exists(parent):
         parent = os.path.dirname(parent)
     try:
-        tempfile.TemporaryFile(dir=parent).close()
+        tempfile.TemporaryFile(dir=parent).close() if out else None
     except OSError as err:
         raise CliError(f"--out {out}: cannot write in {parent}: {err}")
     if not os.path.isdir(args.model):
         raise CliError(f"--model {args.model}: folder not found")
-
-
-def read_lines(path):
-    """Yield ``(line_number, text)`` of a UTF-8 file (BOM allowed).
-
-    Example
-    -------
-    >>> import os, tempfile
-    >>> p = os.path.join(tempfile.mkdtemp(), "l.txt")
-    >>> _ = open(p, "wb").write(b"\\xef\\xbb\\xbfa b\\n")
-    >>> list(read_lines(p))
-    [(1, 'a b')]
-    """
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as err:
-                raise CliError(f"{path}:{n}: not UTF-8 ({err.reason})")
-            yield n, text.rstrip("\r\n")
 
 
 def _is_audio(path):
@@ -124,24 +91,26 @@ def _is_audio(path):
 
 
 def _list_file(path):
-    """``(id, path, origin)`` of a list file's lines."""
-    base, items = os.path.dirname(os.path.abspath(path)), []
-    for n, text in read_lines(path):
-        uid, _, wav = (s.strip() for s in text.rpartition("\t"))
-        if wav and not text.lstrip().startswith("#"):
-            full = os.path.join(base, wav)  # unchanged when absolute
-            if not os.path.isfile(full):
-                raise CliError(f"{path}:{n}: audio file not found: {wav}")
-            items.append((uid or utt_to_id(wav), full, f"{path}:{n}"))
+    """``(id, path, origin)`` of a list file's lines (UTF-8, BOM or not)."""
+    items, base = [], os.path.dirname(os.path.abspath(path))
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise CliError(f"{path}:{n}: not UTF-8 ({err.reason})")
+            uid, _, wav = (s.strip() for s in text.rpartition("\t"))
+            if wav and not text.lstrip().startswith("#"):
+                if not isfile(full := os.path.join(base, wav)):
+                    raise CliError(f"{path}:{n}: audio file not found: {wav}")
+                items.append((uid or utt_to_id(wav), full, f"{path}:{n}"))
     return items
 
 
 def list_audio_inputs(inputs):
-    """Expand folders, list files and audio files into ``(id, path)``.
-
-    Folders are searched recursively (ID: relative path without
-    extension); audio files give their path without extension; list files
-    have one path a line (relative to the list) or ``ID<TAB>path``.
+    """``(id, path)`` of audio files, folders (searched recursively; ID:
+    relative path without extension) and list files (a path, relative to
+    the list, or ``ID<TAB>path`` a line).
 
     Example
     -------
@@ -157,12 +126,12 @@ def list_audio_inputs(inputs):
         if os.path.isdir(arg):
             tree = glob.glob(os.path.join(arg, "**", "*"), recursive=True)
             tree = [p for p in sorted(tree) if _is_audio(p) and isfile(p)]
-            found += [(utt_to_id(os.path.relpath(p, arg)), p, p) for p in tree]
             if not tree:
                 raise CliError(f"no {'/'.join(AUDIO_EXTENSIONS)} under {arg}")
-        elif _is_audio(arg) or not isfile(arg):
-            if not isfile(arg):
-                raise CliError(f"input not found: {arg}")
+            found += [(utt_to_id(os.path.relpath(p, arg)), p, p) for p in tree]
+        elif not isfile(arg):
+            raise CliError(f"input not found: {arg}")
+        elif _is_audio(arg):
             found.append((utt_to_id(arg), arg, arg))
         elif not (listed := _list_file(arg)):
             raise CliError(f"{arg}: lists no audio files")
@@ -192,27 +161,24 @@ def open_model(args):
 def embed(model, items, args):
     """``(ids, [N, D] embeddings)`` of ``items``; non-finite ones refused."""
     ids, emb = model.embed_files(items, args.batch_size, not args.no_progress)
-    bad = ~np.isfinite(emb).all(axis=1)
-    if bad.any():
+    if not np.isfinite(emb).all():
         raise CliError(
             f"{args.model}: the model gives NaN/inf embeddings "
-            f"({bad.sum()} of {len(ids)} files): broken weights"
+            f"({len(ids)} files): broken weights"
         )
     return ids, emb
 
 
 def run(prog, args, work):
     """``work()``'s exit status; a user error prints one line, returns 2."""
-
-    def show(message, *_, **__):
-        print(f"{prog}: warning: {message}", file=sys.stderr)
-
-    log = logging.StreamHandler()  # warnings of dampit's loggers, one line
-    log.setLevel(logging.WARNING)
+    log = logging.StreamHandler()  # dampit's logged warnings, one line
     log.setFormatter(logging.Formatter(f"{prog}: warning: %(message)s"))
+    log.setLevel(logging.WARNING)
     logging.getLogger().addHandler(log)
     with warnings.catch_warnings():
-        warnings.showwarning = show
+        warnings.showwarning = lambda msg, *_: log.stream.write(
+            f"{prog}: warning: {msg}\n"
+        )
         try:
             return work()
         except (CliError, *USER_ERRORS) as err:

@@ -19,11 +19,7 @@ import warnings
 
 from dampit.cli import common
 from dampit.dataio.audio import AudioError, load_audio
-from dampit.metrics.embedding_store import (
-    EMBEDDINGS_FILE,
-    IDS_FILE,
-    save_embeddings,
-)
+from dampit.metrics import embedding_store as store
 
 PROG = "dampit-embed"
 
@@ -45,41 +41,35 @@ def _drop_bad(items, sample_rate):
 
 def _embed(args):
     common.check_args(args, out_folder=True)
-    out = args.out
-    if os.path.isdir(out) and os.listdir(out):
-        if not {EMBEDDINGS_FILE, IDS_FILE} <= set(os.listdir(out)):
-            raise common.CliError(f"--out {out} is not an embedding store")
+    names = os.listdir(args.out) if os.path.isdir(args.out) else []
+    if names and not {store.EMBEDDINGS_FILE, store.IDS_FILE} <= set(names):
+        raise common.CliError(f"--out {args.out} is not an embedding store")
     items = common.list_audio_inputs(args.inputs)
     model = common.open_model(args)
-    bad = ""
-    if args.skip_bad:
-        items, bad = _drop_bad(items, model.sample_rate)
+    items, bad = (
+        _drop_bad(items, model.sample_rate) if args.skip_bad else (items, "")
+    )
     ids, emb = common.embed(model, items, args)
     files = {"paths.txt": "".join(f"{p}\n" for _, p in items)}
-    with common.writing(out):
-        save_embeddings(out, ids, emb, {**files, "bad_files.txt": bad})
+    if bad:
+        files["bad_files.txt"] = bad
+    with common.writing(args.out):
+        store.save_embeddings(args.out, ids, emb, files)
+    skipped = f"; {bad.count(chr(10))} bad file(s) skipped" if bad else ""
     print(
         f"[dampit] {len(ids)} embeddings of size {emb.shape[1]} -> "
-        f"{os.path.join(out, EMBEDDINGS_FILE)} (index: {IDS_FILE})"
-        + (f"; {bad.count(chr(10))} bad file(s) skipped" if bad else "")
+        f"{args.out} (embeddings.npy, ids.txt){skipped}"
     )
     return 0
 
 
 def main(argv=None):
     """Run ``dampit-embed``; returns 0, or 2 on bad input."""
-    parser = common.Parser(
-        PROG,
-        "Embed audio files (folders, list files "
-        "or files) with an exported dampit model.",
-    )
-    parser.add_argument("inputs", nargs="+", help="folders, list files, audio")
-    parser.add_argument("--out", required=True, help="output store folder")
-    parser.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="leave out bad audio files instead of failing",
-    )
+    parser = common.Parser(PROG, "Embed audio files with a dampit model.")
+    add = parser.add_argument
+    add("inputs", nargs="+", help="folders, list files, audio files")
+    add("--out", required=True, help="embedding store folder to write")
+    add("--skip-bad", action="store_true", help="leave out bad audio files")
     args = parser.parse_args(argv)
     return common.run(PROG, args, lambda: _embed(args))
 

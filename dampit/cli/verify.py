@@ -24,85 +24,71 @@ import numpy as np
 from speechbrain.dataio.dataio import load_data_csv
 
 from dampit.cli import common
+from dampit.dataio import trials
 from dampit.dataio.audio import AUDIO_EXTENSIONS
-from dampit.dataio.trials import (
-    iter_trials,
-    read_trial_indices,
-    utt_to_id,
-    write_scores,
-)
 from dampit.metrics.error_rates import compute_eer, compute_min_dcf
 from dampit.metrics.multicrop import cosine_scores
 
 PROG = "dampit-verify"
 
 
-def _row_of(name, trials):
-    return next(
-        f"{trials}:{n}" for n, _, e, t in iter_trials(trials) if name in (e, t)
-    )
-
-
 def resolve_audio(names, args):
     """Audio file of each trial name (``--audio-root`` or ``--csv``)."""
-    rows, root = None, args.audio_root or os.path.dirname(args.trials)
-    if args.csv:
+    rows, root = {}, args.audio_root or os.path.dirname(args.trials)
+    try:
         repl = {"data_root": args.data_root} if args.data_root else None
-        try:
-            rows = load_data_csv(args.csv, repl)
-        except (OSError, KeyError, ValueError) as err:
-            raise common.CliError(f"--csv {args.csv}: {err}") from None
+        rows = load_data_csv(args.csv, repl) if args.csv else rows
+    except (OSError, KeyError, ValueError) as err:
+        raise common.CliError(f"--csv {args.csv}: {err}") from None
     paths = []
     for name in names:
-        if rows is not None:
-            path = (rows.get(name) or rows.get(utt_to_id(name)) or {}).get(
-                "wav"
+        path = os.path.join(root, name)
+        if args.csv:
+            row = rows.get(name) or rows.get(trials.utt_to_id(name)) or {}
+            path = row.get("wav", f"{name} (not an ID of {args.csv})")
+        elif not os.path.splitext(path)[1]:
+            found = [path + e for e in AUDIO_EXTENSIONS]
+            path = next(filter(os.path.isfile, found), path)
+        if not os.path.isfile(path):
+            where = next(
+                n for n, _, *et in trials.iter_trials(args.trials) if name in et
             )
-        else:
-            path = os.path.join(root, name)
-            if not os.path.splitext(path)[1]:
-                found = [path + e for e in AUDIO_EXTENSIONS]
-                path = next(filter(os.path.isfile, found), path)
-        if path is None or not os.path.isfile(path):
-            why = f"audio file not found: {path}" if path else "not in --csv"
-            where = _row_of(name, args.trials)
-            raise common.CliError(f"{where}: {name}: {why}")
+            raise common.CliError(
+                f"{args.trials}:{where}: {name}: audio file not found: {path}"
+            )
         paths.append(path)
     return paths
 
 
-def _report(scores, labels, threshold, out):
+def _report(scores, labels, threshold):
     accept = scores > threshold
     print(
-        f"[dampit] {scores.size} trials scored, threshold "
-        f"{threshold:.4f}, {accept.sum()} accepted",
-        file=out,
+        f"[dampit] {scores.size} trials scored, threshold {threshold:.4f}, "
+        f"{accept.sum()} accepted"
     )
-    if labels is not None and labels.any() and not labels.all():
-        labels = labels.astype(bool)
-        eer, eer_thr = compute_eer(scores, labels)
-        dcf, _ = compute_min_dcf(scores, labels, p_target=0.01)
+    y = None if labels is None else labels.astype(bool)
+    if y is not None and (y.all() or not y.any()):
+        print("[dampit] the labels hold one class only: no EER")
+    elif y is not None:
+        eer, eer_thr = compute_eer(scores, y)
+        dcf = compute_min_dcf(scores, y, p_target=0.01)[0]
         print(
             f"[dampit] EER {100 * eer:.2f}% (threshold {eer_thr:.4f}), "
             f"minDCF(0.01) {dcf:.4f}; at {threshold:.4f}: miss "
-            f"{100 * (~accept[labels]).mean():.2f}%, false alarm "
-            f"{100 * accept[~labels].mean():.2f}% ({labels.sum()} "
-            f"target / {(~labels).sum()} non-target)",
-            file=out,
+            f"{100 * (~accept[y]).mean():.2f}%, false alarm "
+            f"{100 * accept[~y].mean():.2f}% ({y.sum()} target / "
+            f"{(~y).sum()} non-target)"
         )
-    elif labels is not None:
-        print("[dampit] the labels hold one class only: no EER", file=out)
 
 
 def _verify(args):
     common.check_args(args, out_folder=False)
     if args.trials:
-        enrol, test, labels, names = read_trial_indices(args.trials)
+        enrol, test, labels, names = trials.read_trial_indices(args.trials)
         paths = resolve_audio(names, args)
+    elif missing := [f for f in args.files if not os.path.isfile(f)]:
+        raise common.CliError(f"audio file not found: {missing[0]}")
     else:
-        for f in args.files:
-            if not os.path.isfile(f):
-                raise common.CliError(f"audio file not found: {f}")
         names = paths = args.files
         enrol, test, labels = np.array([0]), np.array([1]), None
     with warnings.catch_warnings():
@@ -115,34 +101,30 @@ def _verify(args):
     row = np.array([files[p] for p in paths])
     scores = cosine_scores(emb, row[enrol], row[test])
     if not args.trials:
-        same = scores[0] > threshold
-        print(
-            f"score {scores[0]:.4f}  threshold {threshold:.4f}  -> "
-            + ("same speaker" if same else "different speakers")
-        )
+        word = "same speaker" if scores[0] > threshold else "different speakers"
+        print(f"score {scores[0]:.4f}  threshold {threshold:.4f}  -> {word}")
         return 0
     if args.out:
         names = np.array(names, dtype=object)
         with common.writing(args.out):
-            write_scores(args.out, names[enrol], names[test], scores, labels)
-    _report(scores, labels, threshold, sys.stdout)
+            trials.write_scores(
+                args.out, names[enrol], names[test], scores, labels
+            )
+    _report(scores, labels, threshold)
     return 0
 
 
 def main(argv=None):
     """Run ``dampit-verify``; returns 0, or 2 on bad input."""
-    parser = common.Parser(
-        PROG,
-        "Verify two audio files, or a trial list, "
-        "with an exported dampit model.",
-    )
-    parser.add_argument("files", nargs="*", help="enrol and test audio")
-    parser.add_argument("--trials", help="trial list instead of two files")
-    parser.add_argument("--audio-root", help="folder of the trial paths")
-    parser.add_argument("--csv", help="SpeechBrain CSV mapping trial IDs")
-    parser.add_argument("--data-root", help="$data_root of the CSV")
-    parser.add_argument("--out", help="score file to write")
-    parser.add_argument("--threshold", type=common.finite_float)
+    parser = common.Parser(PROG, "Verify two audio files or a trial list.")
+    add = parser.add_argument
+    add("files", nargs="*", help="enrol and test audio")
+    add("--trials", help="trial list instead of two files")
+    add("--audio-root", help="folder of the trial paths")
+    add("--csv", help="SpeechBrain CSV mapping trial IDs")
+    add("--data-root", help="$data_root of the CSV")
+    add("--out", help="score file to write")
+    add("--threshold", type=common.FINITE, help="instead of the model's")
     args = parser.parse_args(argv)
     if bool(args.trials) == bool(args.files) or len(args.files) not in (0, 2):
         parser.error("give either two audio files or --trials FILE")
