@@ -91,10 +91,9 @@ def _verify(args):
     else:
         names = paths = args.files
         enrol, test, labels = np.array([0]), np.array([1]), None
-    with warnings.catch_warnings():
-        if args.threshold is not None:  # no "no threshold stored" warning
-            warnings.filterwarnings("ignore", ".*threshold")
-        model = common.open_model(args)
+    if args.threshold is not None:  # no "no threshold stored" warning
+        warnings.filterwarnings("ignore", ".*threshold")  # (run restores)
+    model = common.open_model(args)
     threshold = model.threshold if args.threshold is None else args.threshold
     files = {p: k for k, p in enumerate(dict.fromkeys(paths))}
     _, emb = common.embed(model, list(files), args)
