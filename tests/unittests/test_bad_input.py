@@ -14,9 +14,10 @@ test_prepare_voxceleb.py), malformed and unknown-ID trial lists in
 ``read_trials`` (test_trials.py) and in embedding stores
 (test_multicrop.py), NaN / inf scores and one-class labels in the EER and
 minDCF (test_error_rates.py), NaN embeddings in stores and scoring
-(test_multicrop.py), bad files, bad trial lists and unsafe model YAML
-through ``dampit-embed`` / ``dampit-verify`` (test_cli.py,
-test_export_safe_yaml.py), and single-speaker, K = 1, identical, zero,
+(test_multicrop.py), bad files, arguments, output folders (read-only,
+full), trial lists, model folders and a 200,000-trial list through
+``dampit-embed`` / ``dampit-verify`` (test_cli.py, test_cli_errors.py,
+test_cli_memory.py), and single-speaker, K = 1, identical, zero,
 tiny and fp16-max batches in float32 and fp16 forward passes
 (test_losses.py).
 """
