@@ -78,8 +78,8 @@ def test_operating_points_hand_case_with_ties():
     assert fa.tolist() == [3, 2, 2, 0, 0]
     assert (n_tar, n_non) == (3, 3)
     fpr, fnr, thr2 = det_curve(TIE_SCORES, TIE_LABELS)
-    np.testing.assert_allclose(fpr, [1, 2 / 3, 2 / 3, 0, 0])
-    np.testing.assert_allclose(fnr, [0, 0, 1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(fpr, [1, 2 / 3, 2 / 3, 0, 0], atol=1e-15)
+    np.testing.assert_allclose(fnr, [0, 0, 1 / 3, 2 / 3, 1], atol=1e-15)
     np.testing.assert_array_equal(thr, thr2)
 
 
