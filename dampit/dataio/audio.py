@@ -23,8 +23,9 @@ import torchaudio.functional as AF
 
 from dampit.dataio.crops import repeat_to_length
 
-#: File endings dampit reads as audio (what libsndfile decodes).
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+#: Audio file endings, the project's one list. libsndfile decodes all but
+#: m4a/aac (VoxCeleb2), which are listed so that they are reported, not missed.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac")
 SILENCE = 1e-6
 #: Shortest file accepted for training, in seconds: one 25 ms feature frame.
 MIN_DURATION = 0.025
