@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from dampit.dataio.trials import read_trial_indices
 from dampit.metrics.embedding_store import save_embeddings
 from dampit.metrics.multicrop import ScoringVectors, cosine_scores, score_trials
 
@@ -183,3 +184,35 @@ def test_half_precision_and_integer_inputs():
         )
     ints = np.arange(6).reshape(2, 3)
     assert score_trials(ints, [0], [1], "dot").tolist() == [14.0]
+
+
+def test_hand_worked_crop_pair_means():
+    # Crops (3, 4), (0, 2) against (1, 1): dots 7 and 2, cosines
+    # 7 / (5 sqrt 2) and 2 / (2 sqrt 2), squared distances 13 and 2.
+    crops = [[[3.0, 4.0], [0.0, 2.0]], [[1.0, 1.0], [1.0, 1.0]]]
+    want = {
+        "dot": 4.5,
+        "cosine": (7 / (5 * math.sqrt(2)) + 1 / math.sqrt(2)) / 2,
+        "sqeuclidean": -7.5,
+    }
+    for method, ref in want.items():
+        got = score_trials(crops, [0], [1], method)
+        np.testing.assert_allclose(got, [ref], rtol=1e-15, atol=1e-14)
+
+
+def test_trial_file_to_store_scores(tmp_path, crops):
+    ids = [f"spk{i % 3}/u{i}.wav" for i in range(12)]
+    store = save_embeddings(tmp_path / "s", ids, crops)
+    rng = np.random.default_rng(5)
+    rows = rng.integers(0, 12, size=(25, 2))
+    lines = [f"{(a + b) % 2} {ids[a]} {ids[b]}\n" for a, b in rows]
+    (tmp_path / "t.txt").write_text("".join(lines))
+    ie, it, labels, _ = read_trial_indices(tmp_path / "t.txt", store.index)
+    assert labels.tolist() == [(a + b) % 2 for a, b in rows]
+    ref = [naive_trial_score(crops[a], crops[b], "dot") for a, b in rows]
+    np.testing.assert_allclose(
+        score_trials(store, ie, it, "dot"),
+        ref,
+        rtol=1e-12,
+        atol=score_atol(crops),
+    )
