@@ -9,11 +9,8 @@ their weights (SpeechBrain's ``average_checkpoints``, loaded with
 import itertools
 import logging
 
+import speechbrain.utils.checkpoints as sbc
 import torch
-from speechbrain.utils.checkpoints import (
-    average_checkpoints,
-    average_state_dicts,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +24,7 @@ def _average_keep_dtypes(state_dicts):
     state_dicts = iter(state_dicts)
     first = next(state_dicts)
     dtypes = {name: value.dtype for name, value in first.items()}
-    averaged = average_state_dicts(itertools.chain([first], state_dicts))
+    averaged = sbc.average_state_dicts(itertools.chain([first], state_dicts))
     for name, dtype in dtypes.items():
         if not dtype.is_floating_point:
             averaged[name] = averaged[name].round()
@@ -35,8 +32,37 @@ def _average_keep_dtypes(state_dicts):
     return averaged
 
 
-def recent_epoch_checkpoints(checkpointer, n, meta_key="EER"):
-    """The ``n`` newest checkpoints whose meta has ``meta_key``, newest first.
+def average_weights(checkpoints, name):
+    """The average of one recoverable's weights over ``checkpoints``
+    (``KeyError`` naming a checkpoint without a file for ``name``).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain.utils.checkpoints import Checkpointer
+    >>> bn = torch.nn.BatchNorm1d(1)
+    >>> ckpt = Checkpointer(tempfile.mkdtemp(), {"bn": bn})
+    >>> for value in (1, 2, 6):
+    ...     _ = bn.num_batches_tracked.fill_(value)
+    ...     _ = ckpt.save_checkpoint(meta={"EER": value})
+    >>> average_weights(ckpt.list_checkpoints(), "bn")["num_batches_tracked"]
+    tensor(3)
+    """
+    checkpoints = list(checkpoints)
+    if not checkpoints:
+        raise ValueError("no checkpoints to average")
+    for ckpt in checkpoints:
+        if name not in ckpt.paramfiles:
+            raise KeyError(f"checkpoint {ckpt.path} has no '{name}' file")
+    return sbc.average_checkpoints(
+        checkpoints, name, parameter_loader=_load, averager=_average_keep_dtypes
+    )
+
+
+def select_test_checkpoints(checkpointer, n, min_key="EER"):
+    """The checkpoints a run is tested with, newest first: ``n == 1``, the
+    lowest ``min_key`` (else the newest); ``n > 1``, the ``n`` newest that
+    record ``min_key`` (end-of-epoch ones; fewer: a warning).
 
     Example
     -------
@@ -46,68 +72,20 @@ def recent_epoch_checkpoints(checkpointer, n, meta_key="EER"):
     >>> for eer in (0.3, 0.1, 0.2):
     ...     _ = ckpt.save_checkpoint(meta={"EER": eer})
     >>> _ = ckpt.save_checkpoint(meta={"intra": True})  # no EER: skipped
-    >>> [c.meta["EER"] for c in recent_epoch_checkpoints(ckpt, 2)]
-    [0.2, 0.1]
+    >>> [[c.meta["EER"] for c in select_test_checkpoints(ckpt, n)]
+    ...  for n in (1, 2)]
+    [[0.1], [0.2, 0.1]]
     """
     if int(n) < 1:
         raise ValueError(f"average_checkpoints must be >= 1, got {n}")
-    return checkpointer.find_checkpoints(
-        ckpt_predicate=lambda c: meta_key in c.meta,
-        max_num_checkpoints=int(n),
-    )
-
-
-def average_weights(checkpoints, name):
-    """The average of one recoverable's weights over ``checkpoints``.
-
-    Raises ``KeyError`` naming a checkpoint without a file for ``name``.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> from speechbrain.utils.checkpoints import Checkpointer
-    >>> bn = torch.nn.BatchNorm1d(1)
-    >>> ckpt = Checkpointer(tempfile.mkdtemp(), {"bn": bn})
-    >>> for value in (1.0, 2.0, 6.0):
-    ...     _ = bn.weight.data.fill_(value)
-    ...     _ = bn.num_batches_tracked.fill_(int(value))
-    ...     _ = ckpt.save_checkpoint(meta={"EER": value})
-    >>> avg = average_weights(recent_epoch_checkpoints(ckpt, 3), "bn")
-    >>> avg["weight"], avg["num_batches_tracked"]
-    (tensor([3.]), tensor(3))
-    """
-    checkpoints = list(checkpoints)
-    if not checkpoints:
-        raise ValueError("no checkpoints to average")
-    for ckpt in checkpoints:
-        if name not in ckpt.paramfiles:
-            raise KeyError(f"checkpoint {ckpt.path} has no '{name}' file")
-    return average_checkpoints(
-        checkpoints, name, parameter_loader=_load, averager=_average_keep_dtypes
-    )
-
-
-def select_test_checkpoints(checkpointer, n, min_key="EER"):
-    """The checkpoints a run is tested with, newest first.
-
-    ``n == 1``: the one with the lowest ``min_key`` (else the newest);
-    ``n > 1``: the ``n`` newest end-of-epoch ones (fewer: a warning).
-
-    Example
-    -------
-    >>> import tempfile
-    >>> from speechbrain.utils.checkpoints import Checkpointer
-    >>> ckpt = Checkpointer(tempfile.mkdtemp(), {"lin": torch.nn.Linear(1, 1)})
-    >>> for eer in (0.3, 0.1, 0.2):
-    ...     _ = ckpt.save_checkpoint(meta={"EER": eer})
-    >>> [c.meta["EER"] for c in select_test_checkpoints(ckpt, 1)]
-    [0.1]
-    """
     if int(n) == 1:
         best = checkpointer.find_checkpoint(min_key=min_key)
         best = best or checkpointer.find_checkpoint()
         return [best] if best is not None else []
-    found = recent_epoch_checkpoints(checkpointer, n, meta_key=min_key)
+    found = checkpointer.find_checkpoints(
+        ckpt_predicate=lambda c: min_key in c.meta,
+        max_num_checkpoints=int(n),
+    )
     if found and len(found) < int(n):
         logger.warning(
             "average_checkpoints=%s but %s holds %d end-of-epoch "

@@ -5,10 +5,9 @@ A variant holds HyperPyYAML overrides of its base, tags included::
     extends: ../multi_metric.yaml      # hparams/ablations/no_gates.yaml
     gate: none
 
-``load_hparams`` reads each variant once with ruamel (as HyperPyYAML reads
-command-line overrides), puts the command line on top and loads the base
-once with ``load_hyperpyyaml``; a file without an ``extends:`` line is a
-base and is not read here.
+Each variant is read once with ruamel (as HyperPyYAML reads command-line
+overrides), the command line goes on top, and the base is loaded once
+with ``load_hyperpyyaml``; a file without an ``extends:`` line is a base.
 """
 
 import os
@@ -17,26 +16,11 @@ import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml
 from hyperpyyaml.core import recursive_update
 
-EXTENDS_KEY = "extends"
-
 
 def resolve_variant(hparams_file, overrides=None):
-    """Follow ``extends:`` down to the base; merge the variants' keys.
-
-    Arguments
-    ---------
-    hparams_file : str or os.PathLike
-        A HyperPyYAML file or a variant of one.
-    overrides : str, dict or None
-        Command-line overrides (they win over the variants' values).
-
-    Returns
-    -------
-    base_file : str
-        The HyperPyYAML file to load.
-    merged : dict
-        Overrides for it: the variants' keys, outermost last, then
-        ``overrides``.
+    """``(base_file, merged)``: the HyperPyYAML file at the end of the
+    ``extends:`` chain, and the overrides to load it with (the variants'
+    keys, outermost last, then ``overrides``: a YAML string or a dict).
 
     Example
     -------
@@ -51,20 +35,16 @@ def resolve_variant(hparams_file, overrides=None):
     """
     loader = ruamel.yaml.YAML()
     chain, current = [], os.path.abspath(hparams_file)
-    while True:
+    while len(chain) < 20:  # more: an 'extends' loop
         with open(current, encoding="utf-8") as f:
             text = f.read()
-        lines = text.splitlines()
-        if not any(line.startswith(EXTENDS_KEY + ":") for line in lines):
+        if not any(s.startswith("extends:") for s in text.splitlines()):
             break
-        variant = loader.load(text)
-        base = variant.pop(EXTENDS_KEY)
-        chain.append(variant)
+        chain.append(loader.load(text))
+        base = chain[-1].pop("extends")
         nxt = os.path.normpath(os.path.join(os.path.dirname(current), base))
         if not os.path.isfile(nxt):
             raise FileNotFoundError(f"{current}: extends {base}: no such file")
-        if len(chain) > 20:
-            raise ValueError(f"{hparams_file}: 'extends' loop at {current}")
         current = nxt
     merged = {}
     for variant in reversed(chain):
@@ -76,36 +56,17 @@ def resolve_variant(hparams_file, overrides=None):
 
 
 def load_hparams(hparams_file, overrides=None):
-    """Load a HyperPyYAML file or a variant of one (objects built once).
-
-    Arguments
-    ---------
-    hparams_file : str or os.PathLike
-        A HyperPyYAML file or a variant (``extends: base.yaml``).
-    overrides : str, dict or None
-        Command-line overrides.
-
-    Returns
-    -------
-    hparams : dict
-        The loaded hyperparameters.
-    base_file : str
-        The HyperPyYAML file loaded.
-    merged : dict
-        The overrides applied to it (to save beside the experiment).
+    """``(hparams, base_file, merged)`` of a HyperPyYAML file or variant.
 
     Example
     -------
-    >>> import os, tempfile
+    >>> import tempfile
     >>> d = tempfile.mkdtemp()
-    >>> _ = open(os.path.join(d, "base.yaml"), "w").write(
-    ...     "a: 1\\nb: !ref <a> * 10\\n")
-    >>> _ = open(os.path.join(d, "v.yaml"), "w").write(
-    ...     "extends: base.yaml\\na: 2\\n")
-    >>> load_hparams(os.path.join(d, "v.yaml"))[0]["b"]
-    20
+    >>> _ = open(f"{d}/base.yaml", "w").write("a: 1\\nb: !ref <a>\\n")
+    >>> _ = open(f"{d}/v.yaml", "w").write("extends: base.yaml\\na: 2")
+    >>> load_hparams(f"{d}/v.yaml")[0]["b"]
+    2
     """
     base_file, merged = resolve_variant(hparams_file, overrides)
     with open(base_file, encoding="utf-8") as f:
-        hparams = load_hyperpyyaml(f, merged)
-    return hparams, base_file, merged
+        return load_hyperpyyaml(f, merged), base_file, merged
