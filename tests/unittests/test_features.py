@@ -247,3 +247,10 @@ def test_Features_errors():
         Features("mfcc")
     with pytest.raises(ValueError, match="mel bands"):
         Features("fbank", n_bins=0)
+
+
+def test_traced_spectrogram_follows_the_length():
+    spec = Spectrogram()
+    traced = torch.jit.trace(spec, torch.randn(2, 16000), check_trace=False)
+    wav = torch.randn(3, 12000)
+    torch.testing.assert_close(traced(wav), spec(wav), rtol=0, atol=1e-6)

@@ -8,6 +8,7 @@ run one by one for the padded batches.
 
 import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -555,3 +556,34 @@ def test_default_stem_is_torchvision():
     thin = SEResNet(depth=18, base_width=4, stem_kernel=3, stem_pool=False)
     assert thin.conv1.kernel_size == (3, 3) and thin.conv1.padding == (1, 1)
     assert isinstance(thin.maxpool, torch.nn.Identity)
+
+
+def test_traced_and_exported_models_equal_eager_on_other_shapes():
+    """Export keeps the length masks and both dynamic sizes (batch, time)."""
+    model = SEResNet(
+        depth=18,
+        base_width=4,
+        emb_dim=8,
+        pooling="stats",
+        n_freq=40,
+        stem_kernel=3,
+        stem_pool=False,
+    )
+    model = strong_gates(model).eval()
+    x, lens = torch.randn(2, 100, 40), torch.tensor([1.0, 0.6])
+    other, other_lens = torch.randn(3, 77, 40), torch.tensor([1.0, 0.5, 0.2])
+    auto = torch.export.Dim.AUTO
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings
+        traced = torch.jit.trace(model, (x, lens), check_trace=False)
+        exported = torch.export.export(
+            model,
+            (x, lens),
+            dynamic_shapes={"x": {0: auto, 1: auto}, "lengths": {0: auto}},
+            strict=False,
+        ).module()
+        want = model(other, other_lens)
+        for run in (traced, exported):
+            # the same float32 kernels on the same values
+            got = run(other, other_lens)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
