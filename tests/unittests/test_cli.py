@@ -7,9 +7,9 @@ written here, EERs from a plain loop over every threshold. More user
 errors: test_cli_errors.py; bounded memory: test_cli_memory.py.
 """
 
-import importlib.util
 import os
 import pathlib
+import runpy
 import shutil
 import subprocess
 import sys
@@ -26,18 +26,15 @@ from dampit.cli import verify as verify_cli
 from dampit.cli.common import CliError, list_audio_inputs
 from dampit.dataio.trials import read_scores
 
-HERE = pathlib.Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location(
-    "model_folder", HERE.parent / "model_folder.py"
-)
-model_folder = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(model_folder)
+# The test-only model writer (tests/ is not a package).
+MODELS = pathlib.Path(__file__).resolve().parents[1] / "model_folder.py"
+write_demo_model = runpy.run_path(str(MODELS))["write_demo_model"]
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    return pathlib.Path(model_folder.write_demo_model(root))
+    return pathlib.Path(write_demo_model(root))
 
 
 @pytest.fixture(scope="module")
@@ -230,18 +227,8 @@ def test_embed_skip_bad(model, wavs, tmp_path, capsys):
     write_bad("silent", tree / "s" / "zz_silent.wav")
     write_bad("not_audio", tree / "s" / "zz_text.wav")
     out = tmp_path / "e"
-    code, cap = run_embed(
-        [
-            "--model",
-            str(model),
-            str(tree),
-            "--out",
-            str(out),
-            "--skip-bad",
-            "--no-progress",
-        ],
-        capsys,
-    )
+    args = ["--model", str(model), str(tree), "--out", str(out)]
+    code, cap = run_embed(args + ["--skip-bad", "--no-progress"], capsys)
     assert code == 0
     warned = cap.err.strip().splitlines()
     assert len(warned) == 2 and all(

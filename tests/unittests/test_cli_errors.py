@@ -7,10 +7,10 @@ traceback shows only with ``--verbose``. Read-only and full output
 folders are real tmpfs mounts (``unshare``) when running as root.
 """
 
-import importlib.util
 import json
 import math
 import pathlib
+import runpy
 import shlex
 import shutil
 import subprocess
@@ -24,18 +24,14 @@ from dampit.cli import embed as embed_cli
 from dampit.cli import verify as verify_cli
 from dampit.cli.common import CliError
 
-HERE = pathlib.Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location(
-    "model_folder", HERE.parent / "model_folder.py"
-)
-model_folder = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(model_folder)
+# The test-only model writer (tests/ is not a package).
+MODELS = pathlib.Path(__file__).resolve().parents[1] / "model_folder.py"
+write_demo_model = runpy.run_path(str(MODELS))["write_demo_model"]
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    return pathlib.Path(model_folder.write_demo_model(root))
+    return pathlib.Path(write_demo_model(tmp_path_factory.mktemp("demo")))
 
 
 @pytest.fixture(scope="module")

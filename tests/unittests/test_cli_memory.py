@@ -8,22 +8,19 @@ list may add at most 50 MB (its index arrays and scores take about 6 MB;
 the former lists of per-trial strings took 200 MB here, 6.3 GB for 10^6).
 """
 
-import importlib.util
 import json
 import os
 import pathlib
+import runpy
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-HERE = pathlib.Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location(
-    "model_folder", HERE.parent / "model_folder.py"
-)
-model_folder = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(model_folder)
+# The test-only model writer (tests/ is not a package).
+MODELS = pathlib.Path(__file__).resolve().parents[1] / "model_folder.py"
+write_demo_model = runpy.run_path(str(MODELS))["write_demo_model"]
 
 SCRIPT = """
 import json, sys
@@ -48,7 +45,7 @@ print(json.dumps(growth))
     not os.access("/proc/self/clear_refs", os.W_OK), reason="Linux /proc"
 )
 def test_long_trial_list_in_bounded_memory(shared_data, tmp_path):
-    model = model_folder.write_demo_model(tmp_path)
+    model = write_demo_model(tmp_path)
     root = shared_data / "dspspeech"
     spk = sorted(p for p in root.iterdir() if p.is_dir())[:3]
     files = [f for s in spk for f in sorted(s.glob("*.wav"))[:2]]
