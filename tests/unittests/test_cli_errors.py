@@ -353,6 +353,11 @@ def write_faults(model, wavs, tmp_path_factory):
         ("ro_embed", "embed", [*m, str(wavs[0]), "--out", str(ro / "emb")]),
         ("ro_verify", "verify", [*t, str(ro / "s.txt")]),
         ("full", "verify", [*t, str(full / "scores.txt")]),
+        (
+            "full_embed",
+            "embed",
+            [*m, *map(str, wavs), "--out", str(full / "e")],
+        ),
     ]
     q = shlex.quote
     body = (
@@ -391,3 +396,7 @@ def test_disk_full_names_the_output_and_keeps_the_old_file(write_faults):
     assert line.endswith("No space left on device")
     assert err.count("duplicate trial") == 1  # logged once, one line
     assert res["listing"] == ["scores.txt"] and res["old"] == "old\n"
+    # The embedding store: ENOSPC named, nothing of it left behind.
+    code, err = res["full_embed"]
+    assert code == 2
+    one_line_error(err, full / "e", "No space left on device")
