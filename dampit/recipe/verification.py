@@ -21,7 +21,7 @@ from dampit.dataio.crops import eval_crops
 from dampit.dataio.trials import read_trials
 from dampit.metrics import multicrop
 from dampit.metrics.asnorm import as_norm
-from dampit.metrics.embedding_store import save_embeddings
+from dampit.metrics.embedding_store import EmbeddingStore, EmbeddingStoreWriter
 from dampit.metrics.plots import write_report
 from dampit.utils.atomic import atomic_write_text
 from dampit.utils.checkpoint_averaging import (
@@ -33,25 +33,12 @@ logger = logging.getLogger(__name__)
 
 
 def load_test_weights(checkpointer, hparams, out):
-    """Load the tested weights; list their checkpoints in ``checkpoints.txt``.
+    """Load the tested weights, list their checkpoints in
+    ``<out>/checkpoints.txt`` and return them (none: the current weights).
 
     ``average_checkpoints: 1``: the checkpoint with the lowest validation
-    EER; ``N > 1``: the newest checkpoint, then the network's weights
+    EER; ``N > 1``: the newest checkpoint, then ``embedding_model``
     averaged over the N newest end-of-epoch ones.
-
-    Arguments
-    ---------
-    checkpointer : speechbrain.utils.checkpoints.Checkpointer
-        The run's checkpointer.
-    hparams : dict
-        ``average_checkpoints`` and ``embedding_model``.
-    out : str
-        The verification folder.
-
-    Returns
-    -------
-    list
-        The checkpoints used (empty: none, the current weights are tested).
     """
     n = int(hparams.get("average_checkpoints", 1))
     if n == 1:
@@ -74,25 +61,10 @@ def load_test_weights(checkpointer, hparams, out):
 
 
 def utterance_loader(hparams, csv_path, ids, n_crops=0):
-    """A DataLoader of whole utterances (``sig``) and their crops.
-
-    Arguments
-    ---------
-    hparams : dict
-        ``data_folder``, ``sample_rate``, ``hop_length``,
-        ``test_crop_frames``, ``test_batch_size``, ``num_workers``.
-    csv_path : str
-        A prepared manifest (``ID, duration, wav, start, stop, spk_id``).
-    ids : set of str
-        The utterances to load.
-    n_crops : int
-        Evenly spaced crops per utterance (``crops``; 0: none).
-
-    Returns
-    -------
-    torch.utils.data.DataLoader
-        Batches sorted by duration (``id``, ``sig``, ``crops``).
-    """
+    """A DataLoader of the utterances ``ids`` of a prepared manifest,
+    sorted by duration: ``id``, ``sig`` (whole) and, with ``n_crops``,
+    ``crops`` (evenly spaced, of ``test_crop_frames``); ``test_batch_size``
+    and ``num_workers`` from ``hparams``."""
     sr, crop = int(hparams["sample_rate"]), None
     if n_crops:
         crop = (int(hparams["test_crop_frames"]) - 1) * hparams["hop_length"]
@@ -120,53 +92,54 @@ def utterance_loader(hparams, csv_path, ids, n_crops=0):
 
 
 @torch.no_grad()
-def embed(embed_fn, loader, hop_length, device, progress=True):
-    """Embeddings of every utterance of a loader, whole and cropped.
+def embed(embed_fn, loader, hop_length, device, stores=None, progress=True):
+    """``(ids, [U, D] whole, [U, n_crops, D] crops or None)`` of a loader.
 
-    With ``hop_length``, padded utterances get frame-exact lengths,
-    ``(1 + n // hop) / (1 + N // hop)``: each embeds as it would alone.
-
-    Arguments
-    ---------
-    embed_fn : callable
-        ``(wavs [B, N], lens [B]) -> [B, 1, D]``.
-    loader : DataLoader
-        From :func:`utterance_loader`.
-    hop_length : int or None
-        The features' hop (None: SpeechBrain's relative lengths).
-    device : str or torch.device
-        Where the batches go.
-    progress : bool
-        Show a progress bar.
-
-    Returns
-    -------
-    ids : list of str
-    full : numpy.ndarray
-        [U, D].
-    crops : numpy.ndarray or None
-        [U, n_crops, D].
+    ``embed_fn(wavs [B, N], lens [B]) -> [B, 1, D]``. With ``hop_length``,
+    padded utterances get frame-exact lengths ``(1 + n // hop) / (1 + N //
+    hop)``: each embeds as it would alone. With ``stores`` (two folders),
+    the embeddings stream to embedding stores (bounded memory) and come
+    back memory-mapped.
     """
-    ids, full, crops = [], [], []
+    ids, rows, writers = [], ([], []), [None, None]
 
     def run(wavs, lens):
         emb = embed_fn(wavs.to(device), lens.to(device))
         return emb.reshape(len(wavs), -1).float().cpu().numpy()
 
-    for batch in tqdm(loader, desc="embedding", disable=not progress):
-        wavs, rel = batch.sig
-        if hop_length:  # frame-exact
-            frames = 1 + torch.round(rel * wavs.shape[1]).long() // hop_length
-            rel = frames / (1 + wavs.shape[1] // hop_length)
-        full.append(run(wavs, rel))
-        ids += batch.id
-        if getattr(batch, "crops", None) is not None:
-            cuts = batch.crops.data
-            flat = cuts.reshape(-1, cuts.shape[-1])
-            emb = run(flat, torch.ones(len(flat)))
-            crops.append(emb.reshape(cuts.shape[0], cuts.shape[1], -1))
-    crops = np.concatenate(crops) if crops else None
-    return ids, np.concatenate(full), crops
+    def add(k, emb):
+        if stores is None:
+            return rows[k].append(emb)
+        if writers[k] is None:
+            n, shape = len(loader.dataset), emb.shape[1:]
+            writers[k] = EmbeddingStoreWriter(stores[k], n, shape)
+        writers[k].add_batch(batch.id, emb)
+
+    try:
+        for batch in tqdm(loader, desc="embedding", disable=not progress):
+            wavs, rel = batch.sig
+            if hop_length:
+                n = 1 + torch.round(rel * wavs.shape[1]).long() // hop_length
+                rel = n / (1 + wavs.shape[1] // hop_length)
+            add(0, run(wavs, rel))
+            ids += batch.id
+            if getattr(batch, "crops", None) is not None:
+                cuts = batch.crops.data
+                emb = run(
+                    cuts.flatten(0, 1),
+                    torch.ones(cuts.shape[0] * cuts.shape[1]),
+                )
+                add(1, emb.reshape(cuts.shape[0], cuts.shape[1], -1))
+    except BaseException:
+        for w in writers:
+            w is not None and w.abort()
+        raise
+    out = [np.concatenate(r) if r else None for r in rows]
+    for k, w in enumerate(writers):
+        if w is not None:
+            w.close()
+            out[k] = EmbeddingStore(stores[k]).embeddings
+    return ids, out[0], out[1]
 
 
 def verify(embed_fn, hparams, data, device, progress=True):
@@ -198,12 +171,11 @@ def verify(embed_fn, hparams, data, device, progress=True):
     hop = int(hparams["hop_length"])
     n_crops = int(hparams["n_test_crops"])
     loader = utterance_loader(hparams, data["test"], needed, n_crops)
-    ids, full, crops = embed(embed_fn, loader, hop, device, progress)
+    stores = [os.path.join(out, f"embeddings_{k}") for k in ("full", "crops")]
+    ids, full, crops = embed(embed_fn, loader, hop, device, stores, progress)
     missing = sorted(needed - set(ids))
     if missing:
         raise ValueError(f"{data['test']}: trials name unknown {missing[:3]}")
-    save_embeddings(os.path.join(out, "embeddings_full"), ids, full)
-    save_embeddings(os.path.join(out, "embeddings_crops"), ids, crops)
     full = multicrop.ScoringVectors.from_embeddings(full, "cosine")
     crops = {
         m: multicrop.ScoringVectors.from_embeddings(crops, m)
@@ -213,7 +185,7 @@ def verify(embed_fn, hparams, data, device, progress=True):
     if hparams.get("score_norm") == "as-norm":
         pick = _cohort_ids(data["train"], int(hparams["cohort_size"]))
         loader = utterance_loader(hparams, data["train"], pick)
-        cohort = embed(embed_fn, loader, hop, device, progress)[1]
+        cohort = embed(embed_fn, loader, hop, device, None, progress)[1]
     index = {uid: k for k, uid in enumerate(ids)}
     results = {}
     for list_name, trials in trial_sets.items():

@@ -292,7 +292,7 @@ def evaluate(brain, hparams, prep):
     progress = not brain.noprogressbar
     with torch.no_grad():
         ids, emb, _ = embed(
-            brain.compute_embeddings, loader, None, brain.device, progress
+            brain.compute_embeddings, loader, None, brain.device, None, progress
         )
     index = {uid: k for k, uid in enumerate(ids)}
     enrol = np.array([index[t[1]] for t in trials])
