@@ -14,7 +14,7 @@
   reverberation.
 
 CSV manifests use SpeechBrain's columns ``ID, duration, wav, start, stop,
-spk_id`` (read them with ``load_data_csv`` or ``DynamicItemDataset.from_csv``,
-or ``prepare_folder.read_csv``); utterance IDs are relative paths without extension
+spk_id`` (read with ``load_data_csv`` or ``DynamicItemDataset.from_csv``);
+utterance IDs are relative paths without extension
 (``id10270/x6uYqmx31kE/00001``), which is how trial lists name them.
 """
