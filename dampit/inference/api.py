@@ -68,8 +68,9 @@ class ModelFolderError(ValueError):
     """A model folder that is missing, incomplete, malformed or refused."""
 
 
-def _first_line(err):
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+def _one_line(err, limit=300):
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_threshold(where, value):
@@ -140,7 +141,7 @@ def _build(path, name, entry):
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
-        raise ModelFolderError(f"{path}: {name}: {_first_line(err)}") from None
+        raise ModelFolderError(f"{path}: {name}: {_one_line(err)}") from None
 
 
 def _load_weights(folder, name, module):
@@ -155,7 +156,7 @@ def _load_weights(folder, name, module):
         module.load_state_dict(state)
     except _LOAD_ERRORS as err:
         raise ModelFolderError(
-            f"{path}: cannot load the weights: {_first_line(err)}"
+            f"{path}: cannot load the weights: {_one_line(err)}"
         ) from None
     for key, value in module.state_dict().items():
         if value.is_floating_point() and not torch.isfinite(value).all():
@@ -185,6 +186,23 @@ def load_model(source, device="cpu", trust=False):
     ModelFolderError
         One line naming the folder or file: missing, malformed, refused
         class, unreadable or non-finite weights, non-finite threshold.
+
+    Example
+    -------
+    >>> from dampit.inference.export import write_model_files
+    >>> net = SEResNet(depth=18, base_width=4, emb_dim=8)
+    >>> mods = {k: {"class": f"dampit.lobes.{c}", "kwargs": {}} for k, c in [
+    ...     ("compute_features", "features.Features"),
+    ...     ("mean_var_norm", "features.CropNormalization"),
+    ...     ("embedding_model", "resnet.SEResNet")]}
+    >>> mods["embedding_model"]["kwargs"] = dict(
+    ...     depth=18, base_width=4, emb_dim=8)
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = write_model_files(folder, mods, {"embedding_model":
+    ...                       net.state_dict()}, 0.4, 16000)
+    >>> model = load_model(folder)
+    >>> model.threshold, model.encode_batch(torch.randn(2, 8000)).shape
+    (0.4, torch.Size([2, 1, 8]))
     """
     folder = os.path.abspath(os.fspath(source))
     if trust:
@@ -213,7 +231,7 @@ def load_model(source, device="cpu", trust=False):
         try:
             hparams["label_encoder"].load(labels)
         except (ValueError, SyntaxError, OSError) as err:
-            raise ModelFolderError(f"{labels}: {_first_line(err)}") from None
+            raise ModelFolderError(f"{labels}: {_one_line(err)}") from None
     model = DampitSpeakerRecognition(
         modules=mods, hparams=hparams, run_opts={"device": device}
     )
