@@ -28,7 +28,6 @@ import csv
 import os
 import pathlib
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -38,9 +37,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from dampit.dataio.audio import load_audio  # noqa: E402
+from dampit.dataio.audio import load_audio, read_crop  # noqa: E402
 from dampit.dataio.augment import FolderAugment  # noqa: E402
-from dampit.dataio.crops import random_crop, repeat_to_length  # noqa: E402
+from dampit.dataio.crops import repeat_to_length  # noqa: E402
 from dampit.dataio.sampler import PKSampler  # noqa: E402
 from dampit.lobes.features import CropNormalization, Spectrogram  # noqa: E402
 
@@ -195,7 +194,7 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         """(3 s crop, speaker index)."""
-        return random_crop(load_audio(self.paths[i]), CROP), self.labels[i]
+        return read_crop(self.paths[i], CROP), self.labels[i]
 
 
 class AugmentFeaturesCollate:
@@ -263,34 +262,32 @@ def bench_loader(root, quick, workers=2):
     n_batches = 3 if quick else 6
     paths, speakers = _manifest(root)
     dataset = CropDataset(paths, speakers)
-    with tempfile.TemporaryDirectory() as tmp:
-        augment = FolderAugment(
-            noise_folder=root / "noise",
-            rir_folder=root / "rir",
-            csv_folder=tmp,
-            snr_low=0,
-            snr_high=15,
-            noise_prob=1.0,
-            reverb_prob=0.5,
-        )
-        sampler = PKSampler(
-            dataset.labels, P, K, seed=0, batches_per_epoch=n_batches + 1
-        )
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            num_workers=workers,
-            collate_fn=AugmentFeaturesCollate(augment),
-            prefetch_factor=2 if workers else None,
-        )
-        it = iter(loader)
-        feats, labels = next(it)  # worker start-up, not timed
-        t0 = time.perf_counter()
-        got = 0
-        for feats, labels in it:
-            got += 1
-        t_loader = (time.perf_counter() - t0) / got
-        del it, loader
+    augment = FolderAugment(
+        noise_folder=root / "noise",
+        rir_folder=root / "rir",
+        snr_low=0,
+        snr_high=15,
+        noise_prob=1.0,
+        reverb_prob=0.5,
+    )
+    sampler = PKSampler(
+        dataset.labels, P, K, seed=0, batches_per_epoch=n_batches + 1
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=AugmentFeaturesCollate(augment),
+        prefetch_factor=2 if workers else None,
+    )
+    it = iter(loader)
+    feats, labels = next(it)  # worker start-up, not timed
+    t0 = time.perf_counter()
+    got = 0
+    for feats, labels in it:
+        got += 1
+    t_loader = (time.perf_counter() - t0) / got
+    del it, loader
 
     model, loss_fn, loss_name = _make_model()
     device, _ = resolve_device()

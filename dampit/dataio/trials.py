@@ -17,11 +17,10 @@ from array import array
 
 import numpy as np
 
+from dampit.dataio.audio import AUDIO_EXTENSIONS
 from dampit.utils.atomic import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
-
-AUDIO_EXTENSIONS = (".wav", ".flac", ".m4a", ".ogg", ".mp3", ".aac")
 
 
 class TrialListError(ValueError):
