@@ -321,7 +321,8 @@ def export_model(run, model, overwrite=False, torchscript=False, onnx=False):
         clf = _classifier(hp, average_weights(ckpts, "compute_cost"))
         if clf is not None:
             modules["classifier"], weights["classifier"] = clf
-    labels = os.path.join(str(hp.get("save_folder")), "label_encoder.txt")
+    save = os.path.dirname(ckpts[0].path)  # the run's save_folder
+    labels = os.path.join(save, "label_encoder.txt")
     rate = int(hp.get("sample_rate", 16000))
     with atomic_folder(model, overwrite=overwrite) as tmp:
         if "classifier" in modules and os.path.isfile(labels):

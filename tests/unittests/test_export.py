@@ -318,3 +318,18 @@ def test_files_follow_the_umask(exported, tmp_path):
     assert mode["a.txt"] == 0o644 and mode["b.txt"] == 0o600
     assert mode["model"] == 0o755 and mode["private"] == 0o700
     assert all(mode[p] == 0o644 for p in os.listdir(tmp_path / "model"))
+
+
+def test_moved_run_exports_its_own_checkpoints(tmp_path):
+    """checkpoints.txt names absolute paths; a moved run finds the same
+    checkpoint names (and the label file) in its own save folder."""
+    run, _, states = build_run(tmp_path / "old")
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    export_model(moved, tmp_path / "model")
+    got = torch.load(tmp_path / "model/embedding_model.ckpt", weights_only=True)
+    want = states[1]["embedding_model"]
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert (tmp_path / "model" / "label_encoder.ckpt").read_text() == (
+        moved / "save" / "label_encoder.txt"
+    ).read_text()
