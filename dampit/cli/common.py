@@ -59,8 +59,8 @@ class Parser(argparse.ArgumentParser):
         add = self.add_argument
         add("--model", required=True, help="model folder (dampit-export)")
         add("--device", default="cpu", type=DEVICE, help="cpu, cuda:0...")
-        add("--trust", action="store_true", help="load by from_hparams")
-        add("--batch-size", default=16, type=POSITIVE, help="files a batch")
+        add("--trust", action="store_true", help="from_hparams: runs YAML")
+        add("--batch-size", default=16, type=POSITIVE, help="files per batch")
         add("--no-progress", action="store_true")
         add("--verbose", action="store_true", help="show error tracebacks")
 
