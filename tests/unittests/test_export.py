@@ -273,6 +273,14 @@ def test_averaged_checkpoints_and_cosine_classifier(tmp_path):
             lambda r: (r / "hyperparams.yaml").write_text("embedding_model: 3"),
             "'compute_features' is not a !new: object",
         ),
+        (
+            lambda r: (r / "hyperparams.yaml").write_text(
+                (r / "hyperparams.yaml")
+                .read_text()
+                .replace("emb_dim: 16", "emb_dim: 24")
+            ),
+            "model/embedding_model.ckpt: cannot load the weights: Error",
+        ),
     ],
 )
 def test_refused_runs_write_nothing(damage, match, exported, tmp_path):
