@@ -155,8 +155,7 @@ def test_gate_and_prelu_parameter_counts():
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101])
-@pytest.mark.parametrize("base_width", [4, 16])
-@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("base_width, in_channels", [(4, 1), (8, 3)])
 def test_output_shapes(depth, base_width, in_channels):
     model = SEResNet(
         depth=depth, base_width=base_width, in_channels=in_channels, emb_dim=6
@@ -375,29 +374,27 @@ def _pad_batch(items, fill):
     return batch, lens
 
 
+IMAGENET_STEM = {}  # 7 x 7 / 2 convolution, max pooling
+THIN_STEM = {"stem_kernel": 3, "stem_stride": 2, "stem_pool": False}
+FULL_RES_STEM = {"stem_kernel": 3, "stem_stride": 1, "stem_pool": False}
+
+
 @pytest.mark.parametrize(
-    "depth, pooling, gate",
+    "depth, pooling, gate, stem",
     [
-        (50, "avg", "spatial"),
-        (50, "stats", "none"),
-        (18, "avg", "spatial"),
-        (34, "avg", "none"),
-        (18, "stats", "spatial"),
+        (50, "avg", "spatial", IMAGENET_STEM),  # the paper
+        (18, "stats", "spatial", THIN_STEM),  # mini.yaml
+        (50, "stats", "none", FULL_RES_STEM),
+        (34, "avg", "none", IMAGENET_STEM),
+        (18, "avg", "spatial", FULL_RES_STEM),
+        (50, "avg", "spatial", THIN_STEM),
     ],
-)
-@pytest.mark.parametrize(
-    "stem",
-    [
-        {},  # ImageNet stem: 7 x 7 / 2, max pooling
-        {"stem_kernel": 3, "stem_stride": 2, "stem_pool": False},
-        {"stem_kernel": 3, "stem_stride": 1, "stem_pool": False},
-    ],
-    ids=["imagenet", "3s2", "3s1"],
+    ids=["paper", "mini", "50-full-res", "34", "18-full-res", "50-thin"],
 )
 def test_padded_batch_equals_files_one_by_one(depth, pooling, gate, stem):
     model = SEResNet(
         depth=depth,
-        base_width=8,
+        base_width=4,
         emb_dim=16,
         pooling=pooling,
         gate=gate,
