@@ -103,12 +103,11 @@ def _verify(args):
         word = "same speaker" if scores[0] > threshold else "different speakers"
         print(f"score {scores[0]:.4f}  threshold {threshold:.4f}  -> {word}")
         return 0
-    if args.out:
-        names = np.array(names, dtype=object)
-        with common.writing(args.out):
-            trials.write_scores(
-                args.out, names[enrol], names[test], scores, labels
-            )
+    names = np.array(names, dtype=object)
+    with common.writing(args.out or "-"):
+        trials.write_scores(
+            args.out or "-", names[enrol], names[test], scores, labels
+        )
     _report(scores, labels, threshold)
     return 0
 
@@ -122,7 +121,7 @@ def main(argv=None):
     add("--audio-root", help="folder of the trial paths")
     add("--csv", help="SpeechBrain CSV mapping trial IDs")
     add("--data-root", help="$data_root of the CSV")
-    add("--out", help="score file to write")
+    add("--out", help="score file to write (default: standard output)")
     add("--threshold", type=common.FINITE, help="instead of the model's")
     args = parser.parse_args(argv)
     if bool(args.trials) == bool(args.files) or len(args.files) not in (0, 2):

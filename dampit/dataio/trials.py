@@ -13,6 +13,7 @@ import codecs
 import itertools
 import logging
 import os
+import sys
 from array import array
 
 import numpy as np
@@ -312,7 +313,7 @@ def make_trials(utt_ids, spk_ids, max_target=None, nontarget_ratio=1.0, seed=0):
 
 def write_scores(path, enrol_ids, test_ids, scores, labels=None):
     """Write a score file atomically: ``enrol test [label] score`` lines
-    (scores as ``repr``: they read back exactly).
+    (scores as ``repr``: they read back exactly); ``"-"``: standard output.
 
     Example
     -------
@@ -331,10 +332,12 @@ def write_scores(path, enrol_ids, test_ids, scores, labels=None):
             f"{[len(c) for c in cols]} IDs/labels and {len(scores)} scores: "
             "they must match"
         )
+    lines = (" ".join(r[:-1]) + f" {r[-1]!r}\n" for r in zip(*cols, scores))
+    if path == "-":
+        sys.stdout.writelines(lines)
+        return
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(
-            " ".join(row[:-1]) + f" {row[-1]!r}\n" for row in zip(*cols, scores)
-        )
+        f.writelines(lines)
 
 
 def read_scores(path):
