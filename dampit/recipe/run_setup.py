@@ -24,6 +24,7 @@ from dampit.utils.checkpoints import CheckpointLoadError, CheckpointSaveError
 from dampit.utils.hparams import resolve_variant
 
 logger = logging.getLogger(__name__)
+VOX_KEYS = ("vox1_subdir", "vox2_subdir")
 
 
 class RecipeError(ValueError):
@@ -41,27 +42,17 @@ USER_ERRORS = (
 
 
 def check_arguments(hp, hparams_file):
-    """Refuse bad arguments before any work (one-line ``RecipeError``).
-
-    Arguments
-    ---------
-    hp : dict
-        The plainly read hyperparameters.
-    hparams_file : str
-        For the messages.
-    """
+    """Refuse a missing data folder, ``average_checkpoints < 1`` or an
+    output folder that cannot be written (one-line ``RecipeError``)."""
     folder = hp.get("data_folder")
     if not isinstance(folder, str) or not os.path.isdir(folder):
-        raise RecipeError(
-            f"{hparams_file}: data_folder={folder}: no such folder"
-        )
+        raise RecipeError(f"data_folder={folder}: no such folder")
     n = hp.get("average_checkpoints", 1)
     if not isinstance(n, int) or n < 1:
         raise RecipeError(
             f"{hparams_file}: average_checkpoints must be >= 1, got {n}"
         )
-    out = os.path.abspath(hp["output_folder"])
-    parent = out
+    out = parent = os.path.abspath(hp["output_folder"])
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not (os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)):
@@ -71,79 +62,45 @@ def check_arguments(hp, hparams_file):
 
 
 def prepare_data(hp):
-    """Write (once) the manifests and trial lists; return their paths.
-
-    Arguments
-    ---------
-    hp : dict
-        ``data_layout`` ("voxceleb" or "folder"), ``data_folder``,
-        ``prep_folder``, ``skip_bad_files``, ``P`` (the fewest training
-        speakers) and the layout's keys.
-
-    Returns
-    -------
-    dict
-        ``train``, ``dev``, ``test`` manifests, ``trials`` (name -> file)
-        and ``n_train_speakers``.
-    """
+    """Write (once) the manifests and trial lists of ``data_layout``
+    "voxceleb" or "folder" (at least ``P`` training speakers); return
+    ``train``, ``dev``, ``test`` (manifests), ``trials`` (name -> file) and
+    ``n_train_speakers``."""
+    common = dict(skip_bad=hp["skip_bad_files"], min_speakers=int(hp["P"]))
     if hp["data_layout"] == "voxceleb":
-        vox = [
-            os.path.join(hp["data_folder"], hp[k])
-            for k in ("vox1_subdir", "vox2_subdir")
-        ]
+        vox = [os.path.join(hp["data_folder"], hp[k]) for k in VOX_KEYS]
         s = prepare_voxceleb(
-            save_folder=hp["prep_folder"],
-            vox1_folder=vox[0] if os.path.isdir(vox[0]) else None,
-            vox2_folder=vox[1] if os.path.isdir(vox[1]) else None,
+            hp["prep_folder"],
+            *[v if os.path.isdir(v) else None for v in vox],
             trial_lists=list(hp["trial_lists"]),
             train_sets=list(hp["train_sets"]),
-            skip_bad=hp["skip_bad_files"],
-            min_speakers=int(hp["P"]),
+            **common,
         )
     elif hp["data_layout"] == "folder":
         s = prepare_folder(
-            data_folder=hp["data_folder"],
-            save_folder=hp["prep_folder"],
+            hp["data_folder"],
+            hp["prep_folder"],
             n_test_speakers=hp["n_test_speakers"],
-            seed=0,
-            skip_bad=hp["skip_bad_files"],
-            min_speakers=int(hp["P"]),
+            **common,
         )
     else:
-        raise RecipeError(
-            f"data_layout={hp['data_layout']}: use voxceleb or folder"
-        )
-    trials = (
-        s["trials"]
-        if isinstance(s["trials"], dict)
-        else {"trials": s["trials"]}
-    )
+        raise RecipeError(f"data_layout={hp['data_layout']}: voxceleb|folder")
+    trials = s["trials"]
     return {
         "train": s["train_csv"],
         "dev": s["dev_csv"],
         "test": s["test_csv"],
-        "trials": trials,
+        "trials": trials if isinstance(trials, dict) else {"trials": trials},
         "n_train_speakers": s["n_train_speakers"],
     }
 
 
 def start_run(argv):
-    """Parse the command line, check, lock, prepare, load the YAML once.
-
-    The main process holds the output folder's ``RunLock`` until exit.
-    ``n_speakers`` is set to the number of training speakers.
-
-    Arguments
-    ---------
-    argv : list of str
-        ``hparams_file`` and SpeechBrain's arguments and overrides.
-
-    Returns
-    -------
-    types.SimpleNamespace
-        ``hparams``, ``run_opts``, ``data`` (:func:`prepare_data`),
-        ``hparams_file``, ``base_file`` and ``overrides`` (to save).
-    """
+    """Parse ``argv`` (SpeechBrain's), check, lock the output folder (the
+    main process, until exit), prepare the data, and load the YAML once
+    with ``n_speakers`` = the training speakers. Returns a namespace:
+    ``hparams``, ``run_opts``, ``data`` (:func:`prepare_data`),
+    ``hparams_file``, ``base_file``, ``overrides`` (to save)."""
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     base_file, merged = resolve_variant(hparams_file, overrides)
     with open(base_file, encoding="utf-8") as f:
