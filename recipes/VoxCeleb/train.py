@@ -178,7 +178,7 @@ def dataio_prep(hparams, data):
         from_didatasets=[datasets["train"]],
         output_key="spk_id",
     )
-    label_encoder.expect_len(int(hparams["n_speakers"]))
+    label_encoder.expect_len(len(label_encoder))
     return datasets["train"], datasets["dev"], label_encoder
 
 
