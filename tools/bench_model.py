@@ -195,19 +195,7 @@ def compare(
 
 
 def run(quick):
-    """Run the benchmark and return BENCHMARKS.md rows.
-
-    Arguments
-    ---------
-    quick : bool
-        Fewer repetitions and a smaller batch.
-
-    Returns
-    -------
-    list of dict
-        Rows with ``name``, ``figure``, ``unit``, ``reference``, ``ratio``
-        and ``note``.
-    """
+    """BENCHMARKS.md rows (``quick``: smaller batch, fewer repetitions)."""
     return _run(quick)
 
 
@@ -318,13 +306,7 @@ def _rows(res, mm, batch, reps, device, threads, clock_kind):
 
 
 def main(argv=None):
-    """Command line: print the rows as a table.
-
-    Arguments
-    ---------
-    argv : list of str, optional
-        Arguments (default: ``sys.argv[1:]``).
-    """
+    """Print the rows as a table (``argv``: default ``sys.argv[1:]``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short run")
     parser.add_argument("--device", default=None, help="cpu or cuda")
