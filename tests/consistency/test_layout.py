@@ -1,0 +1,191 @@
+"""The code's shape: no import cycle, no file over 500 lines, imports on top.
+
+The import graph covers dampit's modules and the scripts of ``recipes/``
+and ``templates/`` (a script that puts its own folder on ``sys.path`` and
+imports a sibling, ``from verify import ...``, is an edge to that sibling).
+Every import counts, at module top or inside a function. The checker is
+tested on small trees it writes, so each assertion can fail.
+"""
+
+import ast
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TREES = ("dampit", "recipes", "templates")
+MAX_LINES = 500
+# Optional dependencies, imported where they are used (named here).
+OPTIONAL = {"onnx", "onnxruntime", "onnxscript"}
+
+
+def python_files(root, trees=TREES):
+    """Every ``.py`` file under the given top-level folders of ``root``."""
+    return sorted(p for t in trees for p in (root / t).rglob("*.py"))
+
+
+def module_name(root, path):
+    """Dotted name of a file: ``dampit/a/b.py`` -> ``dampit.a.b``."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imported_names(tree):
+    """Yield ``(name, node)`` for each module an AST imports."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, node
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module, node
+            for a in node.names:
+                yield f"{node.module}.{a.name}", node
+
+
+def import_graph(root, files):
+    """Map each module to the set of modules of ``files`` it imports."""
+    names = {module_name(root, p): p for p in files}
+    graph = {m: set() for m in names}
+    for mod, path in names.items():
+        siblings = {
+            q.stem: module_name(root, q) for q in path.parent.glob("*.py")
+        }
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for name, _ in imported_names(tree):
+            if name in names and name != mod:
+                graph[mod].add(name)
+            elif not mod.startswith("dampit") and name in siblings:
+                if siblings[name] != mod:
+                    graph[mod].add(siblings[name])
+    return graph
+
+
+def find_cycles(graph):
+    """Strongly connected components with more than one module."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def nested_imports(path):
+    """``(line, module)`` of imports inside a function or class body."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top = set()
+    for node in tree.body:
+        top.add(node)
+        if isinstance(node, (ast.If, ast.Try)):
+            top.update(ast.walk(node))
+    found = []
+    for name, node in imported_names(tree):
+        if node not in top and name.split(".")[0] not in OPTIONAL:
+            found.append((node.lineno, name))
+    return sorted(set(found))
+
+
+def test_no_import_cycle():
+    """dampit's modules and the recipe scripts import each other acyclically."""
+    graph = import_graph(REPO, python_files(REPO))
+    assert find_cycles(graph) == []
+
+
+def test_no_file_over_500_lines():
+    """Every Python file of dampit/, recipes/ and templates/ is short."""
+    long = {
+        str(p.relative_to(REPO)): n
+        for p in python_files(REPO)
+        if (n := p.read_text(encoding="utf-8").count("\n")) > MAX_LINES
+    }
+    assert long == {}
+
+
+def test_imports_at_module_top():
+    """Only optional dependencies are imported inside functions."""
+    found = {
+        str(p.relative_to(REPO)): nested_imports(p)
+        for p in python_files(REPO, ("dampit",))
+    }
+    assert {k: v for k, v in found.items() if v} == {}
+
+
+def _write(root, files):
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+@pytest.mark.parametrize(
+    "files, cycles",
+    [
+        (
+            {
+                "dampit/__init__.py": "",
+                "dampit/a.py": "import dampit.b\n",
+                "dampit/b.py": "def f():\n    from dampit.a import g\n",
+            },
+            [["dampit.a", "dampit.b"]],
+        ),
+        (
+            {
+                "recipes/x/train.py": "from verify import run\n",
+                "recipes/x/verify.py": "import train\n",
+            },
+            [["recipes.x.train", "recipes.x.verify"]],
+        ),
+        (
+            {
+                "dampit/__init__.py": "",
+                "dampit/a.py": "import dampit.b\n",
+                "dampit/b.py": "import os\n",
+                "recipes/x/train.py": "import dampit.a\n",
+            },
+            [],
+        ),
+    ],
+)
+def test_checker_finds_cycles(tmp_path, files, cycles):
+    """The checker reports a nested-import cycle and a script-to-script one."""
+    _write(tmp_path, files)
+    graph = import_graph(tmp_path, python_files(tmp_path))
+    assert find_cycles(graph) == cycles
+
+
+def test_checker_finds_nested_imports(tmp_path):
+    """An import in a function is found; an optional one is allowed."""
+    _write(
+        tmp_path,
+        {
+            "m.py": (
+                "import os\ntry:\n    import yaml\nexcept ImportError:\n"
+                "    yaml = None\n\ndef f():\n    import json\n"
+                "    import onnx\n    return json, onnx\n"
+            )
+        },
+    )
+    assert nested_imports(tmp_path / "m.py") == [(8, "json")]
