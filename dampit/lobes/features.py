@@ -156,7 +156,8 @@ class CropNormalization(torch.nn.Module):
     mode : str
         ``"scalar"``: one mean and standard deviation per utterance over
         its frames and bins (the original code); ``"freq"``: one per bin
-        (SpeechBrain's sentence normalisation). The standard deviation is
+        (SpeechBrain's sentence normalisation); ``"none"``: identity (the
+        paper's text names no normalisation). The standard deviation is
         floored at 0.001 as in the code, so silent crops stay finite.
 
     Example
@@ -168,9 +169,9 @@ class CropNormalization(torch.nn.Module):
 
     def __init__(self, mode="scalar"):
         super().__init__()
-        if mode not in ("scalar", "freq"):
+        if mode not in ("scalar", "freq", "none"):
             raise ValueError(
-                f"CropNormalization: mode={mode!r} must be 'scalar' or 'freq'"
+                f"CropNormalization: mode={mode!r} is not scalar, freq or none"
             )
         self.mode = mode
 
@@ -178,6 +179,8 @@ class CropNormalization(torch.nn.Module):
         """Normalise ``feats`` ``[B, T, F]``; item ``b`` has
         ``round(lengths[b] * T)`` real frames (None: all are real); padded
         frames get the same statistics."""
+        if self.mode == "none":
+            return feats
         if feats.dim() != 3:
             raise ValueError(
                 f"CropNormalization: feats must be [B, T, F], got {feats.shape}"

@@ -192,8 +192,9 @@ def test_crop_normalization_floor_and_errors():
     np.testing.assert_allclose(out[0, 0, 0], 5e-3, rtol=0, atol=1e-8)
     np.testing.assert_allclose(out[0, 1, 0], -5e-3, rtol=0, atol=1e-8)
     x = torch.randn(2, 5, 3)
-    with pytest.raises(ValueError, match="mode='none'"):
-        CropNormalization("none")
+    assert CropNormalization("none")(x) is x
+    with pytest.raises(ValueError, match="mode='global'"):
+        CropNormalization("global")
     with pytest.raises(ValueError, match="3 lengths for 2 items"):
         CropNormalization()(x, torch.ones(3))
     with pytest.raises(ValueError, match=r"\[B, T, F\]"):
