@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from dampit.utils.hparams import resolve_variant
+from dampit.utils.hparams import load_hparams, resolve_variant
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 LISTING = REPO / "tests" / "recipes" / "recipes.csv"
@@ -154,3 +154,26 @@ def test_recipe_runs_in_debug(row, data_for, tmp_path, request):
     assert results, "no scoring method in the summary"
     for key, res in results.items():
         assert math.isfinite(res["eer"]) and 0 <= res["eer"] <= 1, key
+
+
+def test_a_variant_may_hold_tagged_objects(tmp_path):
+    """A variant replaces an object of its base by a tagged one, refers to
+    the base's values, and the command line still wins."""
+    mini = REPO / "recipes" / "VoxCeleb" / "hparams" / "mini.yaml"
+    (tmp_path / "v.yaml").write_text(
+        f"extends: {mini}\n"
+        "emb_dim: 24\n"
+        "normalize: !new:dampit.lobes.features.CropNormalization\n"
+        "    mode: freq\n"
+        "valid_pairs: !ref <emb_dim> * 10\n"
+    )
+    hp, base, _ = load_hparams(
+        tmp_path / "v.yaml", {"data_folder": str(tmp_path), "emb_dim": 32}
+    )
+    assert (
+        pathlib.Path(base)
+        == REPO / "recipes/VoxCeleb/hparams/multi_metric.yaml"
+    )
+    assert hp["normalize"].mode == "freq"
+    assert hp["valid_pairs"] == 320 and hp["n_freq"] == 80  # mini's value
+    assert hp["modules"]["normalize"] is hp["normalize"]
