@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# One-command GPU check (issue 19): the paper's configuration trained on
+# random audio in fp32, bf16, bf16 + channels_last (+ torch.compile), with
+# projections of a VoxCeleb2 epoch, the schedule and the Vox1-O test.
+#   tools/gpu_check.sh [--steps 200] [--out gpu_check.md] [--cpu]
+# At most 8 minutes: the measurements stop at --budget (420 s by default)
+# and the whole command is killed at 480 s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# dampit's environment when it exists here (env.sh would install it).
+venv="${DAMPIT_VENV:-$HOME/.cache/dampit/env-py311}"
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$venv/bin/python" ]; then
+    source tools/env.sh
+fi
+exec timeout 480 "${PYTHON:-python}" tools/gpu_check.py "$@"
