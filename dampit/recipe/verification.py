@@ -143,26 +143,10 @@ def embed(embed_fn, loader, hop_length, device, stores=None, progress=True):
 
 
 def verify(embed_fn, hparams, data, device, progress=True):
-    """Embed the test set, score every trial list, write the reports.
-
-    Arguments
-    ---------
-    embed_fn : callable
-        ``(wavs, lens) -> [B, 1, D]``, in evaluation mode.
-    hparams : dict
-        The recipe's hyperparameters.
-    data : dict
-        The prepared data (``test``, ``train``, ``trials``).
-    device : str or torch.device
-        Where the batches go.
-    progress : bool
-        Show progress bars.
-
-    Returns
-    -------
-    dict
-        ``<list>/<scoring>`` -> metrics (also in ``summary.json``).
-    """
+    """Embed the test set of ``data`` (:func:`~dampit.recipe.run_setup.
+    prepare_data`) with ``embed_fn(wavs, lens) -> [B, 1, D]`` (evaluation
+    mode), score every trial list, write the reports and ``summary.json``;
+    return ``{"<list>/<scoring>": metrics}``."""
     out = os.path.join(hparams["output_folder"], "verification")
     trial_sets = {
         name: read_trials(path) for name, path in data["trials"].items()
