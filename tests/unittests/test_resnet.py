@@ -13,7 +13,6 @@ import warnings
 import pytest
 import torch
 
-import dampit.lobes.gates as gates
 from dampit.lobes.gates import SpatialGate
 from dampit.lobes.pooling import GlobalAvgPool, TemporalStatsPool
 from dampit.lobes.resnet import LinearClassifier, SEResNet
@@ -266,80 +265,6 @@ def test_no_gates_for_none():
     assert len(model.gates) == 0
 
 
-def _random_gate(channels, hidden, std=0.5):
-    gate = SpatialGate(channels, hidden=hidden).double()
-    with torch.no_grad():
-        for conv in (gate.conv1, gate.conv2):
-            conv.weight.normal_(0, std)
-            conv.bias.uniform_(-1, 1)
-    return gate
-
-
-def test_spatial_gate_matches_a_plain_loop():
-    gate = _random_gate(5, 3)
-    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
-    w1 = gate.conv1.weight[:, :, 0, 0]
-    w2 = gate.conv2.weight[:, :, 0, 0]
-    want = torch.empty_like(x)
-    for b in range(2):
-        for f in range(3):
-            for t in range(4):
-                v = x[b, :, f, t]
-                h = torch.relu(w1 @ v + gate.conv1.bias)
-                m = 1 / (1 + torch.exp(-(w2 @ h + gate.conv2.bias)))
-                want[b, :, f, t] = v * m + v  # the paper's Eq. 7
-    with torch.no_grad():
-        torch.testing.assert_close(gate(x), want)
-
-
-def test_spatial_gate_gradients_match_the_formula(monkeypatch):
-    # chunked on CPU (2 chunks) and whole: the same gradients, and those
-    # of x * s + x with s = sigmoid(z): d/dx = 1 + s (+ the path through z)
-    x = torch.randn(3, 4, 2, 2, dtype=torch.float64, requires_grad=True)
-    gate = _random_gate(4, 3)
-    monkeypatch.setattr(gates, "CPU_CHUNK_ELEMENTS", 32)  # 2 items a chunk
-    assert torch.autograd.gradcheck(gate, (x,))
-    g = torch.randn_like(x)
-    params = [x] + list(gate.parameters())
-    chunked = torch.autograd.grad(gate(x), params, g)
-    monkeypatch.setattr(gates, "CPU_CHUNK_ELEMENTS", 10**9)
-    whole = torch.autograd.grad(gate(x), params, g)
-    z = gate.conv2(torch.relu(gate.conv1(x)))
-    plain = torch.autograd.grad(x * torch.sigmoid(z) + x, params, g)
-    for a, b, c in zip(chunked, whole, plain):
-        torch.testing.assert_close(a, c)
-        torch.testing.assert_close(b, c)
-
-
-def test_spatial_gate_is_local():
-    x = torch.randn(1, 8, 4, 6, dtype=torch.float64)
-    y = x.clone()
-    y[0, :, 1, 2] += 3.0  # change one position
-    gate = _random_gate(8, 4, std=0.3)
-    with torch.no_grad():
-        changed = (gate(y) - gate(x)).abs().sum(dim=1)[0] > 1e-9
-    assert changed[1, 2] and changed.sum() == 1  # only that position
-
-
-@pytest.mark.parametrize("chunk", [100, 10**9])  # several chunks, one
-def test_inplace_inference_path_gives_the_same_result(chunk, monkeypatch):
-    monkeypatch.setattr(gates, "CPU_CHUNK_ELEMENTS", chunk)
-    gate = _random_gate(8, 4, std=0.3).float()
-    x = torch.randn(5, 8, 3, 4)
-    want = gate(x)  # gradients enabled: never in place
-    assert want is not x
-    keep = x.clone()
-    with torch.no_grad():
-        assert gate(x) is not x  # not asked: x untouched
-        torch.testing.assert_close(x, keep, rtol=0, atol=0)
-        out = gate(x, inplace=True)
-    assert out is x
-    torch.testing.assert_close(out, want.detach())
-    y = keep.clone().requires_grad_()
-    assert gate(y, inplace=True) is not y  # grad enabled: not in place
-    torch.testing.assert_close(y.detach(), keep, rtol=0, atol=0)
-
-
 def test_model_in_eval_with_and_without_grad_agrees():
     model = strong_gates(SEResNet(depth=50, base_width=4, emb_dim=8)).eval()
     x = torch.randn(3, 3, 32, 40)
@@ -347,17 +272,6 @@ def test_model_in_eval_with_and_without_grad_agrees():
     with torch.inference_mode():
         no_grad = model(x)
     torch.testing.assert_close(no_grad, with_grad.detach())
-
-
-def test_gate_initialisation_is_the_codes():
-    gate = SpatialGate(512, hidden=16)
-    w = torch.cat([gate.conv1.weight.flatten(), gate.conv2.weight.flatten()])
-    assert abs(w.std().item() - 1e-3) < 1e-4
-    assert gate.conv1.bias.abs().max() == 0 and gate.conv2.bias.abs().max() == 0
-    with torch.no_grad():
-        m = gate.attention(torch.randn(1, 512, 2, 3))
-    # sigmoid of nearly zero logits: the gate starts as x * 1.5
-    assert (m - 0.5).abs().max() < 1e-3
 
 
 # ---------------------------------------------------- lengths and padding
@@ -423,15 +337,6 @@ def test_full_lengths_equal_no_lengths():
         torch.testing.assert_close(model(x, torch.ones(3)), model(x))
 
 
-def test_avg_pool_matches_plain_computation():
-    x = torch.randn(2, 3, 4, 6, dtype=torch.float64)
-    frames = torch.tensor([6, 2])
-    avg = GlobalAvgPool()(x, frames)
-    for b, n in enumerate(frames.tolist()):
-        torch.testing.assert_close(avg[b], x[b, :, :, :n].mean(dim=(1, 2)))
-    torch.testing.assert_close(GlobalAvgPool()(x), x.mean(dim=(2, 3)))
-
-
 # ------------------------------------------------------- training and misc
 
 
@@ -481,36 +386,6 @@ def test_bad_arguments_are_named():
         model(torch.randn(2, 30, 20), torch.tensor([1.0, 0.0]))
     with pytest.raises(ValueError, match="lengths"):
         model(torch.randn(2, 30, 20), torch.tensor([1.0]))
-
-
-def test_temporal_stats_pool_matches_loop():
-    torch.manual_seed(0)
-    x = torch.randn(3, 4, 2, 9, dtype=torch.float64)
-    n = torch.tensor([9, 4, 1])
-    out = TemporalStatsPool(n_freq=2)(x, n)
-    assert out.shape == (3, 2 * 4 * 2)
-    for b in range(3):
-        means, stds = [], []
-        for c in range(4):
-            for f in range(2):
-                vals = [float(x[b, c, f, t]) for t in range(int(n[b]))]
-                m = sum(vals) / len(vals)
-                var = sum((v - m) ** 2 for v in vals) / len(vals)
-                means.append(m)
-                stds.append(math.sqrt(max(var, 1e-6)))
-        expect = torch.tensor(means + stds, dtype=torch.float64)
-        torch.testing.assert_close(out[b], expect)
-    # no lengths = every frame; one real frame gives std sqrt(eps)
-    torch.testing.assert_close(
-        TemporalStatsPool(2)(x), TemporalStatsPool(2)(x, torch.full((3,), 9))
-    )
-    assert torch.allclose(out[2, 8:], torch.full((8,), 1e-3, dtype=x.dtype))
-
-
-def test_temporal_stats_pool_gradient_finite_on_constant_input():
-    x = torch.ones(2, 3, 2, 5, requires_grad=True)
-    TemporalStatsPool(2)(x).sum().backward()
-    assert torch.isfinite(x.grad).all()
 
 
 @pytest.mark.parametrize("n_freq", [40, 64, 80, 161])
