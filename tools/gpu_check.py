@@ -186,6 +186,8 @@ def project(res, hp):
 
 def render(info, results, args, batch):
     """The Markdown report."""
+    ran = [r for r in results.values() if "skipped" not in r]
+    n_params = ran[0]["params"] if ran else 0
     lines = ["# dampit GPU check", ""]
     lines += [f"- {k}: {v}" for k, v in info]
     lines += [
@@ -193,7 +195,8 @@ def render(info, results, args, batch):
         f"multi_metric.yaml's network, features and loss; batch {batch} "
         f"(P x K = {args.P} x {args.K}) of random 3 s audio; {args.steps} "
         f"timed steps after {args.warmup} warm-up; extraction batches of "
-        f"{args.ext_batch} crops. Projections: one VoxCeleb2 epoch "
+        f"{args.ext_batch} crops; network parameters: "
+        f"{n_params:,}. Projections: one VoxCeleb2 epoch "
         f"({VOX2_UTTS:,} utterances), the YAML's schedule and the Vox1-O "
         f"test ({VOX1O_CROPS:,} crops).",
         "",
@@ -279,6 +282,7 @@ def main(argv=None):
                 }
                 continue
             r.update(project(r, hp), total_s=time.perf_counter() - t0)
+            r["params"] = sum(p.numel() for p in step.net.parameters())
             results[mode] = r
             print(
                 f"[gpu_check] {mode}: {r['samples_per_s']:.1f} samples/s",

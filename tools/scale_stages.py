@@ -120,7 +120,8 @@ def prep(save, vox1, vox2, trials):
         res = prepare_voxceleb(
             save, vox1, vox2, trial_lists=[trials], train_sets=["vox2"]
         )
-    out["n_files"] = res["n_train"] + res["n_dev"] + res["n_test_utts"]
+    out["n_train_dev"] = res["n_train"] + res["n_dev"]
+    out["n_files"] = out["n_train_dev"] + res["n_test_utts"]
     return out
 
 
