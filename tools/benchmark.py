@@ -117,25 +117,10 @@ SECTIONS = {
     ),
     "scale": (
         "Scale: toward VoxCeleb size",
-        "How cost grows with size (tools/bench_scale.py; --quick: small "
-        "sizes, default: a few minutes, --full: 10^5 files and Vox1-E): "
-        "preparation against soundfile.info projected to 1.1 M files, "
-        "PKSampler at VoxCeleb2 dev's size, the training loader and "
-        "augmentation per core and file opens per sample, multi-crop "
-        "scoring with EER and minDCF toward Vox1-E, dampit-verify --trials "
-        "at 10x more trials, the verification loader against a serial "
-        "loop. Each note states its goal and whether it is met.",
-        "figure / reference as the row's note says (a goal where the "
-        "reference is the goal).",
-        (
-            "prepare_voxceleb_projected_cpu_1.1M",
-            "pksampler_build_and_epoch_U=1092009",
-            "crops_per_s_per_core_x16",
-            "train_file_opens_per_sample",
-            "score_projected_vox1e_anon_mb",
-            "dampit_verify_peak_rss_T=1000000",
-            "verify_loader_files_per_s_workers=2",
-        ),
+        "How costs grow toward VoxCeleb (tools/bench_scale.py; --full: "
+        "10^5 files, Vox1-E); each note states its goal.",
+        "figure / reference, as each row's note says.",
+        ("crops_per_s_per_core_x16", "train_file_opens_per_sample"),
     ),
 }
 

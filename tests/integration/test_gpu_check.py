@@ -23,8 +23,8 @@ SCRIPT = REPO / "tools" / "gpu_check.sh"
 CPU_MODES = ("fp32", "bf16", "bf16+channels_last")
 
 
-def _run(*args, timeout=900):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def _run(*args, timeout=1900):
+    env = dict(os.environ, OMP_NUM_THREADS="1", GPU_CHECK_TIMEOUT="1800")
     return subprocess.run(
         [str(SCRIPT), *args],
         cwd=REPO,
