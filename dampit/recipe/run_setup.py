@@ -104,7 +104,10 @@ def start_run(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     base_file, merged = resolve_variant(hparams_file, overrides)
     with open(base_file, encoding="utf-8") as f:
-        plain = ruamel.yaml.YAML().load(resolve_references(f, merged))
+        try:  # a missing !PLACEHOLDER, a bad !ref
+            plain = ruamel.yaml.YAML().load(resolve_references(f, merged))
+        except ValueError as err:
+            raise RecipeError(f"{hparams_file}: {err}") from None
     check_arguments(plain, hparams_file)
     sb.utils.distributed.ddp_init_group(run_opts)
     if if_main_process():

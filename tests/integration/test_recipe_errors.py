@@ -88,3 +88,22 @@ def test_checkpoint_save_on_a_full_disk_names_the_folder(tmp_path):
     assert "inline_container" not in last
     ckpter = AtomicCheckpointer(tmp_path, {"net": torch.nn.Linear(1, 1)})
     assert [c.meta["EER"] for c in ckpter.list_checkpoints()] == [1.0]
+
+
+def test_no_data_folder_given(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    recipe = os.path.join(repo, "recipes", "VoxCeleb")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(recipe, "train.py"),
+            os.path.join(recipe, "hparams", "mini.yaml"),
+            f"--output_folder={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    err = _one_line_error(proc)
+    assert "mini.yaml: 'data_folder' is a !PLACEHOLDER" in err
+    assert not (tmp_path / "run").exists()
