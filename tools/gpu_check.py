@@ -58,6 +58,11 @@ def versions(device):
         out += [("gpu", f"{p.name}, {p.total_memory / 2**30:.0f} GiB")]
         out += [("cuda", torch.version.cuda)]
         out += [("cudnn", str(torch.backends.cudnn.version()))]
+        tf32 = (
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cuda.matmul.allow_tf32,
+        )
+        out += [("fp32 uses TF32 (conv, matmul)", str(tf32))]
     else:
         out += [("cpu", platform.processor() or platform.machine())]
         out += [("torch threads", str(torch.get_num_threads()))]
