@@ -7,6 +7,8 @@ but fail under CI (``CI=true``), so CI never passes without real audio.
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -47,7 +49,6 @@ def _lazy_modules_safe_for_hypothesis():
     import, which raises ImportError for optional integrations (k2) and
     aborts the whole pytest session. Give those proxies ``__file__ = None``
     so that hypothesis skips them."""
-    import sys
     import types
 
     import speechbrain  # noqa: F401  (registers the proxies)
@@ -130,7 +131,6 @@ def synthetic_corpus(tmp_path_factory):
 @pytest.fixture
 def recipe():
     """recipes/VoxCeleb's ``train`` (the Brain) and ``verify`` modules."""
-    import sys
 
     folder = str(REPO / "recipes" / "VoxCeleb")
     sys.path.insert(0, folder)
@@ -147,8 +147,6 @@ def recipe():
 def run_recipe():
     """Factory: (data folder, output folder, *flags) -> the completed
     process of a 1-batch debug run of mini.yaml (no test stage)."""
-    import subprocess
-    import sys
 
     def run(data, out, *flags):
         opts = dict(debug_batches=1, debug_epochs=1, n_test_speakers=4, P=4)
