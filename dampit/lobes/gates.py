@@ -78,7 +78,8 @@ class SpatialGate(nn.Module):
         allowed (the caller owns ``x``) and no gradient is recorded."""
         step = x.shape[0]
         if x.device.type == "cpu" and is_eager(x):
-            step = max(1, CPU_CHUNK_ELEMENTS // max(1, x[0].numel()))
+            per_item = max(1, x.numel() // max(1, x.shape[0]))
+            step = max(1, CPU_CHUNK_ELEMENTS // per_item)
         if inplace and not torch.is_grad_enabled() and is_eager(x):
             for xi in torch.split(x, step):
                 xi.addcmul_(xi, self.attention(xi))
