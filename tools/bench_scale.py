@@ -90,13 +90,15 @@ BENCHES = (
 )
 
 
-def measure(mode, workdir=None):
-    """Every benchmark at ``mode``'s sizes: ``(rows, raw results)``; a
-    failing one is recorded as a row-less entry with its error."""
+def measure(mode, workdir=None, only=None):
+    """The benchmarks (``only``: those named) at ``mode``'s sizes:
+    ``(rows, raw results)``; a failing one is recorded with its error."""
     z, rows, raw = SIZES[mode], [], {"mode": mode}
     with tempfile.TemporaryDirectory(dir=workdir, prefix="scale_") as tmp:
         sources = make_sources(str(sb.DATA), os.path.join(tmp, "src"))
         for name, bench in BENCHES:
+            if only and name not in only:
+                continue
             try:
                 new, raw[name] = bench(tmp, z, sources)
             except RuntimeError as err:
@@ -126,9 +128,17 @@ def main(argv=None):
     parser.add_argument(
         "--workdir", help="folder for the inputs (default /tmp)"
     )
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated, of: {', '.join(n for n, _ in BENCHES)}",
+    )
     args = parser.parse_args(argv)
+    only = args.only.split(",") if args.only else None
+    unknown = set(only or ()) - {n for n, _ in BENCHES}
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))}")
     mode = "quick" if args.quick else "full" if args.full else "default"
-    rows, raw = measure(mode, args.workdir)
+    rows, raw = measure(mode, args.workdir, only)
     print(format_rows(rows))
     if args.json:
         with open(args.json, "w") as f:
