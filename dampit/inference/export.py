@@ -1,22 +1,25 @@
 """``dampit-export RUN MODEL``: a verified recipe run -> a model folder.
 
-It reads what the run's verification (``dampit.recipe.verification``)
-wrote and recomputes nothing: the modules' classes and arguments from
-``<run>/hyperparams.yaml``, the weights of the checkpoints listed in
-``verification/checkpoints.txt`` (averaged when several), the EER
-threshold of ``full_cosine`` (the whole-utterance cosine scores the folder's
-interface computes; optimistic for the run's test trials) from
-``verification/summary.json``, and ``save/label_encoder.txt``. A run
-without these files is refused. It writes, as one folder renamed into
-place: ``dampit_export.json`` (what ``load_model`` reads),
-``hyperparams.yaml`` (the same, for SpeechBrain's ``from_hparams``),
-``embedding_model.ckpt``, ``classifier.ckpt``, ``label_encoder.ckpt``, a
-short ``README.md``, and ``embedding_model.ts`` / ``.onnx`` on request.
-Before the rename the staged folder is loaded by ``load_model`` and by
-``EncoderClassifier.from_hparams``: both must give the same embeddings.
+It embeds nothing: it reads the modules' classes and arguments from
+``<run>/hyperparams.yaml``, the weights of the checkpoints in
+``verification/checkpoints.txt`` (averaged when several), the EER threshold
+of ``full_cosine`` (whole-utterance cosine scores, as the folder's
+interface computes them; optimistic for the run's test trials) from
+``verification/summary.json``, and ``save/label_encoder.txt``. A run of a
+SpeechBrain speaker recipe has no ``verification/``: its checkpoint is the
+end-of-epoch one with the lowest value of the one metric they record
+(``ErrorRate``), its threshold the EER threshold of a labelled score file
+of its test trials (``--scores``), its classifier the YAML's
+``classifier``. A missing piece is named in one line. The folder (renamed
+into place) holds ``dampit_export.json`` (what ``load_model`` reads),
+``hyperparams.yaml`` (for SpeechBrain's ``from_hparams``), the weights,
+``label_encoder.ckpt``, a ``README.md`` and on request
+``embedding_model.ts`` / ``.onnx``; ``load_model`` and ``from_hparams``
+must first give the same embeddings from it.
 """
 
 import argparse
+import glob
 import json
 import math
 import os
@@ -29,6 +32,7 @@ import yaml
 from speechbrain.inference.classifiers import EncoderClassifier
 from speechbrain.utils.checkpoints import Checkpoint
 
+from dampit.dataio.trials import TrialListError, read_scores
 from dampit.inference.api import (
     HPARAMS_FILE,
     LABELS_FILE,
@@ -38,6 +42,7 @@ from dampit.inference.api import (
 )
 from dampit.inference.extract import pad_batch
 from dampit.inference.portable import export_onnx, export_torchscript
+from dampit.metrics.error_rates import compute_eer
 from dampit.utils.atomic import atomic_folder
 from dampit.utils.checkpoint_averaging import average_weights
 
@@ -48,12 +53,12 @@ CHECK_TOL = 1e-5
 SCORING = "full_cosine"
 LINEAR = "dampit.lobes.resnet.LinearClassifier"
 COSINE = "speechbrain.lobes.models.ECAPA_TDNN.Classifier"
+HEADS = (COSINE, "dampit.lobes.metric_head.MetricHead")
+SB_META = ("unixtime", "end-of-epoch")  # SpeechBrain's, not metrics
 #: Model folder module -> its names in a run's YAML (the recipe's first).
-RUN_KEYS = {
-    "compute_features": ["compute_features"],
-    "mean_var_norm": ["normalize", "mean_var_norm"],
-    "embedding_model": ["embedding_model"],
-}
+RUN_KEYS = {"compute_features": ["compute_features"]}
+RUN_KEYS["mean_var_norm"] = ["normalize", "mean_var_norm"]
+RUN_KEYS["embedding_model"] = ["embedding_model"]
 TEMPLATE = """\
 # dampit speaker-embedding model (written by dampit-export).
 # SpeechBrain's from_hparams EXECUTES this file (HyperPyYAML builds what it
@@ -79,7 +84,7 @@ Load it with `dampit.inference.api.load_model(folder)` (reads
 `SpeakerRecognition.from_hparams(source=folder, savedir=tmp)` (executes
 `hyperparams.yaml`: for folders you trust).
 
-Test results of the run (`verification/summary.json`):
+Test results of the run ({source}):
 {results}
 """
 
@@ -93,8 +98,7 @@ class _RunYAML(yaml.SafeLoader):
 
 
 def _keep_tag(loader, tag, node):
-    """``!new:X`` -> ``{"class": "X", "kwargs": {...}}``; other tags: the
-    plain value."""
+    """``!new:X`` -> ``{"class": "X", "kwargs": {...}}``, else the value."""
     if isinstance(node, yaml.MappingNode):
         kwargs = loader.construct_mapping(node, deep=True)
         return {"class": tag.partition(":")[2], "kwargs": kwargs}
@@ -120,18 +124,8 @@ def _read(path, what, reader):
 
 
 def read_run_hparams(run):
-    """A run's ``hyperparams.yaml`` as plain values, nothing built.
-
-    Arguments
-    ---------
-    run : str or os.PathLike
-        The recipe's ``output_folder``.
-
-    Returns
-    -------
-    dict
-        Its keys; a ``!new:X`` object is ``{"class": "X", "kwargs": ...}``.
-    """
+    """The ``hyperparams.yaml`` of a run folder as a dict, nothing built:
+    a ``!new:X`` object is ``{"class": "X", "kwargs": {...}}``."""
     path = os.path.join(os.fspath(run), HPARAMS_FILE)
     hp = _read(path, "not a recipe run", lambda f: yaml.load(f, _RunYAML))
     if not isinstance(hp, dict):
@@ -147,13 +141,19 @@ def _module(hp, keys, where):
     return {"class": node["class"], "kwargs": dict(node["kwargs"])}
 
 
-def _classifier(hp, state):
-    """Spec and weights of the softmax term's classifier, or None.
-
-    A ``linear`` term -> ``LinearClassifier``; ``aam`` / ``am`` (cosine
-    logits) -> SpeechBrain's ECAPA ``Classifier`` without hidden blocks.
-    """
+def _classifier(hp, ckpts):
+    """Spec and weights of the classifier, or None: the YAML's ECAPA
+    ``classifier`` (or ``MetricHead``), else the softmax term's (``linear``
+    -> ``LinearClassifier``, ``aam`` -> ``Classifier``)."""
+    clf = hp.get("classifier")
+    if isinstance(clf, dict) and clf.get("class") in HEADS:
+        if all("classifier" in c.paramfiles for c in ckpts):
+            weights = average_weights(ckpts, "classifier")
+            return {"class": COSINE, "kwargs": clf["kwargs"]}, weights
     cost = hp.get("compute_cost")
+    if not all("compute_cost" in c.paramfiles for c in ckpts):
+        return None
+    state = average_weights(ckpts, "compute_cost")
     kw = cost.get("kwargs", {}) if isinstance(cost, dict) else {}
     soft = (kw.get("terms") or {}).get("softmax")
     prefix = "terms.softmax.classifier."
@@ -173,9 +173,37 @@ def _classifier(hp, state):
     return {"class": COSINE, "kwargs": kwargs}, {"weight": sub["weight"]}
 
 
+def _checkpoint(path, meta=None):
+    """A SpeechBrain ``Checkpoint`` of a folder's ``*.ckpt`` files."""
+    files = {f[:-5]: os.path.join(path, f) for f in os.listdir(path)}
+    files = {k: v for k, v in files.items() if v.endswith(".ckpt")}
+    return Checkpoint(path, meta or {}, files)
+
+
+def _best_checkpoint(run, path):
+    """No ``verification/``: the end-of-epoch checkpoint of ``<run>/save``
+    with the lowest value of the one metric they all record."""
+    ends = {}
+    for ckpt in glob.glob(os.path.join(glob.escape(run), "save", "CKPT+*")):
+        meta = _read(os.path.join(ckpt, "CKPT.yaml"), "", yaml.safe_load)
+        if isinstance(meta, dict) and meta.get("end-of-epoch"):
+            ends[ckpt] = meta
+    keys = set.intersection(*map(set, ends.values())) if ends else set()
+    keys = sorted(keys - set(SB_META))
+    if len(keys) != 1:
+        raise ExportError(
+            f"{path} not found and the checkpoints in {run}/save record "
+            f"{keys or 'no metric'}: list the checkpoint to export there"
+        )
+    best = min(ends, key=lambda c: ends[c][keys[0]])
+    return [_checkpoint(best, ends[best])]
+
+
 def _tested_checkpoints(run):
     """The checkpoints verification tested (``checkpoints.txt``)."""
     path = os.path.join(run, "verification", "checkpoints.txt")
+    if not os.path.isdir(os.path.dirname(path)):  # not dampit's recipe
+        return _best_checkpoint(run, path)
     names = _read(path, "verify the run first", lambda f: f.read().split())
     if not names:
         raise ExportError(f"{path}: no checkpoint (the run was not trained)")
@@ -186,19 +214,25 @@ def _tested_checkpoints(run):
             ckpt = os.path.join(run, "save", os.path.basename(name))
         if not os.path.isdir(ckpt):
             raise ExportError(f"{path}: checkpoint {name} not found")
-        files = {
-            f[: -len(".ckpt")]: os.path.join(ckpt, f)
-            for f in os.listdir(ckpt)
-            if f.endswith(".ckpt")
-        }
-        found.append(Checkpoint(ckpt, {}, files))
+        found.append(_checkpoint(ckpt))
     return found
 
 
-def _threshold(run):
-    """(threshold, key, summary) from ``summary.json``'s full_cosine."""
+def _threshold(run, scores=None):
+    """(threshold, key, summary): the EER threshold of the labelled
+    ``scores`` file, else ``summary.json``'s full_cosine."""
     path = os.path.join(run, "verification", "summary.json")
-    summary = _read(path, "verify the run first", json.load)
+    if scores is not None:
+        try:
+            _, _, values, labels = read_scores(scores)
+        except (OSError, TrialListError) as err:
+            raise ExportError(f"--scores: {err}") from None
+        if labels is None or len(set(labels.tolist())) != 2:
+            raise ExportError(f"{scores}: needs target and non-target labels")
+        eer, thr = compute_eer(values, labels)  # as verification's summary
+        return float(thr), scores, {scores: {"eer": float(eer)}}
+    what = "verify the run first, or give --scores (test trial scores)"
+    summary = _read(path, what, json.load)
     for key, res in summary.items():
         thr = res.get("eer_threshold") if isinstance(res, dict) else None
         if key.split("/")[-1] == SCORING and isinstance(thr, (int, float)):
@@ -210,29 +244,14 @@ def _threshold(run):
 def write_model_files(
     folder, modules, weights, threshold, sample_rate, **facts
 ):
-    """Write a model folder's JSON, YAML and weights (the one writer of
-    what :func:`dampit.inference.api.load_model` reads).
+    """Write a model folder's JSON, YAML and weights into ``folder`` (the
+    one writer of what :func:`dampit.inference.api.load_model` reads).
 
-    Arguments
-    ---------
-    folder : str
-        An existing (staging) folder.
-    modules : dict
-        ``compute_features``, ``mean_var_norm``, ``embedding_model`` and
-        optionally ``classifier``: ``{"class": name, "kwargs": dict}``.
-    weights : dict
-        Module name -> state dict (``embedding_model`` at least).
-    threshold : float or None
-        Decision threshold.
-    sample_rate : int
-        Sample rate of the input.
-    **facts : dict
-        More JSON keys (where the model comes from).
-
-    Returns
-    -------
-    dict
-        The content of ``dampit_export.json``.
+    ``modules``: ``compute_features``, ``mean_var_norm``,
+    ``embedding_model`` and optionally ``classifier``, each ``{"class":
+    name, "kwargs": dict}``; ``weights``: module name -> state dict;
+    ``threshold``: float or None; ``facts``: more JSON keys. Returns the
+    content of ``dampit_export.json``.
     """
     spec = {"format": 1, "sample_rate": int(sample_rate)}
     spec.update(threshold=threshold, modules=modules, **facts)
@@ -284,94 +303,68 @@ def _check(folder, target):
     return model
 
 
-def export_model(run, model, overwrite=False, torchscript=False, onnx=False):
-    """Export a verified recipe run to a model folder (module docstring).
-
-    Arguments
-    ---------
-    run : str or os.PathLike
-        The recipe's ``output_folder``.
-    model : str or os.PathLike
-        The model folder (must not exist unless ``overwrite``).
-    overwrite : bool
-        Replace an existing ``model``.
-    torchscript : bool
-        Also write ``embedding_model.ts``.
-    onnx : bool
-        Also write ``embedding_model.onnx`` (needs the onnx extra).
-
-    Returns
-    -------
-    dict
-        The content of ``dampit_export.json``.
-    """
+def export_model(
+    run, model, overwrite=False, torchscript=False, onnx=False, scores=None
+):
+    """Export the run folder ``run`` to the model folder ``model`` (module
+    docstring); ``overwrite`` replaces it, ``torchscript`` / ``onnx`` add
+    ``embedding_model.ts`` / ``.onnx``, ``scores`` is a labelled score file
+    (``enrol test label score``) of the exported weights on the run's test
+    trials: the threshold is at its EER. Returns ``dampit_export.json``."""
     run = os.path.abspath(os.fspath(run))
     model = os.path.abspath(os.fspath(model))
+    scores = scores and os.path.abspath(os.fspath(scores))
     if not os.path.isdir(run):
         raise ExportError(f"run folder not found: {run}")
     if os.path.exists(model) and not overwrite:
         raise FileExistsError(f"{model} exists (--overwrite replaces it)")
     hp = read_run_hparams(run)
-    threshold, key, summary = _threshold(run)
-    ckpts = _tested_checkpoints(run)
     where = os.path.join(run, HPARAMS_FILE)
     modules = {k: _module(hp, keys, where) for k, keys in RUN_KEYS.items()}
+    norm = modules["mean_var_norm"]["kwargs"].get("norm_type", "sentence")
+    if norm != "sentence":  # InputNormalization's statistics: not carried
+        raise ExportError(f"{where}: mean_var_norm norm_type {norm!r}")
+    threshold, key, summary = _threshold(run, scores)
+    ckpts = _tested_checkpoints(run)
     weights = {"embedding_model": average_weights(ckpts, "embedding_model")}
-    if all("compute_cost" in c.paramfiles for c in ckpts):
-        clf = _classifier(hp, average_weights(ckpts, "compute_cost"))
-        if clf is not None:
-            modules["classifier"], weights["classifier"] = clf
+    clf = _classifier(hp, ckpts)
+    if clf is not None:
+        modules["classifier"], weights["classifier"] = clf
     save = os.path.dirname(ckpts[0].path)  # the run's save_folder
     labels = os.path.join(save, "label_encoder.txt")
     rate = int(hp.get("sample_rate", 16000))
     with atomic_folder(model, overwrite=overwrite) as tmp:
         if "classifier" in modules and os.path.isfile(labels):
             shutil.copyfile(labels, os.path.join(tmp, LABELS_FILE))
+        source = key if scores else f"{run}/verification/summary.json: {key}"
+        paths = [c.path for c in ckpts]
         spec = write_model_files(
-            tmp,
-            modules,
-            weights,
-            threshold,
-            rate,
-            threshold_source=f"{run}/verification/summary.json: {key}",
-            run=run,
-            checkpoints=[c.path for c in ckpts],
-        )
+            tmp, modules, weights, threshold, rate, threshold_source=source,
+            run=run, checkpoints=paths,
+        )  # fmt: skip
         loaded = _check(tmp, model)
         if torchscript:
             export_torchscript(loaded, os.path.join(tmp, "embedding_model.ts"))
         if onnx:
             export_onnx(loaded, os.path.join(tmp, "embedding_model.onnx"))
-        card = CARD.format(
-            run=run,
-            checkpoints=", ".join(os.path.basename(c.path) for c in ckpts),
-            sample_rate=rate,
-            threshold=threshold,
-            key=key,
-            results="".join(
-                f"- {k}: EER {100 * v['eer']:.2f}%\n"
-                for k, v in summary.items()
-                if isinstance(v, dict) and isinstance(v.get("eer"), float)
-            ),
+        results = "".join(
+            f"- {k}: EER {100 * v['eer']:.2f}%\n"
+            for k, v in summary.items()
+            if isinstance(v, dict) and isinstance(v.get("eer"), float)
         )
+        names = ", ".join(os.path.basename(p) for p in paths)
+        card = CARD.format(
+            run=run, checkpoints=names, sample_rate=rate, threshold=threshold,
+            key=key, results=results, source=source,
+        )  # fmt: skip
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
             f.write(card)
     return spec
 
 
 def main(argv=None):
-    """``dampit-export RUN MODEL [--overwrite] [--torchscript] [--onnx]``.
-
-    Arguments
-    ---------
-    argv : list of str, optional
-        Command-line arguments (default ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        0 on success, 2 on a refused run or an existing model folder.
-    """
+    """``dampit-export RUN MODEL [--scores F] [--overwrite] [--torchscript]
+    [--onnx]``; returns 0, or 2 on a refused run or existing folder."""
     parser = argparse.ArgumentParser(
         prog="dampit-export",
         description="A verified recipe run -> a model "
@@ -381,11 +374,17 @@ def main(argv=None):
     parser.add_argument("model", help="the model folder to write")
     for flag in ("--overwrite", "--torchscript", "--onnx"):
         parser.add_argument(flag, action="store_true")
+    parser.add_argument(
+        "--scores",
+        help="labelled score file of the run's test trials: threshold at "
+        "its EER (a run without dampit's verification summary)",
+    )
     args = parser.parse_args(argv)
     try:
         spec = export_model(
-            args.run, args.model, args.overwrite, args.torchscript, args.onnx
-        )
+            args.run, args.model, args.overwrite, args.torchscript, args.onnx,
+            args.scores,
+        )  # fmt: skip
     except (ExportError, FileExistsError) as err:
         print(f"dampit-export: error: {err}", file=sys.stderr)
         return 2
