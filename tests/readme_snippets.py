@@ -7,16 +7,21 @@ load this file with :func:`importlib.util.spec_from_file_location`.
 """
 
 import re
+import textwrap
 
-FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```\s*$", re.M | re.S)
+FENCE = re.compile(r"^( *)```([\w-]*)\n(.*?)^\1```[ \t]*$", re.M | re.S)
 TOP_KEY = re.compile(r"^([A-Za-z_][\w]*):", re.M)
 
 
 def code_blocks(text):
     """``[(language, code, line)]`` of the fenced blocks of a Markdown
-    text; ``line`` is the 1-based line of the opening fence."""
+    text (an indented block dedented); ``line``: the opening fence's."""
     return [
-        (m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1)
+        (
+            m.group(2),
+            textwrap.dedent(m.group(3)),
+            text.count("\n", 0, m.start()) + 1,
+        )
         for m in FENCE.finditer(text)
     ]
 
