@@ -6,16 +6,22 @@ and the Python diff of templates/speaker_verification/README.md (step 2
 and 3), then trains on real speech. The documented diff changes at most 5
 Python lines, and the valid ErrorRate that the recipe reports and keeps
 checkpoints by must fall (the classifier's error rate, not a constant).
+``dampit-export`` then exports that checkpoint (with ``--scores``).
 """
 
 import importlib.util
+import json
 import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
+
+from dampit.inference.api import load_model
+from dampit.inference.export import main as export_main
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RECIPE = REPO / "tests" / "recipes" / "sb_speaker_recipe"
@@ -76,3 +82,14 @@ def test_documented_changes_train_and_valid_error_falls(shared_data, tmp_path):
     assert min(m["ErrorRate"] for m in metas) == pytest.approx(
         min(errors), rel=0.01
     )
+    # dampit-export takes that checkpoint; without --scores it refuses.
+    model = tmp_path / "model"
+    assert export_main([str(run), str(model)]) == 2
+    scores = tmp_path / "scores.txt"
+    scores.write_text("a b 1 0.9\na c 0 0.1\nb c 0 0.2\nc d 1 0.8\n")
+    assert export_main([str(run), str(model), "--scores", str(scores)]) == 0
+    spec = json.loads((model / "dampit_export.json").read_text())
+    (ckpt,) = spec["checkpoints"]
+    meta = yaml.safe_load(pathlib.Path(ckpt, "CKPT.yaml").read_text())
+    assert meta["ErrorRate"] == min(m["ErrorRate"] for m in metas)
+    assert load_model(model).classify_batch(torch.zeros(1, 16000))[3][0]
