@@ -87,8 +87,8 @@ def bench_prep(tmp, z, sources):
                 f"figure / soundfile.info of the same files (CPU s; goal "
                 f"<= 1.5: {verdict(p['cpu_s'] <= 1.5 * h['cpu_s'])}); wall "
                 f"{p['wall_s']:.1f} s; bare decode (soundfile.read) "
-                f"{h['decode_cpu_s']:.1f} s: preparation "
-                f"decodes every file (issue 16) over {h['audio_hours']:.1f} h",
+                f"{h['decode_cpu_s']:.1f} s: preparation decodes every "
+                f"file (issue 16) over {h['audio_hours']:.1f} h",
             )
         )
         rows.append(
@@ -115,9 +115,8 @@ def bench_prep(tmp, z, sources):
             t_ref,
             f"line through N={ns} projected to 1.1 M files / the same for the "
             f"header reads; per-file cost at the larger N / the smaller: "
-            f"{per[1] / per[0]:.2f} (1: linear); files are 8 s symlinks in "
-            "page "
-            "cache: a disk adds its read time to both",
+            f"{per[1] / per[0]:.2f} (1: linear); 8 s files in page cache: "
+            "from a disk, preparation also reads the whole corpus",
         )
     )
     m, slope = fit(ns, [r["prep"]["peak_rss_mb"] for r in raw], 1.1e6)
@@ -128,8 +127,7 @@ def bench_prep(tmp, z, sources):
             "MB",
             2048.0,
             f"line through the peaks ({slope * 1e3:.2f} MB per 1000 files) "
-            "at 1.1 "
-            f"M files / the goal, 2 GB ({verdict(m <= 2048)})",
+            f"at 1.1 M files / the goal, 2 GB ({verdict(m <= 2048)})",
         )
     )
     return rows, raw
@@ -186,10 +184,9 @@ def bench_loader(tmp, z, sources):
                 r["crops_per_s"],
                 "crops/s",
                 raw[0]["bare"]["crops_per_s"],
-                "train.py's loader "
-                "(read_crop + PKSampler + PaddedBatch, 3 s crops) / bare "
-                "soundfile "
-                "seek + read of 3 s crops in a loop (wall; 2 cores shared)",
+                "train.py's loader (read_crop + PKSampler + PaddedBatch, "
+                "3 s crops) / bare soundfile seek + read of 3 s crops in a "
+                "loop (wall; 2 cores shared)",
             )
         )
     one, bare = raw[0]["crops_per_cpu_s"], raw[0]["bare"]["crops_per_cpu_s"]
@@ -199,9 +196,8 @@ def bench_loader(tmp, z, sources):
             one,
             "crops/s",
             bare,
-            "the loader "
-            "with 0 workers / bare soundfile crop reads, per CPU second "
-            "(one core)",
+            "the loader with 0 workers / bare soundfile crop reads, per "
+            "CPU second (one core)",
         )
     )
     noise, rir = str(DATA / "noise"), str(DATA / "rir")
