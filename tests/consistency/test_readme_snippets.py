@@ -75,10 +75,8 @@ def test_every_fence_is_a_block():
 
 
 @pytest.fixture(scope="module")
-def values(tmp_path_factory):
-    data = REPO.parent / "shared" / "data"
-    if not (data / "dspspeech").is_dir():
-        pytest.skip("real audio not found")
+def values(tmp_path_factory, shared_data):
+    data = shared_data
     tmp = tmp_path_factory.mktemp("snippets")
     wav_a, wav_b = sorted((data / "dspspeech").glob("*/*.wav"))[:2]
     sigs = [
