@@ -45,6 +45,7 @@ def _embed(args):
     if names and not {store.EMBEDDINGS_FILE, store.IDS_FILE} <= set(names):
         raise common.CliError(f"--out {args.out} is not an embedding store")
     items = common.list_audio_inputs(args.inputs)
+    warnings.filterwarnings("ignore", ".*threshold")  # embed decides nothing
     model = common.open_model(args)
     items, bad = (
         _drop_bad(items, model.sample_rate) if args.skip_bad else (items, "")

@@ -3,5 +3,7 @@
 - ``resnet``: ``SEResNet`` (``forward(x, lengths) -> [B, 1, D]``),
   ``LinearClassifier``, ``load_torchvision_weights``;
 - ``gates``: the paper's spatial gate; ``pooling``: length-aware pooling;
-- ``features``: the paper's spectrogram, ``Features``, ``CropNormalization``.
+- ``features``: the paper's spectrogram, ``Features``, ``CropNormalization``;
+- ``metric_head``: ``MetricHead`` / ``MetricHeadLoss``, dampit's losses in a
+  stock SpeechBrain recipe's classifier slot.
 """

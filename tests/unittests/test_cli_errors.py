@@ -285,6 +285,11 @@ def test_missing_threshold_warns_once(model, wavs, tmp_path, capsys):
     # --threshold given: nothing to warn about.
     assert verify_cli.main(verify_args(bare, wavs, "--threshold", "0.3")) == 0
     assert "warning" not in capsys.readouterr().err
+    # dampit-embed decides nothing: no threshold warning either.
+    out = tmp_path / "emb"
+    argv = [str(wavs[0]), "--model", str(bare), "--out", str(out)]
+    assert embed_cli.main(argv + ["--no-progress"]) == 0
+    assert "threshold" not in capsys.readouterr().err
 
 
 def test_stored_nan_threshold_is_an_error(model, wavs, tmp_path, capsys):
