@@ -14,6 +14,8 @@ so a trial costs one dot product, not 100. ``[U, D]`` embeddings (one per
 utterance) are scored the same way: ``"cosine"`` is the plain cosine.
 """
 
+import tempfile
+
 import numpy as np
 
 from dampit.metrics.embedding_store import EmbeddingStore, as_numpy
@@ -79,7 +81,7 @@ class ScoringVectors:
                 f"embeddings must be [U, D] or [U, n_crops, D], got {emb.shape}"
             )
         crops, n = emb.ndim == 3, len(emb)
-        vec = np.empty((n, emb.shape[-1]), emb.dtype) if crops else emb
+        vec = _disk_array((n, emb.shape[-1]), emb.dtype) if crops else emb
         sq = np.empty(n)  # mean squared norm of the crops
         step = chunk_size or max(1, _CHUNK_BYTES // (16 * emb[0].size))
         for s in range(0, n, step):
@@ -161,6 +163,14 @@ class ScoringVectors:
         rows = np.asarray(rows, dtype=np.int64)
         dots = self.vectors[rows] @ np.asarray(other.vectors).T
         return self._finish(dots, rows, other, slice(None), outer=True)
+
+
+def _disk_array(shape, dtype):
+    """An array in an unnamed temporary file (deleted when it is closed;
+    on POSIX nothing is left on disk even after a crash): ``[U, D]`` mean
+    vectors of Vox1-E (1.1 GB) must not take RAM."""
+    with tempfile.TemporaryFile(prefix="dampit_vectors_") as f:
+        return np.memmap(f, dtype, "w+", shape=shape)
 
 
 def score_trials(

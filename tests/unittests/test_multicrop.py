@@ -2,6 +2,8 @@
 every trial, a plain loop over the 10 x 10 crop pairs, then the mean."""
 
 import math
+import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -76,6 +78,24 @@ def test_closed_form_equals_naive_100_pair_loop(crops, trials, method):
     assert sv32.vectors.dtype == np.float32
     np.testing.assert_allclose(
         sv32.score_pairs(ie, it), ref, rtol=1e-5, atol=score_atol(crops, 1e-6)
+    )
+
+
+def test_crop_means_live_in_a_temporary_file_left_nowhere(
+    tmp_path, monkeypatch, crops, trials
+):
+    # Vox1-E's [U, D] means (1.1 GB) must not take RAM: they are a memory
+    # map of a temporary file that no directory lists (nothing to clean).
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    store = save_embeddings(tmp_path / "s", list("abcdefghijkl"), crops)
+    before = sorted(os.listdir(tmp_path))
+    sv = ScoringVectors.from_embeddings(store, "dot", chunk_size=5)
+    assert isinstance(sv.vectors, np.memmap)
+    assert sorted(os.listdir(tmp_path)) == before
+    ie, it = trials
+    ref = [naive_trial_score(crops[e], crops[t], "dot") for e, t in zip(ie, it)]
+    np.testing.assert_allclose(
+        sv.score_pairs(ie, it), ref, rtol=1e-12, atol=score_atol(crops)
     )
 
 
