@@ -298,7 +298,7 @@ def _datasets(recipe_train, tmp_path, train_rows, dev_rows, crop=16000):
         "train": _manifest(tmp_path / "train.csv", train_rows),
         "dev": _manifest(tmp_path / "dev.csv", dev_rows),
     }
-    return recipe_train.make_datasets(hparams, csvs)
+    return recipe_train.dataio_prep(hparams, csvs)
 
 
 def test_manifest_row_with_missing_file(recipe_train, speech, tmp_path):
