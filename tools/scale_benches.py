@@ -288,7 +288,7 @@ def bench_scoring(tmp, z):
                 "MB",
                 sc["vectors_mb"],
                 "RssAnon peak increase of the scoring process / the [U, D] "
-                "float32 mean vectors it holds; VmHWM "
+                "float32 mean vectors (a memory-mapped temporary file); VmHWM "
                 f"{sc['peak_rss_mb']:.0f} MB counts the memory-mapped store's "
                 "pages too (page cache); goal < 1 GB: "
                 f"{verdict(anon < 1024)}",

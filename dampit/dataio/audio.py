@@ -29,6 +29,9 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac")
 SILENCE = 1e-6
 #: Shortest file accepted for training, in seconds: one 25 ms feature frame.
 MIN_DURATION = 0.025
+_INT_DTYPES = {"PCM_S8": "int16", "PCM_U8": "int16", "PCM_16": "int16"}
+_INT_DTYPES.update(PCM_24="int32", PCM_32="int32")
+_BLOCK = 2**17  # frames per block of check_audio: 8 s at 16 kHz
 
 
 class AudioError(ValueError):
@@ -40,10 +43,6 @@ def _read(path, start=0, stop=None, crop=None, sample_rate=None):
     ``crop`` (samples at ``sample_rate``) a random crop of ``[start, stop)``.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise AudioError(f"audio file not found: {path}")
-    if os.path.getsize(path) == 0:
-        raise AudioError(f"audio file is empty (0 bytes): {path}")
     try:
         with sf.SoundFile(path) as f:
             sr, frames = f.samplerate, f.frames
@@ -57,7 +56,7 @@ def _read(path, start=0, stop=None, crop=None, sample_rate=None):
             f.seek(start)
             data = f.read(max(0, stop - start), "float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError, ValueError, OSError) as err:
-        raise AudioError(f"cannot read audio file {path}: {err}") from err
+        raise _open_error(path, err) from err
     if data.size == 0:
         raise AudioError(f"audio file has no samples: {path}")
     if not np.isfinite(data).all():
@@ -65,15 +64,32 @@ def _read(path, start=0, stop=None, crop=None, sample_rate=None):
     return data, sr, frames
 
 
+def _open_error(path, err):
+    """The AudioError of a file soundfile could not open or read (the
+    checks that need a stat call run only then)."""
+    if not os.path.isfile(path):
+        return AudioError(f"audio file not found: {path}")
+    if os.path.getsize(path) == 0:
+        return AudioError(f"audio file is empty (0 bytes): {path}")
+    return AudioError(f"cannot read audio file {path}: {err}")
+
+
+def _constant(lo, hi):
+    """Whether every channel of per-channel minima ``lo``, maxima ``hi``
+    is constant (peak-to-peak at most ``SILENCE`` times the peak)."""
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    peak = np.maximum(np.abs(lo), np.abs(hi))
+    return bool((hi - lo <= SILENCE * peak).all())
+
+
 def _silent(data):
     """Whether every column of ``data`` [N, C] is constant."""
-    peak = np.abs(data).max(axis=0)
-    return bool((np.ptp(data, axis=0) <= SILENCE * peak).all())
+    return _constant(data.min(axis=0), data.max(axis=0))
 
 
 def _mono(path, data, sr, sample_rate):
     """Down-mix (the loudest channel if the mean cancels out), resample."""
-    mono = data.mean(axis=1)
+    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)
     if data.shape[1] > 1 and _silent(mono[:, None]):
         mono = data[:, np.argmax(np.ptp(data, axis=0))]
     wav = torch.from_numpy(np.ascontiguousarray(mono))
@@ -157,6 +173,7 @@ def read_crop(path, n, sample_rate=16000, start=0, stop=None):
 def check_audio(path, min_duration=MIN_DURATION):
     """Decode a whole file and return ``(frames, rate)`` if training can use
     it: readable, finite, not silent, at least ``min_duration`` seconds.
+    Integer PCM is decoded in blocks as integers (it cannot hold NaN).
 
     Example
     -------
@@ -169,12 +186,27 @@ def check_audio(path, min_duration=MIN_DURATION):
     ...     print(str(err)[:21])
     audio file is silent:
     """
-    data, sr, frames = _read(path)
+    path = os.fspath(path)
+    try:
+        with sf.SoundFile(path) as f:
+            sr, frames = f.samplerate, f.frames
+            dtype = _INT_DTYPES.get(f.subtype, "float32")
+            lo = hi = None
+            for block in f.blocks(_BLOCK, dtype=dtype, always_2d=True):
+                b_lo, b_hi = block.min(axis=0), block.max(axis=0)
+                lo = b_lo if lo is None else np.minimum(lo, b_lo)
+                hi = b_hi if hi is None else np.maximum(hi, b_hi)
+    except (RuntimeError, sf.LibsndfileError, ValueError, OSError) as err:
+        raise _open_error(path, err) from err
+    if lo is None:
+        raise AudioError(f"audio file has no samples: {path}")
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        raise AudioError(f"audio file holds NaN or inf samples: {path}")
     if frames < min_duration * sr:
         raise AudioError(
             f"audio file too short: {path} lasts {frames / sr:.3f} s, "
             f"less than {min_duration} s"
         )
-    if _silent(data):
+    if _constant(lo, hi):
         raise AudioError(f"audio file is silent: {path}")
     return frames, sr

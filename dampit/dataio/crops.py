@@ -148,5 +148,4 @@ def eval_crops(wav, n_crops=10, n=48000):
         starts = torch.round(
             torch.arange(n_crops, dtype=torch.float64) * span / (n_crops - 1)
         ).long()
-    idx = starts[:, None] + torch.arange(n)[None, :]
-    return wav[idx.to(wav.device)]
+    return torch.stack([wav[s : s + n] for s in starts.tolist()])

@@ -38,6 +38,7 @@ CSV_FIELDS = ("ID", "duration", "wav", "start", "stop", "spk_id")
 OPTS_FILE = "prepare_opts.json"
 BAD_FILES = "bad_files.txt"
 DEV_FRACTION = 0.1
+_CHUNK = 4096  # files handed to the decoding threads at a time
 
 
 class DataPreparationError(ValueError):
@@ -121,9 +122,11 @@ def check_files(paths, skip_bad, save_folder, where, bad=()):
         except AudioError as err:
             return path, str(err)
 
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        jobs = pool.map(one, paths)
-        results = list(tqdm(jobs, total=len(paths), disable=len(paths) < 5000))
+    results, bar = [], tqdm(total=len(paths), disable=len(paths) < 5000)
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, bar:
+        for s in range(0, len(paths), _CHUNK):  # bounded number of futures
+            results += pool.map(one, paths[s : s + _CHUNK])
+            bar.update(len(results) - bar.n)
     bad = list(bad) + [(p, r) for p, r in results if isinstance(r, str)]
     if bad:
         listing = os.path.join(save_folder, BAD_FILES)

@@ -120,3 +120,41 @@ def test_silent_crop_of_a_valid_file(speech, tmp_path):
     assert crop.shape == (48000,) and not crop.any()
     with pytest.raises(AudioError, match="silent"):  # read whole, refused
         load_audio(path, start=start, stop=start + 60000)
+
+
+@pytest.mark.parametrize(
+    "subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"]
+)
+def test_check_audio_every_sample_format_over_several_blocks(
+    subtype, speech, tmp_path
+):
+    """check_audio decodes integer PCM as integers, block by block: a file
+    that varies only after the first block (2**17 frames) is kept; a
+    constant one, an offset included, is silent; NaN and inf in a later
+    block of a float file are refused."""
+    n = 2**17 + 5000
+    blip = np.full((n, 2), 0.25)
+    blip[-4000:, 1] += 0.5 * speech[20000:24000]  # in the second block only
+    path = str(tmp_path / "blip.wav")
+    sf.write(path, blip, 16000, subtype=subtype)
+    assert check_audio(path) == (n, 16000)
+    sf.write(path, np.full((n, 2), 0.25), 16000, subtype=subtype)
+    with pytest.raises(AudioError, match="silent"):
+        check_audio(path)
+    if subtype in ("FLOAT", "DOUBLE"):
+        for bad in (np.nan, np.inf):
+            blip[-3, 0] = bad
+            sf.write(path, blip, 16000, subtype=subtype)
+            with pytest.raises(AudioError, match="NaN or inf"):
+                check_audio(path)
+
+
+def test_missing_and_empty_files_named(tmp_path):
+    """The stat checks run only when soundfile fails: same messages."""
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    for path, why in ((tmp_path / "no.wav", "not found"), (empty, "empty")):
+        for read in (load_audio, check_audio):
+            with pytest.raises(AudioError, match=why) as err:
+                read(path)
+            assert str(path) in str(err.value)
