@@ -192,10 +192,16 @@ def check_audio(path, min_duration=MIN_DURATION):
             sr, frames = f.samplerate, f.frames
             dtype = _INT_DTYPES.get(f.subtype, "float32")
             lo = hi = None
-            for block in f.blocks(_BLOCK, dtype=dtype, always_2d=True):
-                b_lo, b_hi = block.min(axis=0), block.max(axis=0)
+            while True:  # per channel: reducing [N, C] over axis 0 is slow
+                block = f.read(_BLOCK, dtype, always_2d=True)
+                if len(block) == 0:
+                    break
+                b_lo = np.array([c.min() for c in block.T])
+                b_hi = np.array([c.max() for c in block.T])
                 lo = b_lo if lo is None else np.minimum(lo, b_lo)
                 hi = b_hi if hi is None else np.maximum(hi, b_hi)
+                if len(block) < _BLOCK:
+                    break
     except (RuntimeError, sf.LibsndfileError, ValueError, OSError) as err:
         raise _open_error(path, err) from err
     if lo is None:
