@@ -7,7 +7,8 @@ relative to the data folder without extension, ``start``/``stop`` are
 samples at the file's own rate) and a trial list:
 
 - ``train.csv`` / ``dev.csv``: the training speakers' utterances, 10 % of
-  each speaker's held out in ``dev.csv`` (validation of the classifier);
+  each speaker's held out in ``dev.csv`` (validation of the classifier),
+  or ``n_valid_speakers`` speakers of their own in ``dev.csv``;
 - ``test.csv`` and ``trials.txt``: the test speakers' utterances, every
   same-speaker pair and as many different-speaker pairs.
 
@@ -236,6 +237,9 @@ def prepare_folder(
     seed=0,
     skip_bad=False,
     min_speakers=2,
+    n_folds=None,
+    fold=0,
+    n_valid_speakers=0,
 ):
     """Write ``train.csv``, ``dev.csv``, ``test.csv`` and ``trials.txt`` for
     a ``<speaker>/**/<utt>`` folder (done once per set of options).
@@ -250,6 +254,16 @@ def prepare_folder(
         Test speakers (None: 20 % of the speakers, at least 2).
     seed : int
         Seed of the speaker split, the dev split and trial sampling.
+    n_folds, fold : int or None, int
+        Speaker k-fold cross-validation: the seed's speaker permutation cut
+        in ``n_folds`` near-equal folds, fold ``fold`` (0-based) the test
+        speakers (``n_test_speakers`` ignored). Fold 0 of 5 on 25 speakers
+        is the default split with 5 test speakers.
+    n_valid_speakers : int
+        0: ``dev.csv`` holds out 10 % of each training speaker's
+        utterances. N >= 2: ``dev.csv`` is every utterance of N training
+        speakers drawn with the seed, who leave ``train.csv`` (a
+        speaker-disjoint validation set).
     skip_bad : bool
         Skip unusable files (listed in ``bad_files.txt``) with a warning.
     min_speakers : int
@@ -278,6 +292,16 @@ def prepare_folder(
     save_folder = os.fspath(save_folder)
     opts = {"data_folder": data_folder, "n_test_speakers": n_test_speakers}
     opts.update(seed=seed, skip_bad=skip_bad, min_speakers=min_speakers)
+    opts.update(n_folds=n_folds, fold=fold, n_valid_speakers=n_valid_speakers)
+    if n_folds is not None and not 0 <= fold < n_folds:
+        raise DataPreparationError(
+            f"{data_folder}: fold={fold} must be in 0..n_folds-1 ({n_folds})"
+        )
+    if n_valid_speakers < 0 or n_valid_speakers == 1:
+        raise DataPreparationError(
+            f"{data_folder}: n_valid_speakers={n_valid_speakers} must be 0 "
+            "(off) or at least 2"
+        )
     outputs = ["train.csv", "dev.csv", "test.csv", "trials.txt"]
     summary = cached(save_folder, opts, outputs)
     if summary is not None:
@@ -302,16 +326,29 @@ def prepare_folder(
             by_spk.setdefault(row[-1], []).append(row)
     speakers = sorted(by_spk)
     n_test = n_test_speakers or max(2, round(0.2 * len(speakers)))
-    if not 2 <= n_test <= len(speakers) - 2:
+    if n_folds:  # the size of np.array_split's part number `fold`
+        n_test = len(speakers) // n_folds + (fold < len(speakers) % n_folds)
+    if not 2 <= n_test <= len(speakers) - 2 - n_valid_speakers:
+        where = f" (fold {fold} of n_folds={n_folds})" if n_folds else ""
         raise DataPreparationError(
             f"{data_folder}: {len(speakers)} speaker(s) found; n_test_speakers"
-            f"={n_test} must be at least 2 and leave 2 for training"
+            f"={n_test}{where} must be at least 2 and leave 2 for training "
+            f"and n_valid_speakers={n_valid_speakers} for validation"
         )
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(speakers))
-    test_spk = sorted(speakers[k] for k in perm[:n_test])
-    train_spk = sorted(speakers[k] for k in perm[n_test:])
-    train, dev = split_dev({s: by_spk[s] for s in train_spk}, rng)
+    held = np.array_split(perm, n_folds)[fold] if n_folds else perm[:n_test]
+    test_spk = sorted(speakers[k] for k in held)
+    train_spk = [s for s in speakers if s not in test_spk]
+    valid_spk = sorted(
+        str(s) for s in rng.choice(train_spk, n_valid_speakers, replace=False)
+    )
+    train_spk = [s for s in train_spk if s not in valid_spk]
+    if valid_spk:
+        train = [r for s in train_spk for r in by_spk[s]]
+        dev = [r for s in valid_spk for r in by_spk[s]]
+    else:
+        train, dev = split_dev({s: by_spk[s] for s in train_spk}, rng)
     check_training_split(train, dev, data_folder, min_speakers)
     test = [r for s in test_spk for r in by_spk[s]]
     trials = make_trials([r[0] for r in test], [r[-1] for r in test], seed=seed)
@@ -329,5 +366,6 @@ def prepare_folder(
         n_nontarget=stats["nontarget"],
         n_bad_skipped=len(paths) - len(info),
         test_speakers=test_spk,
+        valid_speakers=valid_spk,
         sample_rates=sorted({sr for _, sr in info.values()}),
     )

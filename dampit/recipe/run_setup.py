@@ -81,6 +81,9 @@ def prepare_data(hp):
             hp["data_folder"],
             hp["prep_folder"],
             n_test_speakers=hp["n_test_speakers"],
+            n_folds=hp["n_folds"],
+            fold=hp["fold"],
+            n_valid_speakers=hp["n_valid_speakers"],
             **common,
         )
     else:

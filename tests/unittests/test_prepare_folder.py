@@ -318,3 +318,29 @@ def test_dspspeech_defaults_and_speechbrain_loading(shared_data, tmp_path):
     )
     assert wav.shape[0] == int(item["stop"]) - int(item["start"])
     assert torch.allclose(wav, ours, atol=1e-6)
+
+
+@pytest.mark.parametrize("folds", [{}, {"n_folds": 3, "fold": 2}])
+def test_valid_speakers_disjoint_from_train_and_test(tmp_path, folds):
+    """n_valid_speakers: dev.csv is every utterance of speakers seen
+    neither in train.csv nor in the test set; all files are used once."""
+    data, out = tmp_path / "data", tmp_path / "prep"
+    lengths = make_tree(data, n_spk=10, n_utt=6)
+    res = prepare_folder(
+        data, out, n_test_speakers=2, n_valid_speakers=3, **folds
+    )
+    train, dev, test = (
+        read_csv(out / f"{k}.csv") for k in ("train", "dev", "test")
+    )
+    assert _spk(dev) == set(res["valid_speakers"]) and len(_spk(dev)) == 3
+    assert not _spk(dev) & _spk(train) and not _spk(dev) & _spk(test)
+    assert not _spk(train) & _spk(test)
+    n_test = 3 if folds else 2  # 10 speakers in 3 folds: 4, 3, 3
+    assert len(_spk(test)) == n_test == res["n_test_speakers"]
+    assert res["n_train_speakers"] == len(_spk(train)) == 10 - 3 - n_test
+    assert len(dev) == 3 * 6 and len(train) == (10 - 3 - n_test) * 6
+    assert sorted(_ids(train + dev + test)) == sorted(lengths)
+    # The test split is the one without validation speakers.
+    plain = prepare_folder(data, tmp_path / "plain", n_test_speakers=2, **folds)
+    assert plain["test_speakers"] == res["test_speakers"]
+    assert plain["valid_speakers"] == []

@@ -17,16 +17,17 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _load_tool():
+def _load_tool(name):
     spec = importlib.util.spec_from_file_location(
-        "run_ablation", REPO / "tools" / "run_ablation.py"
+        name, REPO / "tools" / f"{name}.py"
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-ra = _load_tool()
+ra = _load_tool("run_ablation")
+report = _load_tool("ablation_report")
 
 
 def test_configs_from_the_recipe_ablation_files():
@@ -117,7 +118,7 @@ def test_read_aggregate_and_table_against_hand_values(tmp_path):
     }
     assert results["all_four"][3] is None
     assert results["all_four"][1]["full_cosine"]["eer"] == pytest.approx(10.0)
-    agg = ra.aggregate(results)
+    agg = report.aggregate(results)
     a = agg["all_four"]
     assert a["n"] == 2 and a["missing"] == [3]
     # Hand: EERs 10 and 14 -> mean 12, sample std sqrt(((2)^2*2)/1) = 2.83.
@@ -131,7 +132,7 @@ def test_read_aggregate_and_table_against_hand_values(tmp_path):
     assert a["multicrop_dot"]["eer"][0] == pytest.approx(13.0)
     assert "multicrop_dot" not in agg["ecapa_aam"]
 
-    rows = ra.markdown_table(agg).splitlines()
+    rows = report.markdown_table(agg).splitlines()
     assert rows[2] == (
         "| all four (mini.yaml) | 2 (missing 3) | 12.00 ± 2.83 | "
         "0.800 ± 0.141 | 0.400 ± 0.141 | 11.00 ± 1.41 | 13.00 ± 1.41 |"
@@ -140,7 +141,7 @@ def test_read_aggregate_and_table_against_hand_values(tmp_path):
     assert rows[3] == (
         "| ECAPA-TDNN + AAM (template) | 1 | 20.00 | 1.000 | 0.800 | – | – |"
     )
-    per_seed = ra.per_seed_table(results).splitlines()
+    per_seed = report.per_seed_table(results).splitlines()
     assert per_seed[2] == "| all four (mini.yaml) | 1 | 10.00 | 0.900 | 0.500 |"
     assert per_seed[4] == "| all four (mini.yaml) | 3 | not run | | |"
 
@@ -155,9 +156,9 @@ def test_read_run_names_the_file_with_a_missing_key(tmp_path):
 
 def test_replace_section_keeps_the_rest_of_the_page():
     page = "# R\n\ntext\n"
-    once = ra.replace_section(page, "T1")
+    once = report.replace_section(page, "T1")
     assert once.startswith("# R\n\ntext\n\n<!-- ablation:begin -->\nT1\n")
-    twice = ra.replace_section(once + "after\n", "T2")
+    twice = report.replace_section(once + "after\n", "T2")
     assert "T1" not in twice and "T2" in twice and twice.endswith("after\n")
 
 
@@ -167,8 +168,8 @@ def test_figure_seed_prefers_the_most_complete_then_the_smallest():
         "a": {1: None, 2: done, 3: done},
         "b": {1: done, 2: done, 3: done},
     }
-    assert ra.figure_seed(results) == 2
-    assert ra.figure_seed({"a": {1: None}}) is None
+    assert report.figure_seed(results) == 2
+    assert report.figure_seed({"a": {1: None}}) is None
 
 
 def test_average_checkpoints_option_reaches_every_dampit_run(

@@ -1,0 +1,298 @@
+"""Speaker k-fold cross-validation (issue 20): the fold split of
+``prepare_folder``, and the pooled metrics, speaker bootstrap and paired
+tests of ``tools/kfold_stats.py`` with the ablation tool's k-fold mode.
+
+The statistics are checked against loops written here: EER and minDCF by
+scanning every threshold, bootstrap replicates by building the resampled
+trial list from copies of the drawn speakers, and p-values worked out by
+hand (exact Wilcoxon tail counts).
+"""
+
+import importlib.util
+import itertools
+import json
+import math
+import os
+import pathlib
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from dampit.dataio.prepare_folder import (
+    DataPreparationError,
+    prepare_folder,
+    read_csv,
+)
+from dampit.dataio.trials import read_scores, write_scores
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(
+        name, REPO / "tools" / f"{name}.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ks = _load_tool("kfold_stats")
+ra = _load_tool("run_ablation")
+
+
+def _tree(root, n_spk=25, n_utt=6):
+    for s in range(n_spk):
+        os.makedirs(root / f"spk{s:02d}")
+        for u in range(n_utt):
+            rng = np.random.default_rng(100 * s + u)
+            sig = 0.1 * rng.standard_normal(800 + 16 * u)
+            sf.write(root / f"spk{s:02d}" / f"u{u}.wav", sig, 16000)
+    return {f"spk{s:02d}" for s in range(n_spk)}
+
+
+def _speakers(path):
+    return {r["spk_id"] for r in read_csv(path)}
+
+
+def test_folds_disjoint_covering_and_absent_from_training(tmp_path):
+    data = tmp_path / "data"
+    speakers = _tree(data)
+    tests = []
+    for k in range(5):
+        res = prepare_folder(data, tmp_path / f"f{k}", n_folds=5, fold=k)
+        test = _speakers(res["test_csv"])
+        train = _speakers(res["train_csv"]) | _speakers(res["dev_csv"])
+        assert len(test) == 5 and set(res["test_speakers"]) == test
+        assert not test & train and test | train == speakers
+        assert res["n_train_speakers"] == 20
+        tests.append(test)
+    assert set().union(*tests) == speakers  # covering
+    for a, b in itertools.combinations(tests, 2):
+        assert not a & b  # disjoint
+    # Fold 0 of 5 is today's split with 5 test speakers: the same files.
+    default = prepare_folder(data, tmp_path / "d", n_test_speakers=5)
+    for name in ("train.csv", "dev.csv", "test.csv", "trials.txt"):
+        a = (tmp_path / "f0" / name).read_bytes()
+        assert a == (tmp_path / "d" / name).read_bytes()
+    assert default["n_test_speakers"] == 5
+    # 25 speakers in 4 folds: sizes 7, 6, 6, 6 (numpy's array_split).
+    sizes = [
+        prepare_folder(data, tmp_path / f"g{k}", n_folds=4, fold=k)[
+            "n_test_speakers"
+        ]
+        for k in range(4)
+    ]
+    assert sizes == [7, 6, 6, 6]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n_folds=5, fold=5), "fold=5"),
+        (dict(n_folds=5, fold=-1), "fold=-1"),
+        (dict(n_folds=25), "n_test_speakers=1 (fold 0 of n_folds=25)"),
+        (dict(n_valid_speakers=1), "n_valid_speakers=1"),
+    ],
+)
+def test_bad_fold_options_are_one_line_errors(tmp_path, kwargs, match):
+    data = tmp_path / "data"
+    _tree(data, n_spk=25, n_utt=6)
+    with pytest.raises(DataPreparationError, match=re.escape(match)) as err:
+        prepare_folder(data, tmp_path / "p", **kwargs)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "p" / "train.csv").exists()
+
+
+# ------------------------------------------------------------ statistics --
+
+
+def loop_eer_dcf(scores, labels, p_target=0.01):
+    """EER (%) as SpeechBrain's (closest point, lowest threshold on ties)
+    and normalised minDCF, by scanning every threshold."""
+    tar = [s for s, lab in zip(scores, labels) if lab == 1]
+    non = [s for s, lab in zip(scores, labels) if lab == 0]
+    best, dcf = None, math.inf
+    for t in [-math.inf] + sorted(set(scores)):
+        fnr = sum(s <= t for s in tar) / len(tar)
+        fpr = sum(s > t for s in non) / len(non)
+        if t != -math.inf and (best is None or abs(fpr - fnr) < best[0]):
+            best = (abs(fpr - fnr), (fpr + fnr) / 2)
+        dcf = min(dcf, p_target * fnr + (1 - p_target) * fpr)
+    return 100.0 * best[1], dcf / min(p_target, 1 - p_target)
+
+
+def _fold_trials(rng, speakers, shift):
+    """All same-speaker pairs of 3 utterances each and as many
+    different-speaker pairs; scores drawn around ``shift`` for targets."""
+    enrol, test, scores, labels = [], [], [], []
+    utts = [f"{s}/u{u}" for s in speakers for u in range(3)]
+    for a, b in itertools.combinations(utts, 2):
+        same = a.split("/")[0] == b.split("/")[0]
+        enrol.append(a)
+        test.append(b)
+        labels.append(int(same))
+        scores.append(float(rng.normal(shift if same else 0.0, 1.0)))
+    return enrol, test, np.array(scores), np.array(labels)
+
+
+def _score_files(tmp_path, shift, n_folds=2, seeds=(1, 2), tag="a"):
+    """``{(fold, seed): score file}`` of 3 speakers per fold."""
+    files = {}
+    for f in range(n_folds):
+        spk = [f"f{f}s{k}" for k in range(3)]
+        for s in seeds:
+            rng = np.random.default_rng([ord(tag), f, s])
+            e, t, sc, lab = _fold_trials(rng, spk, shift)
+            path = tmp_path / f"{tag}_{f}_{s}.txt"
+            write_scores(path, e, t, sc, lab)
+            files[f, s] = str(path)
+    return files
+
+
+def test_pooled_metrics_equal_a_plain_computation(tmp_path):
+    files = _score_files(tmp_path, shift=1.0)
+    runs = [ks.read_trials_scores(p) for p in files.values()]
+    enrol, test, scores, labels = ks.pool(runs)
+    plain_s, plain_l = [], []
+    for p in files.values():  # the score files concatenated, read by hand
+        for line in open(p):
+            e, t, lab, s = line.split()
+            plain_s.append(float(s))
+            plain_l.append(int(lab))
+    assert scores.tolist() == plain_s and labels.tolist() == plain_l
+    assert enrol[0] == "f0s0" and set(test) >= {"f1s2"}
+    eer, dcf = ks.metrics(scores, labels)
+    want = loop_eer_dcf(plain_s, plain_l)
+    assert eer == pytest.approx(want[0], abs=1e-9)
+    assert dcf == pytest.approx(want[1], abs=1e-9)
+    # The report's pooled row shows the same values.
+    row = ks.kfold_report({"x": files}, "x", n_boot=20).splitlines()[2]
+    assert row.startswith(f"| x | 4 / 4 | {want[0]:.2f} | [")
+    assert f"| {want[1]:.3f} | [" in row
+
+
+def test_bootstrap_weights_are_copies_of_the_drawn_speakers(tmp_path):
+    """Each replicate equals the metrics of a trial list built from
+    copies of the drawn speakers: a copy's own target trials, and the
+    non-target trials between copies of different speakers."""
+    files = _score_files(tmp_path, shift=1.5, seeds=(1,))
+    trials = ks.pool([ks.read_trials_scores(p) for p in files.values()])
+    strata = {f"f{f}s{k}": f for f in range(2) for k in range(3)}
+    speakers, counts = ks.speaker_draws(strata, 8, seed=3)
+    reps = ks.bootstrap(trials, speakers, counts)
+    enrol, test, scores, labels = trials
+    for r, m in enumerate(counts):
+        mult = dict(zip(speakers, m.tolist()))
+        s_list, l_list = [], []
+        for e, t, s, lab in zip(enrol, test, scores, labels):
+            copies = mult[e] if lab == 1 else mult[e] * mult[t]
+            s_list += [s] * copies
+            l_list += [int(lab)] * copies
+        if len(set(l_list)) < 2:
+            assert np.isnan(reps[r]).all()
+            continue
+        want = loop_eer_dcf(s_list, l_list)
+        assert reps[r] == pytest.approx(want, abs=1e-9)
+    # Draws stay inside each fold and keep its size.
+    for f in range(2):
+        cols = [k for k, s in enumerate(speakers) if strata[s] == f]
+        assert (counts[:, cols].sum(1) == 3).all()
+
+
+def test_bootstrap_reproducible_by_seed_and_interval_holds_point(tmp_path):
+    strata = {f"s{k}": k % 3 for k in range(12)}
+    a = ks.speaker_draws(strata, 50, seed=7)[1]
+    assert np.array_equal(a, ks.speaker_draws(strata, 50, seed=7)[1])
+    assert not np.array_equal(a, ks.speaker_draws(strata, 50, seed=8)[1])
+    files = _score_files(tmp_path, shift=1.0, n_folds=3)
+    report = ks.kfold_report({"x": files}, "x", n_boot=200, seed=1)
+    assert report == ks.kfold_report({"x": files}, "x", n_boot=200, seed=1)
+    other = ks.kfold_report({"x": files}, "x", n_boot=200, seed=2)
+    assert other != report
+    cells = [c.strip() for c in report.splitlines()[2].split("|")[1:-1]]
+    for value, ci in ((cells[2], cells[3]), (cells[4], cells[5])):
+        lo, hi = (float(x) for x in ci.strip("[]").split(","))
+        assert lo <= float(value) <= hi and lo < hi
+
+
+def test_paired_tests_known_answers(tmp_path):
+    # Wilcoxon, exact: 5 positive differences -> 2 / 2**5; differences
+    # 1..5 and -6: W- = 6, 14 of the 64 sign patterns have W <= 6.
+    assert ks.wilcoxon_p([2, 3, 4, 5, 6], [1] * 5) == pytest.approx(2 / 32)
+    d = [1, 2, 3, 4, 5, -6]
+    assert ks.wilcoxon_p(d, [0] * 6) == pytest.approx(2 * 14 / 64)
+    assert np.isnan(ks.wilcoxon_p([1, 2], [1, 2]))
+    # Paired bootstrap: a perfect system against its reversed scores is
+    # 100 points better in every replicate; against itself, 0.
+    good = _score_files(tmp_path, shift=50.0, tag="g")
+    bad = {}
+    for k, p in good.items():
+        e, t, s, lab = read_scores(p)
+        bad[k] = str(tmp_path / f"bad_{k[0]}_{k[1]}.txt")
+        write_scores(bad[k], e, t, -s, lab)
+    n_boot = 99
+    text = ks.kfold_report(
+        {"good": good, "bad": bad, "same": dict(good)}, "good", n_boot=n_boot
+    )
+    rows = {r.split(" | ")[0][2:]: r for r in text.splitlines() if " − " in r}
+    # Draws with a single distinct speaker in every fold have no
+    # non-target trial: no replicate; p = 2 / (replicates + 1).
+    strata = {f"f{f}s{k}": f for f in range(2) for k in range(3)}
+    m = ks.speaker_draws(strata, n_boot, seed=0)[1]
+    distinct = [(m[:, cols] > 0).sum(1) for cols in (slice(0, 3), slice(3, 6))]
+    n_ok = int(((distinct[0] > 1) | (distinct[1] > 1)).sum())
+    assert 90 < n_ok < n_boot
+    p = f"{2 / (n_ok + 1):.3f}"
+    bad_row = rows["bad − good"].split(" | ")
+    assert bad_row[1:5] == ["4", "+100.00", "[+100.00, +100.00]", p]
+    # minDCF(0.01): 1 (reject all) against 0.
+    assert bad_row[5:8] == ["+1.000", "[+1.000, +1.000]", p]
+    # Per run: 4 EERs of 100 against 4 of 0.
+    want = ks.wilcoxon_p([100.0] * 4, [0.0] * 4)
+    assert bad_row[-1].rstrip(" |") == f"{want:.3f}" and want < 0.2
+    same_row = rows["same − good"].split(" | ")
+    assert same_row[2:5] == ["+0.00", "[+0.00, +0.00]", "1.000"]
+    assert ks.bootstrap_p(np.full(n_boot, 1.0)) == pytest.approx(2 / 100)
+
+
+def _fake_kfold_run(run_dir, score_file, n_folds, fold):
+    (run_dir / "verification").mkdir(parents=True)
+    (run_dir / "prepared").mkdir()
+    rep = {"eer": 0.1, "min_dcf_0.01": 0.5, "min_dcf_0.05": 0.4}
+    summary = {f"trials/{s}": dict(rep) for s in ra.SCORINGS}
+    summary["trials/full_cosine"]["scores_txt"] = score_file
+    (run_dir / "verification" / "summary.json").write_text(json.dumps(summary))
+    opts = {"opts": {"n_folds": n_folds, "fold": fold}}
+    (run_dir / "prepared" / "prepare_opts.json").write_text(json.dumps(opts))
+
+
+def test_kfold_mode_reuses_finished_runs_and_writes_the_page(
+    tmp_path, shared_data, capsys
+):
+    out, page = tmp_path / "out", tmp_path / "R.md"
+    page.write_text("# R\n\n<!-- kfold:begin -->\nstale\n<!-- kfold:end -->\n")
+    files = {
+        "all_four": _score_files(tmp_path, 2.0, seeds=(1,), tag="a"),
+        "no_gates": _score_files(tmp_path, 1.0, seeds=(1,), tag="n"),
+    }
+    for config, per in files.items():
+        for (f, s), p in per.items():
+            _fake_kfold_run(out / config / f"fold{f}" / str(s), p, 2, f)
+    argv = ["--folds", "2", "--seeds", "1", "--configs", "all_four"]
+    argv += ["no_gates", "--out", str(out), "--results-md", str(page)]
+    argv += ["--bootstrap", "30", "--data", str(shared_data / "dspspeech")]
+    assert ra.main(argv) == 0  # nothing to train: every run is finished
+    printed = capsys.readouterr().out
+    assert "4 runs (2 configs x 2 folds x 1 seeds), 4 already done" in printed
+    text = page.read_text()
+    assert "stale" not in text and text.startswith("# R\n\n<!-- kfold:begin")
+    assert "| all four, no gates − all four (mini.yaml) | 2 |" in text
+    # A run prepared as another fold is refused, naming its file.
+    _fake_kfold_run(
+        out / "all_four" / "fold0" / "2", files["all_four"][0, 1], 2, 1
+    )
+    with pytest.raises(SystemExit, match="fold0/2/prepared"):
+        ra.main(argv[:3] + ["1", "2"] + argv[4:] + ["--report-only"])
