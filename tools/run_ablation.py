@@ -25,6 +25,8 @@ is trained once per fold and seed on the speakers of the other folds
 ``<out>/<config>/fold<k>/<seed>/``, and ``tools/kfold_stats.py`` pools
 the scores of all its runs (EER, minDCF, speaker-bootstrap intervals,
 paired differences from ``all_four``) into ``<!-- kfold:begin -->``.
+``--valid-speakers N`` makes every dampit run validate (select its
+checkpoints) on N training speakers of their own, seen in no training.
 """
 
 import argparse
@@ -191,11 +193,20 @@ def parse_args(argv):
     p.add_argument("--report-only", action="store_true", help="no training")
     p.add_argument("--folds", type=int, help="speaker k-fold mode: K folds")
     p.add_argument("--bootstrap", type=int, default=1000, help="k-fold draws")
+    p.add_argument(
+        "--valid-speakers",
+        type=int,
+        default=0,
+        help="n_valid_speakers of every dampit run (validation on unseen "
+        "speakers; a new --out)",
+    )
     args = p.parse_args(argv)
     kfold = "ablation_kfold" if args.folds else "ablation"
     args.out = args.out or os.path.join(REPO, "results", kfold)
     if args.folds is not None and args.folds < 2:
         p.error(f"--folds {args.folds}: at least 2")
+    if args.valid_speakers == 1 or args.valid_speakers < 0:
+        p.error(f"--valid-speakers {args.valid_speakers}: 0 or at least 2")
     if not os.path.isdir(args.data):
         p.error(f"--data {args.data}: no such folder")
     counts = (args.jobs, args.epochs, args.batches_per_epoch, args.bootstrap)
@@ -275,9 +286,11 @@ def main(argv=None):
     """Run the missing runs, then write the tables (and the figure)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     configs = ablation_configs()
-    if args.average_checkpoints is not None:
-        for overrides in configs.values():
+    for overrides in configs.values():
+        if args.average_checkpoints is not None:
             overrides["average_checkpoints"] = args.average_checkpoints
+        if args.valid_speakers:
+            overrides["n_valid_speakers"] = args.valid_speakers
     configs[BASELINE] = {}  # the template: its own checkpoint selection
     chosen = args.configs or list(configs)
     if set(chosen) - set(configs):

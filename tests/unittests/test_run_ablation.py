@@ -201,3 +201,19 @@ def test_average_checkpoints_option_reaches_every_dampit_run(
         assert has == (name != ra.BASELINE), (name, text)
     with pytest.raises(SystemExit):
         ra.main(common + ["--average-checkpoints", "0"])
+
+
+def test_valid_speakers_option_reaches_every_dampit_run(
+    tmp_path, shared_data, capsys
+):
+    argv = ["--report-only", "--out", str(tmp_path), "--results-md", ""]
+    argv += ["--data", str(shared_data / "dspspeech"), "--valid-speakers"]
+    ra.main(argv + ["3"])
+    lines = capsys.readouterr().out.splitlines()
+    configs = dict(ln.strip().split(": ", 1) for ln in lines if ln[:2] == "  ")
+    for name, text in configs.items():
+        has = "'n_valid_speakers': 3" in text
+        assert has == (name != ra.BASELINE), (name, text)
+    for bad in ("1", "-2"):
+        with pytest.raises(SystemExit):
+            ra.main(argv + [bad])
