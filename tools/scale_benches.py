@@ -87,8 +87,10 @@ def bench_prep(tmp, z, sources):
                 f"figure / soundfile.info of the same files (CPU s; goal "
                 f"<= 1.5: {verdict(p['cpu_s'] <= 1.5 * h['cpu_s'])}); wall "
                 f"{p['wall_s']:.1f} s; bare decode (soundfile.read) "
-                f"{h['decode_cpu_s']:.1f} s: preparation decodes every "
-                f"file (issue 16) over {h['audio_hours']:.1f} h",
+                f"{h['decode_cpu_s']:.1f} s in float32, "
+                f"{h['decode_int16_cpu_s']:.1f} s in int16 (the floor: "
+                "preparation decodes every file, issue 16, as int16 for "
+                f"PCM16) over {h['audio_hours']:.1f} h",
             )
         )
         rows.append(
