@@ -297,7 +297,11 @@ def main(argv=None):
         raise SystemExit(f"--configs: choose from {list(configs)}")
     configs = {k: v for k, v in configs.items() if k in chosen}
     with open(ECAPA_YAML, encoding="utf-8") as f:
-        if args.folds and BASELINE in configs and "\nn_folds:" not in f.read():
+        if (
+            args.folds
+            and BASELINE in configs
+            and "\nn_folds:" not in "\n" + f.read()
+        ):
             raise SystemExit(f"--folds: {ECAPA_YAML} has no n_folds key")
     threads = max(1, args.cores // args.jobs)
     folds = range(args.folds) if args.folds else [None]

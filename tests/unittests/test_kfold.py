@@ -296,3 +296,21 @@ def test_kfold_mode_reuses_finished_runs_and_writes_the_page(
     )
     with pytest.raises(SystemExit, match="fold0/2/prepared"):
         ra.main(argv[:3] + ["1", "2"] + argv[4:] + ["--report-only"])
+
+
+def test_kfold_mode_refuses_a_baseline_without_fold_keys(
+    tmp_path, shared_data, monkeypatch
+):
+    """A baseline YAML without an n_folds key would test every run on one
+    split: k-fold mode refuses it before any training."""
+    yaml = tmp_path / "ecapa_aam.yaml"
+    yaml.write_text("n_test_speakers: 5\nsplit_seed: 0\n")
+    monkeypatch.setattr(ra, "ECAPA_YAML", str(yaml))
+    argv = ["--folds", "5", "--configs", "all_four", ra.BASELINE]
+    argv += ["--out", str(tmp_path / "o"), "--results-md", ""]
+    argv += ["--data", str(shared_data / "dspspeech"), "--report-only"]
+    with pytest.raises(SystemExit, match="ecapa_aam.yaml has no n_folds"):
+        ra.main(argv)
+    assert not (tmp_path / "o").exists()
+    yaml.write_text("n_folds: null\nfold: 0\n")  # keys present: accepted
+    assert ra.main(argv) == 0
