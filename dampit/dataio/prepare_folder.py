@@ -39,7 +39,7 @@ CSV_FIELDS = ("ID", "duration", "wav", "start", "stop", "spk_id")
 OPTS_FILE = "prepare_opts.json"
 BAD_FILES = "bad_files.txt"
 DEV_FRACTION = 0.1
-_CHUNK = 4096  # files handed to the decoding threads at a time
+_CHUNK = 64  # files per thread job: a future (~2 KB) per 64 files
 
 
 class DataPreparationError(ValueError):
@@ -117,17 +117,21 @@ def check_files(paths, skip_bad, save_folder, where, bad=()):
     (1600, 16000)
     """
 
-    def one(path):
-        try:
-            return path, check_audio(path)
-        except AudioError as err:
-            return path, str(err)
+    def check(chunk):
+        out = []
+        for path in chunk:
+            try:
+                out.append((path, check_audio(path)))
+            except AudioError as err:
+                out.append((path, str(err)))
+        return out
 
+    jobs = [paths[s : s + _CHUNK] for s in range(0, len(paths), _CHUNK)]
     results, bar = [], tqdm(total=len(paths), disable=len(paths) < 5000)
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, bar:
-        for s in range(0, len(paths), _CHUNK):  # bounded number of futures
-            results += pool.map(one, paths[s : s + _CHUNK])
-            bar.update(len(results) - bar.n)
+        for part in pool.map(check, jobs):
+            results += part
+            bar.update(len(part))
     bad = list(bad) + [(p, r) for p, r in results if isinstance(r, str)]
     if bad:
         listing = os.path.join(save_folder, BAD_FILES)
