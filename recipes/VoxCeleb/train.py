@@ -165,14 +165,26 @@ def dataio_prep(hparams, data):
     def label_pipeline(spk_id):
         return label_encoder.encode_sequence_torch([spk_id])
 
+    # dev speakers may be unseen in training (n_valid_speakers): own labels
+    valid_encoder = sb.dataio.encoder.CategoricalEncoder()
+
+    @sb.utils.data_pipeline.takes("spk_id")
+    @sb.utils.data_pipeline.provides("spk_id_encoded")
+    def valid_label(spk_id):
+        return valid_encoder.encode_sequence_torch([spk_id])
+
     datasets = {}
-    for name, audio in (("train", train_audio), ("dev", valid_audio)):
+    for name, audio, labels in (
+        ("train", train_audio, label_pipeline),
+        ("dev", valid_audio, valid_label),
+    ):
         datasets[name] = sb.dataio.dataset.DynamicItemDataset.from_csv(
             data[name], replacements={"data_root": hparams["data_folder"]}
         )
         datasets[name].add_dynamic_item(audio)
-        datasets[name].add_dynamic_item(label_pipeline)
+        datasets[name].add_dynamic_item(labels)
         datasets[name].set_output_keys(["id", "sig", "spk_id_encoded"])
+    valid_encoder.update_from_didataset(datasets["dev"], output_key="spk_id")
     label_encoder.load_or_create(
         path=os.path.join(hparams["save_folder"], "label_encoder.txt"),
         from_didatasets=[datasets["train"]],

@@ -139,8 +139,8 @@ def prepare_data(hparams):
     Arguments
     ---------
     hparams : dict
-        Needs ``data_folder``, ``prep_folder``, ``n_test_speakers`` and
-        ``split_seed``.
+        Needs ``data_folder``, ``prep_folder``, ``n_test_speakers``,
+        ``split_seed``, ``n_folds`` and ``fold``.
 
     Returns
     -------
@@ -153,6 +153,8 @@ def prepare_data(hparams):
         save_folder=hparams["prep_folder"],
         n_test_speakers=hparams["n_test_speakers"],
         seed=hparams["split_seed"],
+        n_folds=hparams["n_folds"],
+        fold=hparams["fold"],
     )
 
 
