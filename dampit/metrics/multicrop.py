@@ -166,9 +166,9 @@ class ScoringVectors:
 
 
 def _disk_array(shape, dtype):
-    """An array in an unnamed temporary file (deleted when it is closed;
-    on POSIX nothing is left on disk even after a crash): ``[U, D]`` mean
-    vectors of Vox1-E (1.1 GB) must not take RAM."""
+    """An array in an unnamed temporary file in ``TMPDIR`` (a disk, not a
+    tmpfs; on POSIX nothing is left even after a crash): the ``[U, D]``
+    means of Vox1-E (1.1 GB) must not take RAM."""
     with tempfile.TemporaryFile(prefix="dampit_vectors_") as f:
         return np.memmap(f, dtype, "w+", shape=shape)
 
