@@ -70,6 +70,7 @@ class AnonPeak:
             self.peak = max(self.peak, status_mb("RssAnon"))
 
     def stop(self):
+        """Stop sampling; return the peak RssAnon in MB."""
         self._stop.set()
         self._thread.join()
         return max(self.peak, status_mb("RssAnon"))
