@@ -49,13 +49,27 @@ def pad_batch(wavs, hop_length=None):
     >>> b.shape, lens.tolist()
     (torch.Size([2, 4]), [1.0, 0.5])
     """
-    n = [int(w.numel()) for w in wavs]
-    batch = torch.zeros(len(wavs), max(n))
+    n = torch.tensor([int(w.numel()) for w in wavs])
+    batch = torch.zeros(len(wavs), int(n.max()))
     for i, w in enumerate(wavs):
         batch[i, : n[i]] = w
     if hop_length:
-        n = [1 + k // hop_length for k in n]
-    return batch, torch.tensor([k / max(n) for k in n])
+        return batch, frame_lengths(n, int(n.max()), hop_length)
+    return batch, n / n.max()
+
+
+def frame_lengths(n, total, hop_length):
+    """Relative lengths ``(1 + n // hop) / (1 + total // hop)`` of items of
+    ``n`` samples padded to ``total``: they count the centred STFT frames,
+    so that a padded item embeds as it would alone (the one frame-length
+    helper).
+
+    Example
+    -------
+    >>> frame_lengths(torch.tensor([320, 100]), 320, 160).tolist()
+    [1.0, 0.3333333432674408]
+    """
+    return (1 + torch.as_tensor(n) // hop_length) / (1 + total // hop_length)
 
 
 @torch.no_grad()

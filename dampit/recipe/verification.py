@@ -19,6 +19,7 @@ from tqdm import tqdm
 from dampit.dataio.audio import load_audio
 from dampit.dataio.crops import eval_crops
 from dampit.dataio.trials import read_trials
+from dampit.inference.extract import frame_lengths
 from dampit.metrics import multicrop
 from dampit.metrics.asnorm import as_norm
 from dampit.metrics.embedding_store import EmbeddingStore, EmbeddingStoreWriter
@@ -119,8 +120,8 @@ def embed(embed_fn, loader, hop_length, device, stores=None, progress=True):
         for batch in tqdm(loader, desc="embedding", disable=not progress):
             wavs, rel = batch.sig
             if hop_length:
-                n = 1 + torch.round(rel * wavs.shape[1]).long() // hop_length
-                rel = n / (1 + wavs.shape[1] // hop_length)
+                n = torch.round(rel * wavs.shape[1]).long()
+                rel = frame_lengths(n, wavs.shape[1], hop_length)
             add(0, run(wavs, rel))
             ids += batch.id
             if getattr(batch, "crops", None) is not None:
