@@ -63,12 +63,11 @@ def load_test_weights(checkpointer, hparams, out):
 
 def utterance_loader(hparams, csv_path, ids, n_crops=0):
     """A DataLoader of the utterances ``ids`` of a prepared manifest,
-    sorted by duration: ``id``, ``sig`` (whole) and, with ``n_crops``,
-    ``crops`` (evenly spaced, of ``test_crop_frames``); ``test_batch_size``
-    and ``num_workers`` from ``hparams``."""
-    sr, crop = int(hparams["sample_rate"]), None
-    if n_crops:
-        crop = (int(hparams["test_crop_frames"]) - 1) * hparams["hop_length"]
+    sorted by duration: ``id`` and ``sig`` (whole); ``test_batch_size``
+    and ``num_workers`` from ``hparams``. Its ``crops``, ``(n_crops, crop
+    samples of test_crop_frames)`` or None, tell :func:`embed` to cut
+    the evenly spaced crops from each batch."""
+    sr = int(hparams["sample_rate"])
     data = sb.dataio.dataset.DynamicItemDataset.from_csv(
         csv_path, replacements={"data_root": hparams["data_folder"]}
     )
@@ -77,24 +76,28 @@ def utterance_loader(hparams, csv_path, ids, n_crops=0):
     )
 
     @sb.utils.data_pipeline.takes("wav", "start", "stop")
-    @sb.utils.data_pipeline.provides("sig", "crops")
+    @sb.utils.data_pipeline.provides("sig")
     def audio(wav, start, stop):
-        sig = load_audio(wav, sr, start=int(start), stop=int(stop))
-        yield sig
-        yield eval_crops(sig, max(1, n_crops), crop)
+        return load_audio(wav, sr, start=int(start), stop=int(stop))
 
     data.add_dynamic_item(audio)
-    data.set_output_keys(["id", "sig"] + (["crops"] if n_crops else []))
-    return sb.dataio.dataloader.make_dataloader(
+    data.set_output_keys(["id", "sig"])
+    loader = sb.dataio.dataloader.make_dataloader(
         data,
         batch_size=int(hparams["test_batch_size"]),
         num_workers=int(hparams["num_workers"]),
     )
+    loader.crops = None
+    if n_crops:
+        crop = (int(hparams["test_crop_frames"]) - 1) * hparams["hop_length"]
+        loader.crops = (n_crops, crop)
+    return loader
 
 
 @torch.no_grad()
 def embed(embed_fn, loader, hop_length, device, stores=None, progress=True):
-    """``(ids, [U, D] whole, [U, n_crops, D] crops or None)`` of a loader.
+    """``(ids, [U, D] whole, [U, n_crops, D] crops or None)`` of a loader
+    (:func:`utterance_loader`; crops as its ``crops`` say).
 
     ``embed_fn(wavs [B, N], lens [B]) -> [B, 1, D]``. With ``hop_length``,
     padded utterances get frame-exact lengths ``(1 + n // hop) / (1 + N //
@@ -103,6 +106,7 @@ def embed(embed_fn, loader, hop_length, device, stores=None, progress=True):
     back memory-mapped.
     """
     ids, rows, writers = [], ([], []), [None, None]
+    crops = getattr(loader, "crops", None)
 
     def run(wavs, lens):
         emb = embed_fn(wavs.to(device), lens.to(device))
@@ -119,18 +123,15 @@ def embed(embed_fn, loader, hop_length, device, stores=None, progress=True):
     try:
         for batch in tqdm(loader, desc="embedding", disable=not progress):
             wavs, rel = batch.sig
+            n = torch.round(rel * wavs.shape[1]).long()
             if hop_length:
-                n = torch.round(rel * wavs.shape[1]).long()
                 rel = frame_lengths(n, wavs.shape[1], hop_length)
             add(0, run(wavs, rel))
             ids += batch.id
-            if getattr(batch, "crops", None) is not None:
-                cuts = batch.crops.data
-                emb = run(
-                    cuts.flatten(0, 1),
-                    torch.ones(cuts.shape[0] * cuts.shape[1]),
-                )
-                add(1, emb.reshape(cuts.shape[0], cuts.shape[1], -1))
+            if crops:
+                cuts = [eval_crops(w[:m], *crops) for w, m in zip(wavs, n)]
+                emb = run(torch.cat(cuts), torch.ones(len(n) * crops[0]))
+                add(1, emb.reshape(len(n), crops[0], -1))
     except BaseException:
         for w in writers:
             w is not None and w.abort()

@@ -1,6 +1,7 @@
 """The verification data path (issue 17 item 4): test utterances through
 DynamicItemDataset and a DataLoader with workers embed as each would
-alone; the crops are the evenly spaced ones; stores hold the same rows.
+alone; the crops, cut from each padded batch, are the evenly spaced
+ones; stores hold the same rows.
 
 Real speech (dspspeech), the recipe's mini network (``mini_brain``); the
 expected embeddings are computed here one utterance at a time.
@@ -70,3 +71,8 @@ def test_batched_loader_embeds_each_utterance_as_alone(
     again = embed(brain.compute_embeddings, loader, hop, "cpu", None, False)
     np.testing.assert_array_equal(again[1], np.asarray(full))
     np.testing.assert_array_equal(again[2], np.asarray(crops))
+    plain = utterance_loader(hp, str(path), ids)  # whole utterances only
+    assert plain.crops is None and loader.crops == (3, crop)
+    alone = embed(brain.compute_embeddings, plain, hop, "cpu", None, False)
+    assert alone[0] == got_ids and alone[2] is None
+    np.testing.assert_array_equal(alone[1], np.asarray(full))
