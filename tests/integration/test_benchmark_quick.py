@@ -93,13 +93,17 @@ def _run(args, env=None, timeout=900):
 
 @pytest.fixture(scope="module")
 def quick_run(shared_data, tmp_path_factory):
-    """One ``--quick`` run of every benchmark: (Markdown, JSON, process)."""
+    """One ``--quick`` run of every benchmark but the scale one (tested in
+    test_bench_scale.py): (Markdown, JSON, process)."""
     out = tmp_path_factory.mktemp("bench")
     env = dict(os.environ, DAMPIT_DATA=str(shared_data))
     proc = _run(
         [
             "--quick",
             "--no-progress",
+            # the scale section has its own test (test_bench_scale.py)
+            "--only",
+            ",".join(EXPECTED),
             "--out",
             str(out / "B.md"),
             "--json",
