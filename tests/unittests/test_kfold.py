@@ -8,13 +8,13 @@ trial list from copies of the drawn speakers, and p-values worked out by
 hand (exact Wilcoxon tail counts).
 """
 
-import importlib.util
 import itertools
 import json
 import math
 import os
 import pathlib
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -28,19 +28,9 @@ from dampit.dataio.prepare_folder import (
 from dampit.dataio.trials import read_scores, write_scores
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        name, REPO / "tools" / f"{name}.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ks = _load_tool("kfold_stats")
-ra = _load_tool("run_ablation")
+sys.path.insert(0, str(REPO / "tools"))
+import kfold_stats as ks  # noqa: E402
+import run_ablation as ra  # noqa: E402
 
 
 def _tree(root, n_spk=25, n_utt=6):
