@@ -368,18 +368,7 @@ def run(quick):
 
 
 def main(argv=None):
-    """Command line: print the rows.
-
-    Arguments
-    ---------
-    argv : list of str, optional
-        Arguments (default: ``sys.argv[1:]``).
-
-    Returns
-    -------
-    list of dict
-        The rows.
-    """
+    """Print the rows of ``run`` (``--quick``: small sizes); return them."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes")
     args = parser.parse_args(argv)

@@ -110,20 +110,7 @@ def pair_loop(crops, enrol_idx, test_idx):
 
 
 def trial_matmul_loop(crops, enrol_idx, test_idx):
-    """Mean of the crop-pair dot products, one matrix product per trial.
-
-    Arguments
-    ---------
-    crops : numpy.ndarray
-        [U, C, D] crop embeddings.
-    enrol_idx, test_idx : numpy.ndarray
-        Trial rows.
-
-    Returns
-    -------
-    numpy.ndarray
-        float64 scores.
-    """
+    """:func:`pair_loop`'s float64 scores, one matrix product per trial."""
     out = np.empty(len(enrol_idx))
     for k, (e, t) in enumerate(zip(enrol_idx, test_idx)):
         out[k] = float((crops[e] @ crops[t].T).mean(dtype=np.float64))
