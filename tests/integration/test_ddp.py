@@ -37,17 +37,22 @@ def test_recipe_trains_with_two_gloo_processes(shared_data, tmp_path):
         str(REPO / "recipes/VoxCeleb/hparams/mini.yaml"),
         f"--data_folder={shared_data / 'dspspeech'}",
         f"--output_folder={out}",
-        "--distributed_backend=gloo",
         "--debug",
-        "--debug_batches=2",
-        "--debug_epochs=1",
-        "--num_workers=0",
         "--noprogressbar",
-        "--depth=18",
-        "--base_width=8",
-        "--P=4",
-        "--n_test_crops=1",
-        "--valid_pairs=500",
+        *(
+            f"--{k}={v}"
+            for k, v in dict(
+                distributed_backend="gloo",
+                debug_batches=2,
+                debug_epochs=1,
+                num_workers=0,
+                depth=18,
+                base_width=8,
+                P=4,
+                n_test_crops=1,
+                valid_pairs=500,
+            ).items()
+        ),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(

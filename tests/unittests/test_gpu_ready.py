@@ -18,7 +18,6 @@ import math
 import os
 import pathlib
 import re
-import subprocess
 import sys
 
 import pytest
@@ -211,36 +210,16 @@ def test_recipe_brain_channels_last_switch():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_recipe_runs_with_bf16_and_channels_last(shared_data, tmp_path):
+def test_recipe_runs_with_bf16_and_channels_last(
+    shared_data, tmp_path, run_recipe
+):
     """One debug epoch (2 batches) of the mini recipe, bf16 autocast."""
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        str(RECIPE / "train.py"),
-        str(RECIPE / "hparams" / "mini.yaml"),
-        f"--data_folder={shared_data / 'dspspeech'}",
-        f"--output_folder={out}",
-        "--debug",
-        "--debug_batches=2",
-        "--debug_epochs=1",
-        "--batches_per_epoch=2",
-        "--num_workers=0",
-        "--valid_pairs=500",
-        "--noprogressbar",
-        "--P=4",
-        "--K=2",
-        "--depth=18",
-        "--base_width=8",
-        "--emb_dim=64",
-        "--n_test_crops=2",
-        "--test_after_training=False",
-        "--precision=bf16",
-        "--eval_precision=bf16",
-        "--channels_last=True",
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(
-        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    flags = "debug_batches=2 batches_per_epoch=2 num_workers=0 depth=18"
+    flags += " valid_pairs=500 base_width=8 emb_dim=64 n_test_crops=2"
+    flags += " precision=bf16 eval_precision=bf16 channels_last=True"
+    proc = run_recipe(
+        shared_data / "dspspeech", out, *(f"--{f}" for f in flags.split())
     )
     logs = proc.stdout + proc.stderr
     assert proc.returncode == 0, logs[-4000:]
