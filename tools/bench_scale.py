@@ -94,6 +94,8 @@ def measure(mode, workdir=None, only=None):
     """The benchmarks (``only``: those named) at ``mode``'s sizes:
     ``(rows, raw results)``; a failing one is recorded with its error."""
     z, rows, raw = SIZES[mode], [], {"mode": mode}
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=workdir, prefix="scale_") as tmp:
         sources = make_sources(str(sb.DATA), os.path.join(tmp, "src"))
         for name, bench in BENCHES:

@@ -13,6 +13,7 @@ offset of any size (1e-30 included). A quiet but varying signal (speech at
 channels are, so an inverted stereo pair (``L = -R``) is not.
 """
 
+import math
 import os
 import warnings
 
@@ -32,6 +33,11 @@ MIN_DURATION = 0.025
 _INT_DTYPES = {"PCM_S8": "int16", "PCM_U8": "int16", "PCM_16": "int16"}
 _INT_DTYPES.update(PCM_24="int32", PCM_32="int32")
 _BLOCK = 2**17  # frames per block of check_audio: 8 s at 16 kHz
+#: Full scale of the integer dtypes; in an uncompressed container (which
+#: libsndfile reads to its last whole frame) a channel whose peak-to-peak
+#: exceeds SILENCE x full scale proves the file is not silent.
+_FULL_SCALE = {"int16": 2.0**15, "int32": 2.0**31}
+_PLAIN = ("WAV", "WAVEX", "W64", "RF64", "AIFF")
 
 
 class AudioError(ValueError):
@@ -171,9 +177,15 @@ def read_crop(path, n, sample_rate=16000, start=0, stop=None):
 
 
 def check_audio(path, min_duration=MIN_DURATION):
-    """Decode a whole file and return ``(frames, rate)`` if training can use
-    it: readable, finite, not silent, at least ``min_duration`` seconds.
-    Integer PCM is decoded in blocks as integers (it cannot hold NaN).
+    """Return ``(frames, rate)`` if training can use ``path``: readable,
+    finite, not silent, at least ``min_duration`` seconds.
+
+    Integer PCM is decoded as integers, in blocks that double from 4,096
+    frames. A compressed file (FLAC, OGG, ...) or a float one is decoded
+    to its end: corruption or NaN may sit anywhere. Integer PCM in a plain
+    container (WAV, AIFF, ...) cannot hold NaN, its length is its header's
+    (libsndfile reads a truncated one to its last whole frame), so the
+    decode stops at the first block that proves a channel is not constant.
 
     Example
     -------
@@ -189,30 +201,39 @@ def check_audio(path, min_duration=MIN_DURATION):
     path = os.fspath(path)
     try:
         with sf.SoundFile(path) as f:
-            sr, frames = f.samplerate, f.frames
+            sr, frames, channels = f.samplerate, f.frames, f.channels
             dtype = _INT_DTYPES.get(f.subtype, "float32")
+            plain = f.format in _PLAIN and dtype in _FULL_SCALE
+            loud = SILENCE * _FULL_SCALE[dtype] if plain else np.inf
             lo = hi = None
-            while True:  # per channel: reducing [N, C] over axis 0 is slow
-                block = f.read(_BLOCK, dtype, always_2d=True)
+            n, sound, finite = 4096, False, True
+            while not sound:  # per channel: reducing [N, C] is slow
+                block = np.frombuffer(f.buffer_read(n, dtype), dtype)
                 if len(block) == 0:
                     break
-                b_lo = np.array([c.min() for c in block.T])
-                b_hi = np.array([c.max() for c in block.T])
-                lo = b_lo if lo is None else np.minimum(lo, b_lo)
-                hi = b_hi if hi is None else np.maximum(hi, b_hi)
-                if len(block) < _BLOCK:
+                block = block.reshape(-1, channels).T
+                b_lo = [float(c.min()) for c in block]
+                b_hi = [float(c.max()) for c in block]
+                finite = finite and all(map(math.isfinite, b_lo + b_hi))
+                lo = b_lo if lo is None else list(map(min, lo, b_lo))
+                hi = b_hi if hi is None else list(map(max, hi, b_hi))
+                sound = any(h - low > loud for low, h in zip(lo, hi))
+                if block.shape[1] < n:
                     break
+                n = min(2 * n, _BLOCK)
     except (RuntimeError, sf.LibsndfileError, ValueError, OSError) as err:
         raise _open_error(path, err) from err
     if lo is None:
         raise AudioError(f"audio file has no samples: {path}")
-    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
-        raise AudioError(f"audio file holds NaN or inf samples: {path}")
     if frames < min_duration * sr:
         raise AudioError(
             f"audio file too short: {path} lasts {frames / sr:.3f} s, "
             f"less than {min_duration} s"
         )
+    if sound:
+        return frames, sr
+    if not finite:
+        raise AudioError(f"audio file holds NaN or inf samples: {path}")
     if _constant(lo, hi):
         raise AudioError(f"audio file is silent: {path}")
     return frames, sr

@@ -14,7 +14,7 @@ copies of it; the lengths are in samples (3 s at 16 kHz = 48000).
 
 import torch
 
-__all__ = ["repeat_to_length", "random_crop", "eval_crops"]
+__all__ = ["repeat_to_length", "random_crop", "eval_crops", "crop_views"]
 
 
 def _check(wav, n, fn):
@@ -135,6 +135,20 @@ def eval_crops(wav, n_crops=10, n=48000):
     tensor([[1., 2., 1.],
             [1., 2., 1.]])
     """
+    return torch.stack(crop_views(wav, n_crops, n))
+
+
+def crop_views(wav, n_crops=10, n=48000):
+    """The crops of :func:`eval_crops` as a list of views of ``wav`` (of
+    its repetition if shorter than ``n``): stacking the views of a whole
+    batch copies each sample once.
+
+    Example
+    -------
+    >>> w = torch.arange(10.0)
+    >>> [v.data_ptr() - w.data_ptr() for v in crop_views(w, 3, 4)]
+    [0, 12, 24]
+    """
     wav, n = _check(wav, n, "eval_crops")
     if int(n_crops) != n_crops or n_crops < 1:
         raise ValueError(f"eval_crops: n_crops={n_crops} must be >= 1")
@@ -148,4 +162,4 @@ def eval_crops(wav, n_crops=10, n=48000):
         starts = torch.round(
             torch.arange(n_crops, dtype=torch.float64) * span / (n_crops - 1)
         ).long()
-    return torch.stack([wav[s : s + n] for s in starts.tolist()])
+    return [wav[s : s + n] for s in starts.tolist()]

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from dampit.dataio.audio import load_audio
-from dampit.dataio.crops import eval_crops
+from dampit.dataio.crops import crop_views
 
 __all__ = ["embed_utterances", "pad_batch"]
 
@@ -157,8 +157,10 @@ def embed_utterances(
             emb = run([wavs[k] for k in order])
             rows.append(emb[np.argsort(order)])
         if n_crops:
-            crops = [eval_crops(w, n_crops, crop_samples) for w in wavs]
-            emb = run(list(torch.cat(crops)))
+            crops = [
+                c for w in wavs for c in crop_views(w, n_crops, crop_samples)
+            ]
+            emb = run(crops)
             crop_rows.append(emb.reshape(len(wavs), n_crops, -1))
     full_emb = np.concatenate(rows) if full and rows else None
     crop_emb = np.concatenate(crop_rows) if n_crops and crop_rows else None

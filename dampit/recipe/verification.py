@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from dampit.dataio.audio import load_audio
-from dampit.dataio.crops import eval_crops
+from dampit.dataio.crops import crop_views
 from dampit.dataio.trials import read_trials
 from dampit.inference.extract import frame_lengths
 from dampit.metrics import multicrop
@@ -106,11 +106,11 @@ def embed(embed_fn, loader, hop_length, device, stores=None, progress=True):
     back memory-mapped.
     """
     ids, rows, writers = [], ([], []), [None, None]
-    crops = getattr(loader, "crops", None)
+    crops, buf = getattr(loader, "crops", None), torch.empty(0)
 
-    def run(wavs, lens):
-        emb = embed_fn(wavs.to(device), lens.to(device))
-        return emb.reshape(len(wavs), -1).float().cpu().numpy()
+    def run(wavs, lens):  # a copy: the crop buffer is reused
+        emb = embed_fn(wavs, lens.to(device))
+        return np.array(emb.reshape(len(wavs), -1).float().cpu())
 
     def add(k, emb):
         if stores is None:
@@ -126,11 +126,19 @@ def embed(embed_fn, loader, hop_length, device, stores=None, progress=True):
             n = torch.round(rel * wavs.shape[1]).long()
             if hop_length:
                 rel = frame_lengths(n, wavs.shape[1], hop_length)
+            wavs = wavs.to(device)  # the crops are cut on the device
             add(0, run(wavs, rel))
             ids += batch.id
-            if crops:
-                cuts = [eval_crops(w[:m], *crops) for w, m in zip(wavs, n)]
-                emb = run(torch.cat(cuts), torch.ones(len(n) * crops[0]))
+            if crops:  # a stack of views into one reused buffer
+                cuts = [
+                    c
+                    for w, m in zip(wavs, n)
+                    for c in crop_views(w[:m], *crops)
+                ]
+                if len(buf) < len(cuts) or buf.device != wavs.device:
+                    buf = wavs.new_empty(len(cuts), crops[1])
+                cuts = torch.stack(cuts, out=buf[: len(cuts)])
+                emb = run(cuts, torch.ones(len(cuts)))
                 add(1, emb.reshape(len(n), crops[0], -1))
     except BaseException:
         for w in writers:

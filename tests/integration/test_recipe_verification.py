@@ -76,3 +76,26 @@ def test_batched_loader_embeds_each_utterance_as_alone(
     alone = embed(brain.compute_embeddings, plain, hop, "cpu", None, False)
     assert alone[0] == got_ids and alone[2] is None
     np.testing.assert_array_equal(alone[1], np.asarray(full))
+
+
+def test_crop_buffer_reuse_keeps_every_batch(manifest, mini_brain):
+    """The crops of each batch are stacked into one reused buffer: with
+    batches of 2, 2 and 1 and an ``embed_fn`` that returns a view of its
+    input (the first 8 samples), every row still holds its own crops,
+    equal to ``eval_crops`` of the utterance read alone."""
+    path, files = manifest
+    _, hp = mini_brain()
+    hp.update(num_workers=0, test_batch_size=2)
+    ids = {f"u{k}" for k in range(5)}
+    loader = utterance_loader(hp, str(path), ids, n_crops=3)
+    first = lambda w, _: w[:, None, :8]  # noqa: E731  (a view)
+    got_ids, full, crops = embed(first, loader, None, "cpu", None, False)
+    assert len(loader) == 3 and sorted(got_ids) == sorted(ids)
+    for row, uid in enumerate(got_ids):
+        k = int(uid[1:])
+        n = sf.info(files[k]).frames
+        start, stop = (0, n) if k % 3 else (n // 4, n - n // 5)
+        wav = load_audio(files[k], 16000, start=start, stop=stop)
+        np.testing.assert_array_equal(full[row], wav[:8].numpy())
+        want = eval_crops(wav, 3, loader.crops[1])[:, :8]
+        np.testing.assert_array_equal(crops[row], want.numpy())

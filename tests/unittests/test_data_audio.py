@@ -158,3 +158,62 @@ def test_missing_and_empty_files_named(tmp_path):
             with pytest.raises(AudioError, match=why) as err:
                 read(path)
             assert str(path) in str(err.value)
+
+
+def _full_decode_verdict(path):
+    """The reference: decode the whole file in float64, then the rules
+    (frames, NaN, silence) of the module docstring, with no early stop."""
+    try:
+        data, sr = sf.read(str(path), dtype="float64", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError) as err:
+        return f"unreadable: {err}"
+    if not np.isfinite(data).all():
+        return "NaN"
+    ptp, peak = np.ptp(data, axis=0), np.abs(data).max(axis=0)
+    if (ptp <= 1e-6 * peak).all():
+        return "silent"
+    return (len(data), sr)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_32"])
+def test_early_stop_agrees_with_a_full_decode(subtype, shared_data, tmp_path):
+    """check_audio stops reading a plain integer WAV at the first block
+    that varies; its verdict on real speech, with leading silence of every
+    length around the block edges, a large DC offset with sub-threshold
+    ripple and a truncated file, equals a full decode's."""
+    files = sorted((shared_data / "dspspeech").glob("*/*.wav"))[:6]
+    rng = np.random.default_rng(0)
+    cases = []
+    for i, f in enumerate(files):
+        wav = sf.read(str(f))[0]
+        lead = [0, 4095, 4096, 12288, 2**17 + 1][i % 5]
+        cases.append(np.r_[np.zeros(lead), wav])
+    offset = np.full(40000, 0.9)
+    offset[::7] += 2.0**-23  # 1 LSB of 24 bits: "constant" next to 0.9
+    cases += [offset, np.r_[np.zeros(30000), 0.9, np.zeros(3)]]
+    for k, data in enumerate(cases):
+        path = tmp_path / f"c{k}.wav"
+        sf.write(str(path), data, 16000, subtype=subtype)
+        try:
+            got = check_audio(path)
+        except AudioError as err:
+            got = "silent" if "silent" in str(err) else str(err)
+        assert got == _full_decode_verdict(path), (k, subtype)
+    path = tmp_path / "cut.wav"
+    sf.write(str(path), cases[0], 16000, subtype=subtype)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2 + 1 + int(rng.integers(0, 3))])
+    assert check_audio(path) == _full_decode_verdict(path)
+
+
+def test_compressed_files_decoded_to_the_end(speech, tmp_path):
+    """A FLAC cut in half opens and starts with sound, yet its second half
+    cannot be decoded: check_audio reads it to the end and refuses it."""
+    path = tmp_path / "cut.flac"
+    sf.write(str(path), np.tile(speech, 4), 16000)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    assert sf.info(str(path)).frames == 4 * len(speech)
+    with pytest.raises(AudioError, match="cannot read") as err:
+        check_audio(path)
+    assert str(path) in str(err.value)
