@@ -141,10 +141,15 @@ def read_run(run_dir, config):
         scoring: {k: float(rep[k]) * (100.0 if k == "eer" else 1) for k in keys}
         for scoring, rep in reports.items()
     }
-    scores = reports["full_cosine"].get("scores_txt")
-    if scores and not os.path.isabs(scores):
-        scores = os.path.join(REPO, scores)
-    out["scores"] = scores if scores and os.path.isfile(scores) else None
+    out["score_files"] = {}
+    for scoring, rep in reports.items():
+        path = rep.get("scores_txt")
+        if path and not os.path.isabs(path):
+            path = os.path.join(REPO, path)
+        out["score_files"][scoring] = (
+            path if path and os.path.isfile(path) else None
+        )
+    out["scores"] = out["score_files"]["full_cosine"]
     return out
 
 
@@ -236,8 +241,8 @@ def run_all(jobs, n_parallel):
     return failed
 
 
-def fold_scores(run_dir, config, n_folds, fold):
-    """The full-cosine score file of a finished k-fold run (None: not
+def fold_scores(run_dir, config, n_folds, fold, scoring="full_cosine"):
+    """The ``scoring`` score file of a finished k-fold run (None: not
     finished); a run not prepared as fold ``fold`` of ``n_folds`` (a
     script that ignores the keys) is refused."""
     r = read_run(run_dir, config)
@@ -248,7 +253,7 @@ def fold_scores(run_dir, config, n_folds, fold):
         opts = json.load(f)["opts"]
     if (opts.get("n_folds"), opts.get("fold")) != (n_folds, fold):
         raise SystemExit(f"{path}: not prepared as fold {fold} of {n_folds}")
-    return r["scores"]
+    return r["score_files"].get(scoring)
 
 
 def write_kfold(args, configs, run_dir):
@@ -263,6 +268,19 @@ def write_kfold(args, configs, run_dir):
         for c in configs
     }
     tables = kfold_report(files, "all_four", LABELS, args.bootstrap)
+    if "all_four" in configs:  # issue 20 item 5: the scorings compared
+        runs = [(run_dir["all_four", f, s], f) for f, s in files["all_four"]]
+        scorings = {
+            f"all_four/{m}": {
+                k: fold_scores(d, "all_four", args.folds, f, m)
+                for k, (d, f) in zip(files["all_four"], runs)
+            }
+            for m in SCORINGS
+        }
+        names = {f"all_four/{m}": f"all four, {m}" for m in SCORINGS}
+        tables += "\n\n" + kfold_report(
+            scorings, "all_four/full_cosine", names, args.bootstrap
+        )
     print(tables)
     if not args.results_md:
         return

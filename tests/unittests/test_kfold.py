@@ -253,7 +253,8 @@ def _fake_kfold_run(run_dir, score_file, n_folds, fold):
     (run_dir / "prepared").mkdir()
     rep = {"eer": 0.1, "min_dcf_0.01": 0.5, "min_dcf_0.05": 0.4}
     summary = {f"trials/{s}": dict(rep) for s in ra.SCORINGS}
-    summary["trials/full_cosine"]["scores_txt"] = score_file
+    for scoring in ra.SCORINGS:  # the same scores for each: a zero row
+        summary[f"trials/{scoring}"]["scores_txt"] = score_file
     (run_dir / "verification" / "summary.json").write_text(json.dumps(summary))
     opts = {"opts": {"n_folds": n_folds, "fold": fold}}
     (run_dir / "prepared" / "prepare_opts.json").write_text(json.dumps(opts))
@@ -280,6 +281,10 @@ def test_kfold_mode_reuses_finished_runs_and_writes_the_page(
     text = page.read_text()
     assert "stale" not in text and text.startswith("# R\n\n<!-- kfold:begin")
     assert "| all four, no gates − all four (mini.yaml) | 2 |" in text
+    # The scorings of all_four: the fake runs give every scoring the same
+    # scores, so each difference from full cosine is exactly 0.
+    row = "| all four, multicrop_dot − all four, full_cosine | 2 | +0.00 |"
+    assert row in text
     # A run prepared as another fold is refused, naming its file.
     _fake_kfold_run(
         out / "all_four" / "fold0" / "2", files["all_four"][0, 1], 2, 1
