@@ -156,10 +156,8 @@ def crop_views(wav, n_crops=10, n=48000):
     if wav.numel() < n:
         wav = repeat_to_length(wav, n)
     span = wav.numel() - n
+    d = max(n_crops - 1, 1)  # round(): half to even, as torch.round
+    starts = [round(i * span / d) for i in range(n_crops)]
     if n_crops == 1:
-        starts = torch.tensor([span // 2], dtype=torch.long)
-    else:
-        starts = torch.round(
-            torch.arange(n_crops, dtype=torch.float64) * span / (n_crops - 1)
-        ).long()
-    return [wav[s : s + n] for s in starts.tolist()]
+        starts = [span // 2]
+    return [wav[s : s + n] for s in starts]

@@ -157,10 +157,8 @@ def embed_utterances(
             emb = run([wavs[k] for k in order])
             rows.append(emb[np.argsort(order)])
         if n_crops:
-            crops = [
-                c for w in wavs for c in crop_views(w, n_crops, crop_samples)
-            ]
-            emb = run(crops)
+            crops = [crop_views(w, n_crops, crop_samples) for w in wavs]
+            emb = run([c for views in crops for c in views])
             crop_rows.append(emb.reshape(len(wavs), n_crops, -1))
     full_emb = np.concatenate(rows) if full and rows else None
     crop_emb = np.concatenate(crop_rows) if n_crops and crop_rows else None

@@ -130,12 +130,9 @@ def embed(embed_fn, loader, hop_length, device, stores=None, progress=True):
             add(0, run(wavs, rel))
             ids += batch.id
             if crops:  # a stack of views into one reused buffer
-                cuts = [
-                    c
-                    for w, m in zip(wavs, n)
-                    for c in crop_views(w[:m], *crops)
-                ]
-                if len(buf) < len(cuts) or buf.device != wavs.device:
+                cuts = [crop_views(w[:m], *crops) for w, m in zip(wavs, n)]
+                cuts = [c for views in cuts for c in views]
+                if len(buf) < len(cuts):  # the first batch is a full one
                     buf = wavs.new_empty(len(cuts), crops[1])
                 cuts = torch.stack(cuts, out=buf[: len(cuts)])
                 emb = run(cuts, torch.ones(len(cuts)))
