@@ -65,7 +65,7 @@ def aggregate(results):
         entry = {"n": len(done), "seeds": list(done)}
         entry["missing"] = sorted(s for s, r in per_seed.items() if r is None)
         for scoring in sorted(
-            {k for r in done.values() for k in r} - {"scores"}
+            {k for r in done.values() for k in r} - {"scores", "score_files"}
         ):
             entry[scoring] = {}
             for metric in sorted(
