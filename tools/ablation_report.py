@@ -176,6 +176,32 @@ def plot_det_overlay(curves, path, title):
     plt.close(fig)
 
 
+def plot_intervals(rows, path, title):
+    """Pooled EERs and their differences from the reference, each with its
+    95 % interval (``{"pooled": [...], "diffs": [...]}`` of
+    ``kfold_stats.kfold_report``), side by side, written to ``path``."""
+    panels = [(k, rows[k]) for k in ("pooled", "diffs") if rows[k]]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(11, 3.6), dpi=80, layout="constrained"
+    )
+    for ax, (kind, items) in zip(np.atleast_1d(axes), panels):
+        y = np.arange(len(items))[::-1]
+        v, lo, hi = (np.array([r[i] for r in items]) for i in (1, 2, 3))
+        ax.errorbar(v, y, xerr=[v - lo, hi - v], fmt="o", capsize=3)
+        names = [r[0].split(" − ")[0] for r in items]  # diffs: "a − ref"
+        ax.set_yticks(y, names, fontsize=7.5)
+        label = "pooled EER (%)"
+        if kind == "diffs":
+            ax.axvline(0.0, color="0.5", lw=0.8, ls=":")
+            label = f"ΔEER minus {items[0][0].split(' − ')[1]} (points)"
+        ax.set_xlabel(label + ", 95 % interval", fontsize=8.5)
+        ax.grid(True, axis="x", ls="--", lw=0.5, color="0.85")
+    fig.suptitle(title, fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+
+
 def figure_seed(results):
     """The smallest seed with the most runs done (None: none done).
 

@@ -162,12 +162,16 @@ def fold_strata(runs):
     return strata
 
 
-def kfold_report(files, reference, labels=None, n_boot=1000, seed=0):
+def kfold_report(files, reference, labels=None, n_boot=1000, seed=0, out=None):
     """Markdown tables of the pooled metrics (with speaker-bootstrap 95 %
     intervals) of ``files`` (``{config: {(fold, seed): score file or
     None}}``) and of each configuration's paired difference from
-    ``reference`` (on the runs both have)."""
+    ``reference`` (on the runs both have). ``out`` (a dict) receives the
+    EER rows for a figure: ``pooled`` and ``diffs``, lists of ``(label,
+    value, low, high)``."""
     labels = labels or {}
+    out = {} if out is None else out
+    out["pooled"], out["diffs"] = [], []
     runs = {
         c: {k: read_trials_scores(p) for k, p in per.items() if p}
         for c, per in files.items()
@@ -199,6 +203,7 @@ def kfold_report(files, reference, labels=None, n_boot=1000, seed=0):
         ]
         if keys:
             (eer, dcf), reps = stats(config, keys)
+            out["pooled"].append((row[0], eer, *interval(reps[:, 0])))
             for v, col, d in ((eer, 0, 2), (dcf, 1, 3)):
                 lo, hi = interval(reps[:, col])
                 row += [f"{v:.{d}f}", f"[{lo:.{d}f}, {hi:.{d}f}]"]
@@ -222,6 +227,8 @@ def kfold_report(files, reference, labels=None, n_boot=1000, seed=0):
         for col, d in ((0, 2), (1, 3)):
             diff = ra[:, col] - rb[:, col]
             lo, hi = interval(diff)
+            if col == 0:
+                out["diffs"].append((name, pa[0] - pb[0], lo, hi))
             row += [
                 f"{pa[col] - pb[col]:+.{d}f}",
                 f"[{lo:+.{d}f}, {hi:+.{d}f}]",

@@ -44,6 +44,7 @@ from ablation_report import (  # noqa: E402  (tools/ on the path)
     MARKS,
     aggregate,
     markdown_table,
+    plot_intervals,
     replace_section,
     write_page,
 )
@@ -267,7 +268,8 @@ def write_kfold(args, configs, run_dir):
         }
         for c in configs
     }
-    tables = kfold_report(files, "all_four", LABELS, args.bootstrap)
+    rows = [{}, {}]  # the two tables' EER rows, for the figures
+    tables = kfold_report(files, "all_four", LABELS, args.bootstrap, 0, rows[0])
     if "all_four" in configs:  # issue 20 item 5: the scorings compared
         runs = [(run_dir["all_four", f, s], f) for f, s in files["all_four"]]
         scorings = {
@@ -279,12 +281,18 @@ def write_kfold(args, configs, run_dir):
         }
         names = {f"all_four/{m}": f"all four, {m}" for m in SCORINGS}
         tables += "\n\n" + kfold_report(
-            scorings, "all_four/full_cosine", names, args.bootstrap
+            scorings, "all_four/full_cosine", names, args.bootstrap, 0, rows[1]
         )
     print(tables)
     if not args.results_md:
         return
     page = args.results_md
+    pngs = ("kfold_eer.png", "kfold_scorings.png")
+    for png, r, what in zip(pngs, rows, ("configurations", "scorings")):
+        if r:
+            path = os.path.join(os.path.dirname(page), "results", png)
+            plot_intervals(r, path, f"Speaker k-fold: {what}")
+            tables += f"\n\n![k-fold {what}](results/{png})"
     text = open(page, encoding="utf-8").read() if os.path.isfile(page) else ""
     section = (
         f"{tables}\n\nSpeaker {args.folds}-fold cross-validation, seeds "

@@ -285,6 +285,9 @@ def test_kfold_mode_reuses_finished_runs_and_writes_the_page(
     # scores, so each difference from full cosine is exactly 0.
     row = "| all four, multicrop_dot − all four, full_cosine | 2 | +0.00 |"
     assert row in text
+    for png in ("kfold_eer.png", "kfold_scorings.png"):  # real PNGs
+        assert f"(results/{png})" in text
+        assert (tmp_path / "results" / png).read_bytes()[:4] == b"\x89PNG"
     # A run prepared as another fold is refused, naming its file.
     _fake_kfold_run(
         out / "all_four" / "fold0" / "2", files["all_four"][0, 1], 2, 1
