@@ -26,7 +26,14 @@ is trained once per fold and seed on the speakers of the other folds
 the scores of all its runs (EER, minDCF, speaker-bootstrap intervals,
 paired differences from ``all_four``) into ``<!-- kfold:begin -->``.
 ``--valid-speakers N`` makes every dampit run validate (select its
-checkpoints) on N training speakers of their own, seen in no training.
+checkpoints) on N training speakers of their own, seen in no training;
+``--set KEY=VALUE ...`` gives every dampit run any other override. Each
+such variant goes to an ``--out`` of its own, and ``--compare LABEL=DIR
+...`` pools one configuration's k-fold runs in each of those folders
+(paired differences from the first)::
+
+    python tools/run_ablation.py --folds 5 --seeds 1 --configs all_four \
+        --compare mini=results/ablation_kfold speed=results/speed
 """
 
 import argparse
@@ -36,6 +43,8 @@ import os
 import subprocess
 import sys
 import time
+
+import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -206,6 +215,20 @@ def parse_args(argv):
         help="n_valid_speakers of every dampit run (validation on unseen "
         "speakers; a new --out)",
     )
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of every dampit run (YAML values; a new --out)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="LABEL=DIR",
+        help="k-fold: print the pooled table of the one --configs entry "
+        "over the --out folders DIR (the first is the reference)",
+    )
     args = p.parse_args(argv)
     kfold = "ablation_kfold" if args.folds else "ablation"
     args.out = args.out or os.path.join(REPO, "results", kfold)
@@ -215,6 +238,15 @@ def parse_args(argv):
         p.error(f"--valid-speakers {args.valid_speakers}: 0 or at least 2")
     if not os.path.isdir(args.data):
         p.error(f"--data {args.data}: no such folder")
+    for opt, items in (("--set", args.set), ("--compare", args.compare)):
+        for item in items or []:
+            if "=" not in item or not item.split("=", 1)[0]:
+                p.error(f"{opt} {item}: KEY=VALUE expected")
+    if args.compare and not (args.folds and len(args.configs or []) == 1):
+        p.error("--compare: needs --folds and one --configs entry")
+    args.set = {
+        k: yaml.safe_load(v) for k, v in (i.split("=", 1) for i in args.set)
+    }
     counts = (args.jobs, args.epochs, args.batches_per_epoch, args.bootstrap)
     n_avg = args.average_checkpoints
     if min(*counts, 1 if n_avg is None else n_avg) < 1:
@@ -308,11 +340,35 @@ def write_kfold(args, configs, run_dir):
     print(f"[run_ablation] wrote {page}", flush=True)
 
 
+def compare_outs(args):
+    """Print the pooled k-fold table of one configuration's runs in
+    several ``--out`` folders (``--compare LABEL=DIR ...``)."""
+    config = args.configs[0]
+    outs = dict(item.split("=", 1) for item in args.compare)
+    files = {
+        label: {
+            (f, s): fold_scores(
+                os.path.join(out, config, f"fold{f}", str(s)),
+                config,
+                args.folds,
+                f,
+            )
+            for f in range(args.folds)
+            for s in args.seeds
+        }
+        for label, out in outs.items()
+    }
+    print(kfold_report(files, next(iter(outs)), None, args.bootstrap))
+
+
 def main(argv=None):
     """Run the missing runs, then write the tables (and the figure)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.compare:
+        return compare_outs(args) or 0
     configs = ablation_configs()
     for overrides in configs.values():
+        overrides.update(args.set)
         if args.average_checkpoints is not None:
             overrides["average_checkpoints"] = args.average_checkpoints
         if args.valid_speakers:

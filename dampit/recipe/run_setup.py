@@ -118,14 +118,12 @@ def start_run(argv):
         atexit.register(lock.release)
     run_on_main(prepare_data, kwargs={"hp": plain})
     data = prepare_data(plain)  # every rank reads the cached result
-    if data["n_train_speakers"] != plain["n_speakers"]:
-        logger.info(
-            "n_speakers=%d: the training speakers (%s says %s)",
-            data["n_train_speakers"],
-            hparams_file,
-            plain["n_speakers"],
-        )
-    merged["n_speakers"] = data["n_train_speakers"]
+    # the training speakers, and a copy of them per speed_speakers speed
+    n = data["n_train_speakers"] * (1 + len(plain.get("speed_speakers") or []))
+    if n != plain["n_speakers"]:
+        msg = "n_speakers=%d: the training speakers (%s says %s)"
+        logger.info(msg, n, hparams_file, plain["n_speakers"])
+    merged["n_speakers"] = n
     with open(base_file, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f, merged)
     return types.SimpleNamespace(

@@ -22,10 +22,11 @@ import random
 import numpy as np
 import speechbrain as sb
 import torch
+from speechbrain.augment.time_domain import Resample
 from speechbrain.utils.distributed import if_main_process
 
 from dampit.dataio.audio import load_audio, read_crop
-from dampit.dataio.crops import eval_crops
+from dampit.dataio.crops import eval_crops, repeat_to_length
 from dampit.dataio.sampler import PKSampler
 from dampit.lobes.resnet import load_torchvision_weights
 from dampit.recipe.run_setup import RecipeError, run_script, start_run
@@ -139,18 +140,44 @@ class MultiMetricBrain(sb.Brain):
         )
 
 
+def speed_speakers(dataset, speeds):
+    """WeSpeaker's speed perturbation: every training utterance once per
+    speed in percent (100 and ``speeds``), a speed other than 100 as an
+    utterance of a new speaker ``<spk_id>@sp<speed>``."""
+    rows = {}
+    for speed in [100, *speeds]:
+        tag = "" if speed == 100 else f"@sp{speed}"
+        for uid, row in dataset.data.items():
+            spk = row["spk_id"] + tag
+            rows[uid + tag] = {**row, "spk_id": spk, "speed": speed}
+    return sb.dataio.dataset.DynamicItemDataset(rows)
+
+
 def dataio_prep(hparams, data):
     """Train and valid DynamicItemDatasets and the speaker label encoder.
 
     Training items are random crops of ``crop_samples`` (short files are
-    repeated), validation items one centred crop.
+    repeated), of the speakers made by ``speed_speakers`` too; validation
+    items one centred crop.
     """
     sr, crop = int(hparams["sample_rate"]), int(hparams["crop_samples"])
+    speeds = list(hparams.get("speed_speakers") or [])
+    for s in speeds:
+        if not isinstance(s, int) or s == 100 or not 50 <= s <= 200:
+            raise RecipeError(
+                f"speed_speakers={speeds}: {s} is not a "
+                "percentage in 50..200 other than 100"
+            )
+    resample = {s: Resample(orig_freq=s, new_freq=100) for s in speeds}
 
-    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+    @sb.utils.data_pipeline.takes("wav", "start", "stop", "speed")
     @sb.utils.data_pipeline.provides("sig")
-    def train_audio(wav, start, stop):
-        return read_crop(wav, crop, sr, start=int(start), stop=int(stop))
+    def train_audio(wav, start, stop, speed):
+        n = crop * speed // 100  # resampled by 100 / speed: ~crop samples
+        sig = read_crop(wav, n, sr, start=int(start), stop=int(stop))
+        if speed != 100:
+            sig = repeat_to_length(resample[speed](sig[None])[0], crop)
+        return sig[:crop]
 
     @sb.utils.data_pipeline.takes("wav", "start", "stop")
     @sb.utils.data_pipeline.provides("sig")
@@ -181,6 +208,8 @@ def dataio_prep(hparams, data):
         datasets[name] = sb.dataio.dataset.DynamicItemDataset.from_csv(
             data[name], replacements={"data_root": hparams["data_folder"]}
         )
+        if name == "train":
+            datasets[name] = speed_speakers(datasets[name], speeds)
         datasets[name].add_dynamic_item(audio)
         datasets[name].add_dynamic_item(labels)
         datasets[name].set_output_keys(["id", "sig", "spk_id_encoded"])

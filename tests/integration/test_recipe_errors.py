@@ -3,6 +3,7 @@ refused before any work (issue 16 item 7); a full disk while saving a
 checkpoint names the checkpoint folder."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -55,6 +56,33 @@ def test_fewer_speakers_than_p(tmp_path, synthetic_corpus, run_recipe):
     proc = run_recipe(synthetic_corpus, tmp_path / "run", "--P=16")
     err = _one_line_error(proc)
     assert "16" in err and str(synthetic_corpus) in err
+
+
+def test_speed_speakers_train_as_new_classes(
+    tmp_path, synthetic_corpus, run_recipe
+):
+    """speed_speakers [90, 110] on 8 training speakers: 24 classes in
+    the label encoder and the softmax; a speed of 100 is
+    refused in one line."""
+    out = tmp_path / "run"
+    proc = run_recipe(synthetic_corpus, out, "--speed_speakers=[90, 110]")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    labels = (out / "save" / "label_encoder.txt").read_text()
+    entries = labels.split("=" * 16)[0].splitlines()  # then starting_index
+    speakers = {ln.split("'")[1] for ln in entries if "=>" in ln}
+    plain = {s for s in speakers if "@" not in s}
+    assert len(plain) == 8 and len(speakers) == 24
+    assert speakers == {
+        f"{s}{t}" for s in plain for t in ("", "@sp90", "@sp110")
+    }
+    # The YAML the modules were built from (saved by SpeechBrain).
+    saved = (out / "hyperparams.yaml").read_text()
+    assert re.findall(r"n_classes: (\d+)", saved) == ["24"]
+    assert re.search(r"^n_speakers: 24 ", saved, re.M)
+    proc = run_recipe(
+        synthetic_corpus, tmp_path / "r2", "--speed_speakers=[100]"
+    )
+    assert "speed_speakers=[100]: 100 is not" in _one_line_error(proc)
 
 
 _FULL_DISK = textwrap.dedent(

@@ -24,6 +24,7 @@ tiny and fp16-max batches in float32 and fp16 forward passes
 
 import csv
 import importlib.util
+import itertools
 import os
 import pathlib
 import sys
@@ -45,6 +46,7 @@ from dampit.losses import (
     TripletLoss,
     paper_multi_metric_loss,
 )
+from dampit.recipe.run_setup import RecipeError
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -286,12 +288,13 @@ def _manifest(path, rows):
     return str(path)
 
 
-def _datasets(recipe_train, tmp_path, train_rows, dev_rows, crop=16000):
+def _datasets(recipe_train, tmp_path, train_rows, dev_rows, crop=16000, **hp):
     hparams = {
         "sample_rate": 16000,
         "crop_samples": crop,
         "data_folder": str(tmp_path),
         "save_folder": str(tmp_path / "save"),
+        **hp,
     }
     os.makedirs(hparams["save_folder"], exist_ok=True)
     csvs = {
@@ -353,6 +356,31 @@ def test_training_crops_of_other_rates_are_full_length(
     energy = np.convolve(ref**2, np.ones(crop), mode="valid")
     ncc = dots / np.sqrt(energy * (sig @ sig) + 1e-12)
     assert ncc.max() > 0.99, ncc.max()
+
+
+def test_speed_speakers_are_new_speakers_at_the_new_pitch(
+    recipe_train, tmp_path
+):
+    """speed_speakers [90, 110]: every utterance three times, under three
+    speakers; a 1 kHz tone comes out at 1000 * speed / 100 Hz (closed
+    form of resampling by 100 / speed), each crop crop_samples long."""
+    t = np.arange(48000) / 16000
+    path = _write(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 1000 * t))
+    rows = [[f"s{k}/a", 3.0, str(path), 0, 48000, f"s{k}"] for k in (1, 2)]
+    train, _, enc = _datasets(
+        recipe_train, tmp_path, rows, rows, speed_speakers=[90, 110]
+    )
+    assert len(train) == 6 and len(enc) == 6
+    for k, speed in itertools.product((1, 2), (100, 90, 110)):
+        tag = "" if speed == 100 else f"@sp{speed}"
+        item = train.data_ids.index(f"s{k}/a{tag}")
+        sig = train[item]["sig"].numpy()
+        assert sig.shape == (16000,)
+        peak = np.argmax(np.abs(np.fft.rfft(sig * np.hanning(16000))))
+        assert abs(peak - 10 * speed) <= 1, (speed, peak)  # 1 Hz bins
+        assert enc.decode_ndim(train[item]["spk_id_encoded"][0]) == f"s{k}{tag}"
+    with pytest.raises(RecipeError, match=r"speed_speakers=\[90, 100\]"):
+        _datasets(recipe_train, tmp_path, rows, rows, speed_speakers=[90, 100])
 
 
 # ---------------------------------------------------- degenerate losses

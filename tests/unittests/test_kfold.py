@@ -312,3 +312,40 @@ def test_kfold_mode_refuses_a_baseline_without_fold_keys(
     assert not (tmp_path / "o").exists()
     yaml.write_text("n_folds: null\nfold: 0\n")  # keys present: accepted
     assert ra.main(argv) == 0
+
+
+def test_compare_pools_one_config_over_several_out_folders(
+    tmp_path, shared_data, capsys
+):
+    """--compare LABEL=DIR: the runs of one configuration in each folder,
+    pooled as the k-fold mode pools configurations (first: reference)."""
+    files = {
+        "a": _score_files(tmp_path, 2.0, seeds=(1,), tag="a"),
+        "b": _score_files(tmp_path, 0.5, seeds=(1,), tag="b"),
+    }
+    for tag, per in files.items():
+        for (f, s), p in per.items():
+            run = tmp_path / tag / "all_four" / f"fold{f}" / str(s)
+            _fake_kfold_run(run, p, 2, f)
+    argv = ["--folds", "2", "--seeds", "1", "--configs", "all_four"]
+    argv += ["--data", str(shared_data / "dspspeech"), "--bootstrap", "20"]
+    compare = ["--compare", f"sharp={tmp_path / 'a'}", f"dull={tmp_path / 'b'}"]
+    assert ra.main(argv + compare) == 0
+    rows = {
+        r.split(" | ")[0][2:]: r.split(" | ")
+        for r in capsys.readouterr().out.splitlines()
+        if r.startswith("| ")
+    }
+    pooled = {}
+    for tag, label in (("a", "sharp"), ("b", "dull")):
+        trials = ks.pool(
+            [ks.read_trials_scores(p) for p in files[tag].values()]
+        )
+        pooled[label] = loop_eer_dcf(trials[2].tolist(), trials[3].tolist())
+        assert rows[label][1:3] == ["2 / 2", f"{pooled[label][0]:.2f}"]
+    diff = pooled["dull"][0] - pooled["sharp"][0]
+    assert diff > 10 and rows["dull − sharp"][2] == f"{diff:+.2f}"
+    assert not (tmp_path / "a" / "all_four" / "fold0" / "2").exists()
+    for bad in (["--compare", "x"], compare + ["--configs", "a", "b"]):
+        with pytest.raises(SystemExit):
+            ra.main(argv + bad)

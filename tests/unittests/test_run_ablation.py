@@ -217,3 +217,20 @@ def test_valid_speakers_option_reaches_every_dampit_run(
     for bad in ("1", "-2"):
         with pytest.raises(SystemExit):
             ra.main(argv + [bad])
+
+
+def test_set_option_reaches_every_dampit_run(tmp_path, shared_data, capsys):
+    """--set KEY=VALUE: YAML values, on every dampit config's command
+    line, not the template's; a missing '=' is refused."""
+    argv = ["--report-only", "--out", str(tmp_path), "--results-md", ""]
+    argv += ["--data", str(shared_data / "dspspeech"), "--set"]
+    ra.main(argv + ["speed_speakers=[90, 110]", "rir_folder=/r", "x=null"])
+    lines = capsys.readouterr().out.splitlines()
+    configs = dict(ln.strip().split(": ", 1) for ln in lines if ln[:2] == "  ")
+    want = "'speed_speakers': [90, 110], 'rir_folder': '/r', 'x': None"
+    for name, text in configs.items():
+        assert (want in text) == (name != ra.BASELINE), (name, text)
+    cmd = ra.run_command("c", {"speed_speakers": [90, 110]}, 1, "d", "o", 1, 1)
+    assert cmd[-1] == "--speed_speakers=[90, 110]"
+    with pytest.raises(SystemExit):
+        ra.main(argv + ["speed_speakers"])
