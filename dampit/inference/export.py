@@ -288,7 +288,9 @@ def _check(folder, target):
     except ModelFolderError as err:
         raise ExportError(str(err).replace(folder, target)) from None
     with tempfile.TemporaryDirectory(prefix="dampit-check-") as tmp:
-        sb = EncoderClassifier.from_hparams(source=folder, savedir=tmp)
+        sb = EncoderClassifier.from_hparams(  # on the CPU, as load_model
+            source=folder, savedir=tmp, run_opts={"device": "cpu"}
+        )
     gen = torch.Generator().manual_seed(0)
     n = (int(1.3 * model.sample_rate), int(0.9 * model.sample_rate))
     wavs = [0.1 * torch.randn(k, generator=gen) for k in n]

@@ -214,6 +214,7 @@ def dataio_prep(hparams, data):
         datasets[name].add_dynamic_item(labels)
         datasets[name].set_output_keys(["id", "sig", "spk_id_encoded"])
     valid_encoder.update_from_didataset(datasets["dev"], output_key="spk_id")
+    valid_encoder.expect_len(len(valid_encoder))
     label_encoder.load_or_create(
         path=os.path.join(hparams["save_folder"], "label_encoder.txt"),
         from_didatasets=[datasets["train"]],
