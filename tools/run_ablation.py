@@ -5,7 +5,7 @@ budget) over several seeds, plus the template's stock ECAPA-TDNN + AAM,
 then writes a table (EER, minDCF: mean and spread) and a DET figure::
 
     python tools/run_ablation.py --seeds 1 2 3 --jobs 2 \\
-        --epochs 5 --batches-per-epoch 23 --average-checkpoints 1
+        --epochs 5 --batches-per-epoch 23 --set average_checkpoints=1
 
 (RESULTS.md's budget; by default ``mini.yaml``'s 12 epochs of 20 batches).
 
@@ -25,10 +25,10 @@ is trained once per fold and seed on the speakers of the other folds
 ``<out>/<config>/fold<k>/<seed>/``, and ``tools/kfold_stats.py`` pools
 the scores of all its runs (EER, minDCF, speaker-bootstrap intervals,
 paired differences from ``all_four``) into ``<!-- kfold:begin -->``.
-``--valid-speakers N`` makes every dampit run validate (select its
-checkpoints) on N training speakers of their own, seen in no training;
-``--set KEY=VALUE ...`` gives every dampit run any other override. Each
-such variant goes to an ``--out`` of its own, and ``--compare LABEL=DIR
+``--set KEY=VALUE ...`` gives every dampit run (not the template) more
+overrides, e.g. ``n_valid_speakers=4``: validation (checkpoint selection)
+on 4 training speakers of their own, seen in no training. Each such
+variant goes to an ``--out`` of its own, and ``--compare LABEL=DIR
 ...`` pools one configuration's k-fold runs in each of those folders
 (paired differences from the first)::
 
@@ -200,21 +200,9 @@ def parse_args(argv):
     p.add_argument(
         "--figure", default=os.path.join(RECIPE, "results", "ablation_det.png")
     )
-    p.add_argument(
-        "--average-checkpoints",
-        type=int,
-        help="average_checkpoints of every dampit run (default: mini.yaml's)",
-    )
     p.add_argument("--report-only", action="store_true", help="no training")
     p.add_argument("--folds", type=int, help="speaker k-fold mode: K folds")
     p.add_argument("--bootstrap", type=int, default=1000, help="k-fold draws")
-    p.add_argument(
-        "--valid-speakers",
-        type=int,
-        default=0,
-        help="n_valid_speakers of every dampit run (validation on unseen "
-        "speakers; a new --out)",
-    )
     p.add_argument(
         "--set",
         nargs="+",
@@ -234,8 +222,6 @@ def parse_args(argv):
     args.out = args.out or os.path.join(REPO, "results", kfold)
     if args.folds is not None and args.folds < 2:
         p.error(f"--folds {args.folds}: at least 2")
-    if args.valid_speakers == 1 or args.valid_speakers < 0:
-        p.error(f"--valid-speakers {args.valid_speakers}: 0 or at least 2")
     if not os.path.isdir(args.data):
         p.error(f"--data {args.data}: no such folder")
     for opt, items in (("--set", args.set), ("--compare", args.compare)):
@@ -248,8 +234,7 @@ def parse_args(argv):
         k: yaml.safe_load(v) for k, v in (i.split("=", 1) for i in args.set)
     }
     counts = (args.jobs, args.epochs, args.batches_per_epoch, args.bootstrap)
-    n_avg = args.average_checkpoints
-    if min(*counts, 1 if n_avg is None else n_avg) < 1:
+    if min(counts) < 1:
         p.error("counts (--jobs, --epochs...) must be at least 1")
     return args
 
@@ -369,10 +354,6 @@ def main(argv=None):
     configs = ablation_configs()
     for overrides in configs.values():
         overrides.update(args.set)
-        if args.average_checkpoints is not None:
-            overrides["average_checkpoints"] = args.average_checkpoints
-        if args.valid_speakers:
-            overrides["n_valid_speakers"] = args.valid_speakers
     configs[BASELINE] = {}  # the template: its own checkpoint selection
     chosen = args.configs or list(configs)
     if set(chosen) - set(configs):
