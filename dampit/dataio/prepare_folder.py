@@ -174,7 +174,7 @@ def check_training_split(train, dev, where, min_speakers):
     if usable < max(2, min_speakers):
         raise DataPreparationError(
             f"{where}: {usable} training speaker(s) with 2 or more training "
-            f"utterances; at least {max(2, min_speakers)} needed (P speakers "
+            f"utterances; at least {max(2, min_speakers)} needed (P classes "
             "per batch): add speakers or lower P"
         )
 

@@ -63,10 +63,12 @@ def check_arguments(hp, hparams_file):
 
 def prepare_data(hp):
     """Write (once) the manifests and trial lists of ``data_layout``
-    "voxceleb" or "folder" (at least ``P`` training speakers); return
+    "voxceleb" or "folder" (at least ``P`` training classes); return
     ``train``, ``dev``, ``test`` (manifests), ``trials`` (name -> file) and
-    ``n_train_speakers``."""
-    common = dict(skip_bad=hp["skip_bad_files"], min_speakers=int(hp["P"]))
+    ``n_classes``: the training speakers, a copy per ``speed_speakers``."""
+    copies = 1 + len(hp.get("speed_speakers") or [])
+    p = -(-int(hp["P"]) // copies)  # speakers that make P classes
+    common = dict(skip_bad=hp["skip_bad_files"], min_speakers=p)
     if hp["data_layout"] == "voxceleb":
         vox = [os.path.join(hp["data_folder"], hp[k]) for k in VOX_KEYS]
         s = prepare_voxceleb(
@@ -94,7 +96,7 @@ def prepare_data(hp):
         "dev": s["dev_csv"],
         "test": s["test_csv"],
         "trials": trials if isinstance(trials, dict) else {"trials": trials},
-        "n_train_speakers": s["n_train_speakers"],
+        "n_classes": s["n_train_speakers"] * copies,
     }
 
 
@@ -118,12 +120,10 @@ def start_run(argv):
         atexit.register(lock.release)
     run_on_main(prepare_data, kwargs={"hp": plain})
     data = prepare_data(plain)  # every rank reads the cached result
-    # the training speakers, and a copy of them per speed_speakers speed
-    n = data["n_train_speakers"] * (1 + len(plain.get("speed_speakers") or []))
+    merged["n_speakers"] = n = data["n_classes"]
     if n != plain["n_speakers"]:
-        msg = "n_speakers=%d: the training speakers (%s says %s)"
+        msg = "n_speakers=%d: the training classes (%s says %s)"
         logger.info(msg, n, hparams_file, plain["n_speakers"])
-    merged["n_speakers"] = n
     with open(base_file, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f, merged)
     return types.SimpleNamespace(

@@ -62,10 +62,12 @@ def test_speed_speakers_train_as_new_classes(
     tmp_path, synthetic_corpus, run_recipe
 ):
     """speed_speakers [90, 110] on 8 training speakers: 24 classes in
-    the label encoder and the softmax; a speed of 100 is
-    refused in one line."""
+    the label encoder and the softmax, enough for P=16 (8 speakers alone
+    are not, above) but not for P=25; a speed of 100 is refused in one
+    line."""
     out = tmp_path / "run"
-    proc = run_recipe(synthetic_corpus, out, "--speed_speakers=[90, 110]")
+    speeds = "--speed_speakers=[90, 110]"
+    proc = run_recipe(synthetic_corpus, out, speeds, "--P=16")
     assert proc.returncode == 0, proc.stderr[-2000:]
     labels = (out / "save" / "label_encoder.txt").read_text()
     entries = labels.split("=" * 16)[0].splitlines()  # then starting_index
@@ -83,6 +85,11 @@ def test_speed_speakers_train_as_new_classes(
         synthetic_corpus, tmp_path / "r2", "--speed_speakers=[100]"
     )
     assert "speed_speakers=[100]: 100 is not" in _one_line_error(proc)
+    proc = run_recipe(synthetic_corpus, tmp_path / "r3", speeds, "--P=25")
+    assert (
+        "8 training speaker(s) with 2 or more training utterances; "
+        "at least 9 needed" in _one_line_error(proc)
+    )
 
 
 _FULL_DISK = textwrap.dedent(
