@@ -325,18 +325,21 @@ def write_kfold(args, configs, run_dir):
     print(f"[run_ablation] wrote {page}", flush=True)
 
 
+def run_path(out, config, fold, seed):
+    """``<out>/<config>[/fold<fold>]/<seed>``: one run's output folder."""
+    sub = [] if fold is None else [f"fold{fold}"]
+    return os.path.join(out, config, *sub, str(seed))
+
+
 def compare_outs(args):
     """Print the pooled k-fold table of one configuration's runs in
     several ``--out`` folders (``--compare LABEL=DIR ...``)."""
     config = args.configs[0]
-    outs = dict(item.split("=", 1) for item in args.compare)
+    outs = dict(item.rsplit("=", 1) for item in args.compare)
     files = {
         label: {
             (f, s): fold_scores(
-                os.path.join(out, config, f"fold{f}", str(s)),
-                config,
-                args.folds,
-                f,
+                run_path(out, config, f, s), config, args.folds, f
             )
             for f in range(args.folds)
             for s in args.seeds
@@ -344,13 +347,14 @@ def compare_outs(args):
         for label, out in outs.items()
     }
     print(kfold_report(files, next(iter(outs)), None, args.bootstrap))
+    return 0
 
 
 def main(argv=None):
     """Run the missing runs, then write the tables (and the figure)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.compare:
-        return compare_outs(args) or 0
+        return compare_outs(args)
     configs = ablation_configs()
     for overrides in configs.values():
         overrides.update(args.set)
@@ -369,9 +373,7 @@ def main(argv=None):
     threads = max(1, args.cores // args.jobs)
     folds = range(args.folds) if args.folds else [None]
     run_dir = {  # seed-major: an interruption leaves whole seeds
-        (c, f, s): os.path.join(
-            args.out, c, *([] if f is None else [f"fold{f}"]), str(s)
-        )
+        (c, f, s): run_path(args.out, c, f, s)
         for s in args.seeds
         for f in folds
         for c in configs
