@@ -154,7 +154,11 @@ def read_run(run_dir, config):
     out["score_files"] = {}
     for scoring, rep in reports.items():
         path = rep.get("scores_txt")
-        if path and not os.path.isabs(path):
+        # A moved or copied run records its old folder: read its own file.
+        _, inside, tail = (path or "").rpartition("verification" + os.sep)
+        if inside:
+            path = os.path.join(ver, tail)
+        elif path and not os.path.isabs(path):
             path = os.path.join(REPO, path)
         out["score_files"][scoring] = (
             path if path and os.path.isfile(path) else None

@@ -350,3 +350,24 @@ def test_compare_pools_one_config_over_several_out_folders(
     for bad in (["--compare", "x"], compare + ["--configs", "a", "b"]):
         with pytest.raises(SystemExit):
             ra.main(argv + bad)
+
+
+def test_a_moved_run_reads_its_own_scores_not_its_old_folder(tmp_path):
+    # summary.json records absolute score paths; a run folder moved away
+    # (and another run written at its old place) must still read its own.
+    rng = np.random.default_rng(0)
+    old = tmp_path / "a" / "all_four" / "fold0" / "1"
+    old_scores = old / "verification" / "trials" / "full_cosine_scores.txt"
+    _fake_kfold_run(old, str(old_scores), 2, 0)
+    old_scores.parent.mkdir()
+    lab = np.array([1, 0] * 4)
+    mine = rng.normal(size=8) + 2.0 * lab
+    write_scores(old_scores, ["e"] * 8, ["t"] * 8, mine, lab)
+    moved = tmp_path / "b" / "all_four" / "fold0" / "1"
+    moved.parent.mkdir(parents=True)
+    old.rename(moved)
+    old_scores.parent.mkdir(parents=True)  # a different run, old place
+    write_scores(old_scores, ["e"] * 8, ["t"] * 8, -mine, lab)
+    got = ra.read_run(str(moved), "all_four")["score_files"]["full_cosine"]
+    assert pathlib.Path(got) == moved / old_scores.relative_to(old)
+    np.testing.assert_array_equal(read_scores(got)[2], mine)
