@@ -28,6 +28,7 @@ from speechbrain.utils.distributed import if_main_process
 from dampit.dataio.audio import load_audio, read_crop
 from dampit.dataio.crops import eval_crops, repeat_to_length
 from dampit.dataio.sampler import PKSampler
+from dampit.inference.api import SPEC_FILE, ModelFolderError, load_model
 from dampit.lobes.resnet import load_torchvision_weights
 from dampit.recipe.run_setup import RecipeError, run_script, start_run
 from dampit.recipe.validation import validation_eer
@@ -246,8 +247,13 @@ def make_train_loader(hparams, train_data):
 
 
 def init_modules_from(hparams):
-    """Load ``init_modules`` from another run's best checkpoint (4.6)."""
+    """Start from ``init_from``: an exported model folder (fine-tuning:
+    its embedding model, the classifier starts anew for the new speakers)
+    or another run's best checkpoint (``init_modules``, section 4.6)."""
     source = hparams["init_from"]
+    if os.path.isfile(os.path.join(source, SPEC_FILE)):
+        init_from_model_folder(hparams, source)
+        return
     ckpt = AtomicCheckpointer(source).find_checkpoint(min_key="EER")
     if ckpt is None:
         raise RecipeError(f"init_from={source}: no checkpoint found")
@@ -258,6 +264,40 @@ def init_modules_from(hparams):
             ckpt.paramfiles[key], map_location="cpu", weights_only=True
         )
         hparams[key].load_state_dict(state)
+
+
+def init_from_model_folder(hparams, folder):
+    """Copy the embedding model of a dampit model folder (loaded with
+    ``load_model``: nothing in it is executed) into ``embedding_model``.
+
+    The folder's features must be the YAML's (same output on a test
+    signal) and its network the same architecture (a strict load), else
+    one line says which differs."""
+    try:
+        model = load_model(folder)
+    except ModelFolderError as err:
+        raise RecipeError(f"init_from={folder}: {err}") from None
+    signal = torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = hparams["compute_features"](signal)
+        theirs = model.mods.compute_features(signal)
+    if ours.shape != theirs.shape or not torch.allclose(
+        ours, theirs, rtol=1e-4, atol=1e-4
+    ):
+        raise RecipeError(
+            f"init_from={folder}: its features differ from the YAML's "
+            f"(output {tuple(theirs.shape)} vs {tuple(ours.shape)} for 1 s):"
+            " fine-tune with the configuration the model was trained with"
+        )
+    state = model.mods.embedding_model.state_dict()
+    try:
+        hparams["embedding_model"].load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1:2] or [str(err)]
+        raise RecipeError(
+            f"init_from={folder}: its embedding model is not the YAML's "
+            f"architecture ({first[0].strip()})"
+        ) from None
 
 
 def main(argv):
