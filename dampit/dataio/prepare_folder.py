@@ -27,6 +27,7 @@ before anything is written. The helpers are shared with
 """
 
 import os
+import re
 import warnings
 from collections import Counter
 
@@ -40,6 +41,7 @@ from dampit.dataio.trials import make_trials, trial_summary
 from dampit.utils.atomic import atomic_write_text
 
 BAD_FILES = "bad_files.txt"
+CSV_VARIABLE = re.compile(r"\$[\w.]")  # as speechbrain's load_data_csv
 DEV_FRACTION = 0.1
 
 
@@ -257,7 +259,9 @@ def held_out(speakers, n_test_speakers, n_folds, fold, rng, keep, where):
 
 def scan_corpora(folders, names):
     """``(ids, paths, speakers)`` of every audio file of the corpora; with
-    several folders IDs and speakers start with the corpus name."""
+    several folders IDs and speakers start with the corpus name. A path
+    with ``$name`` in it (a variable to SpeechBrain's CSV reader) is
+    refused."""
     ids, paths, speakers = [], [], []
     for folder, name in zip(folders, names):
         rel_paths = scan_audio_tree(folder)
@@ -269,6 +273,13 @@ def scan_corpora(folders, names):
                 if flat
                 else f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in "
                 f"speaker sub-folders of {folder}"
+            )
+        named = [r for r in rel_paths if CSV_VARIABLE.search(folder + r)]
+        if named:
+            raise DataPreparationError(
+                f"{os.path.join(folder, named[0])}: SpeechBrain's CSV reader "
+                "takes '$' and a name for a variable: rename the file or "
+                f"folder ({len(named)} such path(s))"
             )
         prefix = f"{name}/" if len(folders) > 1 else ""
         for i, rel in zip(unique_ids(rel_paths, folder), rel_paths):
