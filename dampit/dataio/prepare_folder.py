@@ -329,7 +329,7 @@ def prepare_folder(
         utterances. N >= 2: ``dev.csv`` is every utterance of N training
         speakers drawn with the seed, who leave ``train.csv`` (a
         speaker-disjoint validation set).
-    test_corpora : list of str or None
+    test_corpora : list of str, str or None
         None: the test speakers (or folds) are drawn from all the
         speakers pooled, and the trials pair any two test utterances.
         A list of corpus names: each of these corpora is split on its own
@@ -369,6 +369,8 @@ def prepare_folder(
     opts.update(n_test_speakers=n_test_speakers, seed=seed, skip_bad=skip_bad)
     opts.update(min_speakers=min_speakers, n_folds=n_folds, fold=fold)
     opts.update(n_valid_speakers=n_valid_speakers)
+    if isinstance(test_corpora, str):
+        test_corpora = [test_corpora]
     if test_corpora is not None:
         opts["test_corpora"] = test_corpora = list(test_corpora)
         unknown = [c for c in test_corpora if c not in names]

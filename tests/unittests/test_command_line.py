@@ -93,7 +93,7 @@ def test_paths_with_equals_and_digits_run_as_typed(
 def test_a_list_of_corpora_through_the_command_line(shared_data, tmp_path):
     one = _speech_tree(shared_data, tmp_path / "one", 0)
     two = _speech_tree(shared_data, tmp_path / "two", 6)  # s0..s5 again
-    argv = [MINI, f"--data_folder=[{one},{two}]", "--test_corpora=[one]"]
+    argv = [MINI, f"--data_folder=[{one},{two}]", "--test_corpora=one"]
     argv += [f"--output_folder={tmp_path}/out"] + SMALL
     run = start_run(argv)
     # 12 speakers (two corpora's s0..s5 apart), 2 of one's test speakers
