@@ -248,3 +248,22 @@ def test_a_copied_or_moved_prepared_folder_reads_its_own_files(
         assert moved[key].startswith(str(tmp_path / "moved"))
     assert moved["n_train"] == first["n_train"]
     assert (tmp_path / "moved" / "prepared" / OPTS_FILE).is_file()
+
+
+def test_a_path_speechbrain_would_read_as_a_variable_is_refused(
+    corpora, tmp_path
+):
+    so, _, trees = corpora
+    spk = sorted(trees["so762"])[:4]
+    data = tmp_path / "cost$5"
+    for s in spk:
+        shutil.copytree(so / s, data / s, symlinks=True)
+    # SpeechBrain's CSV reader takes "$5" for a variable: the CSV breaks
+    csv_path = tmp_path / "x.csv"
+    csv_path.write_text(f"ID,wav\na,{data}/a.wav\n")
+    with pytest.raises(KeyError):
+        read_csv(csv_path)
+    out = tmp_path / "p"
+    with pytest.raises(DataPreparationError, match=re.escape(str(data))):
+        prepare_folder(data, out, n_test_speakers=2)
+    assert not out.exists()
