@@ -8,7 +8,8 @@ space, and a `` #`` in a value starts a YAML comment, so
 typed: ``=`` stays, a value that YAML would cut at a comment or that
 spans lines is refused in one line, and a path-valued key (``PATH_KEYS``)
 that YAML reads as a number or a boolean keeps the typed text
-(``--output_folder=2024`` is the folder ``2024``).
+(``--output_folder=2024`` is the folder ``2024``); in a list of paths
+such an item is refused (quote it: ``["2024",/b]``).
 """
 
 import ruamel.yaml
@@ -68,6 +69,8 @@ def read_override(key, text):
     (5, ['a', 'b'])
     >>> read_override("output_folder", "2024")
     '2024'
+    >>> read_override("data_folder", '["2024",/b]')
+    ['2024', '/b']
     >>> try:
     ...     read_override("data_folder", "/data/my #set")
     ... except CommandLineError as err:
@@ -90,6 +93,13 @@ def read_override(key, text):
     value = loaded[key]
     if key in PATH_KEYS and isinstance(value, (bool, int, float)):
         return text  # a folder named 2024, not the number
+    if key in PATH_KEYS and isinstance(value, list):
+        for item in value:
+            if not isinstance(item, str):
+                raise CommandLineError(
+                    f"{given}: {item!r} is not a path in YAML; quote it "
+                    f'inside the list: "{item}"'
+                )
     return value
 
 

@@ -49,6 +49,10 @@ def test_typed_values_arrive_as_typed():
     assert run_opts["device"] == "cpu"
     _, _, over = parse_command_line([MINI, "--data_folder=[/a/x y,/b]"])
     assert over["data_folder"] == ["/a/x y", "/b"]
+    _, _, over = parse_command_line([MINI, '--data_folder=["2024",/b]'])
+    assert over["data_folder"] == ["2024", "/b"]
+    with pytest.raises(USER_ERRORS, match="2024 is not a path"):
+        parse_command_line([MINI, "--data_folder=[2024,/b]"])
 
 
 @pytest.mark.parametrize(
