@@ -274,7 +274,7 @@ def scan_corpora(folders, names):
                 else f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in "
                 f"speaker sub-folders of {folder}"
             )
-        named = [r for r in rel_paths if CSV_VARIABLE.search(folder + r)]
+        named = [r for r in rel_paths if CSV_VARIABLE.search(f"{folder}/{r}")]
         if named:
             raise DataPreparationError(
                 f"{os.path.join(folder, named[0])}: SpeechBrain's CSV reader "
