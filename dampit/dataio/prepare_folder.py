@@ -12,6 +12,11 @@ samples at the file's own rate) and a trial list:
 - ``test.csv`` and ``trials.txt``: the test speakers' utterances, every
   same-speaker pair and as many different-speaker pairs.
 
+Several folders (corpora) can be prepared together: their IDs and
+speakers then start with the corpus name (``so762/0001``), so that two
+corpora's speakers never merge; ``test_corpora`` names the corpora that
+are split into test and training speakers, the others only train.
+
 Every file is checked once (``check_audio``: decoded until it is proven
 usable): files training cannot use (unreadable, NaN, silent, shorter than
 ``MIN_DURATION``) are all listed in ``bad_files.txt``
@@ -21,9 +26,8 @@ before anything is written. The helpers are shared with
 :mod:`dampit.dataio.prepare_voxceleb`.
 """
 
-import csv
-import json
 import os
+import re
 import warnings
 from collections import Counter
 
@@ -32,12 +36,12 @@ from speechbrain.dataio.dataio import load_data_csv
 from tqdm import tqdm
 
 from dampit.dataio.audio import AUDIO_EXTENSIONS, AudioError, check_audio
-from dampit.dataio.trials import make_trials, trial_summary, write_trials
-from dampit.utils.atomic import atomic_path, atomic_write_text
+from dampit.dataio.prepared import cached, write_outputs
+from dampit.dataio.trials import make_trials, trial_summary
+from dampit.utils.atomic import atomic_write_text
 
-CSV_FIELDS = ("ID", "duration", "wav", "start", "stop", "spk_id")
-OPTS_FILE = "prepare_opts.json"
 BAD_FILES = "bad_files.txt"
+CSV_VARIABLE = re.compile(r"\$[\w.]")  # as speechbrain's load_data_csv
 DEV_FRACTION = 0.1
 
 
@@ -179,49 +183,110 @@ def check_training_split(train, dev, where, min_speakers):
         )
 
 
-def cached(save_folder, opts, outputs):
-    """The saved summary if ``save_folder`` holds ``outputs`` made with
-    ``opts``, else None."""
-    try:
-        with open(os.path.join(save_folder, OPTS_FILE), encoding="utf-8") as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if saved.get("opts") != json.loads(json.dumps(opts)):
-        return None
-    if not all(os.path.isfile(os.path.join(save_folder, o)) for o in outputs):
-        return None
-    return saved.get("summary")
-
-
-def write_outputs(save_folder, opts, tables, trial_lists, **summary):
-    """Write ``<name>.csv`` for ``tables`` (name -> rows ``(ID, path,
-    frames, rate, speaker)``), the trial lists (file -> trials) and, last,
-    the options with the summary (paths and counts added), returned."""
-    os.makedirs(save_folder, exist_ok=True)
-    for name, rows in tables.items():
-        path = summary[f"{name}_csv"] = os.path.join(save_folder, name + ".csv")
-        with atomic_path(path) as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8") as f:
-                writer = csv.writer(f)
-                writer.writerow(CSV_FIELDS)
-                writer.writerows(
-                    (i, round(n / sr, 4), p, 0, n, s) for i, p, n, sr, s in rows
-                )
-    for name, trials in trial_lists.items():
-        write_trials(os.path.join(save_folder, name), trials)
-    summary.update(n_train=len(tables["train"]), n_dev=len(tables["dev"]))
-    summary["n_test_utts"] = len(tables["test"])
-    text = json.dumps({"opts": opts, "summary": summary}, indent=1)
-    atomic_write_text(os.path.join(save_folder, OPTS_FILE), text + "\n")
-    return summary
-
-
 def read_csv(path, data_root=None):
     """Rows of a manifest as dicts, through SpeechBrain's ``load_data_csv``
     (``$data_root`` replaced by ``data_root``)."""
     rows = load_data_csv(os.fspath(path), {"data_root": data_root or ""})
     return [{"ID": i, **row} for i, row in rows.items()]
+
+
+def data_folders(data_folder):
+    """The absolute folders of ``data_folder`` (one folder or a list),
+    refusing an empty list and a folder listed twice.
+
+    Example
+    -------
+    >>> data_folders("/data/so762") == [os.path.abspath("/data/so762")]
+    True
+    """
+    given = data_folder
+    if not isinstance(data_folder, (list, tuple)):
+        given = [data_folder]
+    folders = [os.path.abspath(os.fspath(f)) for f in given]
+    if not folders:
+        raise DataPreparationError("data_folder: an empty list of folders")
+    twice = sorted(f for f, n in Counter(folders).items() if n > 1)
+    if twice:
+        raise DataPreparationError(f"data_folder lists {twice[0]} twice")
+    return folders
+
+
+def corpus_names(folders):
+    """The corpus name of each folder: its base name, with ``-2``, ``-3``
+    ... added to a name already taken.
+
+    Example
+    -------
+    >>> corpus_names(["/a/so762", "/b/dspspeech", "/c/so762/"])
+    ['so762', 'dspspeech', 'so762-2']
+    """
+    names = []
+    for folder in folders:
+        base = os.path.basename(os.path.normpath(folder)) or "data"
+        name, k = base, 1
+        while name in names:
+            k += 1
+            name = f"{base}-{k}"
+        names.append(name)
+    return names
+
+
+def held_out(speakers, n_test_speakers, n_folds, fold, rng, keep, where):
+    """The test speakers drawn from ``speakers`` (sorted): the first
+    ``n_test_speakers`` (None: 20 %, at least 2) of ``rng``'s permutation,
+    or its part ``fold`` of ``n_folds``; ``keep`` speakers must remain.
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(0)
+    >>> held_out(list("abcdef"), 2, None, 0, rng, 2, "x")
+    ['c', 'd']
+    """
+    n_test = n_test_speakers or max(2, round(0.2 * len(speakers)))
+    if n_folds:  # the size of np.array_split's part number `fold`
+        n_test = len(speakers) // n_folds + (fold < len(speakers) % n_folds)
+    if not 2 <= n_test <= len(speakers) - keep:
+        at = f" (fold {fold} of n_folds={n_folds})" if n_folds else ""
+        raise DataPreparationError(
+            f"{where}: {len(speakers)} speaker(s) found; n_test_speakers"
+            f"={n_test}{at} must be at least 2"
+            + (f" and leave {keep} for training and validation" if keep else "")
+        )
+    perm = rng.permutation(len(speakers))
+    held = np.array_split(perm, n_folds)[fold] if n_folds else perm[:n_test]
+    return sorted(speakers[k] for k in held)
+
+
+def scan_corpora(folders, names):
+    """``(ids, paths, speakers)`` of every audio file of the corpora; with
+    several folders IDs and speakers start with the corpus name. A path
+    with ``$name`` in it (a variable to SpeechBrain's CSV reader) is
+    refused."""
+    ids, paths, speakers = [], [], []
+    for folder, name in zip(folders, names):
+        rel_paths = scan_audio_tree(folder)
+        if not rel_paths:
+            flat = scan_audio_tree(folder, min_depth=1)
+            raise DataPreparationError(
+                f"{folder}: {len(flat)} audio file(s) but no <speaker>/ "
+                "sub-folders: put each speaker's files in <folder>/<speaker>/"
+                if flat
+                else f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in "
+                f"speaker sub-folders of {folder}"
+            )
+        named = [r for r in rel_paths if CSV_VARIABLE.search(f"{folder}/{r}")]
+        if named:
+            raise DataPreparationError(
+                f"{os.path.join(folder, named[0])}: SpeechBrain's CSV reader "
+                "takes '$' and a name for a variable: rename the file or "
+                f"folder ({len(named)} such path(s))"
+            )
+        prefix = f"{name}/" if len(folders) > 1 else ""
+        for i, rel in zip(unique_ids(rel_paths, folder), rel_paths):
+            ids.append(prefix + i)
+            paths.append(os.path.join(folder, *rel.split("/")))
+            speakers.append(prefix + i.split("/", 1)[0])
+    return ids, paths, speakers
 
 
 def prepare_folder(
@@ -234,14 +299,20 @@ def prepare_folder(
     n_folds=None,
     fold=0,
     n_valid_speakers=0,
+    test_corpora=None,
 ):
     """Write ``train.csv``, ``dev.csv``, ``test.csv`` and ``trials.txt`` for
-    a ``<speaker>/**/<utt>`` folder (done once per set of options).
+    one or several ``<speaker>/**/<utt>`` folders (done once per set of
+    options).
 
     Arguments
     ---------
-    data_folder : str or os.PathLike
-        One sub-folder per speaker.
+    data_folder : str or os.PathLike, or a list of them
+        One sub-folder per speaker. With several folders (corpora), IDs
+        and speakers start with the corpus name, the folder's base name
+        (``-2``, ``-3``... added to a name already taken, see
+        :func:`corpus_names`): ``so762/0001/000010011``, speaker
+        ``so762/0001``. With one folder they do not.
     save_folder : str or os.PathLike
         Output folder.
     n_test_speakers : int or None
@@ -258,6 +329,14 @@ def prepare_folder(
         utterances. N >= 2: ``dev.csv`` is every utterance of N training
         speakers drawn with the seed, who leave ``train.csv`` (a
         speaker-disjoint validation set).
+    test_corpora : list of str, str or None
+        None: the test speakers (or folds) are drawn from all the
+        speakers pooled, and the trials pair any two test utterances.
+        A list of corpus names: each of these corpora is split on its own
+        (``n_test_speakers`` or fold ``fold`` of its own speakers, with
+        the seed's permutation of its speakers alone: the same speakers
+        as when it is prepared alone) and its trials pair its own
+        utterances only; the other corpora's speakers only train.
     skip_bad : bool
         Skip unusable files (listed in ``bad_files.txt``) with a warning.
     min_speakers : int
@@ -282,58 +361,66 @@ def prepare_folder(
     >>> res["n_train"], res["n_dev"], res["n_test_utts"], res["n_trials"]
     (10, 2, 12, 60)
     """
-    data_folder = os.path.abspath(os.fspath(data_folder))
+    folders = data_folders(data_folder)
+    names = corpus_names(folders)
+    where = ", ".join(folders)
     save_folder = os.fspath(save_folder)
-    opts = {"data_folder": data_folder, "n_test_speakers": n_test_speakers}
-    opts.update(seed=seed, skip_bad=skip_bad, min_speakers=min_speakers)
-    opts.update(n_folds=n_folds, fold=fold, n_valid_speakers=n_valid_speakers)
+    opts = {"data_folder": folders if len(folders) > 1 else folders[0]}
+    opts.update(n_test_speakers=n_test_speakers, seed=seed, skip_bad=skip_bad)
+    opts.update(min_speakers=min_speakers, n_folds=n_folds, fold=fold)
+    opts.update(n_valid_speakers=n_valid_speakers)
+    if isinstance(test_corpora, str):
+        test_corpora = [test_corpora]
+    if test_corpora is not None:
+        opts["test_corpora"] = test_corpora = list(test_corpora)
+        unknown = [c for c in test_corpora if c not in names]
+        if unknown or not test_corpora:
+            raise DataPreparationError(
+                f"test_corpora={test_corpora}: name one or more of the "
+                f"corpora {names} (the data folders' base names)"
+            )
+        if len(folders) == 1:  # one corpus: split as when pooled
+            test_corpora = None
     if n_folds is not None and not 0 <= fold < n_folds:
         raise DataPreparationError(
-            f"{data_folder}: fold={fold} must be in 0..n_folds-1 ({n_folds})"
+            f"{where}: fold={fold} must be in 0..n_folds-1 ({n_folds})"
         )
     if n_valid_speakers < 0 or n_valid_speakers == 1:
         raise DataPreparationError(
-            f"{data_folder}: n_valid_speakers={n_valid_speakers} must be 0 "
+            f"{where}: n_valid_speakers={n_valid_speakers} must be 0 "
             "(off) or at least 2"
         )
     outputs = ["train.csv", "dev.csv", "test.csv", "trials.txt"]
     summary = cached(save_folder, opts, outputs)
     if summary is not None:
         return summary
-    rel_paths = scan_audio_tree(data_folder)
-    if not rel_paths:
-        flat = scan_audio_tree(data_folder, min_depth=1)
-        raise DataPreparationError(
-            f"{data_folder}: {len(flat)} audio file(s) but no <speaker>/ "
-            "sub-folders: put each speaker's files in <folder>/<speaker>/"
-            if flat
-            else f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in speaker "
-            f"sub-folders of {data_folder}"
-        )
-    ids = unique_ids(rel_paths, data_folder)
-    paths = [os.path.join(data_folder, *p.split("/")) for p in rel_paths]
-    info = check_files(paths, skip_bad, save_folder, data_folder)
+    ids, paths, spk_ids = scan_corpora(folders, names)
+    info = check_files(paths, skip_bad, save_folder, where)
     by_spk = {}
-    for i, p in zip(ids, paths):
+    for i, p, s in zip(ids, paths, spk_ids):
         if p in info:
-            row = (i, p, *info[p], i.split("/", 1)[0])
-            by_spk.setdefault(row[-1], []).append(row)
+            by_spk.setdefault(s, []).append((i, p, *info[p], s))
     speakers = sorted(by_spk)
-    n_test = n_test_speakers or max(2, round(0.2 * len(speakers)))
-    if n_folds:  # the size of np.array_split's part number `fold`
-        n_test = len(speakers) // n_folds + (fold < len(speakers) % n_folds)
-    if not 2 <= n_test <= len(speakers) - 2 - n_valid_speakers:
-        where = f" (fold {fold} of n_folds={n_folds})" if n_folds else ""
-        raise DataPreparationError(
-            f"{data_folder}: {len(speakers)} speaker(s) found; n_test_speakers"
-            f"={n_test}{where} must be at least 2 and leave 2 for training "
-            f"and n_valid_speakers={n_valid_speakers} for validation"
-        )
     rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(speakers))
-    held = np.array_split(perm, n_folds)[fold] if n_folds else perm[:n_test]
-    test_spk = sorted(speakers[k] for k in held)
+    split = (n_test_speakers, n_folds, fold)
+    if test_corpora is None:
+        keep = 2 + n_valid_speakers
+        groups = [held_out(speakers, *split, rng, keep, where)]
+    else:
+        groups = []
+        for name, folder in zip(names, folders):
+            if name in test_corpora:
+                own = [s for s in speakers if s.split("/", 1)[0] == name]
+                own_rng = np.random.default_rng(seed)
+                groups.append(held_out(own, *split, own_rng, 0, folder))
+    test_spk = sorted(s for group in groups for s in group)
     train_spk = [s for s in speakers if s not in test_spk]
+    if len(train_spk) < 2 + n_valid_speakers:
+        raise DataPreparationError(
+            f"{where}: {len(train_spk)} training speaker(s) left by the "
+            f"test speakers; at least 2 and n_valid_speakers="
+            f"{n_valid_speakers} for validation needed"
+        )
     valid_spk = sorted(
         str(s) for s in rng.choice(train_spk, n_valid_speakers, replace=False)
     )
@@ -343,18 +430,23 @@ def prepare_folder(
         dev = [r for s in valid_spk for r in by_spk[s]]
     else:
         train, dev = split_dev({s: by_spk[s] for s in train_spk}, rng)
-    check_training_split(train, dev, data_folder, min_speakers)
+    check_training_split(train, dev, where, min_speakers)
     test = [r for s in test_spk for r in by_spk[s]]
-    trials = make_trials([r[0] for r in test], [r[-1] for r in test], seed=seed)
+    trials = []
+    for group in groups:  # pairs within each group of test speakers only
+        rows = [r for s in group for r in by_spk[s]]
+        utts, spks = [r[0] for r in rows], [r[-1] for r in rows]
+        trials += make_trials(utts, spks, seed=seed)
     stats = trial_summary(trials)
     return write_outputs(
         save_folder,
         opts,
         {"train": train, "dev": dev, "test": test},
         {"trials.txt": trials},
-        trials=os.path.join(save_folder, "trials.txt"),
+        trials="trials.txt",
+        corpora=dict(zip(names, folders)) if len(folders) > 1 else None,
         n_train_speakers=len(train_spk),
-        n_test_speakers=n_test,
+        n_test_speakers=len(test_spk),
         n_trials=stats["trials"],
         n_target=stats["target"],
         n_nontarget=stats["nontarget"],

@@ -22,15 +22,14 @@ import numpy as np
 
 from dampit.dataio.prepare_folder import (
     DataPreparationError,
-    cached,
     check_files,
     check_training_split,
     path_to_id,
     scan_audio_tree,
     split_dev,
     unique_ids,
-    write_outputs,
 )
+from dampit.dataio.prepared import cached, write_outputs
 from dampit.dataio.trials import read_trials, trial_summary
 
 #: Official trial lists -> (protocol, number of trials).
@@ -248,7 +247,7 @@ def prepare_voxceleb(
             "test": [rows[u] for u in test_ids if u in rows],
         },
         trials,
-        trials={n[7:-4]: os.path.join(save_folder, n) for n in names},
+        trials={n[7:-4]: n for n in names},
         trial_stats=stats,
         n_train_speakers=len(by_spk),
         n_test_speakers=len(test_spk),

@@ -19,6 +19,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from dampit.dataio.prepare_folder import DataPreparationError, prepare_folder
 from dampit.dataio.prepare_voxceleb import prepare_voxceleb
 from dampit.dataio.trials import TrialListError
+from dampit.recipe.command_line import CommandLineError, parse_command_line
 from dampit.recipe.run_lock import RunLock, RunLockError
 from dampit.utils.checkpoints import CheckpointLoadError, CheckpointSaveError
 from dampit.utils.hparams import resolve_variant
@@ -33,6 +34,7 @@ class RecipeError(ValueError):
 
 USER_ERRORS = (
     RecipeError,
+    CommandLineError,
     RunLockError,
     DataPreparationError,
     TrialListError,
@@ -44,9 +46,10 @@ USER_ERRORS = (
 def check_arguments(hp, hparams_file):
     """Refuse a missing data folder, ``average_checkpoints < 1`` or an
     output folder that cannot be written (one-line ``RecipeError``)."""
-    folder = hp.get("data_folder")
-    if not isinstance(folder, str) or not os.path.isdir(folder):
-        raise RecipeError(f"data_folder={folder}: no such folder")
+    folders = hp.get("data_folder")
+    for folder in folders if isinstance(folders, list) else [folders]:
+        if not isinstance(folder, str) or not os.path.isdir(folder):
+            raise RecipeError(f"data_folder={folder}: no such folder")
     n = hp.get("average_checkpoints", 1)
     if not isinstance(n, int) or n < 1:
         raise RecipeError(
@@ -63,13 +66,19 @@ def check_arguments(hp, hparams_file):
 
 def prepare_data(hp):
     """Write (once) the manifests and trial lists of ``data_layout``
-    "voxceleb" or "folder" (at least ``P`` training classes); return
+    "voxceleb" or "folder" (one folder or a list of corpora, split as
+    ``test_corpora`` says; at least ``P`` training classes); return
     ``train``, ``dev``, ``test`` (manifests), ``trials`` (name -> file) and
     ``n_classes``: the training speakers, a copy per ``speed_speakers``."""
     copies = 1 + len(hp.get("speed_speakers") or [])
     p = -(-int(hp["P"]) // copies)  # speakers that make P classes
     common = dict(skip_bad=hp["skip_bad_files"], min_speakers=p)
     if hp["data_layout"] == "voxceleb":
+        if not isinstance(hp["data_folder"], str):
+            raise RecipeError(
+                f"data_folder={hp['data_folder']}: data_layout voxceleb "
+                "reads one folder (a list needs data_layout folder)"
+            )
         vox = [os.path.join(hp["data_folder"], hp[k]) for k in VOX_KEYS]
         s = prepare_voxceleb(
             hp["prep_folder"],
@@ -86,6 +95,7 @@ def prepare_data(hp):
             n_folds=hp["n_folds"],
             fold=hp["fold"],
             n_valid_speakers=hp["n_valid_speakers"],
+            test_corpora=hp.get("test_corpora"),
             **common,
         )
     else:
@@ -101,12 +111,14 @@ def prepare_data(hp):
 
 
 def start_run(argv):
-    """Parse ``argv`` (SpeechBrain's), check, lock the output folder (the
-    main process, until exit), prepare the data, and load the YAML once
+    """Parse ``argv`` (SpeechBrain's options; the overrides as typed, see
+    :func:`~dampit.recipe.command_line.parse_command_line`), check, lock
+    the output folder (the main process, until exit), prepare the data,
+    and load the YAML once
     with ``n_speakers`` = the training speakers. Returns a namespace:
     ``hparams``, ``run_opts``, ``data`` (:func:`prepare_data`),
     ``hparams_file``, ``base_file``, ``overrides`` (to save)."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams_file, run_opts, overrides = parse_command_line(argv)
     base_file, merged = resolve_variant(hparams_file, overrides)
     with open(base_file, encoding="utf-8") as f:
         try:  # a missing !PLACEHOLDER, a bad !ref

@@ -10,10 +10,14 @@ Usage (from recipes/VoxCeleb, or with full paths from anywhere)::
 
     python train.py hparams/multi_metric.yaml --data_folder=/data/voxceleb
     python train.py hparams/mini.yaml --data_folder=<speaker tree>
+    python train.py hparams/mini.yaml --data_folder='[<tree>,<tree>]' \
+        --test_corpora='[<folder name>]' --n_folds=5 --fold=0
     torchrun --nproc_per_node=2 train.py hparams/multi_metric.yaml ...
 
 The data are prepared first (``dampit.recipe.run_setup``): ``n_speakers``
-is the number of training speakers, and the YAML is loaded once.
+is the number of training speakers, and the YAML is loaded once. Several
+speaker trees (a list) are corpora whose IDs start with the tree's base
+name; ``test_corpora`` names those split into test and training speakers.
 """
 
 import os

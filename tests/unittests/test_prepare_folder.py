@@ -12,12 +12,12 @@ import soundfile as sf
 from dampit.dataio.audio import load_audio, read_crop
 from dampit.dataio.prepare_folder import (
     BAD_FILES,
-    CSV_FIELDS,
     DataPreparationError,
     prepare_folder,
     read_csv,
     scan_audio_tree,
 )
+from dampit.dataio.prepared import CSV_FIELDS
 from dampit.dataio.trials import read_trials
 
 

@@ -1,0 +1,87 @@
+"""A prepared folder: the manifests, trial lists and options file.
+
+:func:`write_outputs` writes the SpeechBrain CSV manifests (``ID,
+duration, wav, start, stop, spk_id``), the trial lists and, last,
+``prepare_opts.json`` (the options and a summary); :func:`cached` reads
+the summary back when the options are the same. The summary names its
+output files, which lie directly in the folder: a copied or moved
+prepared folder reads its own files.
+"""
+
+import csv
+import json
+import os
+
+from dampit.dataio.trials import write_trials
+from dampit.utils.atomic import atomic_path, atomic_write_text
+
+CSV_FIELDS = ("ID", "duration", "wav", "start", "stop", "spk_id")
+OPTS_FILE = "prepare_opts.json"
+
+
+def in_folder(summary, save_folder):
+    """``summary`` with its output files (``*_csv``, ``trials``: a name
+    or a dict of names) as paths in ``save_folder``.
+
+    The outputs lie directly in the save folder, so only their names are
+    kept: a copied or moved folder reads its own files.
+
+    Example
+    -------
+    >>> s = in_folder({"train_csv": "/old/train.csv", "n": 1}, "new")
+    >>> s["train_csv"] == os.path.join("new", "train.csv"), s["n"]
+    (True, 1)
+    """
+    out = dict(summary)
+    for key, value in summary.items():
+        if isinstance(value, dict) and key == "trials":
+            out[key] = {
+                k: os.path.join(save_folder, os.path.basename(v))
+                for k, v in value.items()
+            }
+        elif key in ("train_csv", "dev_csv", "test_csv", "trials"):
+            out[key] = os.path.join(save_folder, os.path.basename(value))
+    return out
+
+
+def cached(save_folder, opts, outputs):
+    """The saved summary if ``save_folder`` holds ``outputs`` made with
+    ``opts`` (output paths in ``save_folder``, see :func:`in_folder`),
+    else None."""
+    try:
+        with open(os.path.join(save_folder, OPTS_FILE), encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if saved.get("opts") != json.loads(json.dumps(opts)):
+        return None
+    if not all(os.path.isfile(os.path.join(save_folder, o)) for o in outputs):
+        return None
+    if not isinstance(saved.get("summary"), dict):
+        return None
+    return in_folder(saved["summary"], save_folder)
+
+
+def write_outputs(save_folder, opts, tables, trial_lists, **summary):
+    """Write ``<name>.csv`` for ``tables`` (name -> rows ``(ID, path,
+    frames, rate, speaker)``), the trial lists (file -> trials) and, last,
+    the options with the summary (file names and counts added); return
+    the summary with the files' paths (:func:`in_folder`)."""
+    os.makedirs(save_folder, exist_ok=True)
+    for name, rows in tables.items():
+        summary[f"{name}_csv"] = name + ".csv"
+        path = os.path.join(save_folder, name + ".csv")
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(CSV_FIELDS)
+                writer.writerows(
+                    (i, round(n / sr, 4), p, 0, n, s) for i, p, n, sr, s in rows
+                )
+    for name, trials in trial_lists.items():
+        write_trials(os.path.join(save_folder, name), trials)
+    summary.update(n_train=len(tables["train"]), n_dev=len(tables["dev"]))
+    summary["n_test_utts"] = len(tables["test"])
+    text = json.dumps({"opts": opts, "summary": summary}, indent=1)
+    atomic_write_text(os.path.join(save_folder, OPTS_FILE), text + "\n")
+    return in_folder(summary, save_folder)
