@@ -233,16 +233,23 @@ def corpus_names(folders):
 
 def held_out(speakers, n_test_speakers, n_folds, fold, rng, keep, where):
     """The test speakers drawn from ``speakers`` (sorted): the first
-    ``n_test_speakers`` (None: 20 %, at least 2) of ``rng``'s permutation,
-    or its part ``fold`` of ``n_folds``; ``keep`` speakers must remain.
+    ``n_test_speakers`` (None: 20 %, at least 2; 0: none, every speaker
+    trains) of ``rng``'s permutation, or its part ``fold`` of ``n_folds``;
+    ``keep`` speakers must remain.
 
     Example
     -------
     >>> rng = np.random.default_rng(0)
     >>> held_out(list("abcdef"), 2, None, 0, rng, 2, "x")
     ['c', 'd']
+    >>> held_out(list("abcdef"), 0, None, 0, rng, 2, "x")
+    []
     """
-    n_test = n_test_speakers or max(2, round(0.2 * len(speakers)))
+    if n_test_speakers == 0 and not n_folds:  # every speaker trains
+        return []
+    n_test = n_test_speakers
+    if n_test is None:
+        n_test = max(2, round(0.2 * len(speakers)))
     if n_folds:  # the size of np.array_split's part number `fold`
         n_test = len(speakers) // n_folds + (fold < len(speakers) % n_folds)
     if not 2 <= n_test <= len(speakers) - keep:
@@ -316,7 +323,9 @@ def prepare_folder(
     save_folder : str or os.PathLike
         Output folder.
     n_test_speakers : int or None
-        Test speakers (None: 20 % of the speakers, at least 2).
+        Test speakers (None: 20 % of the speakers, at least 2; 0: none,
+        every speaker trains and there are no trials: a model to ship,
+        whose accuracy is measured by k-fold runs).
     seed : int
         Seed of the speaker split, the dev split and trial sampling.
     n_folds, fold : int or None, int

@@ -69,7 +69,8 @@ def prepare_data(hp):
     "voxceleb" or "folder" (one folder or a list of corpora, split as
     ``test_corpora`` says; at least ``P`` training classes); return
     ``train``, ``dev``, ``test`` (manifests), ``trials`` (name -> file) and
-    ``n_classes``: the training speakers, a copy per ``speed_speakers``."""
+    ``n_classes``: the training speakers, a copy per ``speed_speakers``,
+    and ``n_trials`` (0: no test speakers, nothing to verify)."""
     copies = 1 + len(hp.get("speed_speakers") or [])
     p = -(-int(hp["P"]) // copies)  # speakers that make P classes
     common = dict(skip_bad=hp["skip_bad_files"], min_speakers=p)
@@ -101,12 +102,17 @@ def prepare_data(hp):
     else:
         raise RecipeError(f"data_layout={hp['data_layout']}: voxceleb|folder")
     trials = s["trials"]
+    if "trial_stats" in s:  # voxceleb: one count per trial list
+        n_trials = sum(st["trials"] for st in s["trial_stats"].values())
+    else:
+        n_trials = s["n_trials"]
     return {
         "train": s["train_csv"],
         "dev": s["dev_csv"],
         "test": s["test_csv"],
         "trials": trials if isinstance(trials, dict) else {"trials": trials},
         "n_classes": s["n_train_speakers"] * copies,
+        "n_trials": n_trials,
     }
 
 

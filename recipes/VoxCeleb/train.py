@@ -20,6 +20,7 @@ speaker trees (a list) are corpora whose IDs start with the tree's base
 name; ``test_corpora`` names those split into test and training speakers.
 """
 
+import logging
 import os
 import random
 
@@ -38,6 +39,8 @@ from dampit.recipe.run_setup import RecipeError, run_script, start_run
 from dampit.recipe.validation import validation_eer
 from dampit.recipe.verification import load_test_weights, verify
 from dampit.utils.checkpoints import AtomicCheckpointer
+
+logger = logging.getLogger(__name__)
 
 
 class MultiMetricBrain(sb.Brain):
@@ -338,6 +341,9 @@ def main(argv):
         return
     out = os.path.join(hparams["output_folder"], "verification")
     load_test_weights(brain.checkpointer, hparams, out)
+    if run.data["n_trials"] == 0:
+        logger.info("no test speakers (n_test_speakers: 0): nothing to verify")
+        return
     brain.modules.eval()
 
     def embed(wavs, lens):  # under --eval_precision, as SpeechBrain does

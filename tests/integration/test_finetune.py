@@ -1,0 +1,148 @@
+"""Fine-tuning from a model folder, and a run that trains on every speaker.
+
+1. ``mini.yaml`` with ``n_test_speakers=0`` trains on all 6 speakers of a
+   small dspspeech tree: no trials, no verification summary, but
+   ``verification/checkpoints.txt`` names the tested weights, and
+   ``dampit-export --scores`` exports it with the EER threshold of a
+   labelled score file (computed here by a loop over thresholds).
+2. ``--init_from=<that model folder>`` on 6 other speakers with no
+   training epoch: the weights the recipe tests are the model folder's, so
+   the recipe's stored test embeddings equal ``load_model``'s embeddings of
+   the same files.
+3. A model folder whose network is not the YAML's is refused in one line.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from speechbrain.dataio.dataio import load_data_csv
+
+from dampit.inference.api import load_model
+from dampit.metrics.embedding_store import EmbeddingStore
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+RECIPE = REPO / "recipes" / "VoxCeleb"
+MINI = RECIPE / "hparams" / "mini.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd, ok=True):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if ok:
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    return res
+
+
+def _tree(root, speakers, n_utts=6):
+    for s in speakers:
+        (root / s.name).mkdir(parents=True)
+        for f in sorted(s.glob("*.wav"))[:n_utts]:
+            (root / s.name / f.name).symlink_to(f)
+    return root
+
+
+def _train(data, out, *extra):
+    return [sys.executable, str(RECIPE / "train.py"), str(MINI)] + [
+        f"--data_folder={data}",
+        f"--output_folder={out}",
+        "--P=4",
+        "--batches_per_epoch=2",
+        "--valid_pairs=50",
+        "--n_test_crops=1",
+        "--average_checkpoints=1",
+        "--noprogressbar",
+        *extra,
+    ]
+
+
+def _eer_threshold(scores, labels):
+    """The threshold of the smallest |FAR - FRR| among the scores (a loop,
+    independent of dampit's sort-based EER)."""
+    best = None
+    for thr in sorted(scores):
+        far = np.mean(scores[labels == 0] > thr)
+        frr = np.mean(scores[labels == 1] <= thr)
+        if best is None or abs(far - frr) < best[0]:
+            best = (abs(far - frr), thr)
+    return best[1]
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory, shared_data):
+    tmp = tmp_path_factory.mktemp("finetune")
+    speakers = sorted(p for p in (shared_data / "dspspeech").iterdir())
+    speakers = [p for p in speakers if p.is_dir()]
+    data = _tree(tmp / "data", speakers[:6])
+    run, model = tmp / "run", tmp / "model"
+    _run(_train(data, run, "--n_test_speakers=0", "--number_of_epochs=1"))
+    rng = np.random.default_rng(0)
+    labels = np.repeat([1, 0], 20)
+    scores = np.concatenate([rng.normal(0.6, 0.2, 20), rng.normal(0, 0.2, 20)])
+    score_file = tmp / "scores.txt"
+    score_file.write_text(
+        "".join(
+            f"e{k} t{k} {y} {float(s)!r}\n"
+            for k, (y, s) in enumerate(zip(labels, scores))
+        )  # fmt: skip
+    )
+    cmd = [sys.executable, "-m", "dampit.inference.export", str(run)]
+    _run(cmd + [str(model), f"--scores={score_file}"])
+    return dict(
+        tmp=tmp, run=run, model=model, speakers=speakers,
+        threshold=_eer_threshold(scores, labels),
+    )  # fmt: skip
+
+
+def test_every_speaker_trains_and_exports(shipped):
+    run = shipped["run"]
+    log = (run / "log.txt").read_text()
+    assert "nothing to verify" in log
+    assert not (run / "verification" / "summary.json").exists()
+    tested = (run / "verification" / "checkpoints.txt").read_text().split()
+    assert len(tested) == 1 and os.path.isdir(tested[0])
+    train = load_data_csv(str(run / "prepared" / "train.csv"))
+    assert len({r["spk_id"] for r in train.values()}) == 6
+    model = load_model(shipped["model"])
+    assert model.threshold == pytest.approx(shipped["threshold"], abs=1e-12)
+
+
+def test_finetuning_starts_from_the_model_folder(shipped):
+    tmp = shipped["tmp"]
+    data = _tree(tmp / "data2", shipped["speakers"][6:12])
+    run = tmp / "run2"
+    res = _run(
+        _train(data, run, f"--init_from={shipped['model']}")
+        + ["--number_of_epochs=0", "--n_test_speakers=2"]
+    )
+    assert "no checkpoint found" in res.stderr + (run / "log.txt").read_text()
+    store = EmbeddingStore(run / "verification" / "embeddings_full")
+    rows = load_data_csv(str(run / "prepared" / "test.csv"))
+    test = {i: r["wav"] for i, r in rows.items()}
+    ids = sorted(test)
+    model = load_model(shipped["model"])
+    _, emb = model.embed_files([test[i] for i in ids], progress=False)
+    got = np.stack([store[i] for i in ids])
+    want = torch.as_tensor(emb).reshape(len(ids), -1).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_different_network_is_refused_in_one_line(shipped):
+    tmp = shipped["tmp"]
+    run = tmp / "run3"
+    res = _run(
+        _train(tmp / "data", run, f"--init_from={shipped['model']}")
+        + ["--base_width=8", "--number_of_epochs=1", "--n_test_speakers=0"],
+        ok=False,
+    )
+    err = res.stderr.strip().splitlines()
+    assert res.returncode != 0
+    assert err[-1].startswith("error: init_from=")
+    assert "architecture" in err[-1]
+    assert "Traceback" not in res.stderr
