@@ -22,4 +22,4 @@ fi
 python recipes/VoxCeleb/train.py recipes/VoxCeleb/hparams/quickstart.yaml \
     --data_folder="$CORPUS" --output_folder="$RUN" "$@"
 python -m dampit.inference.export "$RUN" "$MODEL" --overwrite
-python -m dampit.inference.check_pretrained "$MODEL" "$RUN" --pairs 5
+python -m dampit.inference.check_pretrained "$MODEL" "$RUN"

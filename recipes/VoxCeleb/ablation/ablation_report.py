@@ -1,4 +1,4 @@
-"""Tables, DET figure and page sections of tools/run_ablation.py.
+"""Tables, DET figure and page sections of ``run_ablation.py``.
 
 Per-seed results (``run_ablation.read_run``) become a table of means and
 sample standard deviations over seeds, a per-seed table and a DET overlay
