@@ -47,11 +47,16 @@ import time
 
 import yaml
 from ablation_report import (  # the script's folder: sys.path[0]
+    BASELINE,
     LABELS,
     MARKS,
+    REPO,
+    SCORINGS,
     aggregate,
+    fold_scores,
     markdown_table,
     plot_intervals,
+    read_run,
     replace_section,
     write_page,
 )
@@ -61,16 +66,13 @@ from dampit.utils.atomic import atomic_write_text
 from dampit.utils.hparams import resolve_variant
 
 RECIPE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REPO = os.path.dirname(os.path.dirname(RECIPE))
 MINI = os.path.join(RECIPE, "hparams", "mini.yaml")
 ABLATIONS = os.path.join(RECIPE, "hparams", "ablations")
 TEMPLATE = os.path.join(REPO, "templates", "speaker_verification")
 ECAPA_YAML = os.path.join(TEMPLATE, "hparams", "ecapa_aam.yaml")
-BASELINE = "ecapa_aam"
 # Keys the tool sets itself, the same for every run.
 TOOL_KEYS = {"experiment", "seed", "data_folder", "output_folder"}
 TOOL_KEYS |= {"number_of_epochs", "batches_per_epoch"}
-SCORINGS = ("full_cosine", "multicrop_cosine", "multicrop_dot")
 
 
 def ablation_configs(ablation_dir=ABLATIONS):
@@ -122,59 +124,6 @@ def run_command(config, overrides, seed, data, out, epochs, batches):
     if not baseline:
         cmd += [f"--batches_per_epoch={batches}", f"--experiment={config}"]
     return cmd + [format_override(k, v) for k, v in overrides.items()]
-
-
-def read_run(run_dir, config):
-    """``{scoring: {"eer": %, "min_dcf_0.01", "min_dcf_0.05"}, "scores":
-    full-cosine score file or None}`` of a finished run, else None.
-
-    A run's ``verification/summary.json`` must have ``trials/full_cosine``;
-    the multi-crop scorings are read where it has them (an encoder scored
-    without training, such as an off-the-shelf one, has only the first).
-    """
-    ver = os.path.join(run_dir, "verification")
-    keys = ("eer", "min_dcf_0.01", "min_dcf_0.05")
-    if config == BASELINE:
-        if not os.path.isfile(os.path.join(run_dir, "results.json")):
-            return None
-        path = os.path.join(ver, "full_cosine_metrics.json")
-        with open(path, encoding="utf-8") as f:
-            reports = {"full_cosine": json.load(f)}
-    else:
-        path = os.path.join(ver, "summary.json")
-        if not os.path.isfile(path):
-            return None
-        with open(path, encoding="utf-8") as f:
-            summary = json.load(f)
-        reports = {
-            scoring: summary[f"trials/{scoring}"]
-            for scoring in SCORINGS
-            if f"trials/{scoring}" in summary
-        }
-    if "full_cosine" not in reports:
-        raise KeyError(f"{path}: no 'trials/full_cosine'")
-    for scoring, rep in reports.items():
-        missing = [k for k in keys if k not in rep]
-        if missing:
-            raise KeyError(f"{path}: {scoring} has no {', '.join(missing)}")
-    out = {
-        scoring: {k: float(rep[k]) * (100.0 if k == "eer" else 1) for k in keys}
-        for scoring, rep in reports.items()
-    }
-    out["score_files"] = {}
-    for scoring, rep in reports.items():
-        path = rep.get("scores_txt")
-        # A moved or copied run records its old folder: read its own file.
-        _, inside, tail = (path or "").rpartition("verification" + os.sep)
-        if inside:
-            path = os.path.join(ver, tail)
-        elif path and not os.path.isabs(path):
-            path = os.path.join(REPO, path)
-        out["score_files"][scoring] = (
-            path if path and os.path.isfile(path) else None
-        )
-    out["scores"] = out["score_files"]["full_cosine"]
-    return out
 
 
 def _run_one(job):
@@ -271,21 +220,6 @@ def run_all(jobs, n_parallel):
                 flush=True,
             )
     return failed
-
-
-def fold_scores(run_dir, config, n_folds, fold, scoring="full_cosine"):
-    """The ``scoring`` score file of a finished k-fold run (None: not
-    finished); a run not prepared as fold ``fold`` of ``n_folds`` (a
-    script that ignores the keys) is refused."""
-    r = read_run(run_dir, config)
-    if r is None:
-        return None
-    path = os.path.join(run_dir, "prepared", "prepare_opts.json")
-    with open(path, encoding="utf-8") as f:
-        opts = json.load(f)["opts"]
-    if (opts.get("n_folds"), opts.get("fold")) != (n_folds, fold):
-        raise SystemExit(f"{path}: not prepared as fold {fold} of {n_folds}")
-    return r["score_files"].get(scoring)
 
 
 def write_kfold(args, configs, run_dir):
