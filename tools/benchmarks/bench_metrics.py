@@ -16,12 +16,11 @@ Scores: float32 normal(2, 1) for targets (half the trials), normal(0, 1)
 for non-targets, the same for both libraries.
 """
 
-import time
 import tracemalloc
 
 import numpy as np
 import torch
-from benchlib import isolated, row, status_mb
+from benchlib import Clock, isolated, median_time, row, status_mb
 from speechbrain.utils.metric_stats import EER, minDCF
 
 from dampit.metrics.error_rates import compute_eer, compute_min_dcf
@@ -43,26 +42,15 @@ def make(n, seed=0):
     return (rng.standard_normal(n) + 2.0 * lab).astype(np.float32), lab
 
 
-def _best(fn, repeat):
-    """(smallest wall seconds of ``repeat`` calls, the last result)."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
 def dampit_metrics(n):
     """Times of dampit's EER and minDCF(0.01), then the memory of EER +
     minDCF(0.01) + minDCF(0.05) (run in a fresh interpreter)."""
     s, lab = make(n)
     base = status_mb("VmRSS")
-    repeat = 5 if n <= 100_000 else 3
-    out = {}
-    out["eer_time"], _ = _best(lambda: compute_eer(s, lab), repeat)
-    out["min_dcf_time"], _ = _best(
-        lambda: compute_min_dcf(s, lab, p_target=0.01), repeat
+    clock, reps = Clock("cpu", "wall"), 5 if n <= 100_000 else 3
+    out = {"eer_time": median_time(clock, lambda: compute_eer(s, lab), reps)}
+    out["min_dcf_time"] = median_time(
+        clock, lambda: compute_min_dcf(s, lab, p_target=0.01), reps
     )
     tracemalloc.start()
     out["eer"], _ = compute_eer(s, lab)
@@ -79,16 +67,15 @@ def speechbrain_metrics(n, run_dcf):
     the larger memory growth (run in a fresh interpreter)."""
     s, lab = make(n)
     pos, neg = torch.from_numpy(s[lab]), torch.from_numpy(s[~lab])
-    base = status_mb("VmRSS")
-    out = {}
-    out["eer_time"], (out["eer"], _) = _best(
-        lambda: EER(pos, neg), 3 if n <= 2000 else 1
-    )
+    clock, base = Clock("cpu", "wall"), status_mb("VmRSS")
+    out = {"eer": EER(pos, neg)[0]}  # also the warm-up call
+    out["eer_time"] = median_time(clock, lambda: EER(pos, neg), 1)
     out["rss_mb"] = max(0.0, status_mb("VmHWM") - base)
     if run_dcf:
         mid = status_mb("VmRSS")
-        out["min_dcf_time"], (out["min_dcf"], _) = _best(
-            lambda: minDCF(pos, neg, p_target=0.01), 1
+        out["min_dcf"] = minDCF(pos, neg, p_target=0.01)[0]
+        out["min_dcf_time"] = median_time(
+            clock, lambda: minDCF(pos, neg, p_target=0.01), 1
         )
         out["rss_mb"] = max(out["rss_mb"], status_mb("VmHWM") - mid)
     return out

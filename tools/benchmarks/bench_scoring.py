@@ -2,13 +2,13 @@
 
 Closed-form 10 x 10 multi-crop trial scoring (crop statistics of every
 utterance, then one dot per trial: ``dampit.metrics.multicrop``) against the
-naive loop over the 100 crop pairs of every trial and against all pair
-scores batched; then a trial list scored over an embedding store of growing
-size toward Vox1-E (``read_trial_indices`` + ``ScoringVectors('dot')`` +
-``score_pairs`` + EER + minDCF, in its own interpreter) against one pass
-over the store, and its peak anonymous memory against the mean vectors'
-size. Ratio: reference time / closed-form time (> 1: closed form faster);
-store rows: figure / reference.
+naive loop over the 100 crop pairs of every trial; then a trial list scored
+over an embedding store of growing size toward Vox1-E
+(``read_trial_indices`` + ``ScoringVectors('dot')`` + ``score_pairs`` + EER
++ minDCF, in its own interpreter) against one pass over the store, and its
+peak anonymous memory against the mean vectors' size. Ratio: reference time
+/ closed-form time (> 1: closed form faster); store rows: figure /
+reference.
 
 Closed form: 37,720 random trials (the original ``veri_test.txt``'s
 size) over 4,874 utterances (VoxCeleb1's test set) x 10 crops x D = 2048
@@ -103,17 +103,6 @@ def pair_loop(crops, enrol_idx, test_idx):
             for j in range(ct.shape[0]):
                 total += float(np.dot(ce[i], ct[j]))
         out[k] = total / (ce.shape[0] * ct.shape[0])
-    return out
-
-
-def batched_pairs(crops, enrol_idx, test_idx, chunk=1024):
-    """Like :func:`pair_loop`, all C x C pairs of ``chunk`` trials in one
-    float64 einsum."""
-    out = np.empty(len(enrol_idx))
-    for s in range(0, len(enrol_idx), chunk):
-        e = crops[enrol_idx[s : s + chunk]].astype(np.float64)
-        t = crops[test_idx[s : s + chunk]].astype(np.float64)
-        out[s : s + chunk] = np.einsum("bcd,bkd->bck", e, t).mean(axis=(1, 2))
     return out
 
 
@@ -234,8 +223,6 @@ def run(mode):
     err_loop = np.abs(
         pair_loop(crops, ie[:n_loop], it[:n_loop]) - scores[:n_loop]
     )
-    t_batch = median_time(clock, lambda: batched_pairs(crops, ie, it), 1)
-    err_b = np.abs(batched_pairs(crops, ie, it) - scores).max()
     return [
         row(
             "multicrop_closed_form_vs_pair_loop",
@@ -248,16 +235,6 @@ def run(mode):
             f"|diff| {err_loop.max():.2e} (scores up to "
             f"{np.abs(scores).max():.1f}); ratio = loop / closed form",
             ratio=t_loop_all / t_cf,
-        ),
-        row(
-            "multicrop_closed_form_vs_batched_pairs",
-            t_cf,
-            "s",
-            t_batch,
-            f"{setting}; vs all 100 pair scores per trial, batched, "
-            f"float64, whole list; max |diff| {err_b:.2e}; ratio = "
-            "batched pairs / closed form",
-            ratio=t_batch / t_cf,
         ),
         *store_rows(mode),
     ]

@@ -32,7 +32,6 @@ import platform
 import sys
 import time
 
-import numpy
 import speechbrain
 import torch
 from benchlib import REPO, BenchmarkError, isolated
@@ -141,7 +140,6 @@ def machine_info():
         "cuda": ", ".join(gpus) or "none (CPU only)",
         "torch": torch.__version__,
         "speechbrain": speechbrain.__version__,
-        "numpy": numpy.__version__,
         "python": platform.python_version(),
     }
     label = f"{gpus[0]} + " if gpus else ""
