@@ -76,7 +76,8 @@ def describe(name):
     doc = (ast.get_docstring(tree) or name).split("\n\n")
     keys = ()
     for node in tree.body:
-        if isinstance(node, ast.Assign) and node.targets[0].id == "KEY_ROWS":
+        names = [getattr(t, "id", None) for t in getattr(node, "targets", ())]
+        if names == ["KEY_ROWS"]:
             keys = ast.literal_eval(node.value)
     text = " ".join(doc[1].split()) if len(doc) > 1 else ""
     return doc[0].strip().rstrip("."), text, keys
