@@ -1,7 +1,7 @@
 """Embedding extraction for lists of audio files: whole files and crops.
 
 Used by ``load_model(...).embed_files`` (``dampit-embed``,
-``dampit-verify``) and ``tools/bench_inference.py``. An ``embed_fn`` maps a
+``dampit-verify``). An ``embed_fn`` maps a
 padded batch of waveforms and relative lengths to embeddings
 (``EncoderClassifier.encode_batch``, or the recipe's
 ``compute_embeddings``); this module reads and batches the files, shows

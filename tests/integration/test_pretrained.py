@@ -260,28 +260,53 @@ def test_torchscript_matches(run_and_model, two_files, brain_embed):
 
 
 def test_check_pretrained(run_and_model, tmp_path, capsys):
-    """The quickstart's last step; exit status from crafted trial lists."""
-    from dampit.inference.check_pretrained import main
+    """The quickstart's last step: the accuracy over all held-out trials at
+    the stored threshold is 1 - EER; exit status from crafted summaries."""
+    from dampit.inference.check_pretrained import main, tolerance
 
     run, model = run_and_model
-    code = main([str(model), str(run)])
+    assert main([str(model), str(run), "--show", "4", "--seed", "3"]) == 0
     out = capsys.readouterr().out
-    assert code in (0, 1)
     assert "loaded with SpeakerRecognition.from_hparams" in out
-    assert "same-speaker pair" in out and "different-speaker pair" in out
-    # Deterministic both ways: a "same-speaker" trial of a file with itself
-    # (score 1) beats any other pair, and loses when labelled different.
-    rows = (run / "prepared" / "test.csv").read_text().splitlines()[1:]
-    ids = [r.split(",")[0] for r in rows]
-    e, x = ids[0], ids[-1]
-    good = tmp_path / "good.txt"
-    good.write_text(f"1 {e} {e}\n0 {e} {x}\n")
-    assert main([str(model), str(run), "--trials", str(good)]) == 0
-    assert "score 1.0000 -> same speaker" in capsys.readouterr().out
-    bad = tmp_path / "bad.txt"
-    bad.write_text(f"1 {e} {x}\n0 {e} {e}\n")
-    assert main([str(model), str(run), "--trials", str(bad)]) == 1
-    assert "FAILED" in capsys.readouterr().out
-    none = tmp_path / "none.txt"
-    none.write_text(f"1 {e} {x}\n")
-    assert main([str(model), str(run), "--trials", str(none)]) == 2
+    assert out.count("-speaker trial ") == 4
+    # The accuracy printed is the run's own score file decided at the
+    # exported threshold, within the stated tolerance of 1 - EER.
+    summary = json.loads((run / "verification" / "summary.json").read_text())
+    eer = summary["trials/full_cosine"]["eer"]
+    meta = json.loads((model / "dampit_export.json").read_text())
+    rows = [line.split() for line in (run / "prepared" / "trials.txt").open()]
+    n_tar = sum(r[0] == "1" for r in rows)
+    printed = float(out.split("accuracy over all")[1].split()[2]) / 100
+    assert abs(printed - (1 - eer)) <= tolerance(n_tar, len(rows) - n_tar)
+    assert main([str(model), str(run), "--show", "4", "--seed", "3"]) == 0
+    assert capsys.readouterr().out == out  # the sample is seeded
+    assert meta["threshold"] < 1
+    # Crafted: 20 self-pairs (score 1, above any threshold < 1) labelled
+    # same and 20 labelled different: accuracy exactly 0.5, tolerance
+    # 2 / 20 + 0.01. A copy of the run's small files with a crafted EER.
+    copy = tmp_path / "run"
+    for name in ("hyperparams.yaml", "prepared/test.csv"):
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(run / name, copy / name)
+    (copy / "verification").mkdir()
+    ids = [
+        r.split(",")[0]
+        for r in (run / "prepared" / "test.csv").read_text().splitlines()[1:]
+    ]
+    crafted = tmp_path / "self.txt"
+    with crafted.open("w") as f:
+        for k in range(20):
+            u = ids[k % len(ids)]
+            f.write(f"1 {u} {u}\n0 {u} {u}\n")
+    cmd = [str(model), str(copy), "--trials", str(crafted)]
+    for crafted_eer, code in ((0.45, 0), (0.05, 1)):
+        (copy / "verification" / "summary.json").write_text(
+            json.dumps({"trials/full_cosine": {"eer": crafted_eer}})
+        )
+        assert main(cmd) == code
+        assert "accuracy over all 40 trials 50.00 %" in capsys.readouterr().out
+    one_kind = tmp_path / "one_kind.txt"
+    one_kind.write_text(f"1 {ids[0]} {ids[1]}\n")
+    assert main([*cmd[:2], "--trials", str(one_kind)]) == 2
+    (copy / "verification" / "summary.json").write_text("{}")
+    assert main(cmd) == 2

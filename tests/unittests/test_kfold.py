@@ -1,6 +1,7 @@
 """Speaker k-fold cross-validation (issue 20): the fold split of
 ``prepare_folder``, and the pooled metrics, speaker bootstrap and paired
-tests of ``tools/kfold_stats.py`` with the ablation tool's k-fold mode.
+tests of ``recipes/VoxCeleb/ablation/kfold_stats.py`` with the ablation
+tool's k-fold mode.
 
 The statistics are checked against loops written here: EER and minDCF by
 scanning every threshold, bootstrap replicates by building the resampled
@@ -28,7 +29,7 @@ from dampit.dataio.prepare_folder import (
 from dampit.dataio.trials import read_scores, write_scores
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO / "recipes" / "VoxCeleb" / "ablation"))
 import kfold_stats as ks  # noqa: E402
 import run_ablation as ra  # noqa: E402
 

@@ -1,24 +1,20 @@
-"""Smoke test of tools/bench_model.py on a tiny network (no timing asserts).
+"""Smoke test of tools/benchmarks/bench_model.py on a tiny network (no
+timing asserts).
 
 The FLOP count the benchmark reports is checked against an analytic count
 of the convolutions and linear layers written in this file.
 """
 
-import importlib.util
 import pathlib
+import sys
 
 import torch
 
 from dampit.lobes.resnet import LinearClassifier, SEResNet
 
-TOOL = pathlib.Path(__file__).resolve().parents[2] / "tools" / "bench_model.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("_dampit_bench_model", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+BENCH_DIR = pathlib.Path(__file__).resolve().parents[2] / "tools" / "benchmarks"
+sys.path.insert(0, str(BENCH_DIR))
+import bench_model as bench  # noqa: E402
 
 
 def analytic_forward_flops(config, batch, n_freq, n_frames, n_classes):
@@ -45,7 +41,6 @@ def analytic_forward_flops(config, batch, n_freq, n_frames, n_classes):
 
 
 def test_compare_and_rows_on_a_tiny_network():
-    bench = _bench()
     tiny = dict(depth=18, base_width=4, emb_dim=8, gate="spatial")
     configs = {
         "gated": tiny,
@@ -61,8 +56,8 @@ def test_compare_and_rows_on_a_tiny_network():
     # backward costs about twice the forward (no input gradient for conv1)
     ratio = res["gated"]["train_flops"] / res["gated"]["infer_flops"]
     assert 2.5 < ratio < 3.05
-    rows = bench._rows(res, 10.0, 2, 1, "cpu", 1, "wall")
-    assert len(rows) == 6
+    rows = bench._rows(res, 2, 1, "cpu", 1, "wall")
+    assert len(rows) == 4
     for row in rows:
         assert set(row) == {
             "name",
@@ -77,9 +72,3 @@ def test_compare_and_rows_on_a_tiny_network():
             abs(row["ratio"] - row["figure"] / row["reference"])
             < 0.02 * (row["ratio"])
         )
-
-
-def test_matmul_gflops_is_positive():
-    bench = _bench()
-    clock = bench.Clock("cpu", "cpu")
-    assert bench.matmul_gflops(128, 2, clock, "cpu") > 0

@@ -1,4 +1,5 @@
-"""Tests of tools/run_ablation.py: config derivation and aggregation.
+"""Tests of recipes/VoxCeleb/ablation/run_ablation.py: configurations,
+reading runs and aggregation.
 
 No training: the configurations are read from the recipe's real ablation
 files and checked against their keys written out by hand; the table is
@@ -6,28 +7,20 @@ built from hand-made per-seed results and checked against means and
 sample standard deviations worked out here.
 """
 
-import importlib.util
 import json
 import math
 import os
 import pathlib
+import sys
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        name, REPO / "tools" / f"{name}.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ra = _load_tool("run_ablation")
-report = _load_tool("ablation_report")
+sys.path.insert(0, str(REPO / "recipes" / "VoxCeleb" / "ablation"))
+import ablation_report as report  # noqa: E402
+import run_ablation as ra  # noqa: E402
 
 
 def test_configs_from_the_recipe_ablation_files():
@@ -150,8 +143,31 @@ def test_read_run_names_the_file_with_a_missing_key(tmp_path):
     ver = tmp_path / "verification"
     ver.mkdir()
     (ver / "summary.json").write_text(json.dumps({"trials/full_cosine": {}}))
-    with pytest.raises(KeyError, match="summary.json"):
+    with pytest.raises(KeyError, match="summary.json: full_cosine has no eer"):
         ra.read_run(str(tmp_path), "all_four")
+    only_multicrop = {"trials/multicrop_dot": {"eer": 0.1}}
+    (ver / "summary.json").write_text(json.dumps(only_multicrop))
+    with pytest.raises(KeyError, match="summary.json: no 'trials/full_cosine'"):
+        ra.read_run(str(tmp_path), "all_four")
+
+
+def test_full_cosine_only_run_leaves_the_multicrop_columns_empty(tmp_path):
+    # An encoder scored without training: its summary has one scoring.
+    run = tmp_path / "resemblyzer" / "fold0" / "1"
+    _fake_recipe_run(run, (0.25,), 0.9, 0.6)
+    (run / "verification" / "full.txt").write_text("1 a/1 a/2 0.9\n")
+    summary = json.loads((run / "verification" / "summary.json").read_text())
+    assert list(summary) == ["trials/full_cosine"]
+    summary["trials/full_cosine"]["scores_txt"] = "/old/verification/full.txt"
+    (run / "verification" / "summary.json").write_text(json.dumps(summary))
+    r = ra.read_run(str(run), "resemblyzer")
+    assert r["full_cosine"]["eer"] == pytest.approx(25.0)
+    assert set(r) == {"full_cosine", "score_files", "scores"}
+    assert r["scores"] == str(run / "verification" / "full.txt")
+    table = report.markdown_table(report.aggregate({"resemblyzer": {1: r}}))
+    assert table.splitlines()[2] == (
+        "| resemblyzer | 1 | 25.00 | 0.900 | 0.600 | – | – |"
+    )
 
 
 def test_replace_section_keeps_the_rest_of_the_page():

@@ -1,10 +1,10 @@
-"""Run the paper's Table 2 ablation on a small folder corpus (issue #10).
+"""Run the paper's Table 2 ablation on a small folder corpus.
 
 Trains and verifies every configuration of the ablation (same split and
 budget) over several seeds, plus the template's stock ECAPA-TDNN + AAM,
 then writes a table (EER, minDCF: mean and spread) and a DET figure::
 
-    python tools/run_ablation.py --seeds 1 2 3 --jobs 2 \\
+    python recipes/VoxCeleb/ablation/run_ablation.py --seeds 1 2 3 --jobs 2 \\
         --epochs 5 --batches-per-epoch 23 --set average_checkpoints=1
 
 (RESULTS.md's budget; by default ``mini.yaml``'s 12 epochs of 20 batches).
@@ -19,10 +19,10 @@ resumes. ``--jobs`` runs go in parallel with ``OMP_NUM_THREADS = cores //
 jobs``. The table, per-seed values and figure go to ``--results-md``
 between ``<!-- ablation:begin -->`` and ``<!-- ablation:end -->``.
 
-``--folds K`` is the speaker k-fold mode (issue 20): every configuration
+``--folds K`` is the speaker k-fold mode: every configuration
 is trained once per fold and seed on the speakers of the other folds
 (``--n_folds=K --fold=k`` of the data preparation) into
-``<out>/<config>/fold<k>/<seed>/``, and ``tools/kfold_stats.py`` pools
+``<out>/<config>/fold<k>/<seed>/``, and ``kfold_stats.py`` (here) pools
 the scores of all its runs (EER, minDCF, speaker-bootstrap intervals,
 paired differences from ``all_four``) into ``<!-- kfold:begin -->``.
 ``--set KEY=VALUE ...`` gives every dampit run (not the template) more
@@ -32,7 +32,8 @@ variant goes to an ``--out`` of its own, and ``--compare LABEL=DIR
 ...`` pools one configuration's k-fold runs in each of those folders
 (paired differences from the first)::
 
-    python tools/run_ablation.py --folds 5 --seeds 1 --configs all_four \
+    python recipes/VoxCeleb/ablation/run_ablation.py --folds 5 --seeds 1 \
+        --configs all_four \
         --compare mini=results/ablation_kfold speed=results/speed
 """
 
@@ -45,34 +46,33 @@ import sys
 import time
 
 import yaml
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from ablation_report import (  # noqa: E402  (tools/ on the path)
+from ablation_report import (  # the script's folder: sys.path[0]
+    BASELINE,
     LABELS,
     MARKS,
+    REPO,
+    SCORINGS,
     aggregate,
+    fold_scores,
     markdown_table,
     plot_intervals,
+    read_run,
     replace_section,
     write_page,
 )
-from kfold_stats import kfold_report  # noqa: E402
+from kfold_stats import kfold_report
 
-from dampit.utils.atomic import atomic_write_text  # noqa: E402
-from dampit.utils.hparams import resolve_variant  # noqa: E402
+from dampit.utils.atomic import atomic_write_text
+from dampit.utils.hparams import resolve_variant
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(REPO, "recipes", "VoxCeleb")
+RECIPE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINI = os.path.join(RECIPE, "hparams", "mini.yaml")
 ABLATIONS = os.path.join(RECIPE, "hparams", "ablations")
 TEMPLATE = os.path.join(REPO, "templates", "speaker_verification")
 ECAPA_YAML = os.path.join(TEMPLATE, "hparams", "ecapa_aam.yaml")
-BASELINE = "ecapa_aam"
 # Keys the tool sets itself, the same for every run.
 TOOL_KEYS = {"experiment", "seed", "data_folder", "output_folder"}
 TOOL_KEYS |= {"number_of_epochs", "batches_per_epoch"}
-SCORINGS = ("full_cosine", "multicrop_cosine", "multicrop_dot")
 
 
 def ablation_configs(ablation_dir=ABLATIONS):
@@ -124,47 +124,6 @@ def run_command(config, overrides, seed, data, out, epochs, batches):
     if not baseline:
         cmd += [f"--batches_per_epoch={batches}", f"--experiment={config}"]
     return cmd + [format_override(k, v) for k, v in overrides.items()]
-
-
-def read_run(run_dir, config):
-    """``{scoring: {"eer": %, "min_dcf_0.01", "min_dcf_0.05"}, "scores":
-    full-cosine score file or None}`` of a finished run, else None."""
-    ver = os.path.join(run_dir, "verification")
-    if config == BASELINE:
-        if not os.path.isfile(os.path.join(run_dir, "results.json")):
-            return None
-        with open(os.path.join(ver, "full_cosine_metrics.json")) as f:
-            reports = {"full_cosine": json.load(f)}
-    else:
-        path = os.path.join(ver, "summary.json")
-        if not os.path.isfile(path):
-            return None
-        with open(path, encoding="utf-8") as f:
-            summary = json.load(f)
-        reports = {}
-        for scoring in SCORINGS:
-            if f"trials/{scoring}" not in summary:
-                raise KeyError(f"{path}: no 'trials/{scoring}'")
-            reports[scoring] = summary[f"trials/{scoring}"]
-    keys = ("eer", "min_dcf_0.01", "min_dcf_0.05")
-    out = {
-        scoring: {k: float(rep[k]) * (100.0 if k == "eer" else 1) for k in keys}
-        for scoring, rep in reports.items()
-    }
-    out["score_files"] = {}
-    for scoring, rep in reports.items():
-        path = rep.get("scores_txt")
-        # A moved or copied run records its old folder: read its own file.
-        _, inside, tail = (path or "").rpartition("verification" + os.sep)
-        if inside:
-            path = os.path.join(ver, tail)
-        elif path and not os.path.isabs(path):
-            path = os.path.join(REPO, path)
-        out["score_files"][scoring] = (
-            path if path and os.path.isfile(path) else None
-        )
-    out["scores"] = out["score_files"]["full_cosine"]
-    return out
 
 
 def _run_one(job):
@@ -263,21 +222,6 @@ def run_all(jobs, n_parallel):
     return failed
 
 
-def fold_scores(run_dir, config, n_folds, fold, scoring="full_cosine"):
-    """The ``scoring`` score file of a finished k-fold run (None: not
-    finished); a run not prepared as fold ``fold`` of ``n_folds`` (a
-    script that ignores the keys) is refused."""
-    r = read_run(run_dir, config)
-    if r is None:
-        return None
-    path = os.path.join(run_dir, "prepared", "prepare_opts.json")
-    with open(path, encoding="utf-8") as f:
-        opts = json.load(f)["opts"]
-    if (opts.get("n_folds"), opts.get("fold")) != (n_folds, fold):
-        raise SystemExit(f"{path}: not prepared as fold {fold} of {n_folds}")
-    return r["score_files"].get(scoring)
-
-
 def write_kfold(args, configs, run_dir):
     """Pool each configuration's runs; print the tables, put them in the
     page between its k-fold markers."""
@@ -291,7 +235,7 @@ def write_kfold(args, configs, run_dir):
     }
     rows = [{}, {}]  # the two tables' EER rows, for the figures
     tables = kfold_report(files, "all_four", LABELS, args.bootstrap, 0, rows[0])
-    if "all_four" in configs:  # issue 20 item 5: the scorings compared
+    if "all_four" in configs:  # the scorings compared
         runs = [(run_dir["all_four", f, s], f) for f, s in files["all_four"]]
         scorings = {
             f"all_four/{m}": {
@@ -323,7 +267,7 @@ def write_kfold(args, configs, run_dir):
         f"p-values from {args.bootstrap} bootstrap draws of test speakers "
         "within each fold, the same draws for every configuration "
         "(paired); a difference > 0 means the reference is better "
-        "(`tools/kfold_stats.py` gives the scheme).\n"
+        "(`recipes/VoxCeleb/ablation/kfold_stats.py` gives the scheme).\n"
     )
     atomic_write_text(page, replace_section(text, section, MARKS["kfold"]))
     print(f"[run_ablation] wrote {page}", flush=True)

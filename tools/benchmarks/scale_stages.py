@@ -1,91 +1,28 @@
-"""The measured stages of ``tools/bench_scale.py``, one per interpreter.
-
-Each stage returns a dict of figures; ``python tools/scale_stages.py NAME
-KWARGS.json`` runs one in a fresh process, adds its memory and prints the
-result as one JSON line. Memory: ``peak_rss_mb`` (VmHWM of
-/proc/self/status: peak resident memory, memory-mapped file pages
-included), ``peak_anon_mb`` (peak RssAnon, sampled every 5 ms: what the
-process allocated, no page cache), and both after the imports, before
-the stage (``base_rss_mb``, ``base_anon_mb``). Times: ``cpu_s`` (CPU time
-of all the process's threads) and ``wall_s``.
+"""The measured stages of ``bench_scale.py``, each run in its own
+interpreter by ``benchlib.isolated`` (which adds the memory figures).
+Each returns a dict of figures: ``cpu_s`` (CPU time of all the process's
+threads), ``wall_s``, ``child_cpu_s`` (reaped DataLoader workers).
 """
 
 import builtins
 import contextlib
 import csv
-import importlib.util
-import json
 import os
-import pathlib
-import sys
-import threading
-import time
 
 import numpy as np
 import soundfile as sf
 import torch
+from benchlib import REPO, load_file, timed
+from scale_inputs import vox_labels
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-
-from scale_inputs import vox_labels  # noqa: E402
-
-from dampit.cli.verify import main as verify_main  # noqa: E402
-from dampit.dataio.audio import load_audio  # noqa: E402
-from dampit.dataio.augment import FolderAugment  # noqa: E402
-from dampit.dataio.crops import eval_crops  # noqa: E402
-from dampit.dataio.prepare_voxceleb import prepare_voxceleb  # noqa: E402
-from dampit.dataio.sampler import PKSampler  # noqa: E402
-from dampit.dataio.trials import read_trial_indices  # noqa: E402
-from dampit.metrics.embedding_store import (  # noqa: E402
-    EmbeddingStore,
-    EmbeddingStoreWriter,
-)
-from dampit.metrics.error_rates import compute_eer, compute_min_dcf  # noqa
-from dampit.metrics.multicrop import ScoringVectors  # noqa: E402
-from dampit.recipe.verification import embed, utterance_loader  # noqa: E402
+from dampit.dataio.audio import load_audio
+from dampit.dataio.augment import FolderAugment
+from dampit.dataio.crops import eval_crops
+from dampit.dataio.prepare_voxceleb import prepare_voxceleb
+from dampit.dataio.sampler import PKSampler
+from dampit.recipe.verification import embed, utterance_loader
 
 CROP = 299 * 160  # the paper's 3 s crop (300 frames), in samples
-
-
-def status_mb(key):
-    """A ``kB`` line of /proc/self/status, in MB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-class AnonPeak:
-    """Peak RssAnon of this process, sampled by a thread every 5 ms."""
-
-    def __init__(self):
-        self.peak, self._stop = status_mb("RssAnon"), threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, status_mb("RssAnon"))
-
-    def stop(self):
-        """Stop sampling; return the peak RssAnon in MB."""
-        self._stop.set()
-        self._thread.join()
-        return max(self.peak, status_mb("RssAnon"))
-
-
-@contextlib.contextmanager
-def timed(out, prefix=""):
-    """Put ``<prefix>cpu_s``, ``<prefix>wall_s`` and ``<prefix>child_cpu_s``
-    (reaped child processes: DataLoader workers) of the block in out."""
-    c, w, k = time.process_time(), time.perf_counter(), os.times()
-    yield
-    out[prefix + "cpu_s"] = time.process_time() - c
-    out[prefix + "wall_s"] = time.perf_counter() - w
-    t = os.times()
-    out[prefix + "child_cpu_s"] = sum(t[2:4]) - sum(k[2:4])
 
 
 @contextlib.contextmanager
@@ -164,15 +101,6 @@ def sampler(n_utts, n_spk, P=64, K=2):
     return out
 
 
-def _recipe():
-    """recipes/VoxCeleb/train.py, imported by path."""
-    path = REPO / "recipes" / "VoxCeleb" / "train.py"
-    spec = importlib.util.spec_from_file_location("_scale_train", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def bare_crops(files, n):
     """Reference: ``n`` 3 s crops read with soundfile (seek + read)."""
     out, rng = {}, np.random.default_rng(0)
@@ -190,7 +118,7 @@ def loader(manifest, root, save, workers, n_batches, P=64, K=2):
     """Crops/s of the recipe's training loader (dataio_prep +
     make_train_loader: read_crop, PKSampler, PaddedBatch); file opens per
     sample counted in this process (0 workers)."""
-    train = _recipe()
+    train = load_file(REPO / "recipes" / "VoxCeleb" / "train.py")
     with open(manifest) as f:
         rows = list(csv.DictReader(f))
     hp = dict(sample_rate=16000, crop_samples=CROP, data_folder=root)
@@ -235,45 +163,6 @@ def augment(noise, rir, files, n_batches, batch=128, prob=0.6):
     return out
 
 
-def score(folder, trials, n_utts, n_crops, dim):
-    """Random crop embeddings written with EmbeddingStoreWriter; one pass
-    over the store (the reference); then trial list -> multi-crop mean
-    ("dot", the paper's) -> EER, minDCF."""
-    rng, out, step = np.random.default_rng(0), {}, 256
-    with timed(out, "write_"):
-        with EmbeddingStoreWriter(folder, n_utts, (n_crops, dim)) as w:
-            for s in range(0, n_utts, step):
-                m = min(step, n_utts - s)
-                emb = rng.standard_normal((m, n_crops, dim), np.float32)
-                w.add_batch([f"u{u:07d}" for u in range(s, s + m)], emb)
-    out["gb"] = n_utts * n_crops * dim * 4 / 1e9
-    emb = EmbeddingStore(folder).embeddings
-    with timed(out, "read_"):
-        for s in range(0, len(emb), step):
-            np.asarray(emb[s : s + step]).sum()
-    out["base_anon_mb"], peak = status_mb("RssAnon"), AnonPeak()
-    with timed(out):
-        store = EmbeddingStore(folder)
-        enrol, test, labels, _ = read_trial_indices(trials, store.index)
-        vectors = ScoringVectors.from_embeddings(store, "dot")
-        scores = vectors.score_pairs(enrol, test)
-        out["eer"] = compute_eer(scores, labels)[0]
-        out["min_dcf"] = compute_min_dcf(scores, labels)[0]
-    out["peak_anon_mb"] = peak.stop()
-    out["n_trials"], out["n_utts"] = len(scores), len(store)
-    out["vectors_mb"] = vectors.vectors.nbytes / 2**20
-    return out
-
-
-def cli(model, trials, root, scores):
-    """``dampit-verify --trials`` (its main, in this interpreter)."""
-    out = {}
-    args = ["--model", model, "--trials", trials, "--audio-root", root]
-    with timed(out):
-        out["status"] = verify_main(args + ["--out", scores, "--no-progress"])
-    return out
-
-
 def verify_loading(manifest, root, ids, workers):
     """Files/s of the recipe's verification loader and ``embed`` (whole
     signal and 10 crops per file, a trivial network); with 0 workers also
@@ -296,36 +185,3 @@ def verify_loading(manifest, root, ids, workers):
         del loader  # its workers are reaped: their CPU time is counted
     out["files"], out["files_per_s"] = n, n / out["wall_s"]
     return out
-
-
-STAGES = {
-    f.__name__: f
-    for f in (
-        prep,
-        headers,
-        sampler,
-        loader,
-        augment,
-        score,
-        cli,
-        verify_loading,
-    )
-}
-
-
-def run_stage(name, kwargs):
-    """Run one stage here with its memory figures (see module doc)."""
-    torch.set_num_threads(1)
-    base, base_anon = status_mb("VmHWM"), status_mb("RssAnon")
-    anon = AnonPeak()
-    res = STAGES[name](**kwargs)
-    peak = anon.stop()
-    res.setdefault("base_anon_mb", base_anon)
-    res.setdefault("peak_anon_mb", peak)
-    res.update(peak_rss_mb=status_mb("VmHWM"), base_rss_mb=base)
-    return res
-
-
-if __name__ == "__main__":
-    with open(sys.argv[2]) as f:
-        print(json.dumps(run_stage(sys.argv[1], json.load(f))))

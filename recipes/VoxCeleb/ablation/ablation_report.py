@@ -1,10 +1,11 @@
-"""Tables, DET figure and page sections of tools/run_ablation.py.
+"""Run folders, tables, DET figure and page sections of ``run_ablation.py``.
 
-Per-seed results (``run_ablation.read_run``) become a table of means and
+Per-seed results (:func:`read_run`) become a table of means and
 sample standard deviations over seeds, a per-seed table and a DET overlay
 of one seed; each goes between its markers of a Markdown page.
 """
 
+import json
 import math
 import os
 import statistics
@@ -20,6 +21,11 @@ from dampit.utils.atomic import atomic_path, atomic_write_text
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 
+REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+)
+BASELINE = "ecapa_aam"
+SCORINGS = ("full_cosine", "multicrop_cosine", "multicrop_dot")
 LABELS = {  # in table order: Table 2, gates, the stock baseline
     "softmax_only": "softmax only",
     "softmax_triplet": "softmax + triplet",
@@ -33,6 +39,74 @@ MARKS = {
     m: (f"<!-- {m}:begin -->", f"<!-- {m}:end -->")
     for m in ("ablation", "kfold")
 }
+
+
+def read_run(run_dir, config):
+    """``{scoring: {"eer": %, "min_dcf_0.01", "min_dcf_0.05"}, "scores":
+    full-cosine score file or None}`` of a finished run, else None.
+
+    A run's ``verification/summary.json`` must have ``trials/full_cosine``;
+    the multi-crop scorings are read where it has them (an encoder scored
+    without training, such as an off-the-shelf one, has only the first).
+    """
+    ver = os.path.join(run_dir, "verification")
+    keys = ("eer", "min_dcf_0.01", "min_dcf_0.05")
+    if config == BASELINE:
+        if not os.path.isfile(os.path.join(run_dir, "results.json")):
+            return None
+        path = os.path.join(ver, "full_cosine_metrics.json")
+        with open(path, encoding="utf-8") as f:
+            reports = {"full_cosine": json.load(f)}
+    else:
+        path = os.path.join(ver, "summary.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+        reports = {
+            scoring: summary[f"trials/{scoring}"]
+            for scoring in SCORINGS
+            if f"trials/{scoring}" in summary
+        }
+    if "full_cosine" not in reports:
+        raise KeyError(f"{path}: no 'trials/full_cosine'")
+    for scoring, rep in reports.items():
+        missing = [k for k in keys if k not in rep]
+        if missing:
+            raise KeyError(f"{path}: {scoring} has no {', '.join(missing)}")
+    out = {
+        scoring: {k: float(rep[k]) * (100.0 if k == "eer" else 1) for k in keys}
+        for scoring, rep in reports.items()
+    }
+    out["score_files"] = {}
+    for scoring, rep in reports.items():
+        path = rep.get("scores_txt")
+        # A moved or copied run records its old folder: read its own file.
+        _, inside, tail = (path or "").rpartition("verification" + os.sep)
+        if inside:
+            path = os.path.join(ver, tail)
+        elif path and not os.path.isabs(path):
+            path = os.path.join(REPO, path)
+        out["score_files"][scoring] = (
+            path if path and os.path.isfile(path) else None
+        )
+    out["scores"] = out["score_files"]["full_cosine"]
+    return out
+
+
+def fold_scores(run_dir, config, n_folds, fold, scoring="full_cosine"):
+    """The ``scoring`` score file of a finished k-fold run (None: not
+    finished); a run not prepared as fold ``fold`` of ``n_folds`` (a
+    script that ignores the keys) is refused."""
+    r = read_run(run_dir, config)
+    if r is None:
+        return None
+    path = os.path.join(run_dir, "prepared", "prepare_opts.json")
+    with open(path, encoding="utf-8") as f:
+        opts = json.load(f)["opts"]
+    if (opts.get("n_folds"), opts.get("fold")) != (n_folds, fold):
+        raise SystemExit(f"{path}: not prepared as fold {fold} of {n_folds}")
+    return r["score_files"].get(scoring)
 
 
 def mean_std(values):

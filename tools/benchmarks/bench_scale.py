@@ -1,61 +1,70 @@
-"""Rows of ``tools/bench_scale.py``: each bench builds its inputs, runs
-its stages (``tools/scale_stages.py``) in fresh interpreters and turns
-their figures into benchmark rows with their references and goals.
+"""Scale: toward VoxCeleb size.
+
+How costs grow toward VoxCeleb: preparation at two tree sizes against
+``soundfile.info`` of the same files (projected to 1.1 M files), PKSampler
+at VoxCeleb2 dev's size, the recipe's training loader (0, 1, 2 workers)
+against bare soundfile crop reads, FolderAugment, file opens per sample,
+``dampit-verify --trials`` at 10x more trials, and the verification loader
+against a serial loop. Ratio: figure / reference, as each row's note says;
+each note states its goal.
+
+Inputs (``scale_inputs.py``): a VoxCeleb-layout tree of symlinks to 8 s
+real-format wavs made from ../shared/data, synthetic manifests, labels
+and trial lists. Every stage (``scale_stages.py``) runs in its own
+interpreter (``benchlib.isolated``), so that each memory figure is that
+stage's alone. Sizes: quick (the test), default (a few minutes on 2
+cores), full (10^5 files, 4,874 verification files).
 """
 
-import importlib.util
-import json
 import os
-import pathlib
 import shutil
-import subprocess
-import sys
 import tempfile
 
 import numpy as np
 import scale_inputs as inputs
+from benchlib import DATA, HERE, isolated, row
 
-TOOLS = pathlib.Path(__file__).resolve().parent
-REPO = TOOLS.parent
-DATA = pathlib.Path(
-    os.environ.get("DAMPIT_DATA") or REPO.parent / "shared" / "data"
-)
-VOX1E = (145160, 579818)  # Vox1-E cleaned: utterances, trials
-H100 = 3000  # training crops/s one H100 consumes (issue 19)
+STAGES = HERE / "scale_stages.py"
+VOX2 = 1092009  # VoxCeleb2 dev utterances
+H100 = 3000  # training crops/s one H100 consumes
+KEY_ROWS = ("crops_per_s_per_core_x16", "train_file_opens_per_sample")
+SIZES = {
+    "quick": dict(
+        prep=[300, 600],
+        sampler=(110000, 600),
+        P=8,
+        batches=3,
+        aug=2,
+        vload=32,
+    ),
+    "default": dict(
+        prep=[1000, 10000],
+        sampler=(VOX2, 5994),
+        P=64,
+        batches=6,
+        aug=3,
+        vload=400,
+    ),
+    "full": dict(
+        prep=[10000, 100000],
+        sampler=(VOX2, 5994),
+        P=64,
+        batches=10,
+        aug=5,
+        vload=4874,
+    ),
+}
 
 
 def stage(name, **kwargs):
-    """Run one stage in a fresh interpreter; its result dict."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
-        json.dump(kwargs, f)
-        f.flush()
-        cmd = [sys.executable, str(TOOLS / "scale_stages.py"), name, f.name]
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"stage {name} failed: {' | '.join(tail)}")
-    return json.loads(lines[-1])
+    """One stage of ``scale_stages.py`` in a fresh interpreter."""
+    return isolated(STAGES, name, **kwargs)
 
 
 def fit(xs, ys, x):
     """Least-squares line through ``(xs, ys)`` at ``x``, and its slope."""
     slope, icpt = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
     return float(icpt + slope * x), float(slope)
-
-
-def row(name, figure, unit, reference, note):
-    """A benchmark row (``ratio`` = figure / reference)."""
-    ratio = figure / reference if reference else float("nan")
-    return dict(
-        name=name,
-        figure=figure,
-        unit=unit,
-        reference=reference,
-        ratio=ratio,
-        note=note,
-    )
 
 
 def verdict(ok):
@@ -252,140 +261,6 @@ def bench_loader(tmp, z, sources):
     return rows, raw
 
 
-def bench_scoring(tmp, z):
-    """Multi-crop scoring at growing size, projected to Vox1-E."""
-    rows, raw = [], []
-    for n_utts, n_trials in z["score"]:
-        store = os.path.join(tmp, f"store{n_utts}")
-        ids = [f"u{u:07d}" for u in range(n_utts)]
-        trials = os.path.join(tmp, f"trials{n_utts}.txt")
-        inputs.write_id_trials(trials, ids, n_trials)
-        sc = stage(
-            "score",
-            folder=store,
-            trials=trials,
-            n_utts=n_utts,
-            n_crops=10,
-            dim=z["dim"],
-        )
-        raw.append(dict(n_utts=n_utts, n_trials=n_trials, score=sc))
-        anon = sc["peak_anon_mb"] - sc["base_anon_mb"]
-        tag = f"U={n_utts},T={n_trials},D={z['dim']}"
-        rows.append(
-            row(
-                f"score_multicrop_eer_mindcf_{tag}",
-                sc["wall_s"],
-                "s",
-                sc["read_wall_s"],
-                "read_trial_indices + ScoringVectors('dot') + score_pairs + "
-                f"EER + minDCF over a {sc['gb']:.2f} GB store / one pass over "
-                "the store "
-                f"(wall); EER {100 * sc['eer']:.1f}% (random embeddings)",
-            )
-        )
-        rows.append(
-            row(
-                f"score_peak_anon_memory_{tag}",
-                anon,
-                "MB",
-                sc["vectors_mb"],
-                "RssAnon peak increase of the scoring process / the [U, D] "
-                "float32 mean vectors (a memory-mapped temporary file); VmHWM "
-                f"{sc['peak_rss_mb']:.0f} MB counts the memory-mapped store's "
-                "pages too (page cache); goal < 1 GB: "
-                f"{verdict(anon < 1024)}",
-            )
-        )
-        shutil.rmtree(store)
-    if tuple(z["score"][-1]) != VOX1E and z["dim"] == 2048:
-        us = [r["n_utts"] for r in raw]
-        t, _ = fit(us, [r["score"]["wall_s"] for r in raw], VOX1E[0])
-        m, _ = fit(
-            us,
-            [
-                r["score"]["peak_anon_mb"] - r["score"]["base_anon_mb"]
-                for r in raw
-            ],
-            VOX1E[0],
-        )
-        ref = VOX1E[0] * 2048 * 4 / 2**20
-        rows.append(
-            row(
-                "score_projected_vox1e_s",
-                t,
-                "s",
-                float("nan"),
-                f"line through U={us} (trials x 4 per utterance) at Vox1-E "
-                "(145,160 x 10 x 2048, 579,818 trials); reference not run",
-            )
-        )
-        rows.append(
-            row(
-                "score_projected_vox1e_anon_mb",
-                m,
-                "MB",
-                ref,
-                "projected RssAnon increase / the [U, D] float32 vectors at "
-                f"Vox1-E; goal < 1 GB: {verdict(m < 1024)}",
-            )
-        )
-    return rows, raw
-
-
-def bench_cli(tmp, z, sources):
-    """``dampit-verify --trials`` at 10x more trials: bounded memory?"""
-    spec = importlib_file(REPO / "tests" / "model_folder.py")
-    model = spec.write_demo_model(tmp)
-    root = os.path.join(tmp, "cli_audio")
-    os.makedirs(root)
-    names = []
-    for k in range(z["cli_files"]):
-        names.append(f"f{k:04d}.wav")
-        os.symlink(sources[k % len(sources)], os.path.join(root, names[-1]))
-    raw = []
-    for t in z["cli"]:
-        trials = os.path.join(root, f"trials{t}.txt")
-        inputs.write_id_trials(trials, names, t, utts_per_spk=5)
-        raw.append(
-            stage(
-                "cli",
-                model=model,
-                trials=trials,
-                root=root,
-                scores=os.path.join(tmp, f"scores{t}.txt"),
-            )
-        )
-        raw[-1]["n_trials"] = t
-    a, b = raw
-    rows = [
-        row(
-            f"dampit_verify_peak_rss_T={b['n_trials']}",
-            b["peak_rss_mb"],
-            "MB",
-            a["peak_rss_mb"],
-            f"VmHWM of dampit-verify --trials --out over "
-            f"{z['cli_files']} files / the same at T={a['n_trials']} (1: "
-            f"bounded); goal < 1 GB: {verdict(b['peak_rss_mb'] < 1024)}",
-        ),
-        row(
-            f"dampit_verify_time_T={b['n_trials']}",
-            b["wall_s"],
-            "s",
-            a["wall_s"],
-            f"wall time / the same at T={a['n_trials']}",
-        ),
-    ]
-    return rows, raw
-
-
-def importlib_file(path):
-    """Import a file by path (the test suite's model writer)."""
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def bench_vload(tmp, z, sources):
     """Verification loading: DataLoader with workers vs a serial loop."""
     root = os.path.join(tmp, "vtree")
@@ -427,3 +302,15 @@ def bench_vload(tmp, z, sources):
     )
     shutil.rmtree(root)
     return rows, raw
+
+
+def run(mode):
+    """BENCHMARKS.md rows at ``mode``'s sizes (quick, default, full)."""
+    z, rows = SIZES[mode], []
+    with tempfile.TemporaryDirectory(prefix="dampit_scale_") as tmp:
+        sources = inputs.make_sources(str(DATA), os.path.join(tmp, "src"))
+        rows += bench_prep(tmp, z, sources)[0]
+        rows += bench_sampler(z)[0]
+        rows += bench_loader(tmp, z, sources)[0]
+        rows += bench_vload(tmp, z, sources)[0]
+    return rows

@@ -1,4 +1,4 @@
-"""Statistics of the ablation tool's speaker k-fold mode (issue 20).
+"""Statistics of the ablation tool's speaker k-fold mode.
 
 Every configuration is trained once per fold and seed; the full-cosine
 score files of all its runs are pooled into one EER and minDCF(0.01)
