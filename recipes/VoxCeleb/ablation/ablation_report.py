@@ -34,6 +34,7 @@ LABELS = {  # in table order: Table 2, gates, the stock baseline
     "all_four": "all four (mini.yaml)",
     "no_gates": "all four, no gates",
     "ecapa_aam": "ECAPA-TDNN + AAM (template)",
+    "resemblyzer": "Resemblyzer (off the shelf, no training)",
 }
 MARKS = {
     m: (f"<!-- {m}:begin -->", f"<!-- {m}:end -->")

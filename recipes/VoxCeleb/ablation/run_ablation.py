@@ -70,6 +70,8 @@ MINI = os.path.join(RECIPE, "hparams", "mini.yaml")
 ABLATIONS = os.path.join(RECIPE, "hparams", "ablations")
 TEMPLATE = os.path.join(REPO, "templates", "speaker_verification")
 ECAPA_YAML = os.path.join(TEMPLATE, "hparams", "ecapa_aam.yaml")
+OFF_THE_SHELF = "resemblyzer"  # only when --configs names it (needs --folds)
+RESEMBLYZER = os.path.join(os.path.dirname(__file__), "resemblyzer_baseline.py")
 # Keys the tool sets itself, the same for every run.
 TOOL_KEYS = {"experiment", "seed", "data_folder", "output_folder"}
 TOOL_KEYS |= {"number_of_epochs", "batches_per_epoch"}
@@ -116,6 +118,10 @@ def run_command(config, overrides, seed, data, out, epochs, batches):
     ['--seed=2', '--noprogressbar', '--number_of_epochs=6',
      '--batches_per_epoch=20', '--experiment=no_gates', '--gate=none']
     """
+    if config == OFF_THE_SHELF:  # scored without training
+        cmd = [sys.executable, RESEMBLYZER, f"--data_folder={data}"]
+        cmd += [f"--output_folder={out}"]
+        return cmd + [format_override(k, v) for k, v in overrides.items()]
     baseline = config == BASELINE
     script = os.path.join(TEMPLATE if baseline else RECIPE, "train.py")
     cmd = [sys.executable, script, ECAPA_YAML if baseline else MINI]
@@ -308,6 +314,12 @@ def main(argv=None):
         overrides.update(args.set)
     configs[BASELINE] = {}  # the template: its own checkpoint selection
     chosen = args.configs or list(configs)
+    if OFF_THE_SHELF in chosen:
+        if not args.folds:
+            raise SystemExit(f"--configs {OFF_THE_SHELF}: needs --folds")
+        configs[OFF_THE_SHELF] = {
+            k: v for k, v in args.set.items() if k == "test_corpora"
+        }
     if set(chosen) - set(configs):
         raise SystemExit(f"--configs: choose from {list(configs)}")
     configs = {k: v for k, v in configs.items() if k in chosen}
