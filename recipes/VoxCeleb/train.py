@@ -228,20 +228,35 @@ def dataio_prep(hparams, data):
 def make_train_loader(hparams, train_data):
     """A DataLoader of P speakers x K utterances batches; built here so
     that SpeechBrain does not wrap the sampler again under DDP (PKSampler
-    gives each rank its own batches)."""
-    sampler = PKSampler.from_dataset(
-        train_data,
-        key="spk_id",
-        P=int(hparams["P"]),
-        K=int(hparams["K"]),
-        seed=int(hparams["seed"]),
-        batches_per_epoch=hparams["batches_per_epoch"],
-    )
-    loader = torch.utils.data.DataLoader(
+    gives each rank its slice of every P x K batch).
+
+    The sampler (its epoch) and the loader (SpeechBrain's
+    ``SaveableDataLoader``: the batches the training loop received) are
+    checkpoint recoverables: a run resumed from a checkpoint saved inside
+    an epoch (``--ckpt_interval_steps``, ``--ckpt_interval_minutes``)
+    goes on with that epoch's remaining batches."""
+    try:
+        sampler = PKSampler.from_dataset(
+            train_data,
+            key="spk_id",
+            P=int(hparams["P"]),
+            K=int(hparams["K"]),
+            seed=int(hparams["seed"]),
+            batches_per_epoch=hparams["batches_per_epoch"],
+        )
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
+    loader = sb.dataio.dataloader.SaveableDataLoader(
         train_data,
         batch_sampler=sampler,
         collate_fn=sb.dataio.batch.PaddedBatch,
         num_workers=int(hparams["num_workers"]),
+    )
+    hparams["checkpointer"].add_recoverable(
+        "train_sampler", sampler, optional_load=True
+    )
+    hparams["checkpointer"].add_recoverable(
+        "train_loader", loader, optional_load=True
     )
     return loader, sampler
 
