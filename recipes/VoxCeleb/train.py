@@ -30,6 +30,7 @@ from dampit.dataio.crops import eval_crops, repeat_to_length
 from dampit.dataio.sampler import PKSampler
 from dampit.inference.api import SPEC_FILE, ModelFolderError, load_model
 from dampit.lobes.resnet import load_torchvision_weights
+from dampit.recipe.embedding_health import EmbeddingHealth
 from dampit.recipe.run_setup import RecipeError, run_script, start_run
 from dampit.recipe.validation import validation_eer
 from dampit.recipe.verification import load_test_weights, verify
@@ -42,6 +43,11 @@ class MultiMetricBrain(sb.Brain):
     GPU switches: SpeechBrain's ``--precision=bf16|fp16`` (the loss stays
     float32), ``--compile`` (``compile_module_keys``) and the YAML's
     ``channels_last`` (the network's weights in NHWC order).
+
+    Each epoch's log has the loss terms and the training embeddings'
+    health (:class:`~dampit.recipe.embedding_health.EmbeddingHealth`:
+    same- and different-speaker cosines, norms), with a warning when they
+    have collapsed.
     """
 
     def __init__(self, *args, **kwargs):
@@ -85,6 +91,7 @@ class MultiMetricBrain(sb.Brain):
         for name, value in cost.last_terms.items():
             self.term_sums[name] = self.term_sums.get(name, 0.0) + float(value)
         self.term_count += 1
+        self.health.update(predictions, labels)
         return loss
 
     def _wrap_distributed(self):
@@ -109,6 +116,7 @@ class MultiMetricBrain(sb.Brain):
         if getattr(self, "pk_sampler", None) is not None:
             self.pk_sampler.set_epoch(epoch)
         self.term_sums, self.term_count = {}, 0
+        self.health = EmbeddingHealth()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Log the loss terms and the valid EER; keep the checkpoints."""
@@ -116,6 +124,7 @@ class MultiMetricBrain(sb.Brain):
             self.train_stats = {"loss": stage_loss}
             for name, total in self.term_sums.items():
                 self.train_stats[name] = total / max(1, self.term_count)
+            self.train_stats.update(self.health.summarize(epoch))
             return
         eer = validation_eer(
             torch.cat(self.valid_emb),
