@@ -347,3 +347,33 @@ def test_brain_make_dataloader_without_ddp(tmp_path, monkeypatch):
     for spk in batches:
         assert spk[0] == spk[1] != spk[2] == spk[3]
     assert brain.train_sampler is None  # so fit() will not call set_epoch
+
+
+def test_checkpoint_restores_the_epoch_without_set_epoch(tmp_path):
+    """Saved inside a pass: the same epoch again; at its end: the next."""
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    labels = [s for s in range(10) for _ in range(4)]
+    s = PKSampler(labels, P=3, K=2, seed=3)
+    ckpt = Checkpointer(tmp_path, recoverables={"sampler": s})
+    assert list(s) == s.global_batches(0)
+    assert list(s) == s.global_batches(1)
+    iter(s)  # the pass of epoch 2 begins
+    inside = ckpt.save_checkpoint(end_of_epoch=False, name="inside")
+    at_end = ckpt.save_checkpoint(end_of_epoch=True, name="end")
+    for saved, epoch in ((inside, 2), (at_end, 3)):
+        fresh = PKSampler(labels, P=3, K=2, seed=3)
+        ckpt.add_recoverable("sampler", fresh)
+        ckpt.load_checkpoint(saved)
+        assert list(fresh) == fresh.global_batches(epoch)
+        assert list(fresh) == fresh.global_batches(epoch + 1)
+    before_any_pass = PKSampler(labels, P=3, K=2, seed=3)
+    before_any_pass.set_epoch(5)
+    path = tmp_path / "state.yaml"
+    before_any_pass._save(path)
+    fresh = PKSampler(labels, P=3, K=2, seed=3)
+    fresh._load(path, end_of_epoch=True)
+    assert list(fresh) == fresh.global_batches(5)
+    path.write_text("epoch: -1\nin_pass: true\n")
+    with pytest.raises(ValueError, match="state.yaml is not a saved"):
+        fresh._load(path, end_of_epoch=False)
