@@ -6,7 +6,8 @@ all ranks' rows, softmax per rank) in DistributedDataParallel and take
 their contiguous slice of one speaker-major P x K batch. Every rank's loss
 value, and the parameter gradients after DDP's averaging, must equal one
 process's on the whole batch; with ``cross_rank=False`` each rank's value
-is one process's on its own slice.
+is one process's on its own slice. Training over PKSampler's batches
+(2 processes, each its slices) ends with one process's weights.
 """
 
 import os
@@ -18,6 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from dampit.dataio.sampler import PKSampler
 from dampit.losses import paper_multi_metric_loss
 
 P, K, D_IN, D_EMB = 8, 2, 6, 5
@@ -67,9 +69,37 @@ def _worker(rank, world, init_file, out_dir):
     dist.destroy_process_group()
 
 
-def _run(world, tmp_path):
+def _train(model, loss):
+    """3 SGD steps on PKSampler's batches (this rank's slices under DDP)
+    of 8 speakers x 4 utterances; the weights after them."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(32, D_IN, generator=gen)
+    labels = torch.arange(8).repeat_interleave(4)
+    sampler = PKSampler(labels, P=4, K=2, seed=1, batches_per_epoch=3)
+    opt = torch.optim.SGD([*model.parameters(), *loss.parameters()], lr=0.1)
+    for batch in sampler:
+        opt.zero_grad()
+        loss(model(x[batch]), labels[batch]).backward()
+        opt.step()
+    return [p.detach().clone() for p in opt.param_groups[0]["params"]]
+
+
+def _train_worker(rank, world, init_file, out_dir):
+    torch.set_num_threads(1)  # the parent's thread pool does not survive fork
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world
+    )
+    model, loss = _model_and_loss()
+    weights = _train(
+        DistributedDataParallel(model), DistributedDataParallel(loss)
+    )
+    torch.save(weights, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def _run(world, tmp_path, worker=_worker):
     ctx = mp.start_processes(
-        _worker,
+        worker,
         args=(world, str(tmp_path / "init"), str(tmp_path)),
         nprocs=world,
         start_method="fork",
@@ -101,3 +131,11 @@ def test_ddp_loss_and_gradients_equal_one_process(world, tmp_path):
         rows = slice(rank * P * K // world, (rank + 1) * P * K // world)
         own_value, _ = _step(*_model_and_loss(), x[rows], labels[rows])
         torch.testing.assert_close(res[False][0], own_value)
+
+
+def test_ddp_training_ends_with_one_process_weights(tmp_path):
+    want = _train(*_model_and_loss())
+    for weights in _run(2, tmp_path, _train_worker):
+        assert len(weights) == len(want)
+        for got, ref in zip(weights, want):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
