@@ -20,6 +20,7 @@ import time
 import pytest
 import speechbrain as sb
 import torch
+import torch.multiprocessing as mp
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import ddp_init_group
 from speechbrain.utils.epoch_loop import EpochCounter
@@ -131,8 +132,6 @@ def _ddp_worker(rank, world, port, out_dir):
 
 
 def test_resume_inside_an_epoch_under_ddp(tmp_path):
-    import torch.multiprocessing as mp
-
     ctx = mp.start_processes(
         _ddp_worker,
         args=(2, _free_port(), str(tmp_path)),

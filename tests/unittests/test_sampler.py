@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from speechbrain.utils.checkpoints import Checkpointer
 
 from dampit.dataio.sampler import PKSampler
 
@@ -351,8 +352,6 @@ def test_brain_make_dataloader_without_ddp(tmp_path, monkeypatch):
 
 def test_checkpoint_restores_the_epoch_without_set_epoch(tmp_path):
     """Saved inside a pass: the same epoch again; at its end: the next."""
-    from speechbrain.utils.checkpoints import Checkpointer
-
     labels = [s for s in range(10) for _ in range(4)]
     s = PKSampler(labels, P=3, K=2, seed=3)
     ckpt = Checkpointer(tmp_path, recoverables={"sampler": s})
