@@ -93,21 +93,31 @@ class MultiMetricLoss(MetricLoss):
         total, stats, self.last_terms = emb[:0].sum(), {}, {}
         active = {k: t for k, t in self.terms.items() if self.weights[k] != 0}
         across = self.cross_rank and world_size() > 1
-        rows = {False: (emb, labels), True: (emb, labels)}
+        own = everyone = (emb, labels)
         if across and any(_compares_rows(t) for t in active.values()):
-            rows[True] = gather_rows(emb, labels, type(self).__name__)
+            everyone = gather_rows(emb, labels, type(self).__name__)
         for key, term in self.terms.items():
             value = emb[:0].sum()
             if key in active:
-                compares = _compares_rows(term)
-                value = self.weights[key] * term(*rows[compares])
-                if across and not compares:
-                    value = mean_over_ranks(value)
+                value = self.weights[key] * _term_value(
+                    term, own, everyone, across
+                )
                 for stat, v in getattr(term, "last_stats", {}).items():
                     stats[f"{key}/{stat}"] = v
             total = total + value
             self.last_terms[key] = value.detach()
         return total, stats
+
+
+def _term_value(term, own, everyone, across):
+    """A term on all ranks' rows when it compares rows, else on this
+    rank's, reported as the mean over ranks when ``across``."""
+    if _compares_rows(term):
+        return term(*everyone)
+    value = term(*own)
+    if across:
+        return mean_over_ranks(value)
+    return value
 
 
 def _compares_rows(term):
