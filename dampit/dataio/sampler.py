@@ -7,20 +7,38 @@ and positives as ``batch[1::2]``). Give ``PKSampler`` to a DataLoader as
 without replacement, with probability proportional to their utterance
 counts, each giving the next K of its reshuffled queue, so every utterance
 is used about once per pass. Speakers with fewer than K utterances are left
-out. An epoch has ``U // (P K)`` batches over all ranks (``U``: usable
-utterances) unless ``batches_per_epoch`` (per rank) says otherwise.
+out. An epoch has ``U // (P K)`` batches (``U``: usable utterances)
+unless ``batches_per_epoch`` says otherwise.
 
 ``set_epoch(e)`` fixes the epoch of the next passes; without it each pass
-draws the next epoch. Under DDP (world size and rank from
-``torch.distributed``) every rank draws the same global sequence and takes
-batches ``rank, rank + world, ...``: disjoint, equal in number. Build the
+draws the next epoch. Under DDP (world size W and rank from
+``torch.distributed``) the global batch stays P x K: every rank draws the
+same global sequence and takes, of each batch, its contiguous slice of
+P / W speakers x K utterances (rank 0 the first rows), so that the metric
+terms of :class:`~dampit.losses.MultiMetricLoss`, computed on the rows of
+all ranks, see one P x K batch; P must be divisible by W. Build the
 DataLoader yourself so that SpeechBrain's ``Brain.fit`` does not wrap the
 sampler a second time (``DistributedSamplerWrapper``), or give it
-``num_replicas=1, rank=0`` and let the wrapper split the global sequence.
+``num_replicas=1, rank=0`` and let the wrapper deal whole P x K batches to
+the ranks.
+
+The sampler is a SpeechBrain checkpoint recoverable (``add_recoverable``):
+it saves the epoch of its pass, and a resumed run draws that epoch again
+(a checkpoint saved inside the epoch) or the next one (at its end), with
+or without ``set_epoch``. The position inside the epoch is the DataLoader's
+to save: SpeechBrain's ``SaveableDataLoader`` counts the batches the
+training loop received (a sampler cannot: loader workers draw ahead) and
+skips them on resume.
 """
 
 import numpy as np
 import torch
+import yaml
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
 
 
 def _int(name, value, low):
@@ -30,6 +48,7 @@ def _int(name, value, low):
     return int(value)
 
 
+@register_checkpoint_hooks
 class PKSampler(torch.utils.data.Sampler):
     """Batch sampler of P distinct speakers x K utterances per batch.
 
@@ -39,11 +58,12 @@ class PKSampler(torch.utils.data.Sampler):
         Speaker label of each dataset item (str, int or scalar tensors);
         for a SpeechBrain dataset use :meth:`from_dataset`.
     P, K : int
-        Speakers per batch, utterances per speaker.
+        Speakers per (global) batch, utterances per speaker.
     seed : int
         Base seed; epoch ``e`` is drawn from ``(seed, e)``.
     batches_per_epoch : int or None
-        Batches per epoch per rank (None: each utterance about once).
+        Batches per epoch (None: each utterance about once); every rank
+        takes its slice of each.
     num_replicas, rank : int or None
         DDP world size and rank (None: from ``torch.distributed``).
 
@@ -101,11 +121,18 @@ class PKSampler(torch.utils.data.Sampler):
         self.rank = _int("rank", rank, 0)
         if self.rank >= self.num_replicas:
             raise ValueError(f"PKSampler: rank {rank} >= {num_replicas}")
+        if self.P % self.num_replicas:
+            raise ValueError(
+                f"PKSampler: P={self.P} speakers per batch cannot be split "
+                f"over {self.num_replicas} ranks: make P a multiple of the "
+                "world size"
+            )
         if batches_per_epoch is None:
             n = int(self._weights.sum()) // (self.P * self.K)
-            batches_per_epoch = max(1, n // self.num_replicas)
+            batches_per_epoch = max(1, n)
         self.batches_per_epoch = _int("batches_per_epoch", batches_per_epoch, 1)
         self.epoch, self._fixed = 0, False
+        self._pass_epoch = None  # epoch of the latest pass, None before
 
     @classmethod
     def from_dataset(cls, dataset, key="spk_id", **kwargs):
@@ -139,20 +166,55 @@ class PKSampler(torch.utils.data.Sampler):
         self.epoch, self._fixed = _int("epoch", epoch, 0), True
 
     def __len__(self):
-        """Batches per epoch on this rank."""
+        """Batches per epoch (on each rank)."""
         return self.batches_per_epoch
 
     def __iter__(self):
-        """This rank's batches of the epoch (lists of P * K indices)."""
+        """This rank's slices of the epoch's batches (lists of
+        ``P * K / num_replicas`` indices)."""
         epoch = self.epoch
-        self.epoch += 0 if self._fixed else 1
-        return iter(self.global_batches(epoch)[self.rank :: self.num_replicas])
+        self._pass_epoch = epoch
+        if not self._fixed:
+            self.epoch += 1
+        rows = self.P * self.K // self.num_replicas
+        start = self.rank * rows
+        batches = self.global_batches(epoch)
+        return iter([batch[start : start + rows] for batch in batches])
+
+    @mark_as_saver
+    def _save(self, path):
+        """Write the epoch of the latest pass (or of the next one)."""
+        state = {"epoch": self.epoch, "in_pass": False}
+        if self._pass_epoch is not None:
+            state = {"epoch": self._pass_epoch, "in_pass": True}
+        with open(path, "w", encoding="utf-8") as f:
+            yaml.safe_dump(state, f)
+
+    @mark_as_loader
+    def _load(self, path, end_of_epoch):
+        """The next pass draws the saved pass's epoch again (saved inside
+        it) or the one after (saved at its end)."""
+        with open(path, encoding="utf-8") as f:
+            state = yaml.safe_load(f)
+        if (
+            not isinstance(state, dict)
+            or not isinstance(state.get("epoch"), int)
+            or isinstance(state["epoch"], bool)
+            or state["epoch"] < 0
+            or not isinstance(state.get("in_pass"), bool)
+        ):
+            raise ValueError(
+                f"PKSampler: {path} is not a saved sampler state: {state!r}"
+            )
+        finished = state["in_pass"] and end_of_epoch
+        self.epoch = state["epoch"] + 1 if finished else state["epoch"]
+        self._fixed, self._pass_epoch = False, None
 
     def global_batches(self, epoch):
-        """All ranks' ``num_replicas * len(self)`` batches of an epoch."""
+        """The ``len(self)`` global P x K batches of an epoch."""
         rng = np.random.default_rng([self.seed, int(epoch)])
         queues, batches = {}, []
-        for _ in range(self.batches_per_epoch * self.num_replicas):
+        for _ in range(self.batches_per_epoch):
             # Weighted draw without replacement (exponential race).
             keys = rng.exponential(size=len(self.speakers)) / self._weights
             chosen = np.argpartition(keys, self.P - 1)[: self.P]

@@ -51,6 +51,8 @@ class AngularLoss(MetricLoss):
     tensor(0.8284)
     """
 
+    compares_rows = True
+
     def __init__(self, alpha=45.0, form="npair", allow_empty=False):
         super().__init__(allow_empty)
         if not 0.0 < float(alpha) < 90.0:

@@ -25,6 +25,11 @@ class MetricLoss(nn.Module):
     naming the loss, or gives a zero loss connected to the graph when
     ``allow_empty`` is True (e.g. validation batches that are not P x K).
 
+    ``compares_rows`` (a class attribute) is True for the losses that
+    compare the rows of a batch with each other (pairs, triplets): under
+    DDP, :class:`~dampit.losses.MultiMetricLoss` gives them the rows of
+    all ranks; the others (a classifier's softmax) see each rank's own.
+
     Arguments
     ---------
     allow_empty : bool
@@ -41,6 +46,8 @@ class MetricLoss(nn.Module):
     >>> loss.last_stats
     {'dtype': torch.float32}
     """
+
+    compares_rows = False
 
     def __init__(self, allow_empty=False):
         super().__init__()

@@ -8,6 +8,7 @@ from torch import nn
 
 from dampit.losses.angular import AngularLoss
 from dampit.losses.base import MetricLoss
+from dampit.losses.distributed import gather_rows, mean_over_ranks, world_size
 from dampit.losses.npair import NPairLoss
 from dampit.losses.softmax import SoftmaxLoss
 from dampit.losses.triplet import TripletLoss
@@ -23,12 +24,25 @@ class MultiMetricLoss(MetricLoss):
     loss). ``last_terms`` maps each name to its detached weighted value,
     ``last_stats`` holds the terms' ``last_stats`` as ``"<name>/<stat>"``.
 
+    Under ``torch.distributed`` with ``cross_rank`` on, each rank holding a
+    slice of one global batch of equal size, the terms that compare rows
+    (``compares_rows``: n-pair, triplet, angular) are computed on the
+    embeddings and labels of all ranks
+    (:func:`~dampit.losses.distributed.gather_rows`), the others (softmax,
+    AAM) on the rank's own rows, their value the mean over ranks
+    (:func:`~dampit.losses.distributed.mean_over_ranks`). Every rank then
+    returns the loss of the whole batch, and the gradients DDP averages
+    are one process's on the whole batch. ``cross_rank=False`` computes
+    every term on the rank's own rows.
+
     Arguments
     ---------
     terms : dict of str -> torch.nn.Module
         The terms, each called as ``term(embeddings, labels)``.
     weights : dict of str -> float, optional
         One finite weight per term; None: :data:`PAPER_WEIGHTS` by name.
+    cross_rank : bool
+        Under DDP, compute the terms that compare rows on all ranks' rows.
 
     Example
     -------
@@ -39,8 +53,14 @@ class MultiMetricLoss(MetricLoss):
     ({'triplet': 1.0, 'npair': 0.5}, True)
     """
 
-    def __init__(self, terms, weights=None):
+    def __init__(self, terms, weights=None, cross_rank=True):
         super().__init__()
+        if not isinstance(cross_rank, bool):
+            raise ValueError(
+                f"MultiMetricLoss: cross_rank must be True or False, got "
+                f"{cross_rank!r}"
+            )
+        self.cross_rank = cross_rank
         modules = isinstance(terms, Mapping) and terms
         if not modules or not all(
             isinstance(t, nn.Module) for t in modules.values()
@@ -71,15 +91,38 @@ class MultiMetricLoss(MetricLoss):
     def compute(self, emb, labels):
         """See :meth:`dampit.losses.base.MetricLoss.compute`."""
         total, stats, self.last_terms = emb[:0].sum(), {}, {}
+        active = {k: t for k, t in self.terms.items() if self.weights[k] != 0}
+        across = self.cross_rank and world_size() > 1
+        own = everyone = (emb, labels)
+        if across and any(_compares_rows(t) for t in active.values()):
+            everyone = gather_rows(emb, labels, type(self).__name__)
         for key, term in self.terms.items():
             value = emb[:0].sum()
-            if self.weights[key] != 0:
-                value = self.weights[key] * term(emb, labels)
+            if key in active:
+                value = self.weights[key] * _term_value(
+                    term, own, everyone, across
+                )
                 for stat, v in getattr(term, "last_stats", {}).items():
                     stats[f"{key}/{stat}"] = v
             total = total + value
             self.last_terms[key] = value.detach()
         return total, stats
+
+
+def _term_value(term, own, everyone, across):
+    """A term on all ranks' rows when it compares rows, else on this
+    rank's, reported as the mean over ranks when ``across``."""
+    if _compares_rows(term):
+        return term(*everyone)
+    value = term(*own)
+    if across:
+        return mean_over_ranks(value)
+    return value
+
+
+def _compares_rows(term):
+    """Whether ``term`` compares the rows of a batch (``compares_rows``)."""
+    return bool(getattr(term, "compares_rows", False))
 
 
 def paper_multi_metric_loss(input_size, n_classes):

@@ -34,6 +34,8 @@ class NPairLoss(MetricLoss):
     tensor(0.3133)
     """
 
+    compares_rows = True
+
     def __init__(self, l2_reg=0.005, allow_empty=False):
         super().__init__(allow_empty)
         if not float(l2_reg) >= 0:

@@ -68,6 +68,8 @@ class TripletLoss(MetricLoss):
     tensor(2.5000)
     """
 
+    compares_rows = True
+
     def __init__(
         self,
         margin=0.5,

@@ -112,6 +112,7 @@ class AtomicCheckpointer(sbc.Checkpointer):
             ckpt = super().save_checkpoint(meta, end_of_epoch, name, 0)
             ddp_barrier()
             if ckpt is None:  # not the main process
+                ddp_barrier()  # the main process has renamed the folder
                 return None
             tmp = ckpt.path
             sizes = {f.name: f.stat().st_size for f in tmp.iterdir()}
@@ -126,6 +127,9 @@ class AtomicCheckpointer(sbc.Checkpointer):
             shutil.rmtree(final, ignore_errors=True)  # a custom name again
             os.rename(tmp, final)
             _fsync(self.checkpoints_dir)
+            # Every rank lists the same checkpoints afterwards (the
+            # deletions of save_and_keep_only are one collective each).
+            ddp_barrier()
         except (OSError, RuntimeError) as err:
             torch_io = "inline_container" in str(err) or "write" in str(err)
             if not (isinstance(err, OSError) or torch_io):

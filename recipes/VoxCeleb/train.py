@@ -35,6 +35,7 @@ from dampit.dataio.crops import eval_crops, repeat_to_length
 from dampit.dataio.sampler import PKSampler
 from dampit.inference.api import SPEC_FILE, ModelFolderError, load_model
 from dampit.lobes.resnet import load_torchvision_weights
+from dampit.recipe.embedding_health import EmbeddingHealth
 from dampit.recipe.run_setup import RecipeError, run_script, start_run
 from dampit.recipe.validation import validation_eer
 from dampit.recipe.verification import load_test_weights, verify
@@ -49,6 +50,11 @@ class MultiMetricBrain(sb.Brain):
     GPU switches: SpeechBrain's ``--precision=bf16|fp16`` (the loss stays
     float32), ``--compile`` (``compile_module_keys``) and the YAML's
     ``channels_last`` (the network's weights in NHWC order).
+
+    Each epoch's log has the loss terms and the training embeddings'
+    health (:class:`~dampit.recipe.embedding_health.EmbeddingHealth`:
+    same- and different-speaker cosines, norms), with a warning when they
+    have collapsed.
     """
 
     def __init__(self, *args, **kwargs):
@@ -92,6 +98,7 @@ class MultiMetricBrain(sb.Brain):
         for name, value in cost.last_terms.items():
             self.term_sums[name] = self.term_sums.get(name, 0.0) + float(value)
         self.term_count += 1
+        self.health.update(predictions, labels)
         return loss
 
     def _wrap_distributed(self):
@@ -116,6 +123,7 @@ class MultiMetricBrain(sb.Brain):
         if getattr(self, "pk_sampler", None) is not None:
             self.pk_sampler.set_epoch(epoch)
         self.term_sums, self.term_count = {}, 0
+        self.health = EmbeddingHealth()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Log the loss terms and the valid EER; keep the checkpoints."""
@@ -123,6 +131,7 @@ class MultiMetricBrain(sb.Brain):
             self.train_stats = {"loss": stage_loss}
             for name, total in self.term_sums.items():
                 self.train_stats[name] = total / max(1, self.term_count)
+            self.train_stats.update(self.health.summarize(epoch))
             return
         eer = validation_eer(
             torch.cat(self.valid_emb),
@@ -235,20 +244,35 @@ def dataio_prep(hparams, data):
 def make_train_loader(hparams, train_data):
     """A DataLoader of P speakers x K utterances batches; built here so
     that SpeechBrain does not wrap the sampler again under DDP (PKSampler
-    gives each rank its own batches)."""
-    sampler = PKSampler.from_dataset(
-        train_data,
-        key="spk_id",
-        P=int(hparams["P"]),
-        K=int(hparams["K"]),
-        seed=int(hparams["seed"]),
-        batches_per_epoch=hparams["batches_per_epoch"],
-    )
-    loader = torch.utils.data.DataLoader(
+    gives each rank its slice of every P x K batch).
+
+    The sampler (its epoch) and the loader (SpeechBrain's
+    ``SaveableDataLoader``: the batches the training loop received) are
+    checkpoint recoverables: a run resumed from a checkpoint saved inside
+    an epoch (``--ckpt_interval_steps``, ``--ckpt_interval_minutes``)
+    goes on with that epoch's remaining batches."""
+    try:
+        sampler = PKSampler.from_dataset(
+            train_data,
+            key="spk_id",
+            P=int(hparams["P"]),
+            K=int(hparams["K"]),
+            seed=int(hparams["seed"]),
+            batches_per_epoch=hparams["batches_per_epoch"],
+        )
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
+    loader = sb.dataio.dataloader.SaveableDataLoader(
         train_data,
         batch_sampler=sampler,
         collate_fn=sb.dataio.batch.PaddedBatch,
         num_workers=int(hparams["num_workers"]),
+    )
+    hparams["checkpointer"].add_recoverable(
+        "train_sampler", sampler, optional_load=True
+    )
+    hparams["checkpointer"].add_recoverable(
+        "train_loader", loader, optional_load=True
     )
     return loader, sampler
 

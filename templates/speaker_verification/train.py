@@ -228,9 +228,9 @@ def make_train_set(brain, hparams, train_data):
     DDP). With it, ``train_sampler(train_data)`` must return a batch
     sampler (dampit's ``PKSampler.from_dataset``); the DataLoader is built
     here and passed to ``fit`` ready-made, so SpeechBrain does not wrap the
-    sampler again under DDP (``PKSampler`` already gives each rank its own
-    batches), and ``brain.train_sampler`` is set so that SpeechBrain calls
-    its ``set_epoch`` at the start of every epoch.
+    sampler again under DDP (``PKSampler`` already gives each rank its
+    share of the batches), and ``brain.train_sampler`` is set so that
+    SpeechBrain calls its ``set_epoch`` at the start of every epoch.
 
     Arguments
     ---------

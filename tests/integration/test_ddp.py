@@ -1,10 +1,11 @@
 """The recipe under SpeechBrain's DDP: 2 CPU processes on gloo.
 
 ``torchrun --nproc_per_node=2 train.py ...`` trains the thin model for one
-debug epoch; each rank draws its own disjoint P x K batches (PKSampler
+debug epoch; each rank holds its slice of every P x K batch (PKSampler
 reads the rank and world size from torch.distributed; see
-tests/unittests/test_sampler.py for the disjointness properties) and the
-run ends with a verification summary written once, by rank 0.
+tests/unittests/test_sampler.py for the slices and
+test_ddp_metric_terms.py for the loss on all ranks' rows) and the run
+ends with a verification summary written once, by rank 0.
 """
 
 import json
@@ -61,5 +62,6 @@ def test_recipe_trains_with_two_gloo_processes(shared_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     log = (out / "train_log.txt").read_text()
     assert log.count("epoch: 1") == 1, log  # logged once, by rank 0
+    assert "cos_same" in log and "cos_diff" in log, log  # embedding health
     summary = json.loads((out / "verification" / "summary.json").read_text())
     assert all(math.isfinite(v["eer"]) for v in summary.values())

@@ -56,7 +56,7 @@ def _latest_states(save):
     states = {
         name: torch.load(path, weights_only=True)
         for name, path in ckpt.paramfiles.items()
-        if name not in ("counter", "brain")
+        if name not in ("counter", "brain", "train_sampler", "train_loader")
     }
     return ckpt, states
 

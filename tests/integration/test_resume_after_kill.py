@@ -138,7 +138,7 @@ def _state_files(save):
     ckpt = AtomicCheckpointer(save).find_checkpoint()
     states = {}
     for name, path in ckpt.paramfiles.items():
-        if name in ("counter", "brain"):
+        if name in ("counter", "brain", "train_sampler", "train_loader"):
             states[name] = path.read_text()
         else:
             states[name] = torch.load(path, weights_only=True)
@@ -184,7 +184,12 @@ def test_sigkill_mid_epoch_then_restart_equals_uninterrupted(
             _, problem = check_checkpoint_dir(path)
             assert problem is None, (path, problem)
             for f in path.glob("*.ckpt"):
-                if f.stem not in ("counter", "brain"):
+                if f.stem not in (
+                    "counter",
+                    "brain",
+                    "train_sampler",
+                    "train_loader",
+                ):
                     torch.load(f, weights_only=True)
 
     stdout = _run(cmd_b)  # the same command again

@@ -414,6 +414,8 @@ def test_multi_metric_validates_keys_and_weights():
         MultiMetricLoss({"t": lambda e, y: 0}, {"t": 1.0})
     with pytest.raises(TypeError, match="non-empty dict"):
         MultiMetricLoss({}, {})
+    with pytest.raises(ValueError, match="cross_rank must be True or Fa"):
+        MultiMetricLoss(terms, cross_rank="no")
     assert MultiMetricLoss(terms).weights == {"triplet": 1.0, "npair": 0.5}
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from speechbrain.utils.checkpoints import Checkpointer
 
 from dampit.dataio.sampler import PKSampler
 
@@ -117,13 +118,16 @@ def test_internal_counter_without_set_epoch():
     bpe=st.one_of(st.none(), st.integers(1, 5)),
     epoch=st.integers(0, 9),
 )
-def test_ranks_disjoint_and_covering(labels, world, bpe, epoch):
-    assume(len(_usable(labels, 2)) >= 2)
+def test_ranks_take_contiguous_slices_of_one_global_batch(
+    labels, world, bpe, epoch
+):
+    P = 2 * world
+    assume(len(_usable(labels, 2)) >= P)
     per_rank = []
     for r in range(world):
         s = PKSampler(
             labels,
-            2,
+            P,
             2,
             seed=11,
             batches_per_epoch=bpe,
@@ -132,21 +136,25 @@ def test_ranks_disjoint_and_covering(labels, world, bpe, epoch):
         )
         s.set_epoch(epoch)
         per_rank.append(list(s))
-    lengths = {len(b) for b in per_rank}
-    assert len(lengths) == 1  # equal count per rank
-    ref = PKSampler(
-        labels, 2, 2, seed=11, batches_per_epoch=bpe, num_replicas=world, rank=0
-    )
+    ref = PKSampler(labels, P, 2, seed=11, batches_per_epoch=bpe)
     glob = ref.global_batches(epoch)
-    assert len(glob) == world * lengths.pop()
-    # rank r owns global positions r, r + world, ...: disjoint, covering
-    for r in range(world):
-        assert per_rank[r] == glob[r::world]
+    assert {len(b) for b in per_rank} == {len(glob)}
+    # rank r holds rows 4r .. 4r + 3 (2 speakers x 2) of every global batch
+    for b, batch in enumerate(glob):
+        _check_batch(batch, labels, P, 2)
+        for r in range(world):
+            assert per_rank[r][b] == batch[4 * r : 4 * r + 4]
     if bpe is None:
         units = sum(
             max(c, 2) for c in collections.Counter(labels).values() if c >= 2
         )
-        assert len(glob) == world * max(1, units // 4 // world)
+        assert len(glob) == max(1, units // (P * 2))
+
+
+def test_p_not_divisible_by_world_size():
+    labels = [s for s in range(10) for _ in range(4)]
+    with pytest.raises(ValueError, match="P=3 .* over 2 ranks"):
+        PKSampler(labels, 3, 2, num_replicas=2, rank=1)
 
 
 def test_utterances_used_evenly_within_each_speaker():
@@ -316,9 +324,9 @@ def test_rank_and_world_from_torch_distributed(tmp_path):
         num_replicas=2,
         rank=0,
     ).global_batches(2)
-    assert res[0]["batches"] == ref[0::2]
-    assert res[1]["batches"] == ref[1::2]
-    assert len(ref) == 2 * (40 // 4 // 2)
+    assert res[0]["batches"] == [b[:2] for b in ref]
+    assert res[1]["batches"] == [b[2:] for b in ref]
+    assert len(ref) == 40 // 4
 
 
 def test_brain_make_dataloader_without_ddp(tmp_path, monkeypatch):
@@ -340,3 +348,31 @@ def test_brain_make_dataloader_without_ddp(tmp_path, monkeypatch):
     for spk in batches:
         assert spk[0] == spk[1] != spk[2] == spk[3]
     assert brain.train_sampler is None  # so fit() will not call set_epoch
+
+
+def test_checkpoint_restores_the_epoch_without_set_epoch(tmp_path):
+    """Saved inside a pass: the same epoch again; at its end: the next."""
+    labels = [s for s in range(10) for _ in range(4)]
+    s = PKSampler(labels, P=3, K=2, seed=3)
+    ckpt = Checkpointer(tmp_path, recoverables={"sampler": s})
+    assert list(s) == s.global_batches(0)
+    assert list(s) == s.global_batches(1)
+    iter(s)  # the pass of epoch 2 begins
+    inside = ckpt.save_checkpoint(end_of_epoch=False, name="inside")
+    at_end = ckpt.save_checkpoint(end_of_epoch=True, name="end")
+    for saved, epoch in ((inside, 2), (at_end, 3)):
+        fresh = PKSampler(labels, P=3, K=2, seed=3)
+        ckpt.add_recoverable("sampler", fresh)
+        ckpt.load_checkpoint(saved)
+        assert list(fresh) == fresh.global_batches(epoch)
+        assert list(fresh) == fresh.global_batches(epoch + 1)
+    before_any_pass = PKSampler(labels, P=3, K=2, seed=3)
+    before_any_pass.set_epoch(5)
+    path = tmp_path / "state.yaml"
+    before_any_pass._save(path)
+    fresh = PKSampler(labels, P=3, K=2, seed=3)
+    fresh._load(path, end_of_epoch=True)
+    assert list(fresh) == fresh.global_batches(5)
+    path.write_text("epoch: -1\nin_pass: true\n")
+    with pytest.raises(ValueError, match="state.yaml is not a saved"):
+        fresh._load(path, end_of_epoch=False)
