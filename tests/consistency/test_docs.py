@@ -2,9 +2,10 @@
 
 - README.md has at most 200 lines and links every page of docs/;
 - no user-facing file speaks of work history (stops, issue numbers,
-  agents): README.md, docs/, recipes/, templates/, dampit/ and
+  agents): README.md, docs/, recipes/, templates/, dampit/, tools/ and
   BENCHMARKS.md describe the code and its measurements as they are;
-- every relative link of README.md and docs/*.md resolves to a file.
+- every relative link of README.md and docs/*.md resolves to a file
+  (and its `#anchor` to a heading).
 """
 
 import pathlib
@@ -18,8 +19,8 @@ DOCS = sorted((REPO / "docs").glob("*.md"))
 #: What a user-facing file must not say (the history of the work).
 HISTORY = re.compile(r"stop[ -][0-9]|issue ?#?[0-9]|agent", re.I)
 #: Where HISTORY is looked for: files and folders of user-facing text.
-USER_FACING = ["README.md", "docs", "recipes", "templates", "dampit"]
-USER_FACING += ["BENCHMARKS.md"]
+USER_FACING = ["README.md", "BENCHMARKS.md", "docs", "dampit", "recipes"]
+USER_FACING += ["templates", "tools"]
 TEXT = {".md", ".py", ".yaml", ".yml", ".txt", ".sh", ".cfg"}
 #: A Markdown link ``[text](target)``; the target up to a space or ``)``.
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
@@ -47,16 +48,29 @@ def history_lines(paths):
     return hits
 
 
+def anchors(path):
+    """GitHub's anchors of a Markdown file's headings: lower case, without
+    punctuation, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), re.M)
+    slugs = [re.sub(r"[^\w\- ]", "", h.strip().lower()) for h in headings]
+    return {slug.replace(" ", "-") for slug in slugs}
+
+
 def broken_links(path):
-    """The relative link targets of a Markdown file that name no file
-    (an ``#anchor`` is cut off; web and mail links are not checked)."""
+    """The relative link targets of a Markdown file that name no file, or
+    an ``#anchor`` that no heading of a Markdown target has (web and mail
+    links are not checked)."""
     broken = []
     for target in LINK.findall(path.read_text(encoding="utf-8")):
-        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+        if re.match(r"[a-z]+:", target):
             continue
-        file_part = target.split("#")[0]
-        if not (path.parent / file_part).exists():
+        file_part, _, anchor = target.partition("#")
+        linked = path.parent / file_part if file_part else path
+        if not linked.exists():
             broken.append(target)
+        elif anchor and linked.suffix == ".md":
+            if anchor not in anchors(linked):
+                broken.append(target)
     return broken
 
 
@@ -88,10 +102,11 @@ def test_the_checks_catch_drift(tmp_path):
     """Each check fails on a file that breaks its rule."""
     page = tmp_path / "page.md"
     page.write_text(
-        "See [it](missing.md#x), [web](https://x.org) and [here](#top).\n"
+        "# Top\n\nSee [it](other.md#a-b), [web](https://x.org) and "
+        "[here](#top), [not here](#bottom).\n"
         "Fixed after stop 21 (issue #20), by an agent.\n"
     )
-    assert broken_links(page) == ["missing.md#x"]
+    assert broken_links(page) == ["other.md#a-b", "#bottom"]
     assert len(history_lines([page])) == 1
-    (tmp_path / "missing.md").write_text("# x\n")
-    assert broken_links(page) == []
+    (tmp_path / "other.md").write_text("# x\n\n## A, b\n")
+    assert broken_links(page) == ["#bottom"]
