@@ -1,4 +1,4 @@
-"""GPU check of the paper's training and test, in one command (issue 19).
+"""GPU check of the paper's training and test, in one command.
 
 Builds the paper's network, features and loss from
 ``recipes/VoxCeleb/hparams/multi_metric.yaml`` (``load_hparams``: the

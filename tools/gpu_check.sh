@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-command GPU check (issue 19): the paper's configuration trained on
+# One-command GPU check: the paper's configuration trained on
 # random audio in fp32, bf16, bf16 + channels_last (+ torch.compile), with
 # projections of a VoxCeleb2 epoch, the schedule and the Vox1-O test.
 #   tools/gpu_check.sh [--steps 200] [--out gpu_check.md] [--cpu]

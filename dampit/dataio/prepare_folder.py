@@ -106,7 +106,7 @@ def unique_ids(rel_paths, where):
 
 def check_files(paths, skip_bad, save_folder, where, bad=()):
     """Check every file (``check_audio``; serially: on cached files threads
-    double the CPU time, issue 19); return ``path -> (frames, rate)`` of the
+    double the CPU time); return ``path -> (frames, rate)`` of the
     usable ones. Unusable files (and ``bad``, ``(path, reason)`` found
     before) go to ``<save_folder>/bad_files.txt`` and are skipped with a
     warning (``skip_bad``) or refused in one error.

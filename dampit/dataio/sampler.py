@@ -1,8 +1,11 @@
 """P x K batch sampler: P distinct speakers, K utterances each.
 
 The paper's batches hold P = 64 speakers x K = 2 utterances, speaker-major
-(``[s1u1, s1u2, s2u1, ...]``: the losses read anchors as ``batch[0::2]``
-and positives as ``batch[1::2]``). Give ``PKSampler`` to a DataLoader as
+(``[s1u1, s1u2, s2u1, ...]``). The losses do not rely on that order: the
+pair losses (n-pair, angular) take each speaker's first two rows as anchor
+and positive by label (:func:`dampit.losses.base.first_two_pairs`; rows
+``0::2`` and ``1::2`` of a P x 2 batch), and the triplet and softmax
+losses use every row. Give ``PKSampler`` to a DataLoader as
 ``batch_sampler``. Epoch ``e`` is drawn from ``(seed, e)``: P speakers
 without replacement, with probability proportional to their utterance
 counts, each giving the next K of its reshuffled queue, so every utterance

@@ -1,4 +1,5 @@
-"""Every code block of README.md and templates/**/README.md is checked.
+"""Every code block of README.md, docs/*.md and templates/**/README.md is
+checked.
 
 - python: runs on a model folder the test writes (tests/model_folder.py),
   with the README's paths replaced by the test's (``SUBSTITUTE``) and the
@@ -26,7 +27,11 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-READMES = [REPO / "README.md"] + sorted((REPO / "templates").rglob("README.md"))
+READMES = (
+    [REPO / "README.md"]
+    + sorted((REPO / "docs").glob("*.md"))
+    + sorted((REPO / "templates").rglob("README.md"))
+)
 
 
 def _load(name):
