@@ -16,6 +16,8 @@ calibrated one unless ``--threshold`` is given; with labels, the EER,
 minDCF (p_target 0.01) and the error rates at the threshold are printed.
 """
 
+import contextlib
+import csv
 import os
 import sys
 import warnings
@@ -32,14 +34,32 @@ from dampit.metrics.multicrop import cosine_scores
 PROG = "dampit-verify"
 
 
+def _read_csv(path, data_root):
+    """SpeechBrain's ``load_data_csv`` of ``--csv``, its rows checked
+    first: each has as many fields as the header."""
+    repl = {"data_root": data_root} if data_root else None
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f, skipinitialspace=True)
+            header = next(reader, [])
+            bad = [(reader.line_num, len(row)) for row in reader if row]
+            bad = [(n, k) for n, k in bad if k != len(header)]
+        rows = {} if bad else load_data_csv(path, repl)
+    except (OSError, KeyError, ValueError, csv.Error) as err:
+        raise common.CliError(f"--csv {path}: {err}") from None
+    if bad:
+        line, n_fields = bad[0]
+        raise common.CliError(
+            f"--csv {path}:{line}: {n_fields} fields, the header has "
+            f"{len(header)}"
+        )
+    return rows
+
+
 def resolve_audio(names, args):
     """Audio file of each trial name (``--audio-root`` or ``--csv``)."""
-    rows, root = {}, args.audio_root or os.path.dirname(args.trials)
-    try:
-        repl = {"data_root": args.data_root} if args.data_root else None
-        rows = load_data_csv(args.csv, repl) if args.csv else rows
-    except (OSError, KeyError, ValueError) as err:
-        raise common.CliError(f"--csv {args.csv}: {err}") from None
+    root = args.audio_root or os.path.dirname(args.trials)
+    rows = _read_csv(args.csv, args.data_root) if args.csv else {}
     paths = []
     for name in names:
         path = os.path.join(root, name)
@@ -83,6 +103,13 @@ def _report(scores, labels, threshold):
 
 def _verify(args):
     common.check_args(args, out_folder=False)
+    with contextlib.ExitStack() as stack:
+        if args.out:  # a second writer of --out: refused before the work
+            common.hold_output(stack, args.out)
+        return _verify_locked(args)
+
+
+def _verify_locked(args):
     if args.trials:
         enrol, test, labels, names = trials.read_trial_indices(args.trials)
         paths = resolve_audio(names, args)

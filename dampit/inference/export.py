@@ -45,6 +45,7 @@ from dampit.inference.portable import export_onnx, export_torchscript
 from dampit.metrics.error_rates import compute_eer
 from dampit.utils.atomic import atomic_folder
 from dampit.utils.checkpoint_averaging import average_weights
+from dampit.utils.file_lock import LockError
 
 __all__ = ["ExportError", "export_model", "main", "read_run_hparams"]
 __all__ += ["write_model_files"]
@@ -318,8 +319,19 @@ def export_model(
     scores = scores and os.path.abspath(os.fspath(scores))
     if not os.path.isdir(run):
         raise ExportError(f"run folder not found: {run}")
-    if os.path.exists(model) and not overwrite:
-        raise FileExistsError(f"{model} exists (--overwrite replaces it)")
+    real_run, real_model = os.path.realpath(run), os.path.realpath(model)
+    if os.path.commonpath([real_run, real_model]) in (real_run, real_model):
+        raise ExportError(
+            f"{model}: the model folder cannot be the run folder {run}, "
+            "inside it or hold it"
+        )
+    with atomic_folder(model, overwrite, holds=(SPEC_FILE,)) as tmp:
+        return _export(run, model, tmp, torchscript, onnx, scores)
+
+
+def _export(run, model, tmp, torchscript, onnx, scores):
+    """Write the model folder of ``run`` into ``tmp`` (``model`` when it is
+    renamed into place); returns ``dampit_export.json``."""
     hp = read_run_hparams(run)
     where = os.path.join(run, HPARAMS_FILE)
     modules = {k: _module(hp, keys, where) for k, keys in RUN_KEYS.items()}
@@ -335,32 +347,42 @@ def export_model(
     save = os.path.dirname(ckpts[0].path)  # the run's save_folder
     labels = os.path.join(save, "label_encoder.txt")
     rate = int(hp.get("sample_rate", 16000))
-    with atomic_folder(model, overwrite=overwrite) as tmp:
-        if "classifier" in modules and os.path.isfile(labels):
-            shutil.copyfile(labels, os.path.join(tmp, LABELS_FILE))
-        source = key if scores else f"{run}/verification/summary.json: {key}"
-        paths = [c.path for c in ckpts]
-        spec = write_model_files(
-            tmp, modules, weights, threshold, rate, threshold_source=source,
-            run=run, checkpoints=paths,
-        )  # fmt: skip
-        loaded = _check(tmp, model)
-        if torchscript:
-            export_torchscript(loaded, os.path.join(tmp, "embedding_model.ts"))
-        if onnx:
-            export_onnx(loaded, os.path.join(tmp, "embedding_model.onnx"))
-        results = "".join(
-            f"- {k}: EER {100 * v['eer']:.2f}%\n"
-            for k, v in summary.items()
-            if isinstance(v, dict) and isinstance(v.get("eer"), float)
-        )
-        names = ", ".join(os.path.basename(p) for p in paths)
-        card = CARD.format(
-            run=run, checkpoints=names, sample_rate=rate, threshold=threshold,
-            key=key, results=results, source=source,
-        )  # fmt: skip
-        with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-            f.write(card)
+    if "classifier" in modules and os.path.isfile(labels):
+        shutil.copyfile(labels, os.path.join(tmp, LABELS_FILE))
+    source = key if scores else f"{run}/verification/summary.json: {key}"
+    paths = [c.path for c in ckpts]
+    spec = write_model_files(
+        tmp,
+        modules,
+        weights,
+        threshold,
+        rate,
+        threshold_source=source,
+        run=run,
+        checkpoints=paths,
+    )
+    loaded = _check(tmp, model)
+    if torchscript:
+        export_torchscript(loaded, os.path.join(tmp, "embedding_model.ts"))
+    if onnx:
+        export_onnx(loaded, os.path.join(tmp, "embedding_model.onnx"))
+    results = "".join(
+        f"- {k}: EER {100 * v['eer']:.2f}%\n"
+        for k, v in summary.items()
+        if isinstance(v, dict) and isinstance(v.get("eer"), float)
+    )
+    names = ", ".join(os.path.basename(p) for p in paths)
+    card = CARD.format(
+        run=run,
+        checkpoints=names,
+        sample_rate=rate,
+        threshold=threshold,
+        key=key,
+        results=results,
+        source=source,
+    )
+    with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+        f.write(card)
     return spec
 
 
@@ -384,11 +406,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         spec = export_model(
-            args.run, args.model, args.overwrite, args.torchscript, args.onnx,
+            args.run,
+            args.model,
+            args.overwrite,
+            args.torchscript,
+            args.onnx,
             args.scores,
-        )  # fmt: skip
-    except (ExportError, FileExistsError) as err:
+        )
+    except (ExportError, FileExistsError, LockError) as err:
         print(f"dampit-export: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full or read-only disk, a file as a folder
+        print(f"dampit-export: error: {args.model}: {err}", file=sys.stderr)
         return 2
     print(
         f"[dampit] exported {spec['run']} -> {args.model} "
