@@ -20,6 +20,7 @@ must first give the same embeddings from it.
 
 import argparse
 import glob
+import io
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import yaml
 from speechbrain.inference.classifiers import EncoderClassifier
 from speechbrain.utils.checkpoints import Checkpoint
 
+from dampit.cli.common import terminated_as_exit
 from dampit.dataio.trials import TrialListError, read_scores
 from dampit.inference.api import (
     HPARAMS_FILE,
@@ -259,7 +261,10 @@ def write_model_files(
     with open(os.path.join(folder, SPEC_FILE), "w", encoding="utf-8") as f:
         json.dump(spec, f, indent=2)
     for name, state in weights.items():
-        torch.save(state, os.path.join(folder, f"{name}.ckpt"))
+        data = io.BytesIO()  # torch.save's own writer hides ENOSPC
+        torch.save(state, data)
+        with open(os.path.join(folder, f"{name}.ckpt"), "wb") as f:
+            f.write(data.getbuffer())
     flow = dict(default_flow_style=True, width=math.inf)
     loadables = list(weights)
     if os.path.isfile(os.path.join(folder, LABELS_FILE)):
@@ -405,19 +410,21 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     try:
-        spec = export_model(
-            args.run,
-            args.model,
-            args.overwrite,
-            args.torchscript,
-            args.onnx,
-            args.scores,
-        )
-    except (ExportError, FileExistsError, LockError) as err:
-        print(f"dampit-export: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a full or read-only disk, a file as a folder
-        print(f"dampit-export: error: {args.model}: {err}", file=sys.stderr)
+        with terminated_as_exit():  # SIGTERM: the temporary folder goes
+            spec = export_model(
+                args.run,
+                args.model,
+                args.overwrite,
+                args.torchscript,
+                args.onnx,
+                args.scores,
+            )
+    except (ExportError, LockError, OSError) as err:
+        msg = str(err)
+        if isinstance(err, OSError) and err.strerror:  # a full disk...
+            msg = f"cannot write {args.model}: {err.strerror}"
+            msg += f" ({err.filename})" if err.filename else ""
+        print(f"dampit-export: error: {msg}", file=sys.stderr)
         return 2
     print(
         f"[dampit] exported {spec['run']} -> {args.model} "

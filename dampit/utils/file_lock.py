@@ -89,9 +89,14 @@ class FileLock:
                 self.path,
                 *old,
             )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         self.fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            holder = f"{os.getpid()} {socket.gethostname()}\n"
+            os.pwrite(fd, holder.encode(), 0)
+        except OSError:  # a full disk: no lock file left behind
+            self.release()
+            raise
         return self
 
     def release(self):
