@@ -73,14 +73,20 @@ class Parser(argparse.ArgumentParser):
 
 
 def check_args(args, out_folder):
-    """Before any work: ``--out`` not a folder (a file when
-    ``out_folder``), its folder takes a new file; ``--model`` exists."""
+    """Before any work: ``--out`` is new or a folder (``out_folder``) or
+    a regular file (else: a device or pipe would be replaced), its name
+    has no line break, its folder takes a new file; ``--model`` exists."""
     if args.out:
         out = os.path.abspath(args.out)
         if out_folder and os.path.exists(out) and not os.path.isdir(out):
             raise CliError(f"--out {out} is not a folder")
         if not out_folder and os.path.isdir(out):
             raise CliError(f"--out {out} is a folder")
+        if not out_folder and os.path.exists(out) and not isfile(out):
+            raise CliError(
+                f"--out {out} is not a regular file (a device, a pipe): it "
+                "would be replaced (- writes to standard output)"
+            )
         if out.splitlines() != [out]:
             raise CliError(f"--out {out!r}: the name has a line break")
         parent = os.path.dirname(out)

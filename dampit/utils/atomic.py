@@ -41,7 +41,9 @@ def atomic_path(path):
     ------
     str
         A temporary file in the same folder; on an exception it is deleted
-        and ``path`` is left untouched.
+        and ``path`` is left untouched. An existing ``path`` that is not a
+        regular file (a folder, a device such as ``/dev/null``, a pipe)
+        raises FileExistsError: renaming over it would replace it.
 
     Example
     -------
@@ -52,6 +54,11 @@ def atomic_path(path):
     '1.0'
     """
     path = os.fspath(path)
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise FileExistsError(
+            f"{path} exists and is not a regular file (a folder, a device, "
+            "a pipe): nothing replaced"
+        )
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(

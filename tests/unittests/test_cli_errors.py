@@ -9,10 +9,12 @@ folders are real tmpfs mounts (``unshare``) when running as root.
 
 import json
 import math
+import os
 import pathlib
 import runpy
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -409,3 +411,52 @@ def test_disk_full_names_the_output_and_keeps_the_old_file(write_faults):
     code, err = res["full_embed"]
     assert code == 2
     one_line_error(err, full / "e", "No space left on device")
+
+
+# ------------------------------------------------- names, CSV, devices --
+
+
+def test_file_name_with_a_line_break_is_refused_first(
+    model, wavs, tmp_path, capsys
+):
+    """A folder holding ``a\\nb.wav``: refused before any audio is read
+    (no progress bar), nothing written; so is an ID holding a line
+    separator that ``ids.txt`` would split."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(wavs[0], folder / "fine.wav")
+    shutil.copy(wavs[1], folder / "two\nlines.wav")
+    out = tmp_path / "e"
+    argv = ["--model", str(model), str(folder), "--out", str(out)]
+    refused(embed_cli.main, argv, capsys, "line break")
+    assert not out.exists()
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"spk\u2028one\t{wavs[0]}\n")
+    argv = ["--model", str(model), str(listed), "--out", str(out)]
+    refused(embed_cli.main, argv, capsys, f"{listed}:1", "2 lines")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "list.txt"]
+
+
+@pytest.mark.parametrize("row", ["a,1.0,{wav},extra", "a,1.0"])
+def test_csv_row_of_the_wrong_length_names_the_line(
+    model, wavs, tmp_path, capsys, row
+):
+    csv = tmp_path / "data.csv"
+    csv.write_text(
+        f"ID,duration,wav\nb,2.0,{wavs[1]}\n{row.format(wav=wavs[0])}\n"
+    )
+    trials = tmp_path / "t.txt"
+    trials.write_text("1 a b\n")
+    argv = ["--model", str(model), "--trials", str(trials), "--csv", str(csv)]
+    line = refused(verify_cli.main, argv, capsys, f"{csv}:3")
+    assert f"{row.count(',') + 1} fields, the header has 3" in line
+
+
+def test_a_pipe_as_score_file_is_not_replaced(model, wavs, tmp_path, capsys):
+    pipe = tmp_path / "scores.fifo"
+    os.mkfifo(pipe)
+    trials = tmp_path / "t.txt"
+    trials.write_text(f"1 {wavs[0]} {wavs[1]}\n")
+    argv = ["--model", str(model), "--trials", str(trials), "--out", str(pipe)]
+    refused(verify_cli.main, argv, capsys, pipe, "not a regular file")
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
