@@ -37,6 +37,7 @@ class RunLock(FileLock):
     """
 
     error = RunLockError
+    holder = "run"
 
     def __init__(self, folder):
         self.folder = os.fspath(folder)

@@ -56,6 +56,7 @@ class FileLock:
     """
 
     error = LockError
+    holder = "process"  # what holds the lock, for the take-over warning
 
     def __init__(self, path, what, advice="wait for it or choose another"):
         self.path = os.fspath(path)
@@ -85,8 +86,9 @@ class FileLock:
         old = _holder(fd)
         if old is not None:
             logger.warning(
-                "taking over %s: its process (pid %s on %s) is not running",
+                "taking over %s: its %s (pid %s on %s) is not running",
                 self.path,
+                self.holder,
                 *old,
             )
         self.fd = fd
