@@ -15,7 +15,11 @@ into place) holds ``dampit_export.json`` (what ``load_model`` reads),
 ``hyperparams.yaml`` (for SpeechBrain's ``from_hparams``), the weights,
 ``label_encoder.ckpt``, a ``README.md`` and on request
 ``embedding_model.ts`` / ``.onnx``; ``load_model`` and ``from_hparams``
-must first give the same embeddings from it.
+must first give the same embeddings from it. ``--overwrite`` replaces only
+a model folder (holding ``dampit_export.json``) or an empty folder; the
+model folder can be neither the run folder, nor inside it, nor hold it;
+a second export into a model folder being written is refused
+(:func:`dampit.utils.atomic.atomic_folder`).
 """
 
 import argparse
