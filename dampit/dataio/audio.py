@@ -106,9 +106,9 @@ def _read(path, sample_rate, start=0, stop=None, crop=None):
                     stop = start + n
             f.seek(start)
             data = _read_blocks(f, stop - start)
+    except AudioError:
+        raise
     except (RuntimeError, sf.LibsndfileError, ValueError, OSError) as err:
-        if isinstance(err, AudioError):
-            raise
         raise _open_error(path, err) from err
     if data.size == 0:
         raise AudioError(f"audio file has no samples: {path}")
@@ -244,9 +244,10 @@ def read_crop(path, n, sample_rate=16000, start=0, stop=None):
     return repeat_to_length(wav, n)
 
 
-def check_audio(path, min_duration=MIN_DURATION):
+def check_audio(path, min_duration=MIN_DURATION, sample_rate=16000):
     """Return ``(frames, rate)`` if training can use ``path``: readable,
-    finite, not silent, at least ``min_duration`` seconds.
+    finite, not silent, at least ``min_duration`` seconds, at a rate that
+    :func:`load_audio` reads at ``sample_rate``.
 
     Integer PCM is decoded as integers, in blocks that double from 4,096
     frames. A compressed file (FLAC, OGG, ...) or a float one is decoded
@@ -270,6 +271,7 @@ def check_audio(path, min_duration=MIN_DURATION):
     try:
         with sf.SoundFile(path) as f:
             sr, frames, channels = f.samplerate, f.frames, f.channels
+            _check_rate(path, sr, sample_rate)
             dtype = _INT_DTYPES.get(f.subtype, "float32")
             plain = f.format in _PLAIN and dtype in _FULL_SCALE
             loud = SILENCE * _FULL_SCALE[dtype] if plain else np.inf
@@ -289,6 +291,8 @@ def check_audio(path, min_duration=MIN_DURATION):
                 if block.shape[1] < n:
                     break
                 n = min(2 * n, _BLOCK)
+    except AudioError:
+        raise
     except (RuntimeError, sf.LibsndfileError, ValueError, OSError) as err:
         raise _open_error(path, err) from err
     if lo is None:

@@ -23,7 +23,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dampit.dataio.audio import MAX_UPSAMPLE, AudioError, load_audio
+from dampit.dataio.audio import (
+    MAX_UPSAMPLE,
+    AudioError,
+    check_audio,
+    load_audio,
+)
 from dampit.inference.api import load_model
 from dampit.inference.extract import (
     MAX_PADDING,
@@ -133,6 +138,9 @@ def test_lowest_rate_accepted_is_the_stated_factor(tmp_path):
     bad = wav_with_rate(tmp_path / "bad.wav", low - 1, n=low)
     with pytest.raises(AudioError, match=f"{low - 1} Hz .*bad.wav"):
         load_audio(bad, 16000)
+    assert check_audio(ok) == (low, low)  # training's check agrees
+    with pytest.raises(AudioError, match=f"{low - 1} Hz .*bad.wav"):
+        check_audio(bad)
 
 
 def test_length_batches_bound_the_padding():
