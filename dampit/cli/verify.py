@@ -10,7 +10,9 @@ A trial list (:mod:`dampit.dataio.trials`) names audio files relative to
 ``--audio-root`` (default: the list's folder; a name without extension is
 tried with each audio extension) or IDs of the SpeechBrain CSV given with
 ``--csv``. Each file is embedded once, the trials are streamed and scored
-in chunks; ``--out`` gets a score file (``enrol test [label] score``).
+in chunks; ``--out`` gets a score file (``enrol test [label] score``); an
+existing ``--out`` is replaced only when it is a score file, never when
+it is the trial list or the CSV.
 The threshold (``score > threshold``: same speaker) is the model's
 calibrated one unless ``--threshold`` is given; with labels, the EER,
 minDCF (p_target 0.01) and the error rates at the threshold are printed.
@@ -101,8 +103,42 @@ def _report(scores, labels, threshold):
         )
 
 
+def _is_score_line(fields):
+    """Whether ``fields`` (a split line) read as ``enrol test [label]
+    score``."""
+    if len(fields) not in (3, 4):
+        return False
+    if len(fields) == 4 and fields[2] not in ("0", "1"):
+        return False
+    try:
+        float(fields[-1])
+    except ValueError:
+        return False
+    return True
+
+
+def check_out(args):
+    """``--out`` is none of the command's inputs, and a file it would
+    replace is a score file (its first line), so that nothing else is
+    overwritten."""
+    out = os.path.realpath(args.out)
+    for flag, path in (("--trials", args.trials), ("--csv", args.csv)):
+        if path and os.path.realpath(path) == out:
+            raise common.CliError(f"--out {args.out} is the {flag} file")
+    if os.path.isfile(out) and os.path.getsize(out) > 0:
+        with open(out, "rb") as f:
+            first = f.readline(4096).decode("utf-8", "replace").split()
+        if not _is_score_line(first):
+            raise common.CliError(
+                f"--out {args.out} exists and is not a score file (enrol "
+                "test [label] score): nothing replaced"
+            )
+
+
 def _verify(args):
     common.check_args(args, out_folder=False)
+    if args.out:
+        check_out(args)
     with contextlib.ExitStack() as stack:
         if args.out:  # a second writer of --out: refused before the work
             common.hold_output(stack, args.out)
