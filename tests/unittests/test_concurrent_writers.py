@@ -71,6 +71,14 @@ def go(proc):
     proc.stdin.flush()
 
 
+def holds(lock):
+    """Whether a process holds ``lock``: it writes its pid once locked."""
+    try:
+        return lock.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
 def start_holding(module, argv, out):
     """Run ``module.main(argv)`` in a child; return it once it holds the
     output ``out`` (or has ended: a dampit without output locks)."""
@@ -78,7 +86,7 @@ def start_holding(module, argv, out):
     lock = out.parent / f".{out.name}.lock"
     go(proc)
     deadline = time.monotonic() + 120
-    while not lock.exists() and proc.poll() is None:
+    while not holds(lock) and proc.poll() is None:
         assert time.monotonic() < deadline, "the first writer hangs"
         time.sleep(0.001)
     return proc
