@@ -10,6 +10,7 @@ import glob
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
 import warnings
@@ -21,8 +22,10 @@ import torch
 from dampit.dataio.audio import AUDIO_EXTENSIONS, AudioError
 from dampit.dataio.trials import TrialListError, utt_to_id
 from dampit.inference.api import ModelFolderError, load_model
+from dampit.metrics.embedding_store import check_id
+from dampit.utils.file_lock import LockError, output_lock
 
-USER_ERRORS = (AudioError, ModelFolderError, TrialListError)
+USER_ERRORS = (AudioError, ModelFolderError, TrialListError, LockError)
 
 
 class CliError(ValueError):
@@ -70,18 +73,29 @@ class Parser(argparse.ArgumentParser):
 
 
 def check_args(args, out_folder):
-    """Before any work: ``--out`` not a folder (a file when
-    ``out_folder``), its folder takes a new file; ``--model`` exists."""
-    out = args.out and os.path.abspath(args.out)
-    if out and os.path.exists(out) and os.path.isdir(out) != out_folder:
-        raise CliError(f"--out {out} is {'not ' * out_folder}a folder")
-    parent = os.path.dirname(out or ".")
-    while out and not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    try:
-        tempfile.TemporaryFile(dir=parent).close() if out else None
-    except OSError as err:
-        raise CliError(f"--out {out}: cannot write in {parent}: {err}")
+    """Before any work: ``--out`` is new or a folder (``out_folder``) or
+    a regular file (else: a device or pipe would be replaced), its name
+    has no line break, its folder takes a new file; ``--model`` exists."""
+    if args.out:
+        out = os.path.abspath(args.out)
+        if out_folder and os.path.exists(out) and not os.path.isdir(out):
+            raise CliError(f"--out {out} is not a folder")
+        if not out_folder and os.path.isdir(out):
+            raise CliError(f"--out {out} is a folder")
+        if not out_folder and os.path.exists(out) and not isfile(out):
+            raise CliError(
+                f"--out {out} is not a regular file (a device, a pipe): it "
+                "would be replaced (- writes to standard output)"
+            )
+        if out.splitlines() != [out]:
+            raise CliError(f"--out {out!r}: the name has a line break")
+        parent = os.path.dirname(out)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        try:
+            tempfile.TemporaryFile(dir=parent).close()
+        except OSError as err:
+            raise CliError(f"--out {out}: cannot write in {parent}: {err}")
     if not os.path.isdir(args.model):
         raise CliError(f"--model {args.model}: folder not found")
 
@@ -110,7 +124,9 @@ def _list_file(path):
 def list_audio_inputs(inputs):
     """``(id, path)`` of audio files, folders (searched recursively; ID:
     relative path without extension) and list files (a path, relative to
-    the list, or ``ID<TAB>path`` a line).
+    the list, or ``ID<TAB>path`` a line). A file name with a line break,
+    an ID that ``ids.txt`` cannot hold or a duplicate ID is refused here,
+    before any work.
 
     Example
     -------
@@ -137,7 +153,13 @@ def list_audio_inputs(inputs):
             raise CliError(f"{arg}: lists no audio files")
         else:
             found += listed
-    for uid, _, origin in found:
+    for uid, path, origin in found:
+        if path.splitlines() != [path]:
+            raise CliError(f"{origin!r}: the file name has a line break")
+        try:
+            check_id(uid)
+        except ValueError as err:
+            raise CliError(f"{origin}: {err}") from None
         if seen.setdefault(uid, origin) != origin:
             raise CliError(f"{origin}: duplicate ID {uid!r} (also {seen[uid]})")
     return [(uid, path) for uid, path, _ in found]
@@ -153,6 +175,15 @@ def writing(path):
         raise CliError(msg if path in msg else f"cannot write {path}: {msg}")
 
 
+def hold_output(stack, path):
+    """Lock the output ``path`` for this command until ``stack`` closes
+    (:func:`dampit.utils.file_lock.output_lock`): another command writing
+    it raises ``LockError``; a folder where no lock can be made, one line.
+    """
+    with writing(path):
+        stack.enter_context(output_lock(path))
+
+
 def open_model(args):
     """``load_model`` of ``--model`` on ``--device`` (``--trust``)."""
     return load_model(args.model, device=args.device, trust=args.trust)
@@ -166,13 +197,33 @@ def embed(model, items, args):
     return ids, emb
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def terminated_as_exit():
+    """SIGTERM (``kill``, a job scheduler) raises ``SystemExit`` in the
+    main thread, so that what a command was writing is cleaned up as on an
+    error (elsewhere, or outside the main thread: nothing changes)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(prog, args, work):
     """``work()``'s exit status; a user error prints one line, returns 2."""
     log = logging.StreamHandler()  # dampit's logged warnings, one line
     log.setFormatter(logging.Formatter(f"{prog}: warning: %(message)s"))
     log.setLevel(logging.WARNING)
     logging.getLogger().addHandler(log)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), terminated_as_exit():
         warnings.showwarning = lambda msg, *_: log.stream.write(
             f"{prog}: warning: {msg}\n"
         )

@@ -7,12 +7,16 @@
 Inputs are folders (searched recursively for audio files), audio files or
 list files (one path a line, or ``ID<TAB>path``). ``--out`` becomes an
 embedding store (:mod:`dampit.metrics.embedding_store`: ``embeddings.npy``
-``[N, D]``, ``ids.txt``, ``paths.txt``), replaced as one unit. A bad file
+``[N, D]``, ``ids.txt``, ``paths.txt``), replaced as one unit; a second
+``dampit-embed`` into the same ``--out`` while one runs is refused in one
+line, before its work. A file name with a line break is refused before
+the work too. A bad file
 (missing, not audio, empty, silent, shorter than 400 samples) stops the
 run naming it, unless ``--skip-bad`` leaves it out (listed in
 ``bad_files.txt``). Other sample rates are resampled, channels averaged.
 """
 
+import contextlib
 import os
 import sys
 import warnings
@@ -45,6 +49,12 @@ def _embed(args):
     if names and not {store.EMBEDDINGS_FILE, store.IDS_FILE} <= set(names):
         raise common.CliError(f"--out {args.out} is not an embedding store")
     items = common.list_audio_inputs(args.inputs)
+    with contextlib.ExitStack() as stack:
+        common.hold_output(stack, args.out)  # a second writer: refused now
+        return _embed_into(args, items)
+
+
+def _embed_into(args, items):
     warnings.filterwarnings("ignore", ".*threshold")  # embed decides nothing
     model = common.open_model(args)
     items, bad = (

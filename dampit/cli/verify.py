@@ -10,12 +10,16 @@ A trial list (:mod:`dampit.dataio.trials`) names audio files relative to
 ``--audio-root`` (default: the list's folder; a name without extension is
 tried with each audio extension) or IDs of the SpeechBrain CSV given with
 ``--csv``. Each file is embedded once, the trials are streamed and scored
-in chunks; ``--out`` gets a score file (``enrol test [label] score``).
+in chunks; ``--out`` gets a score file (``enrol test [label] score``); an
+existing ``--out`` is replaced only when it is a score file, never when
+it is the trial list or the CSV.
 The threshold (``score > threshold``: same speaker) is the model's
 calibrated one unless ``--threshold`` is given; with labels, the EER,
 minDCF (p_target 0.01) and the error rates at the threshold are printed.
 """
 
+import contextlib
+import csv
 import os
 import sys
 import warnings
@@ -32,14 +36,32 @@ from dampit.metrics.multicrop import cosine_scores
 PROG = "dampit-verify"
 
 
+def _read_csv(path, data_root):
+    """SpeechBrain's ``load_data_csv`` of ``--csv``, its rows checked
+    first: each has as many fields as the header."""
+    repl = {"data_root": data_root} if data_root else None
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f, skipinitialspace=True)
+            header = next(reader, [])
+            bad = [(reader.line_num, len(row)) for row in reader if row]
+            bad = [(n, k) for n, k in bad if k != len(header)]
+        rows = {} if bad else load_data_csv(path, repl)
+    except (OSError, KeyError, ValueError, csv.Error) as err:
+        raise common.CliError(f"--csv {path}: {err}") from None
+    if bad:
+        line, n_fields = bad[0]
+        raise common.CliError(
+            f"--csv {path}:{line}: {n_fields} fields, the header has "
+            f"{len(header)}"
+        )
+    return rows
+
+
 def resolve_audio(names, args):
     """Audio file of each trial name (``--audio-root`` or ``--csv``)."""
-    rows, root = {}, args.audio_root or os.path.dirname(args.trials)
-    try:
-        repl = {"data_root": args.data_root} if args.data_root else None
-        rows = load_data_csv(args.csv, repl) if args.csv else rows
-    except (OSError, KeyError, ValueError) as err:
-        raise common.CliError(f"--csv {args.csv}: {err}") from None
+    root = args.audio_root or os.path.dirname(args.trials)
+    rows = _read_csv(args.csv, args.data_root) if args.csv else {}
     paths = []
     for name in names:
         path = os.path.join(root, name)
@@ -81,8 +103,49 @@ def _report(scores, labels, threshold):
         )
 
 
+def _is_score_line(fields):
+    """Whether ``fields`` (a split line) read as ``enrol test [label]
+    score``."""
+    if len(fields) not in (3, 4):
+        return False
+    if len(fields) == 4 and fields[2] not in ("0", "1"):
+        return False
+    try:
+        float(fields[-1])
+    except ValueError:
+        return False
+    return True
+
+
+def check_out(args):
+    """``--out`` is none of the command's inputs, and a file it would
+    replace is a score file (its first line), so that nothing else is
+    overwritten."""
+    out = os.path.realpath(args.out)
+    for flag, path in (("--trials", args.trials), ("--csv", args.csv)):
+        if path and os.path.realpath(path) == out:
+            raise common.CliError(f"--out {args.out} is the {flag} file")
+    if os.path.isfile(out) and os.path.getsize(out) > 0:
+        with open(out, "rb") as f:
+            first = f.readline(4096).decode("utf-8", "replace").split()
+        if not _is_score_line(first):
+            raise common.CliError(
+                f"--out {args.out} exists and is not a score file (enrol "
+                "test [label] score): nothing replaced"
+            )
+
+
 def _verify(args):
     common.check_args(args, out_folder=False)
+    if args.out:
+        check_out(args)
+    with contextlib.ExitStack() as stack:
+        if args.out:  # a second writer of --out: refused before the work
+            common.hold_output(stack, args.out)
+        return _verify_locked(args)
+
+
+def _verify_locked(args):
     if args.trials:
         enrol, test, labels, names = trials.read_trial_indices(args.trials)
         paths = resolve_audio(names, args)

@@ -6,6 +6,13 @@ inf samples, or silent. Other rates are resampled (with a warning);
 channels are averaged to mono, unless they cancel out (``L = -R``), when the
 loudest channel is kept.
 
+Memory: a file is read in blocks, so a header that claims more frames than
+the file holds allocates nothing for them; a rate outside
+``sample_rate / MAX_UPSAMPLE .. MAX_RATE`` is refused, and the resampling
+filter is bounded. Reading a file of ``N`` decoded samples thus allocates
+at most about ``(2 + MAX_UPSAMPLE) N`` samples (its blocks, their
+concatenation, the resampled waveform) plus a filter of at most 64 MB.
+
 Silence: a channel is silent when it is constant, its peak-to-peak
 amplitude at most ``SILENCE`` (1e-6) times its peak: digital zeros, a DC
 offset of any size (1e-30 included). A quiet but varying signal (speech at
@@ -18,6 +25,7 @@ import os
 import warnings
 
 import numpy as np
+import scipy.signal
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
@@ -33,6 +41,13 @@ MIN_DURATION = 0.025
 _INT_DTYPES = {"PCM_S8": "int16", "PCM_U8": "int16", "PCM_16": "int16"}
 _INT_DTYPES.update(PCM_24="int32", PCM_32="int32")
 _BLOCK = 2**17  # frames per block of check_audio: 8 s at 16 kHz
+#: The waveform at the model's rate is at most this many times longer than
+#: the file (a file whose rate is lower than ``sample_rate / MAX_UPSAMPLE``
+#: is refused: a header claiming 1 Hz does not make a 62 KB file 4 GB).
+MAX_UPSAMPLE = 8
+#: The highest sample rate accepted, in Hz.
+MAX_RATE = 384000
+_MAX_FILTER = 2**22  # coefficients of torchaudio's resampling filter
 #: Full scale of the integer dtypes; in an uncompressed container (which
 #: libsndfile reads to its last whole frame) a channel whose peak-to-peak
 #: exceeds SILENCE x full scale proves the file is not silent.
@@ -44,7 +59,36 @@ class AudioError(ValueError):
     """An audio file that cannot be used; the message names the file."""
 
 
-def _read(path, start=0, stop=None, crop=None, sample_rate=None):
+def _check_rate(path, sr, sample_rate):
+    """Refuse a rate that would make the waveform at ``sample_rate`` more
+    than ``MAX_UPSAMPLE`` times longer than the file, or above
+    ``MAX_RATE``."""
+    if sr > MAX_RATE or sr * MAX_UPSAMPLE < sample_rate:
+        raise AudioError(
+            f"audio file sample rate {sr} Hz is outside "
+            f"{-(-sample_rate // MAX_UPSAMPLE)}..{MAX_RATE} Hz "
+            f"(resampled to {sample_rate} Hz): {path}"
+        )
+
+
+def _read_blocks(f, n):
+    """At most ``n`` frames of the open file ``f`` as ``[N, C]`` float32,
+    read in blocks of at most 4 MB: the memory follows what the file
+    holds, not the length its header claims."""
+    step = max(1024, 2**20 // f.channels)
+    blocks, left = [], n
+    while left > 0:
+        block = f.read(min(left, step), "float32", always_2d=True)
+        if len(block) == 0:
+            break
+        blocks.append(block)
+        left -= len(block)
+    if not blocks:
+        return np.zeros((0, f.channels), np.float32)
+    return np.concatenate(blocks)
+
+
+def _read(path, sample_rate, start=0, stop=None, crop=None):
     """Open ``path`` once: ``(data [N, C] float32, rate, frames)``; with
     ``crop`` (samples at ``sample_rate``) a random crop of ``[start, stop)``.
     """
@@ -52,6 +96,7 @@ def _read(path, start=0, stop=None, crop=None, sample_rate=None):
     try:
         with sf.SoundFile(path) as f:
             sr, frames = f.samplerate, f.frames
+            _check_rate(path, sr, sample_rate)
             stop = frames if stop is None else min(int(stop), frames)
             start = int(start)
             if crop is not None:
@@ -60,7 +105,9 @@ def _read(path, start=0, stop=None, crop=None, sample_rate=None):
                     start += int(torch.randint(0, stop - start - n + 1, (1,)))
                     stop = start + n
             f.seek(start)
-            data = f.read(max(0, stop - start), "float32", always_2d=True)
+            data = _read_blocks(f, stop - start)
+    except AudioError:
+        raise
     except (RuntimeError, sf.LibsndfileError, ValueError, OSError) as err:
         raise _open_error(path, err) from err
     if data.size == 0:
@@ -104,8 +151,29 @@ def _mono(path, data, sr, sample_rate):
             f"{path}: sample rate {sr} Hz, resampled to {sample_rate} Hz",
             stacklevel=3,
         )
-        wav = AF.resample(wav, sr, sample_rate)
+        wav = resample(wav, sr, sample_rate)
     return wav
+
+
+def resample(wav, orig_freq, new_freq):
+    """torchaudio's sinc resampling, unless its filter (``new / g`` rows
+    of about ``orig / g`` taps, ``g`` their GCD: 4 GB for 44101 to
+    16000 Hz) would exceed ``_MAX_FILTER`` coefficients; then scipy's
+    polyphase ``resample_poly``, whose filter has ``20 max(up, down)``.
+
+    Example
+    -------
+    >>> x = torch.sin(torch.arange(44101.0) / 20)
+    >>> resample(x, 44101, 16000).shape
+    torch.Size([16000])
+    """
+    g = math.gcd(orig_freq, new_freq)
+    up, down = new_freq // g, orig_freq // g
+    width = math.ceil(6 * down / (0.99 * min(up, down)))
+    if up * (down + 2 * width) <= _MAX_FILTER:
+        return AF.resample(wav, orig_freq, new_freq)
+    out = scipy.signal.resample_poly(wav.numpy(), up, down)
+    return torch.from_numpy(out.astype(np.float32))
 
 
 def load_audio(
@@ -144,7 +212,7 @@ def load_audio(
     >>> load_audio(p).shape
     torch.Size([16000])
     """
-    data, sr, _ = _read(path, start, stop)
+    data, sr, _ = _read(path, sample_rate, start, stop)
     wav = _mono(os.fspath(path), data, sr, sample_rate)
     if wav.numel() < min_samples:
         raise AudioError(
@@ -171,14 +239,15 @@ def read_crop(path, n, sample_rate=16000, start=0, stop=None):
     >>> read_crop(p, 48000).shape
     torch.Size([48000])
     """
-    data, sr, _ = _read(path, start, stop, crop=n, sample_rate=sample_rate)
+    data, sr, _ = _read(path, sample_rate, start, stop, crop=n)
     wav = _mono(os.fspath(path), data, sr, sample_rate)
     return repeat_to_length(wav, n)
 
 
-def check_audio(path, min_duration=MIN_DURATION):
+def check_audio(path, min_duration=MIN_DURATION, sample_rate=16000):
     """Return ``(frames, rate)`` if training can use ``path``: readable,
-    finite, not silent, at least ``min_duration`` seconds.
+    finite, not silent, at least ``min_duration`` seconds, at a rate that
+    :func:`load_audio` reads at ``sample_rate``.
 
     Integer PCM is decoded as integers, in blocks that double from 4,096
     frames. A compressed file (FLAC, OGG, ...) or a float one is decoded
@@ -202,6 +271,7 @@ def check_audio(path, min_duration=MIN_DURATION):
     try:
         with sf.SoundFile(path) as f:
             sr, frames, channels = f.samplerate, f.frames, f.channels
+            _check_rate(path, sr, sample_rate)
             dtype = _INT_DTYPES.get(f.subtype, "float32")
             plain = f.format in _PLAIN and dtype in _FULL_SCALE
             loud = SILENCE * _FULL_SCALE[dtype] if plain else np.inf
@@ -221,6 +291,8 @@ def check_audio(path, min_duration=MIN_DURATION):
                 if block.shape[1] < n:
                     break
                 n = min(2 * n, _BLOCK)
+    except AudioError:
+        raise
     except (RuntimeError, sf.LibsndfileError, ValueError, OSError) as err:
         raise _open_error(path, err) from err
     if lo is None:

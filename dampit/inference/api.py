@@ -309,7 +309,10 @@ class DampitSpeakerRecognition(SpeakerRecognition):
         )
 
     def embed_files(self, items, batch_size=16, progress=True):
-        """Embed audio files in padded batches, with a progress bar.
+        """Embed audio files in padded batches formed by length (no file
+        padded beyond ``MAX_PADDING``, 2, times its length: see
+        :func:`dampit.inference.extract.length_batches`), with a progress
+        bar.
 
         Arguments
         ---------
@@ -317,7 +320,7 @@ class DampitSpeakerRecognition(SpeakerRecognition):
             Paths, ``(id, path[, start, stop])`` tuples or CSV-row dicts
             (see :func:`dampit.inference.extract.embed_utterances`).
         batch_size : int
-            Files per forward pass.
+            Most files per forward pass.
         progress : bool
             Show a progress bar.
 

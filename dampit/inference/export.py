@@ -15,11 +15,16 @@ into place) holds ``dampit_export.json`` (what ``load_model`` reads),
 ``hyperparams.yaml`` (for SpeechBrain's ``from_hparams``), the weights,
 ``label_encoder.ckpt``, a ``README.md`` and on request
 ``embedding_model.ts`` / ``.onnx``; ``load_model`` and ``from_hparams``
-must first give the same embeddings from it.
+must first give the same embeddings from it. ``--overwrite`` replaces only
+a model folder (holding ``dampit_export.json``) or an empty folder; the
+model folder can be neither the run folder, nor inside it, nor hold it;
+a second export into a model folder being written is refused
+(:func:`dampit.utils.atomic.atomic_folder`).
 """
 
 import argparse
 import glob
+import io
 import json
 import math
 import os
@@ -32,6 +37,7 @@ import yaml
 from speechbrain.inference.classifiers import EncoderClassifier
 from speechbrain.utils.checkpoints import Checkpoint
 
+from dampit.cli.common import terminated_as_exit
 from dampit.dataio.trials import TrialListError, read_scores
 from dampit.inference.api import (
     HPARAMS_FILE,
@@ -45,6 +51,7 @@ from dampit.inference.portable import export_onnx, export_torchscript
 from dampit.metrics.error_rates import compute_eer
 from dampit.utils.atomic import atomic_folder
 from dampit.utils.checkpoint_averaging import average_weights
+from dampit.utils.file_lock import LockError
 
 __all__ = ["ExportError", "export_model", "main", "read_run_hparams"]
 __all__ += ["write_model_files"]
@@ -258,7 +265,10 @@ def write_model_files(
     with open(os.path.join(folder, SPEC_FILE), "w", encoding="utf-8") as f:
         json.dump(spec, f, indent=2)
     for name, state in weights.items():
-        torch.save(state, os.path.join(folder, f"{name}.ckpt"))
+        data = io.BytesIO()  # torch.save's own writer hides ENOSPC
+        torch.save(state, data)
+        with open(os.path.join(folder, f"{name}.ckpt"), "wb") as f:
+            f.write(data.getbuffer())
     flow = dict(default_flow_style=True, width=math.inf)
     loadables = list(weights)
     if os.path.isfile(os.path.join(folder, LABELS_FILE)):
@@ -318,8 +328,19 @@ def export_model(
     scores = scores and os.path.abspath(os.fspath(scores))
     if not os.path.isdir(run):
         raise ExportError(f"run folder not found: {run}")
-    if os.path.exists(model) and not overwrite:
-        raise FileExistsError(f"{model} exists (--overwrite replaces it)")
+    real_run, real_model = os.path.realpath(run), os.path.realpath(model)
+    if os.path.commonpath([real_run, real_model]) in (real_run, real_model):
+        raise ExportError(
+            f"{model}: the model folder cannot be the run folder {run}, "
+            "inside it or hold it"
+        )
+    with atomic_folder(model, overwrite, holds=(SPEC_FILE,)) as tmp:
+        return _export(run, model, tmp, torchscript, onnx, scores)
+
+
+def _export(run, model, tmp, torchscript, onnx, scores):
+    """Write the model folder of ``run`` into ``tmp`` (``model`` when it is
+    renamed into place); returns ``dampit_export.json``."""
     hp = read_run_hparams(run)
     where = os.path.join(run, HPARAMS_FILE)
     modules = {k: _module(hp, keys, where) for k, keys in RUN_KEYS.items()}
@@ -335,32 +356,42 @@ def export_model(
     save = os.path.dirname(ckpts[0].path)  # the run's save_folder
     labels = os.path.join(save, "label_encoder.txt")
     rate = int(hp.get("sample_rate", 16000))
-    with atomic_folder(model, overwrite=overwrite) as tmp:
-        if "classifier" in modules and os.path.isfile(labels):
-            shutil.copyfile(labels, os.path.join(tmp, LABELS_FILE))
-        source = key if scores else f"{run}/verification/summary.json: {key}"
-        paths = [c.path for c in ckpts]
-        spec = write_model_files(
-            tmp, modules, weights, threshold, rate, threshold_source=source,
-            run=run, checkpoints=paths,
-        )  # fmt: skip
-        loaded = _check(tmp, model)
-        if torchscript:
-            export_torchscript(loaded, os.path.join(tmp, "embedding_model.ts"))
-        if onnx:
-            export_onnx(loaded, os.path.join(tmp, "embedding_model.onnx"))
-        results = "".join(
-            f"- {k}: EER {100 * v['eer']:.2f}%\n"
-            for k, v in summary.items()
-            if isinstance(v, dict) and isinstance(v.get("eer"), float)
-        )
-        names = ", ".join(os.path.basename(p) for p in paths)
-        card = CARD.format(
-            run=run, checkpoints=names, sample_rate=rate, threshold=threshold,
-            key=key, results=results, source=source,
-        )  # fmt: skip
-        with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-            f.write(card)
+    if "classifier" in modules and os.path.isfile(labels):
+        shutil.copyfile(labels, os.path.join(tmp, LABELS_FILE))
+    source = key if scores else f"{run}/verification/summary.json: {key}"
+    paths = [c.path for c in ckpts]
+    spec = write_model_files(
+        tmp,
+        modules,
+        weights,
+        threshold,
+        rate,
+        threshold_source=source,
+        run=run,
+        checkpoints=paths,
+    )
+    loaded = _check(tmp, model)
+    if torchscript:
+        export_torchscript(loaded, os.path.join(tmp, "embedding_model.ts"))
+    if onnx:
+        export_onnx(loaded, os.path.join(tmp, "embedding_model.onnx"))
+    results = "".join(
+        f"- {k}: EER {100 * v['eer']:.2f}%\n"
+        for k, v in summary.items()
+        if isinstance(v, dict) and isinstance(v.get("eer"), float)
+    )
+    names = ", ".join(os.path.basename(p) for p in paths)
+    card = CARD.format(
+        run=run,
+        checkpoints=names,
+        sample_rate=rate,
+        threshold=threshold,
+        key=key,
+        results=results,
+        source=source,
+    )
+    with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+        f.write(card)
     return spec
 
 
@@ -383,12 +414,21 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     try:
-        spec = export_model(
-            args.run, args.model, args.overwrite, args.torchscript, args.onnx,
-            args.scores,
-        )  # fmt: skip
-    except (ExportError, FileExistsError) as err:
-        print(f"dampit-export: error: {err}", file=sys.stderr)
+        with terminated_as_exit():  # SIGTERM: the temporary folder goes
+            spec = export_model(
+                args.run,
+                args.model,
+                args.overwrite,
+                args.torchscript,
+                args.onnx,
+                args.scores,
+            )
+    except (ExportError, LockError, OSError) as err:
+        msg = str(err)
+        if isinstance(err, OSError) and err.strerror:  # a full disk...
+            msg = f"cannot write {args.model}: {err.strerror}"
+            msg += f" ({err.filename})" if err.filename else ""
+        print(f"dampit-export: error: {msg}", file=sys.stderr)
         return 2
     print(
         f"[dampit] exported {spec['run']} -> {args.model} "

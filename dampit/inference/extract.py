@@ -6,21 +6,31 @@ padded batch of waveforms and relative lengths to embeddings
 (``EncoderClassifier.encode_batch``, or the recipe's
 ``compute_embeddings``); this module reads and batches the files, shows
 progress, and returns plain arrays.
+
+Memory: files are batched by length (their headers' durations, then the
+decoded lengths), so that padding makes no waveform more than
+``MAX_PADDING`` (2) times its own length: a batch takes at most twice the
+memory of its decoded audio (``audio`` bounds the decoding), and one long
+file among short ones is embedded alone instead of padding them all.
 """
 
 import os
 
 import numpy as np
+import soundfile as sf
 import torch
 from tqdm import tqdm
 
 from dampit.dataio.audio import load_audio
 from dampit.dataio.crops import crop_views
 
-__all__ = ["embed_utterances", "pad_batch"]
+__all__ = ["embed_utterances", "header_duration", "length_batches"]
+__all__ += ["pad_batch"]
 
 _PATHS = (str, os.PathLike)
 MIN_SAMPLES = 400  # shorter files raise AudioError (less than one frame)
+#: Padding makes no waveform of a batch more than this many times longer.
+MAX_PADDING = 2.0
 
 
 def pad_batch(wavs, hop_length=None):
@@ -56,6 +66,45 @@ def pad_batch(wavs, hop_length=None):
     if hop_length:
         return batch, frame_lengths(n, int(n.max()), hop_length)
     return batch, n / n.max()
+
+
+def header_duration(path):
+    """A file's duration in seconds by its header (0.0 when unreadable:
+    reading it reports why).
+
+    Example
+    -------
+    >>> header_duration("no-such-file.wav")
+    0.0
+    """
+    try:
+        info = sf.info(os.fspath(path))
+    except (RuntimeError, sf.LibsndfileError, ValueError, OSError):
+        return 0.0
+    return info.frames / info.samplerate if info.samplerate > 0 else 0.0
+
+
+def length_batches(lengths, batch_size, max_padding=MAX_PADDING):
+    """Batches of item indices by length: longest first, at most
+    ``batch_size`` items, and no item shorter than ``1 / max_padding`` of
+    its batch's longest, so that padding never makes an item more than
+    ``max_padding`` times its own length (an item of length 0 is alone).
+
+    Example
+    -------
+    >>> length_batches([1.0, 10.0, 3.0, 9.0, 2.0], batch_size=2)
+    [[1, 3], [2, 4], [0]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches = []
+    for i in order:
+        last = batches[-1] if batches else None
+        fits = last is not None and len(last) < batch_size
+        if fits and lengths[i] * max_padding >= lengths[last[0]]:
+            last.append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def frame_lengths(n, total, hop_length):
@@ -100,7 +149,8 @@ def embed_utterances(
     crop_samples : int or None
         Length of each crop, in samples.
     batch_size : int
-        Files per forward pass (crops: files x n_crops).
+        Most files per forward pass (crops: files x n_crops); files are
+        batched by length (:func:`length_batches`).
     device : str or torch.device
         Where the batches go.
     full : bool
@@ -146,20 +196,25 @@ def embed_utterances(
         emb = embed_fn(batch.to(device), lens.to(device))
         return emb.reshape(emb.shape[0], -1).float().cpu().numpy()
 
-    rows, crop_rows = [], []
-    for lo in tqdm(range(0, len(items), batch_size), disable=not progress):
+    rows, crop_rows = [None] * len(items), [None] * len(items)
+    seconds = [header_duration(path) for _, path in items]
+    groups = length_batches(seconds, batch_size)
+    for group in tqdm(groups, disable=not progress):
         wavs = [
-            load_audio(path, sample_rate, min_samples=MIN_SAMPLES)
-            for _, path in items[lo : lo + batch_size]
+            load_audio(items[k][1], sample_rate, min_samples=MIN_SAMPLES)
+            for k in group
         ]
-        if full:  # longest first, back in input order
-            order = np.argsort([-w.numel() for w in wavs], kind="stable")
-            emb = run([wavs[k] for k in order])
-            rows.append(emb[np.argsort(order)])
+        if full:  # the headers may lie: batch by the decoded lengths
+            sizes = [w.numel() for w in wavs]
+            for part in length_batches(sizes, batch_size):
+                emb = run([wavs[j] for j in part])
+                for j, row in zip(part, emb):
+                    rows[group[j]] = row
         if n_crops:
             crops = [crop_views(w, n_crops, crop_samples) for w in wavs]
             emb = run([c for views in crops for c in views])
-            crop_rows.append(emb.reshape(len(wavs), n_crops, -1))
-    full_emb = np.concatenate(rows) if full and rows else None
-    crop_emb = np.concatenate(crop_rows) if n_crops and crop_rows else None
+            for k, row in zip(group, emb.reshape(len(wavs), n_crops, -1)):
+                crop_rows[k] = row
+    full_emb = np.stack(rows) if full and rows else None
+    crop_emb = np.stack(crop_rows) if n_crops and crop_rows else None
     return ids, full_emb, crop_emb

@@ -3,26 +3,33 @@
 A store is a folder holding ``embeddings.npy`` (``[U, D]`` or
 ``[U, n_crops, D]``, a plain ``.npy`` read memory-mapped), ``ids.txt`` (one
 ID a line, in row order) and the text files written with it
-(``paths.txt``). :class:`EmbeddingStoreWriter` fills the sibling folder
-``.<name>.new`` row by row through a memory map (bounded memory; the space
+(``paths.txt``). :class:`EmbeddingStoreWriter` locks the store for its
+process (a second writer of the same store raises ``LockError``: a store
+never holds rows of two runs) and fills a temporary sibling folder, unique
+to the writer, row by row through a memory map (bounded memory; the space
 is reserved first, so a full disk is an ``OSError`` naming the store, not a
-SIGBUS), fsyncs it, moves the old store to ``.<name>.old``, renames the new
-one into place and deletes the old one. A crash between the two renames is
-finished by the next open (the new folder was complete): readers see the
-old store or the new one, never a mix. A folder that is not a store is
-never replaced.
+SIGBUS); :func:`dampit.utils.atomic.atomic_folder` fsyncs it and renames
+it into place, then deletes the old store. A crash between its two renames
+is finished by the next writer or reader (the new folder was complete):
+readers see the old store or the new one, never a mix. A folder that is
+not a store is never replaced; the temporary folders a killed writer left
+are deleted by the next one.
 """
 
 import contextlib
 import os
 import pathlib
-import shutil
 
 import numpy as np
 
-__all__ = ["EmbeddingStore", "EmbeddingStoreWriter", "save_embeddings"]
+from dampit.utils.atomic import atomic_folder, recover_folder
+from dampit.utils.file_lock import LockError, output_lock
+
+__all__ = ["EmbeddingStore", "EmbeddingStoreWriter", "check_id"]
+__all__ += ["save_embeddings"]
 
 EMBEDDINGS_FILE, IDS_FILE = "embeddings.npy", "ids.txt"
+STORE_FILES = (EMBEDDINGS_FILE, IDS_FILE)  # what makes a folder a store
 
 
 def as_numpy(x):
@@ -33,25 +40,20 @@ def as_numpy(x):
     return np.asarray(x)
 
 
-def _sibling(folder, kind):
-    head, name = os.path.split(folder)
-    return os.path.join(head, f".{name}.{kind}")
+def check_id(utt_id):
+    """Refuse an ID that ``ids.txt`` cannot hold (one line a row): empty,
+    padded with spaces, or with a line break.
 
-
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _recover(folder):
-    """Finish a replacement that stopped between its two renames."""
-    new, old = _sibling(folder, "new"), _sibling(folder, "old")
-    if not os.path.exists(folder) and os.path.isdir(old):
-        os.rename(new if os.path.isdir(new) else old, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    Example
+    -------
+    >>> check_id("spk1/a b")
+    >>> check_id("a\\nb")
+    Traceback (most recent call last):
+    ...
+    ValueError: utterance ID 'a\\nb': empty, padded or 2 lines
+    """
+    if not isinstance(utt_id, str) or [utt_id] != utt_id.strip().splitlines():
+        raise ValueError(f"utterance ID {utt_id!r}: empty, padded or 2 lines")
 
 
 class EmbeddingStoreWriter:
@@ -72,17 +74,17 @@ class EmbeddingStoreWriter:
         self.folder = os.path.abspath(os.fspath(folder))
         self.n_utts, self.item_shape = int(n_utts), tuple(item_shape)
         self._ids, self._seen, self._tmp = [], set(), None
+        self._stack = contextlib.ExitStack()
         with self._fs_errors():
-            _recover(self.folder)
-            names = os.path.exists(folder) and set(os.listdir(self.folder))
-            if names and not {EMBEDDINGS_FILE, IDS_FILE} <= names:
+            try:
+                self._tmp = self._stack.enter_context(
+                    atomic_folder(self.folder, True, STORE_FILES)
+                )
+            except FileExistsError:
                 raise ValueError(
                     f"{self.folder} exists and is not an embedding store; "
                     "nothing written (give a new or empty folder)"
-                )
-            self._tmp = _sibling(self.folder, "new")
-            shutil.rmtree(self._tmp, ignore_errors=True)  # an unfinished one
-            os.makedirs(self._tmp)
+                ) from None
             npy = os.path.join(self._tmp, EMBEDDINGS_FILE)
             self._array = np.lib.format.open_memmap(
                 npy, "w+", np.dtype(dtype), (self.n_utts,) + self.item_shape
@@ -115,10 +117,7 @@ class EmbeddingStoreWriter:
         finite = np.isfinite(emb.reshape(len(utt_ids), -1)).all(axis=1)
         batch = set()
         for u, ok in zip(utt_ids, finite):
-            if not isinstance(u, str) or [u] != u.strip().splitlines():
-                raise ValueError(
-                    f"utterance ID {u!r}: empty, padded or 2 lines"
-                )
+            check_id(u)
             if u in self._seen or u in batch:
                 raise ValueError(f"duplicate utterance ID {u!r}")
             if not ok:
@@ -150,23 +149,15 @@ class EmbeddingStoreWriter:
         del self._array
         self.add_file(IDS_FILE, "".join(u + "\n" for u in self._ids), True)
         with self._fs_errors():
-            for name in os.listdir(self._tmp):
-                _fsync(os.path.join(self._tmp, name))
-            _fsync(self._tmp)
-            old = _sibling(self.folder, "old")
-            if os.path.exists(self.folder):
-                os.rename(self.folder, old)
-            os.rename(self._tmp, self.folder)  # the commit point
             self._tmp = None
-            _fsync(os.path.dirname(self.folder))
-            shutil.rmtree(old, ignore_errors=True)
+            self._stack.close()  # publishes the store
 
     def abort(self):
         """Discard everything written (the old store stays)."""
         self.__dict__.pop("_array", None)
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
+        self._tmp = None
+        discarded = RuntimeError("store discarded")
+        self._stack.__exit__(RuntimeError, discarded, None)
 
     def __enter__(self):
         return self
@@ -221,7 +212,9 @@ class EmbeddingStore:
     def __init__(self, folder, mmap=True):
         self.folder = os.path.abspath(os.fspath(folder))
         try:
-            _recover(self.folder)
+            if not os.path.exists(self.folder):  # a writer killed mid-way?
+                with contextlib.suppress(LockError), output_lock(folder):
+                    recover_folder(self.folder)
             with open(
                 os.path.join(self.folder, IDS_FILE), encoding="utf-8"
             ) as f:

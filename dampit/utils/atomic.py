@@ -9,13 +9,16 @@ private ``0o600`` of ``tempfile``.
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 
 import torch
 
+from dampit.utils.file_lock import output_lock
+
 __all__ = ["atomic_folder", "atomic_path", "atomic_torch_save"]
-__all__ += ["atomic_write_text"]
+__all__ += ["atomic_write_text", "recover_folder"]
 
 
 def _umask_mode(mode):
@@ -38,7 +41,9 @@ def atomic_path(path):
     ------
     str
         A temporary file in the same folder; on an exception it is deleted
-        and ``path`` is left untouched.
+        and ``path`` is left untouched. An existing ``path`` that is not a
+        regular file (a folder, a device such as ``/dev/null``, a pipe)
+        raises FileExistsError: renaming over it would replace it.
 
     Example
     -------
@@ -49,6 +54,11 @@ def atomic_path(path):
     '1.0'
     """
     path = os.fspath(path)
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise FileExistsError(
+            f"{path} exists and is not a regular file (a folder, a device, "
+            "a pipe): nothing replaced"
+        )
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
@@ -96,9 +106,78 @@ def atomic_torch_save(obj, path):
         torch.save(obj, tmp)
 
 
+def _fsync(path):
+    """fsync a file or folder."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_names(target):
+    """Pattern of the temporary folders of ``target`` that
+    :func:`atomic_folder` makes: ``.<name>.tmp-XXXXXXXX[.old]``."""
+    name = os.path.basename(target)
+    return re.compile(re.escape(f".{name}.tmp-") + r"[a-z0-9_]{8}(\.old)?")
+
+
+def recover_folder(target):
+    """Finish or undo a replacement of ``target`` that a killed process
+    left, then delete the temporary folders it left (by their names, which
+    only :func:`atomic_folder` makes). Call it holding ``target``'s
+    :func:`dampit.utils.file_lock.output_lock`: no live writer is then
+    using them.
+
+    Example
+    -------
+    >>> d = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(d, ".m.tmp-abcd1234"))
+    >>> os.makedirs(os.path.join(d, ".m.tmp-abcd1234.old"))
+    >>> recover_folder(os.path.join(d, "m"))
+    >>> sorted(os.listdir(d))
+    ['m']
+    """
+    target = os.path.abspath(os.fspath(target))
+    parent = os.path.dirname(target)
+    pattern = _temp_names(target)
+    found = sorted(n for n in os.listdir(parent) if pattern.fullmatch(n))
+    found = [n for n in found if not os.path.islink(os.path.join(parent, n))]
+    if not os.path.lexists(target):
+        for name in found:
+            # "X.old" exists only once "X" was complete: X is the new one
+            if name.endswith(".old"):
+                new = name[: -len(".old")]
+                keep = new if new in found else name
+                os.rename(os.path.join(parent, keep), target)
+                break
+    for name in found:
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _replaceable(target, holds):
+    """Refuse to replace ``target`` unless it is an empty folder or one
+    holding every name of ``holds``."""
+    if not os.path.isdir(target) or os.path.islink(target):
+        raise FileExistsError(f"{target} exists and is not a folder")
+    names = set(os.listdir(target))
+    if names and not (holds and set(holds) <= names):
+        what = " and ".join(holds) if holds else "nothing"
+        raise FileExistsError(
+            f"{target} exists and does not hold {what}: it is not an output "
+            "of this command; nothing replaced (give a new or empty folder)"
+        )
+
+
 @contextlib.contextmanager
-def atomic_folder(target, overwrite=False):
+def atomic_folder(target, overwrite=False, holds=()):
     """Build a folder under a temporary name, then rename it into place.
+
+    The output is locked for the process
+    (:func:`dampit.utils.file_lock.output_lock`: a second writer raises
+    ``LockError``); under the lock the temporary folders a killed writer
+    left are recovered or deleted (:func:`recover_folder`). The files are
+    fsync'ed before the rename.
 
     Arguments
     ---------
@@ -107,6 +186,10 @@ def atomic_folder(target, overwrite=False):
     overwrite : bool
         Replace an existing ``target`` (deleted once the new one is in
         place); otherwise an existing ``target`` raises FileExistsError.
+    holds : tuple of str
+        An existing ``target`` is replaced only when it is an empty folder
+        or holds all these names (what this kind of output always holds);
+        anything else raises FileExistsError, and nothing is touched.
 
     Yields
     ------
@@ -123,23 +206,39 @@ def atomic_folder(target, overwrite=False):
     False
     >>> os.listdir(target)
     ['a.txt']
+    >>> with atomic_folder(target, overwrite=True, holds=("b.txt",)) as tmp:
+    ...     pass
+    Traceback (most recent call last):
+    ...
+    FileExistsError: ... does not hold b.txt: ...
     """
     target = os.path.abspath(os.fspath(target))
-    if os.path.exists(target) and not overwrite:
-        raise FileExistsError(
-            f"{target} already exists (pass --overwrite to replace it)"
-        )
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-    try:
-        yield tmp
-        os.chmod(tmp, _umask_mode(0o777))
+    with output_lock(target):
+        recover_folder(target)
+        if os.path.lexists(target):
+            if not overwrite:
+                raise FileExistsError(
+                    f"{target} exists (--overwrite replaces it)"
+                )
+            _replaceable(target, holds)
+        tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
         old = tmp + ".old"
-        if os.path.exists(target):
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:
+            yield tmp
+            for base, _, files in os.walk(tmp):
+                for file in files:
+                    _fsync(os.path.join(base, file))
+            _fsync(tmp)
+            os.chmod(tmp, _umask_mode(0o777))
+            if os.path.exists(target):
+                os.rename(target, old)
+            os.rename(tmp, target)  # the commit point
+            _fsync(parent)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            if os.path.isdir(old) and not os.path.lexists(target):
+                os.rename(old, target)  # stopped between the renames
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

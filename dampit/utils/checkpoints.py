@@ -104,7 +104,9 @@ class AtomicCheckpointer(sbc.Checkpointer):
 
     def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, **kw):
         """SpeechBrain's save into a temporary folder, then a rename."""
-        leftovers = self.checkpoints_dir.glob(TMP_PREFIX + "*")
+        leftovers = self.checkpoints_dir.glob(
+            TMP_PREFIX + sbc.CKPT_PREFIX + "*"
+        )
         for old in leftovers if if_main_process() else ():
             logger.warning("removing %s, left by a killed save", old)
             shutil.rmtree(old, ignore_errors=True)

@@ -9,10 +9,12 @@ folders are real tmpfs mounts (``unshare``) when running as root.
 
 import json
 import math
+import os
 import pathlib
 import runpy
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -23,6 +25,7 @@ import torch
 from dampit.cli import embed as embed_cli
 from dampit.cli import verify as verify_cli
 from dampit.cli.common import CliError
+from dampit.dataio.trials import read_scores
 
 # The test-only model writer (tests/ is not a package).
 MODELS = pathlib.Path(__file__).resolve().parents[1] / "model_folder.py"
@@ -372,7 +375,7 @@ def write_faults(model, wavs, tmp_path_factory):
     body = (
         f"mount -t tmpfs -o ro,size=1m dampit {q(str(ro))} || exit 99; "
         f"mount -t tmpfs -o size=8k dampit {q(str(full))} || exit 99; "
-        f'echo old > {q(str(full / "scores.txt"))}; exec "$@"'
+        f'echo "a b 0.5" > {q(str(full / "scores.txt"))}; exec "$@"'
     )
     cmd = [sys.executable, "-c", CASES_SCRIPT, json.dumps(cases), str(full)]
     res = subprocess.run(
@@ -404,8 +407,81 @@ def test_disk_full_names_the_output_and_keeps_the_old_file(write_faults):
     line = one_line_error(err, full / "scores.txt", alone=False)
     assert line.endswith("No space left on device")
     assert err.count("duplicate trial") == 1  # logged once, one line
-    assert res["listing"] == ["scores.txt"] and res["old"] == "old\n"
+    assert res["listing"] == ["scores.txt"] and res["old"] == "a b 0.5\n"
     # The embedding store: ENOSPC named, nothing of it left behind.
     code, err = res["full_embed"]
     assert code == 2
     one_line_error(err, full / "e", "No space left on device")
+
+
+# ------------------------------------------------- names, CSV, devices --
+
+
+def test_file_name_with_a_line_break_is_refused_first(
+    model, wavs, tmp_path, capsys
+):
+    """A folder holding ``a\\nb.wav``: refused before any audio is read
+    (no progress bar), nothing written; so is an ID holding a line
+    separator that ``ids.txt`` would split."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(wavs[0], folder / "fine.wav")
+    shutil.copy(wavs[1], folder / "two\nlines.wav")
+    out = tmp_path / "e"
+    argv = ["--model", str(model), str(folder), "--out", str(out)]
+    refused(embed_cli.main, argv, capsys, "line break")
+    assert not out.exists()
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"spk\u2028one\t{wavs[0]}\n")
+    argv = ["--model", str(model), str(listed), "--out", str(out)]
+    refused(embed_cli.main, argv, capsys, f"{listed}:1", "2 lines")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "list.txt"]
+
+
+@pytest.mark.parametrize("row", ["a,1.0,{wav},extra", "a,1.0"])
+def test_csv_row_of_the_wrong_length_names_the_line(
+    model, wavs, tmp_path, capsys, row
+):
+    csv = tmp_path / "data.csv"
+    csv.write_text(
+        f"ID,duration,wav\nb,2.0,{wavs[1]}\n{row.format(wav=wavs[0])}\n"
+    )
+    trials = tmp_path / "t.txt"
+    trials.write_text("1 a b\n")
+    argv = ["--model", str(model), "--trials", str(trials), "--csv", str(csv)]
+    line = refused(verify_cli.main, argv, capsys, f"{csv}:3")
+    assert f"{row.count(',') + 1} fields, the header has 3" in line
+
+
+def test_a_pipe_as_score_file_is_not_replaced(model, wavs, tmp_path, capsys):
+    pipe = tmp_path / "scores.fifo"
+    os.mkfifo(pipe)
+    trials = tmp_path / "t.txt"
+    trials.write_text(f"1 {wavs[0]} {wavs[1]}\n")
+    argv = ["--model", str(model), "--trials", str(trials), "--out", str(pipe)]
+    refused(verify_cli.main, argv, capsys, pipe, "not a regular file")
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+
+
+def test_out_replaces_only_a_score_file(model, wavs, tmp_path, capsys):
+    """``--out`` naming the trial list, the CSV or a file that is not a
+    score file: refused before any work, the file unchanged."""
+    trials = tmp_path / "t.txt"
+    trials.write_text(f"1 {wavs[0]} {wavs[1]}\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    argv = ["--model", str(model), "--trials", str(trials), "--out"]
+    refused(verify_cli.main, argv + [str(trials)], capsys, "--trials")
+    refused(verify_cli.main, argv + [str(notes)], capsys, notes, "not a score")
+    assert trials.read_text() == f"1 {wavs[0]} {wavs[1]}\n"
+    assert notes.read_text() == "my notes\n"
+    scores = tmp_path / "scores.txt"
+    scores.write_text("x y 1 0.25\n")  # an old score file: replaced
+    code, _ = trial_run(model, trials, capsys, "--out", str(scores))
+    assert code == 0
+    enrol, test, _, labels = read_scores(scores)
+    assert (enrol, test, labels.tolist()) == (
+        [str(wavs[0])],
+        [str(wavs[1])],
+        [1],
+    )

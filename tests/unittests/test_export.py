@@ -302,9 +302,15 @@ def test_overwrite_and_main(exported, tmp_path, capsys):
     assert main([str(run), str(target)]) == 2
     assert "exists (--overwrite" in capsys.readouterr().err
     assert os.listdir(target) == ["keep.txt"]
+    assert main([str(run), str(target), "--overwrite"]) == 2  # not ours
+    assert "does not hold dampit_export.json" in capsys.readouterr().err
+    assert os.listdir(target) == ["keep.txt"]
+    (target / "keep.txt").unlink()  # an empty folder holds nothing to lose
     assert main([str(run), str(target), "--overwrite"]) == 0
     assert "threshold 0.4321" in capsys.readouterr().out
-    assert "keep.txt" not in os.listdir(target)
+    (target / "extra.txt").write_text("x")
+    assert main([str(run), str(target), "--overwrite"]) == 0  # a model
+    assert "extra.txt" not in os.listdir(target)
     assert sorted(os.listdir(tmp_path)) == ["model"]
     assert main([str(tmp_path / "nope"), str(tmp_path / "m")]) == 2
     assert "run folder not found" in capsys.readouterr().err
