@@ -21,8 +21,9 @@ import torch
 from dampit.dataio.audio import AUDIO_EXTENSIONS, AudioError
 from dampit.dataio.trials import TrialListError, utt_to_id
 from dampit.inference.api import ModelFolderError, load_model
+from dampit.inference.profiles import ProfileError
 
-USER_ERRORS = (AudioError, ModelFolderError, TrialListError)
+USER_ERRORS = (AudioError, ModelFolderError, ProfileError, TrialListError)
 
 
 class CliError(ValueError):
@@ -49,6 +50,7 @@ def _device_ok(text):
 FINITE = _checked(float, math.isfinite, "need a finite number")
 DEVICE = _checked(str, _device_ok, "not an available cpu or cuda:N device")
 POSITIVE = _checked(int, lambda n: n >= 1, "need an integer >= 1")
+RATE = _checked(float, lambda x: 0 < x < 1, "need a rate between 0 and 1")
 
 
 class Parser(argparse.ArgumentParser):
