@@ -89,6 +89,24 @@ def _check_counts(labels, point, rate, force):
     warnings.warn(f"{msg}: the threshold is unreliable", stacklevel=1)
 
 
+def _n_speakers(spk_e, spk_t):
+    return len(set(spk_e) | set(spk_t))
+
+
+def _check_folds(labels, spk_e, spk_t, args):
+    """Whether the speakers make ``--folds`` folds to cross-validate on;
+    if not, an error (a warning with ``--force``)."""
+    try:
+        cal.fold_masks(labels, spk_e, spk_t, args.folds, args.seed)
+        return True
+    except ValueError as err:
+        msg = f"{args.trials}: --folds {args.folds}: {err}"
+    if not args.force:
+        raise common.CliError(msg)
+    warnings.warn(f"{msg}; no held-out estimate", stacklevel=1)
+    return False
+
+
 def _pct(x, ci):
     return f"{100 * x:.2f}% [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
 
@@ -100,14 +118,13 @@ def _calibrate(args):
         check_folder(args.model)
     enrol, test, labels, names, spk_e, spk_t = _speakers(args)
     _check_counts(labels, point, rate, args.force)
-    n_spk = len(set(spk_e) | set(spk_t))
-    if not 2 <= args.folds <= n_spk:
-        raise common.CliError(f"--folds {args.folds}: {n_spk} speakers")
+    folds_ok = _check_folds(labels, spk_e, spk_t, args)
     paths = resolve_audio(names, args)
     model = common.open_model(args)
     _, emb = common.embed(model, paths, args)
     scores = cosine_scores(emb, enrol, test)
-    try:
+    cv = None
+    if folds_ok:
         cv = cal.cross_validate(
             scores,
             labels,
@@ -118,8 +135,6 @@ def _calibrate(args):
             args.folds,
             seed=args.seed,
         )
-    except ValueError as err:
-        raise common.CliError(f"{args.trials}: {err}") from None
     threshold = cal.threshold_at(scores, labels, point, rate)
     frr, far = cal.error_rates_at(scores, labels, threshold)
     record = {
@@ -136,15 +151,17 @@ def _calibrate(args):
         record["llr"] = {"scale": scale, "offset": offset}
     print(
         f"[dampit] {record['target']} target / {record['nontarget']} "
-        f"non-target trials of {cv['speakers']} speakers; threshold "
+        f"non-target trials of {_n_speakers(spk_e, spk_t)} speakers; threshold "
         f"{threshold:.4f} at {words} (on these trials: FRR "
         f"{100 * frr:.2f}%, FAR {100 * far:.2f}%)"
     )
-    print(
-        f"[dampit] held-out speakers ({cv['folds']} folds, {cv['target']} "
-        f"/ {cv['nontarget']} trials): FRR {_pct(cv['frr'], cv['frr_ci'])}, "
-        f"FAR {_pct(cv['far'], cv['far_ci'])} (95% bootstrap)"
-    )
+    if cv is not None:
+        print(
+            f"[dampit] held-out speakers ({cv['folds']} folds, "
+            f"{cv['target']} / {cv['nontarget']} trials): FRR "
+            f"{_pct(cv['frr'], cv['frr_ci'])}, FAR "
+            f"{_pct(cv['far'], cv['far_ci'])} (95% bootstrap)"
+        )
     if args.llr:
         print(f"[dampit] llr = {scale:.4f} * score + {offset:.4f}")
     if args.out:

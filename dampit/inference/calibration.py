@@ -27,7 +27,7 @@ from scipy.optimize import minimize
 from dampit.metrics.error_rates import compute_eer, operating_points
 
 __all__ = ["cross_validate", "error_rates_at", "fit_llr", "minimum_trials"]
-__all__ += ["speaker_folds", "threshold_at"]
+__all__ += ["fold_masks", "speaker_folds", "threshold_at"]
 
 POINTS = ("eer", "far", "frr")
 #: Fewest target and non-target trials a calibration accepts, and the
@@ -139,6 +139,66 @@ def speaker_folds(speakers, folds, seed=0):
     return fold_of
 
 
+def fold_masks(labels, enrol_spk, test_spk, folds, seed=0):
+    """The speaker folds of labelled trials, checked (before any scoring).
+
+    Returns
+    -------
+    enrol : numpy.ndarray
+        ``[N]`` index of each trial's enrol speaker (sorted names).
+    masks : list of (numpy.ndarray, numpy.ndarray)
+        Per fold, the trials of the other folds' speakers (to set the
+        threshold) and the trials within the fold (to test it).
+    n_speakers : int
+
+    Raises
+    ------
+    ValueError
+        Not ``2 <= folds <= speakers``, a fold whose other folds' trials
+        lack a class, or no target or no non-target trial within a fold.
+
+    Example
+    -------
+    >>> _, masks, n = fold_masks([1, 0, 0], ["a", "a", "b"], ["a", "b", "c"],
+    ...                          folds=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: speaker fold 1 of 2: the other folds' trials hold one ...
+    """
+    y = np.asarray(labels).astype(bool)
+    speakers, codes = np.unique(
+        np.concatenate(
+            [np.asarray(enrol_spk, dtype=str), np.asarray(test_spk, dtype=str)]
+        ),
+        return_inverse=True,
+    )
+    enrol, test = codes[: y.size], codes[y.size :]
+    if not 2 <= folds <= len(speakers):
+        raise ValueError(
+            f"{folds} folds of {len(speakers)} speakers: need 2 <= folds <= "
+            "speakers"
+        )
+    fold_of = speaker_folds(speakers, folds, seed)
+    fe, ft = fold_of[enrol], fold_of[test]
+    masks, held = [], np.zeros(y.size, dtype=bool)
+    for k in range(folds):
+        train, tested = (fe != k) & (ft != k), (fe == k) & (ft == k)
+        if y[train].all() or not y[train].any():
+            raise ValueError(
+                f"speaker fold {k + 1} of {folds}: the other folds' trials "
+                "hold one class only (give more speakers or fewer folds)"
+            )
+        masks.append((train, tested))
+        held |= tested
+    n_tar, n_non = int((held & y).sum()), int((held & ~y).sum())
+    if not (n_tar and n_non):
+        raise ValueError(
+            f"{n_tar} target / {n_non} non-target trials lie within a "
+            "speaker fold: none to test on (give fewer folds)"
+        )
+    return enrol, masks, len(speakers)
+
+
 def cross_validate(
     scores,
     labels,
@@ -193,40 +253,15 @@ def cross_validate(
     """
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels).astype(bool)
-    speakers, codes = np.unique(
-        np.concatenate(
-            [np.asarray(enrol_spk, dtype=str), np.asarray(test_spk, dtype=str)]
-        ),
-        return_inverse=True,
-    )
-    enrol, test = codes[: s.size], codes[s.size :]
-    if not 2 <= folds <= len(speakers):
-        raise ValueError(
-            f"{folds} folds of {len(speakers)} speakers: need 2 <= folds <= "
-            "speakers"
-        )
-    fold_of = speaker_folds(speakers, folds, seed)
+    enrol, folds_k, n_spk = fold_masks(y, enrol_spk, test_spk, folds, seed)
     held = np.zeros(s.size, dtype=bool)
     miss, fa = np.zeros(s.size, dtype=bool), np.zeros(s.size, dtype=bool)
-    for k in range(folds):
-        fe, ft = fold_of[enrol], fold_of[test]
-        train = (fe != k) & (ft != k)
-        tested = (fe == k) & (ft == k)
-        if y[train].all() or not y[train].any():
-            raise ValueError(
-                f"speaker fold {k + 1} of {folds}: the other folds' trials "
-                "hold one class only (give more speakers or fewer folds)"
-            )
+    for train, tested in folds_k:
         thr = threshold_at(s[train], y[train], point, rate)
         held |= tested
         miss |= tested & y & (s <= thr)
         fa |= tested & ~y & (s > thr)
     n_tar, n_non = int((held & y).sum()), int((held & ~y).sum())
-    if not (n_tar and n_non):
-        raise ValueError(
-            f"{n_tar} target / {n_non} non-target trials lie within a "
-            "speaker fold: none to test on (give fewer folds)"
-        )
     idx = np.flatnonzero(held)
     frr_ci, far_ci = _bootstrap(
         enrol[idx], miss[idx], fa[idx], y[idx], n_boot, seed
@@ -239,7 +274,7 @@ def cross_validate(
         "folds": int(folds),
         "target": n_tar,
         "nontarget": n_non,
-        "speakers": len(speakers),
+        "speakers": n_spk,
     }
 
 

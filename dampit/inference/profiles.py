@@ -155,7 +155,7 @@ class Profiles:
         emb = np.asarray(embeddings, dtype=np.float64)
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         if emb.ndim != 2 or not len(emb) or not (norms > 0).all():
-            raise ProfileError(f"{name}: no (or zero) embeddings to enrol")
+            raise ProfileError(f"{name}: no, zero or non-finite embeddings")
         if self.sums is not None and emb.shape[1] != self.sums.shape[1]:
             raise ProfileError(
                 f"{name}: embeddings of size {emb.shape[1]}, the store "
@@ -198,7 +198,8 @@ class Profiles:
         with EmbeddingStoreWriter(
             self.folder, len(means), means.shape[1:]
         ) as w:
-            w.add_batch(self.names, means)
+            if self.names:  # a store may hold no profile
+                w.add_batch(self.names, means)
             for name, text in files.items():
                 w.add_file(name, text)
         self.fingerprint = fingerprint
