@@ -223,9 +223,9 @@ def _embed(model, files, batch_size, progress):
 
 
 def enroll_files(
-    model, folder, name, files, replace=False, batch_size=16, progress=False
+    model, folder, speakers, replace=False, batch_size=16, progress=False
 ):
-    """Enrol audio files as (more of) ``name``'s profile.
+    """Enrol audio files as (more of) speakers' profiles, in one write.
 
     Arguments
     ---------
@@ -233,12 +233,11 @@ def enroll_files(
         From :func:`dampit.inference.api.load_model`.
     folder : str or os.PathLike
         The profile store (created when missing).
-    name : str
-        The speaker.
-    files : list
-        Audio paths or ``(id, path)`` items (as ``embed_files``).
+    speakers : dict
+        Speaker name -> list of audio paths or ``(id, path)`` items (as
+        ``embed_files`` takes them).
     replace : bool
-        Start ``name``'s profile afresh instead of adding to it.
+        Start each named profile afresh instead of adding to it.
     batch_size : int
         Files per forward pass.
     progress : bool
@@ -248,12 +247,47 @@ def enroll_files(
     -------
     Profiles
         The store as written.
+
+    Example
+    -------
+    >>> import tempfile, soundfile
+    >>> from dampit.inference.api import load_model
+    >>> from dampit.inference.export import write_model_files
+    >>> from dampit.lobes.resnet import SEResNet
+    >>> kw = dict(depth=18, base_width=4, emb_dim=8)
+    >>> mods = {k: {"class": f"dampit.lobes.{c}", "kwargs": {}} for k, c in [
+    ...     ("compute_features", "features.Features"),
+    ...     ("mean_var_norm", "features.CropNormalization"),
+    ...     ("embedding_model", "resnet.SEResNet")]}
+    >>> mods["embedding_model"]["kwargs"] = kw
+    >>> d = tempfile.mkdtemp()
+    >>> _ = write_model_files(d, mods, {"embedding_model":
+    ...                       SEResNet(**kw).state_dict()}, 0.4, 16000)
+    >>> wavs = [os.path.join(d, f"{k}.wav") for k in range(3)]
+    >>> for k, w in enumerate(wavs):
+    ...     t = np.arange(8000) / 16000
+    ...     soundfile.write(w, 0.1 * np.sin(400 * np.pi * (k + 1) * t), 16000)
+    >>> store = os.path.join(d, "profiles")
+    >>> p = enroll_files(load_model(d), store, {"a": wavs[:2], "b": wavs[2:]})
+    >>> p.names, p.counts.tolist()
+    (['a', 'b'], [2, 1])
     """
     fingerprint = model_fingerprint(model)
     Profiles(folder).check_model(fingerprint)  # before any embedding
-    _check_name(name)
-    emb = _embed(model, files, batch_size, progress)
-    return _update(folder, fingerprint, lambda p: p.add(name, emb, replace))
+    for name, files in speakers.items():
+        _check_name(name)
+        if not files:
+            raise ProfileError(f"{name}: no files to enrol")
+    names = [name for name, files in speakers.items() for _ in files]
+    items = [item for files in speakers.values() for item in files]
+    emb = _embed(model, items, batch_size, progress)
+    rows = np.array(names)
+
+    def change(profiles):
+        for name in speakers:
+            profiles.add(name, emb[rows == name], replace)
+
+    return _update(folder, fingerprint, change)
 
 
 def remove_profile(model, folder, name):
