@@ -22,10 +22,17 @@ import torch
 from dampit.dataio.audio import AUDIO_EXTENSIONS, AudioError
 from dampit.dataio.trials import TrialListError, utt_to_id
 from dampit.inference.api import ModelFolderError, load_model
+from dampit.inference.profiles import ProfileError
 from dampit.metrics.embedding_store import check_id
 from dampit.utils.file_lock import LockError, output_lock
 
-USER_ERRORS = (AudioError, ModelFolderError, TrialListError, LockError)
+USER_ERRORS = (
+    AudioError,
+    LockError,
+    ModelFolderError,
+    ProfileError,
+    TrialListError,
+)
 
 
 class CliError(ValueError):
@@ -52,6 +59,7 @@ def _device_ok(text):
 FINITE = _checked(float, math.isfinite, "need a finite number")
 DEVICE = _checked(str, _device_ok, "not an available cpu or cuda:N device")
 POSITIVE = _checked(int, lambda n: n >= 1, "need an integer >= 1")
+RATE = _checked(float, lambda x: 0 < x < 1, "need a rate between 0 and 1")
 
 
 class Parser(argparse.ArgumentParser):

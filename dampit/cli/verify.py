@@ -14,8 +14,10 @@ in chunks; ``--out`` gets a score file (``enrol test [label] score``); an
 existing ``--out`` is replaced only when it is a score file, never when
 it is the trial list or the CSV.
 The threshold (``score > threshold``: same speaker) is the model's
-calibrated one unless ``--threshold`` is given; with labels, the EER,
-minDCF (p_target 0.01) and the error rates at the threshold are printed.
+calibrated one unless ``--threshold`` is given (for two files, the
+log-likelihood ratio of ``dampit-calibrate --llr`` follows when it was
+fitted); with labels, the EER, minDCF (p_target 0.01) and the error
+rates at the threshold are printed.
 """
 
 import contextlib
@@ -30,6 +32,7 @@ from speechbrain.dataio.dataio import load_data_csv
 from dampit.cli import common
 from dampit.dataio import trials
 from dampit.dataio.audio import AUDIO_EXTENSIONS
+from dampit.inference.stored_threshold import read_calibration
 from dampit.metrics.error_rates import compute_eer, compute_min_dcf
 from dampit.metrics.multicrop import cosine_scores
 
@@ -164,7 +167,13 @@ def _verify_locked(args):
     scores = cosine_scores(emb, row[enrol], row[test])
     if not args.trials:
         word = "same speaker" if scores[0] > threshold else "different speakers"
-        print(f"score {scores[0]:.4f}  threshold {threshold:.4f}  -> {word}")
+        llr, extra = (read_calibration(args.model) or {}).get("llr"), ""
+        if llr is not None:
+            extra = f"  llr {llr['scale'] * scores[0] + llr['offset']:.3f}"
+        print(
+            f"score {scores[0]:.4f}  threshold {threshold:.4f}  -> {word}"
+            f"{extra}"
+        )
         return 0
     names = np.array(names, dtype=object)
     with common.writing(args.out or "-"):

@@ -5,5 +5,9 @@
 - ``export``: ``dampit-export``, a verified recipe run -> a model folder;
 - ``extract``: batched embedding of files and crops;
 - ``portable``: TorchScript / ONNX programs, waveform -> embedding;
-- ``check_pretrained``: the quickstart's check through ``from_hparams``.
+- ``check_pretrained``: the quickstart's check through ``from_hparams``;
+- ``calibration``: a threshold at an operating point, its error rates on
+  held-out speakers, a score -> log-likelihood-ratio map;
+- ``stored_threshold``: the one writer of a model folder's threshold;
+- ``profiles``: speaker profiles, enrolment and open-set identification.
 """

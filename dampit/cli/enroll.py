@@ -1,0 +1,113 @@
+"""``dampit-enroll``: add, update or remove speaker profiles.
+
+::
+
+    dampit-enroll --model model/ --profiles profiles/ --speaker alice a/
+    dampit-enroll --model model/ --profiles profiles/ --by-folder enrol/
+    dampit-enroll --model model/ --profiles profiles/ --remove alice
+
+The inputs are audio files, folders or list files, as for
+``dampit-embed``; with ``--by-folder``, each subfolder of the given
+folders is one speaker, named by the subfolder. A profile is the mean of
+its utterances' unit-length embeddings with their count: enrolling more
+files of a speaker adds them (``--replace`` starts the profile afresh).
+The store (:mod:`dampit.inference.profiles`) is created when missing,
+replaced as one unit, and refused with another model than the one that
+made it.
+"""
+
+import argparse
+import os
+import sys
+
+from dampit.cli import common
+from dampit.inference import profiles
+
+PROG = "dampit-enroll"
+EXAMPLES = """examples:
+  dampit-enroll --model model/ --profiles profiles/ --speaker alice alice/
+  dampit-enroll --model model/ --profiles profiles/ --speaker bob b1.wav b2.wav
+  dampit-enroll --model model/ --profiles profiles/ --by-folder enrol/
+  dampit-enroll --model model/ --profiles profiles/ --remove bob
+(--by-folder: enrol/alice/*.wav, enrol/bob/*.flac ... one speaker each)"""
+
+
+def _speakers(args):
+    """Speaker name -> ``(id, path)`` items of the inputs."""
+    if not args.by_folder:
+        return {args.speaker: common.list_audio_inputs(args.inputs)}
+    found = {}
+    for arg in args.inputs:
+        if not os.path.isdir(arg):
+            raise common.CliError(f"--by-folder: {arg} is not a folder")
+        subs = [e for e in os.scandir(arg) if e.is_dir()]
+        subs.sort(key=lambda e: e.name)
+        if not subs:
+            raise common.CliError(f"--by-folder: no subfolder in {arg}")
+        for sub in subs:
+            if sub.name in found:
+                raise common.CliError(
+                    f"--by-folder: speaker {sub.name!r} twice ({sub.path})"
+                )
+            found[sub.name] = common.list_audio_inputs([sub.path])
+    return found
+
+
+def _enroll(args):
+    common.check_args(args, out_folder=False)
+    store = profiles.Profiles(args.profiles)  # a bad store: before the work
+    if args.remove is not None:
+        model = common.open_model(args)
+        store = profiles.remove_profile(model, args.profiles, args.remove)
+        print(
+            f"[dampit] removed {args.remove!r} from {args.profiles} "
+            f"({len(store.names)} profiles left)"
+        )
+        return 0
+    speakers = _speakers(args)
+    model = common.open_model(args)
+    with common.writing(args.profiles):
+        store = profiles.enroll_files(
+            model,
+            args.profiles,
+            speakers,
+            args.replace,
+            args.batch_size,
+            not args.no_progress,
+        )
+    for name, items in speakers.items():
+        count = store.counts[store.names.index(name)]
+        print(
+            f"[dampit] {name!r}: {len(items)} file(s) enrolled, {count} "
+            "in the profile"
+        )
+    print(f"[dampit] {len(store.names)} profiles in {args.profiles}")
+    return 0
+
+
+def main(argv=None):
+    """Run ``dampit-enroll``; returns 0, or 2 on bad input."""
+    parser = common.Parser(PROG, "Enrol or remove speaker profiles.")
+    parser.epilog = EXAMPLES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    add = parser.add_argument
+    add("inputs", nargs="*", help="folders, list files, audio files")
+    add("--profiles", required=True, help="profile store folder")
+    add("--speaker", help="the speaker the inputs are enrolled as")
+    add("--by-folder", action="store_true", help="a speaker per subfolder")
+    add("--replace", action="store_true", help="start profiles afresh")
+    add("--remove", metavar="NAME", help="remove this speaker's profile")
+    parser.set_defaults(out=None)
+    args = parser.parse_args(argv)
+    modes = [args.speaker is not None, args.by_folder, args.remove is not None]
+    if sum(modes) != 1:
+        parser.error("give one of --speaker NAME, --by-folder, --remove NAME")
+    if args.remove is None and not args.inputs:
+        parser.error("no files or folders to enrol")
+    if args.remove is not None and (args.inputs or args.replace):
+        parser.error("--remove takes no files and no --replace")
+    return common.run(PROG, args, lambda: _enroll(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,346 @@
+"""dampit-calibrate, dampit-enroll and dampit-identify on real speech
+(dspspeech), run in-process through their ``main``: a folder of labelled
+recordings calibrated at a false-accept rate, ten speakers enrolled, files
+identified, a stranger "unknown". Expected values come from SpeechBrain's
+own ``SpeakerRecognition`` loading the same model folder (one file at a
+time), cosines, thresholds and cross-validation written here as loops."""
+
+import functools
+import json
+import os
+import pathlib
+import runpy
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from speechbrain.inference.speaker import SpeakerRecognition
+
+from dampit.cli import calibrate as calibrate_cli
+from dampit.cli import enroll as enroll_cli
+from dampit.cli import identify as identify_cli
+from dampit.cli import verify as verify_cli
+from dampit.inference.api import load_model
+from dampit.inference.calibration import speaker_folds
+from dampit.inference.profiles import Profiles
+
+MODELS = pathlib.Path(__file__).resolve().parents[1] / "model_folder.py"
+write_demo_model = runpy.run_path(str(MODELS))["write_demo_model"]
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_data, tmp_path_factory):
+    """``cal/<spk>/`` 4 files of 10 speakers with every pair in
+    ``cal/pairs.txt``; ``enrol/<spk>/`` 3 files of 10 other speakers;
+    ``probe/`` a 4th file of each and one of a stranger."""
+    root = tmp_path_factory.mktemp("corpus")
+    data = shared_data / "dspspeech"
+    spk = sorted(p.name for p in data.iterdir() if p.is_dir())
+    files = {s: sorted((data / s).glob("*.wav")) for s in spk}
+    names = []
+    for s in spk[10:20]:
+        for f in files[s][:4]:
+            (root / "cal" / s).mkdir(parents=True, exist_ok=True)
+            (root / "cal" / s / f.name).symlink_to(f)
+            names.append(f"{s}/{f.name}")
+    lines = [
+        f"{int(a.split('/')[0] == b.split('/')[0])} {a} {b}\n"
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+    ]
+    (root / "cal" / "pairs.txt").write_text("".join(lines))
+    (root / "probe").mkdir()
+    for s in spk[:10]:
+        (root / "enrol" / s).mkdir(parents=True)
+        for f in files[s][:3]:
+            (root / "enrol" / s / f.name).symlink_to(f)
+        (root / "probe" / f"{s}.wav").symlink_to(files[s][3])
+    (root / "probe" / "stranger.wav").symlink_to(files[spk[20]][0])
+    return root
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("m")
+    return write_demo_model(folder, features="fbank", default_init=True)
+
+
+@pytest.fixture()
+def model(base_model, tmp_path):
+    """A fresh copy: calibration changes the folder."""
+    return shutil.copytree(base_model, tmp_path / "model")
+
+
+@pytest.fixture(scope="module")
+def ref(base_model, tmp_path_factory):
+    """Embedding of a file by SpeechBrain, one file at a time."""
+    sb = SpeakerRecognition.from_hparams(
+        source=base_model, savedir=str(tmp_path_factory.mktemp("sb"))
+    )
+
+    @functools.cache
+    def embed(path):
+        with torch.no_grad():
+            wav = sb.load_audio(str(path))[None]
+            return sb.encode_batch(wav)[0, 0].double().numpy()
+
+    return embed
+
+
+def cosine(a, b):
+    return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+def ref_trials(corpus, ref):
+    rows = [line.split() for line in open(corpus / "cal" / "pairs.txt")]
+    emb = {u: ref(corpus / "cal" / u) for _, a, b in rows for u in (a, b)}
+    labels = np.array([int(r[0]) for r in rows])
+    scores = np.array([cosine(emb[a], emb[b]) for _, a, b in rows])
+    spk = [(a.split("/")[0], b.split("/")[0]) for _, a, b in rows]
+    return scores, labels, spk
+
+
+def far_threshold(scores, labels, rate):
+    """The lowest score whose false-accept rate is at most ``rate``."""
+    non = scores[labels == 0]
+    return min(t for t in sorted(set(scores)) if (non > t).mean() <= rate)
+
+
+def run(cli, args, capsys):
+    code = cli.main([*map(str, args), "--no-progress"])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_calibrate_at_a_false_accept_rate(model, corpus, ref, capsys):
+    report = corpus / "report.json"
+    args = ["--model", model, "--trials", corpus / "cal" / "pairs.txt"]
+    code, out, err = run(
+        calibrate_cli,
+        [*args, "--target-far", 0.05, "--llr", "--folds", 4, "--out", report],
+        capsys,
+    )
+    assert code == 0, err
+    scores, labels, spk = ref_trials(corpus, ref)
+    want = far_threshold(scores, labels, 0.05)
+    got = json.loads(report.read_text())
+    assert got["threshold"] == pytest.approx(want, abs=TOL)
+    assert (got["target"], got["nontarget"]) == (60, 720)
+    assert load_model(model).threshold == got["threshold"]
+    sb = SpeakerRecognition.from_hparams(
+        source=str(model), savedir=str(corpus / "sb_cal")
+    )
+    assert sb.hparams.threshold == got["threshold"]
+    spec = json.loads((model / "dampit_export.json").read_text())
+    assert spec["threshold_history"][-1]["threshold"] == 0.5  # the export's
+    assert spec["calibration"]["llr"] == got["llr"]
+    # Held-out speakers, by hand: thresholds set on the other folds.
+    names = sorted({s for pair in spk for s in pair})
+    fold = dict(zip(names, speaker_folds(names, 4, seed=0)))
+    fa = n_non = miss = n_tar = 0
+    for k in range(4):
+        train = [i for i, (a, b) in enumerate(spk) if fold[a] != k != fold[b]]
+        thr = far_threshold(scores[train], labels[train], 0.05)
+        for i, (a, b) in enumerate(spk):
+            if fold[a] == k == fold[b]:
+                n_tar += labels[i]
+                n_non += 1 - labels[i]
+                miss += labels[i] == 1 and scores[i] <= thr
+                fa += labels[i] == 0 and scores[i] > thr
+    cv = got["cross_validated"]
+    assert (cv["target"], cv["nontarget"]) == (n_tar, n_non)
+    assert (cv["frr"], cv["far"]) == pytest.approx((miss / n_tar, fa / n_non))
+    assert f"FAR {100 * cv['far']:.2f}%" in out
+    # dampit-verify decides at the new threshold and gives the LLR.
+    a, b = corpus / "cal" / spk[0][0], corpus / "cal" / spk[-1][1]
+    pair = [sorted(a.iterdir())[0], sorted(b.iterdir())[0]]
+    code, out, _ = run(verify_cli, ["--model", model, *pair], capsys)
+    s = cosine(ref(pair[0]), ref(pair[1]))
+    llr = got["llr"]["scale"] * s + got["llr"]["offset"]
+    assert f"threshold {got['threshold']:.4f}" in out
+    assert float(out.split("llr ")[1]) == pytest.approx(llr, abs=2e-3)
+
+
+def test_calibrate_refuses_bad_input_before_the_work(model, corpus, capsys):
+    pairs = (corpus / "cal" / "pairs.txt").read_text().splitlines(True)
+    folder = corpus / "cal"
+    before = {f: (model / f).read_bytes() for f in os.listdir(model)}
+    few = folder / "few.txt"
+    targets = [line for line in pairs if line.startswith("1")]
+    few.write_text(
+        "".join(targets[:3] + [p for p in pairs if p[0] == "0"][:40])
+    )
+    mixed = folder / "mixed.txt"
+    first = pairs[0].split()
+    mixed.write_text(pairs[0] + f"1 {first[1]} {pairs[-1].split()[2]}\n")
+    cases = [
+        (
+            ["--trials", few, "--eer"],
+            "3 target / 40 non-target trials, fewer than the 50 / 50",
+        ),
+        (["--trials", mixed, "--eer"], "mixed.txt:2: label 1 but the speakers"),
+        (
+            ["--trials", folder / "pairs.txt", "--target-far", "0.001"],
+            "fewer than the 50 / 10000",
+        ),
+        (
+            ["--trials", folder / "pairs.txt", "--eer", "--folds", "11"],
+            "--folds 11: 11 folds of 10 speakers",
+        ),
+    ]
+    for extra, msg in cases:
+        code, out, err = run(calibrate_cli, ["--model", model, *extra], capsys)
+        assert code == 2 and msg in err and len(err.splitlines()) == 1, err
+    with pytest.raises(SystemExit) as stop:
+        run(
+            calibrate_cli,
+            ["--model", model, "--trials", few, "--target-far", "1.5"],
+            capsys,
+        )
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--target-far: need a rate" in err
+    code, out, _ = run(
+        calibrate_cli,
+        [
+            "--model",
+            model,
+            "--trials",
+            folder / "pairs.txt",
+            "--eer",
+            "--dry-run",
+        ],
+        capsys,
+    )
+    assert code == 0 and "--dry-run" in out
+    assert {f: (model / f).read_bytes() for f in os.listdir(model)} == before
+    code, out, err = run(
+        calibrate_cli,
+        ["--model", model, "--trials", few, "--eer", "--force"],
+        capsys,
+    )
+    assert code == 0 and "warning: 3 target" in err and "no held-out" in err
+    assert load_model(model).threshold != 0.5
+
+
+def test_enroll_ten_speakers_and_identify(model, corpus, ref, capsys):
+    store = corpus / "profiles"
+    enrol = sorted((corpus / "enrol").iterdir())
+    code, out, err = run(
+        enroll_cli,
+        [
+            "--model",
+            model,
+            "--profiles",
+            store,
+            "--by-folder",
+            corpus / "enrol",
+        ],
+        capsys,
+    )
+    assert code == 0 and "10 profiles in" in out, err
+    profiles = Profiles(store)
+    assert profiles.names == [d.name for d in enrol]
+    assert profiles.counts.tolist() == [3] * 10
+    for d, mean in zip(enrol, profiles.means()):
+        unit = [ref(f) / np.linalg.norm(ref(f)) for f in sorted(d.iterdir())]
+        np.testing.assert_allclose(mean, np.mean(unit, axis=0), atol=TOL)
+    probes = sorted((corpus / "probe").iterdir())
+    scores = {
+        p.name: {
+            d.name: cosine(ref(p), m) for d, m in zip(enrol, profiles.means())
+        }
+        for p in probes
+    }
+    stranger = max(scores["stranger.wav"].values())
+    threshold = stranger + 1e-3  # the stranger's best is below it
+    code, out, err = run(
+        identify_cli,
+        [
+            "--model",
+            model,
+            "--profiles",
+            store,
+            "--top-k",
+            3,
+            "--threshold",
+            threshold,
+            corpus / "probe",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 12
+    assert lines[-1].startswith("[dampit] 11 file(s) against 10 profiles")
+    rows = {r[0]: r[1:] for r in (x.split("\t") for x in lines[:-1])}
+    assert sorted(rows) == sorted(p.stem for p in probes)
+    for p in probes:
+        want = sorted(scores[p.name].items(), key=lambda kv: -kv[1])[:3]
+        decision, *top = rows[p.stem]
+        assert top[0::2] == [n for n, _ in want]
+        for got, (_, s) in zip(top[1::2], want):
+            assert float(got) == pytest.approx(s, abs=TOL)
+        best = want[0][1]
+        assert decision == (want[0][0] if best > threshold else "unknown")
+    assert rows["stranger"][0] == "unknown"
+
+
+def test_enroll_more_files_remove_and_refusals(model, corpus, ref, capsys):
+    store = corpus / "profiles2"
+    files = sorted((corpus / "enrol").iterdir())[0].iterdir()
+    files = sorted(files)
+    base = ["--model", model, "--profiles", store]
+    assert run(enroll_cli, [*base, "--speaker", "a", files[0]], capsys)[0] == 0
+    assert (
+        run(enroll_cli, [*base, "--speaker", "a", *files[1:]], capsys)[0] == 0
+    )
+    assert run(enroll_cli, [*base, "--speaker", "b", files[0]], capsys)[0] == 0
+    p = Profiles(store)
+    unit = [ref(f) / np.linalg.norm(ref(f)) for f in files]
+    np.testing.assert_allclose(p.means()[0], np.mean(unit, 0), atol=TOL)
+    assert p.counts.tolist() == [3, 1]
+    before = {f: (store / f).read_bytes() for f in os.listdir(store)}
+    other = write_demo_model(
+        corpus / "other", seed=5, features="fbank", default_init=True
+    )
+    bad = [
+        (
+            ["--model", other, "--profiles", store, "--speaker", "c", files[0]],
+            "made with another model",
+        ),
+        ([*base, "--speaker", "unknown", files[0]], "speaker name 'unknown'"),
+        ([*base, "--remove", "zed"], "no profile 'zed'"),
+        (
+            [
+                "--model",
+                model,
+                "--profiles",
+                corpus / "enrol",
+                "--speaker",
+                "c",
+                files[0],
+            ],
+            "is not a profile store",
+        ),
+        ([*base, "--speaker", "c", corpus / "nowhere.wav"], "input not found"),
+        ([*base, "--by-folder", files[0]], "is not a folder"),
+    ]
+    for args, msg in bad:
+        code, _, err = run(enroll_cli, args, capsys)
+        assert code == 2 and msg in err and len(err.splitlines()) == 1, err
+    code, _, err = run(
+        identify_cli,
+        ["--model", other, "--profiles", store, files[0]],
+        capsys,
+    )
+    assert code == 2 and "made with another model" in err
+    assert {f: (store / f).read_bytes() for f in os.listdir(store)} == before
+    code, out, _ = run(enroll_cli, [*base, "--remove", "b"], capsys)
+    assert code == 0 and Profiles(store).names == ["a"]
+    code, out, _ = run(enroll_cli, [*base, "--remove", "a"], capsys)
+    code, _, err = run(
+        identify_cli, ["--model", model, "--profiles", store, files[0]], capsys
+    )
+    assert code == 2 and "no profiles" in err

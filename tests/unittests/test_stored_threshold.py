@@ -1,0 +1,76 @@
+"""dampit.inference.stored_threshold: a new threshold reaches load_model
+and SpeechBrain's from_hparams, the replaced values are kept, and a folder
+it cannot update is refused with nothing changed."""
+
+import json
+import os
+import pathlib
+import runpy
+
+import pytest
+from speechbrain.inference.speaker import SpeakerRecognition
+
+from dampit.inference.api import ModelFolderError, load_model
+from dampit.inference.stored_threshold import (
+    read_calibration,
+    write_threshold,
+)
+
+MODELS = pathlib.Path(__file__).resolve().parents[1] / "model_folder.py"
+write_demo_model = runpy.run_path(str(MODELS))["write_demo_model"]
+
+
+def snapshot(folder):
+    return {f: (folder / f).read_bytes() for f in sorted(os.listdir(folder))}
+
+
+def test_both_loaders_see_the_new_threshold(tmp_path):
+    folder = pathlib.Path(write_demo_model(tmp_path, threshold=0.5))
+    (folder / "README.md").write_text("# model\n\nthreshold 0.5\n")
+    record = {"operating_point": "far", "llr": {"scale": 9.0, "offset": -4}}
+    write_threshold(folder, 0.61, "first", record)
+    spec = write_threshold(folder, 0.73, "second")
+    assert load_model(folder).threshold == 0.73
+    sb = SpeakerRecognition.from_hparams(
+        source=str(folder), savedir=str(tmp_path / "sb")
+    )
+    assert sb.hparams.threshold == 0.73
+    on_disk = json.loads((folder / "dampit_export.json").read_text())
+    assert on_disk == spec
+    history = spec["threshold_history"]
+    assert [h["threshold"] for h in history] == [0.5, 0.61]
+    assert history[1]["threshold_source"] == "first"
+    assert history[1]["calibration"] == record
+    assert spec["threshold_source"] == "second"
+    assert read_calibration(folder) is None  # the second had none
+    readme = (folder / "README.md").read_text()
+    assert readme.startswith("# model\n\nthreshold 0.5\n")
+    assert readme.count("## Calibrated threshold") == 1 and "0.73" in readme
+    assert sorted(os.listdir(folder)) == sorted(snapshot(folder))  # no tmp
+
+
+def test_refusals_change_nothing(tmp_path):
+    folder = pathlib.Path(write_demo_model(tmp_path))
+    before = snapshot(folder)
+    with pytest.raises(ModelFolderError, match="not finite"):
+        write_threshold(folder, float("nan"), "x")
+    yaml_path = folder / "hyperparams.yaml"
+    text = yaml_path.read_text()
+    yaml_path.write_text(text + "threshold: 0.9\n")
+    with pytest.raises(ModelFolderError, match="exactly one top-level"):
+        write_threshold(folder, 0.3, "x")
+    yaml_path.write_text(text)
+    assert snapshot(folder) == before
+    with pytest.raises(ModelFolderError, match="no dampit_export.json"):
+        write_threshold(tmp_path, 0.3, "x")
+
+
+def test_read_calibration_checks_the_llr(tmp_path):
+    folder = pathlib.Path(write_demo_model(tmp_path))
+    write_threshold(folder, 0.4, "x", {"llr": {"scale": 2.0, "offset": 1}})
+    assert read_calibration(folder)["llr"] == {"scale": 2.0, "offset": 1}
+    spec = json.loads((folder / "dampit_export.json").read_text())
+    spec["calibration"]["llr"]["scale"] = "2"
+    (folder / "dampit_export.json").write_text(json.dumps(spec))
+    with pytest.raises(ModelFolderError, match="llr"):
+        read_calibration(folder)
