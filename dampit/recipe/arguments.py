@@ -55,6 +55,7 @@ LISTS = {
     "trial_lists": ("text", 1, 4096),
     "train_sets": ("text", 1, 4096),
     "init_modules": ("text", 1, 4096),
+    "compile_module_keys": ("text", 1, 4096),
 }
 
 
