@@ -1,7 +1,7 @@
 """Check a prepared manifest (CSV) before a recipe reads it.
 
-A manifest of :func:`dampit.dataio.prepare_folder.prepare_folder` or
-:func:`dampit.dataio.prepare_voxceleb.prepare_voxceleb` has the columns
+A manifest written by :func:`dampit.dataio.prepared.write_outputs` (the
+folder and VoxCeleb preparations) has the columns
 ``ID, duration, wav, start, stop, spk_id``; ``start`` and ``stop`` are
 samples with ``0 <= start < stop``. :func:`check_manifest` reads one
 through and refuses, in one line naming the file and row, what the
@@ -11,7 +11,7 @@ recipe would otherwise stumble on mid-training.
 import csv
 import math
 
-from dampit.dataio.prepare_folder import CSV_FIELDS
+from dampit.dataio.prepared import CSV_FIELDS
 
 __all__ = ["ManifestError", "check_manifest"]
 
