@@ -106,7 +106,13 @@ class ModelFolderError(ValueError):
 
 
 def one_line(err, limit=300):
-    """``err`` as one line of at most ``limit`` characters."""
+    """``err`` as one line of at most ``limit`` characters.
+
+    Example
+    -------
+    >>> one_line(ValueError("two\n  lines"))
+    'two lines'
+    """
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
