@@ -110,8 +110,8 @@ def one_line(err, limit=300):
 
     Example
     -------
-    >>> one_line(ValueError("two\n  lines"))
-    'two lines'
+    >>> one_line(ValueError("two   words"))
+    'two words'
     """
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
