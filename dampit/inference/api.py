@@ -167,12 +167,21 @@ def _load_labels(folder, n_expected):
 
 
 def _probe(model):
-    """Embed :data:`PROBE_SECONDS` of fixed noise; NaN / inf raises."""
+    """Embed :data:`PROBE_SECONDS` of fixed noise: an error or NaN / inf
+    is one line naming the folder."""
     gen = torch.Generator().manual_seed(0)
     n = int(PROBE_SECONDS * model.sample_rate)
     wav = 0.1 * torch.randn(1, n, generator=gen)
-    with torch.no_grad():
-        model.encode_batch(wav.to(model.device))
+    try:
+        with torch.no_grad():
+            model.encode_batch(wav.to(model.device))
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        if isinstance(err, ModelFolderError):
+            raise
+        raise ModelFolderError(
+            f"{model.folder}: the model does not run on {PROBE_SECONDS:g} s "
+            f"of audio: {one_line(err)}"
+        ) from None
     return model
 
 

@@ -209,6 +209,21 @@ def overflowing(demo, where):
     return model
 
 
+def test_modules_that_do_not_fit_together_are_refused_at_load(demo, tmp_path):
+    """A fractional hop (a number within bounds) breaks the STFT: the old
+    loader loaded it and failed with a traceback at the first file."""
+    model = copy_model(demo, tmp_path)
+    spec_path = model / "dampit_export.json"
+    spec = json.loads(spec_path.read_text())
+    spec["modules"]["compute_features"]["kwargs"]["hop_length"] = 160.5
+    spec_path.write_text(json.dumps(spec))
+    with pytest.raises(ModelFolderError) as err:
+        load_model(model)
+    msg = str(err.value)
+    assert msg.startswith(f"{model}: the model does not run on 1 s of audio")
+    assert "\n" not in msg
+
+
 def test_weights_giving_non_finite_embeddings_are_refused(demo, tmp_path):
     """The old loader returned NaN scores and False decisions."""
     model = overflowing(demo, tmp_path)
