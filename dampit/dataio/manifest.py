@@ -45,7 +45,7 @@ def check_manifest(path):
     ...     check_manifest(path)
     ... except ManifestError as err:
     ...     print(str(err).replace(path, "train.csv"))
-    train.csv:3: stop 100 is not after start 900
+    train.csv:3: stop=100 is not after start=900
     """
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -76,8 +76,8 @@ def _check_row(where, row):
         raise ManifestError(f"{where}: duration {row['duration']!r}")
     start, stop = _number(row["start"], int), _number(row["stop"], int)
     if start is None or start < 0:
-        raise ManifestError(f"{where}: start {row['start']!r} is not >= 0")
+        raise ManifestError(f"{where}: start={row['start']!r} is not >= 0")
     if stop is None:
-        raise ManifestError(f"{where}: stop {row['stop']!r} is not a number")
+        raise ManifestError(f"{where}: stop={row['stop']!r} is not a number")
     if stop <= start:
-        raise ManifestError(f"{where}: stop {stop} is not after start {start}")
+        raise ManifestError(f"{where}: stop={stop} is not after start={start}")

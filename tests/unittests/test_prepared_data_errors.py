@@ -41,11 +41,11 @@ def test_missing_column_is_named(drop, tmp_path):
 @pytest.mark.parametrize(
     "column, value, message",
     [
-        ("stop", "1e3", "stop '1e3' is not a number"),
-        ("stop", "0", "stop 0 is not after start 0"),
-        ("start", "-5", "start '-5' is not >= 0"),
-        ("start", "abc", "start 'abc' is not >= 0"),
-        ("stop", "", "stop '' is not a number"),
+        ("stop", "1e3", "stop='1e3' is not a number"),
+        ("stop", "0", "stop=0 is not after start=0"),
+        ("start", "-5", "start='-5' is not >= 0"),
+        ("start", "abc", "start='abc' is not >= 0"),
+        ("stop", "", "stop='' is not a number"),
         ("duration", "nan", "duration 'nan'"),
         ("ID", " ", "empty ID"),
         ("spk_id", "", "empty spk_id"),
@@ -65,7 +65,7 @@ def test_bad_row_is_named_by_line(column, value, message, tmp_path):
 def test_stop_before_start_from_the_other_side(tmp_path):
     bad = ["s1/b", "1.0", "s1/b.wav", "16000", "8000", "s1"]
     path = _csv(tmp_path / "t.csv", HEADER, [bad])
-    with pytest.raises(ManifestError, match=":2: stop 8000 is not after"):
+    with pytest.raises(ManifestError, match=":2: stop=8000 is not after"):
         check_manifest(path)
 
 
