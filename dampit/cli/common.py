@@ -16,7 +16,6 @@ import tempfile
 import warnings
 from os.path import isfile
 
-import numpy as np
 import torch
 
 from dampit.dataio.audio import AUDIO_EXTENSIONS, AudioError
@@ -198,11 +197,9 @@ def open_model(args):
 
 
 def embed(model, items, args):
-    """``(ids, [N, D] embeddings)`` of ``items``; non-finite ones refused."""
-    ids, emb = model.embed_files(items, args.batch_size, not args.no_progress)
-    if not np.isfinite(emb).all():  # finite weights can overflow
-        raise CliError(f"{args.model}: the model gives NaN/inf embeddings")
-    return ids, emb
+    """``(ids, [N, D] embeddings)`` of ``items``; the model refuses
+    non-finite ones (``ModelFolderError``, as in the Python API)."""
+    return model.embed_files(items, args.batch_size, not args.no_progress)
 
 
 def _exit_on_sigterm(signum, frame):

@@ -22,13 +22,12 @@ lengths count frames exactly (:func:`dampit.inference.extract.pad_batch`)::
     scores, decisions = model.verify_pairs([("a.wav", "b.wav")])
 """
 
-import json
-import math
 import os
 import pickle
 import tempfile
 import warnings
 
+import ruamel.yaml
 import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.speaker import SpeakerRecognition
@@ -38,6 +37,17 @@ from speechbrain.processing.features import InputNormalization
 
 from dampit.dataio.audio import load_audio
 from dampit.inference.extract import embed_utterances
+from dampit.inference.folder_checks import (
+    MAX_LABELS_BYTES,
+    ModelFolderError,
+    check_embeddings,
+    check_labels,
+    check_spec,
+    check_value,
+    n_classes,
+    one_line,
+    read_json,
+)
 from dampit.lobes.features import CropNormalization, Features
 from dampit.lobes.resnet import LinearClassifier, SEResNet
 
@@ -47,8 +57,6 @@ SPEC_FILE = "dampit_export.json"
 HPARAMS_FILE = "hyperparams.yaml"
 LABELS_FILE = "label_encoder.ckpt"
 DEFAULT_THRESHOLD = 0.25  # SpeechBrain's verify_batch default
-MODULES = ("compute_features", "mean_var_norm", "embedding_model")
-MODULES += ("classifier",)
 #: The only classes :func:`load_model` builds, by the name the JSON gives.
 REGISTRY = {
     "dampit.lobes.features.Features": Features,
@@ -62,19 +70,19 @@ REGISTRY = {
 }
 _LOAD_ERRORS = (RuntimeError, ValueError, TypeError, AttributeError, OSError)
 _LOAD_ERRORS += (KeyError, EOFError, pickle.UnpicklingError)
-
-
-class ModelFolderError(ValueError):
-    """A model folder that is missing, incomplete, malformed or refused."""
-
-
-def _one_line(err, limit=300):
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+#: Modules whose ``<module>.ckpt`` a folder must have when it lists them.
+WEIGHTED = ("embedding_model", "classifier")
+#: Seconds of noise every loaded model embeds once: a model that gives
+#: NaN / inf embeddings is refused at load.
+PROBE_SECONDS = 1.0
+#: What SpeechBrain's ``from_hparams`` raises on a YAML file that does
+#: not parse or names what does not exist.
+YAML_ERRORS = (ruamel.yaml.YAMLError, ValueError, TypeError, ImportError)
+YAML_ERRORS += (AttributeError, KeyError, OSError)
 
 
 def _check_threshold(where, value):
-    """The threshold, or None with a warning; non-finite raises."""
+    """The threshold, or None with a warning; outside [-1, 1] raises."""
     if value is None:
         warnings.warn(
             f"{where}: no threshold stored; deciding at SpeechBrain's "
@@ -82,9 +90,7 @@ def _check_threshold(where, value):
             stacklevel=3,
         )
         return None
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise ModelFolderError(f"{where}: threshold {value!r} is not finite")
-    return float(value)
+    return float(check_value(where, "threshold", value))
 
 
 def read_spec(folder):
@@ -99,7 +105,8 @@ def read_spec(folder):
     -------
     dict
         ``modules`` (name -> ``{"class", "kwargs"}``), ``sample_rate``,
-        ``threshold`` and facts about the export.
+        ``threshold`` and facts about the export, each value within
+        :data:`dampit.inference.folder_checks.BOUNDS`.
     """
     path = os.path.join(folder, SPEC_FILE)
     if not os.path.isdir(folder):
@@ -110,45 +117,22 @@ def read_spec(folder):
             "one with dampit-export; load a SpeechBrain folder you trust "
             "with --trust)"
         )
-    try:
-        with open(path, encoding="utf-8") as f:
-            spec = json.load(f)
-    except (OSError, ValueError) as err:
-        raise ModelFolderError(f"{path}: not valid JSON: {err}") from None
-    mods = spec.get("modules") if isinstance(spec, dict) else None
-    if not isinstance(mods, dict) or any(m not in mods for m in MODULES[:3]):
-        raise ModelFolderError(f"{path}: needs modules {', '.join(MODULES)}")
-    rate = spec.get("sample_rate")
-    if type(rate) is not int or rate <= 0:
-        raise ModelFolderError(f"{path}: sample_rate {rate!r} is not valid")
-    return spec
+    return check_spec(path, read_json(path), REGISTRY)
 
 
 def _build(path, name, entry):
-    """One module from its JSON entry: registry classes only."""
-    if name not in MODULES:
-        raise ModelFolderError(f"{path}: unknown module {name!r}")
-    entry = entry if isinstance(entry, dict) else {}
-    cls = REGISTRY.get(str(entry.get("class")))
-    kwargs = entry.get("kwargs", {})
-    if cls is None:
-        raise ModelFolderError(
-            f"{path}: {name}: class {entry.get('class')!r} is not one "
-            f"dampit builds ({', '.join(sorted(REGISTRY))})"
-        )
-    if not isinstance(kwargs, dict):
-        raise ModelFolderError(f"{path}: {name}: kwargs must be an object")
+    """One module from its checked JSON entry."""
     try:
-        return cls(**kwargs)
+        return REGISTRY[entry["class"]](**entry.get("kwargs", {}))
     except (TypeError, ValueError) as err:
-        raise ModelFolderError(f"{path}: {name}: {_one_line(err)}") from None
+        raise ModelFolderError(f"{path}: {name}: {one_line(err)}") from None
 
 
 def _load_weights(folder, name, module):
     """``<name>.ckpt`` into ``module``: weights only, strict, finite."""
     path = os.path.join(folder, f"{name}.ckpt")
     if not os.path.isfile(path):
-        if name == "embedding_model":
+        if name in WEIGHTED:
             raise ModelFolderError(f"{path}: missing")
         return
     try:
@@ -156,11 +140,49 @@ def _load_weights(folder, name, module):
         module.load_state_dict(state)
     except _LOAD_ERRORS as err:
         raise ModelFolderError(
-            f"{path}: cannot load the weights: {_one_line(err)}"
+            f"{path}: cannot load the weights: {one_line(err)}"
         ) from None
     for key, value in module.state_dict().items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise ModelFolderError(f"{path}: non-finite weights in {key}")
+
+
+def _load_labels(folder, n_expected):
+    """The checked ``label_encoder.ckpt``, or None when there is none."""
+    path = os.path.join(folder, LABELS_FILE)
+    if not os.path.isfile(path):
+        if n_expected is not None:
+            raise ModelFolderError(f"{path}: missing (needed by classifier)")
+        return None
+    if os.path.getsize(path) > MAX_LABELS_BYTES:
+        raise ModelFolderError(f"{path}: more than {MAX_LABELS_BYTES} bytes")
+    encoder = CategoricalEncoder()
+    try:
+        encoder.load(path)
+    except (ValueError, SyntaxError, OSError, KeyError) as err:
+        raise ModelFolderError(
+            f"{path}: not a label encoder: {one_line(err)}"
+        ) from None
+    return check_labels(path, encoder, n_expected)
+
+
+def _probe(model):
+    """Embed :data:`PROBE_SECONDS` of fixed noise: an error or NaN / inf
+    is one line naming the folder."""
+    gen = torch.Generator().manual_seed(0)
+    n = int(PROBE_SECONDS * model.sample_rate)
+    wav = 0.1 * torch.randn(1, n, generator=gen)
+    try:
+        with torch.no_grad():
+            model.encode_batch(wav.to(model.device))
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        if isinstance(err, ModelFolderError):
+            raise
+        raise ModelFolderError(
+            f"{model.folder}: the model does not run on {PROBE_SECONDS:g} s "
+            f"of audio: {one_line(err)}"
+        ) from None
+    return model
 
 
 def load_model(source, device="cpu", trust=False):
@@ -206,17 +228,10 @@ def load_model(source, device="cpu", trust=False):
     """
     folder = os.path.abspath(os.fspath(source))
     if trust:
-        if not os.path.isfile(os.path.join(folder, HPARAMS_FILE)):
-            raise ModelFolderError(f"{folder}: no {HPARAMS_FILE}")
-        with tempfile.TemporaryDirectory(prefix="dampit-model-") as tmp:
-            model = DampitSpeakerRecognition.from_hparams(
-                source=folder, savedir=tmp, run_opts={"device": device}
-            )
-        threshold = getattr(model.hparams, "threshold", None)
-        model.hparams.threshold = _check_threshold(folder, threshold)
-        return model.eval()
+        return _load_trusted(folder, device)
     spec = read_spec(folder)
     path = os.path.join(folder, SPEC_FILE)
+    labels = _load_labels(folder, n_classes(spec))
     mods = {k: _build(path, k, v) for k, v in spec["modules"].items()}
     for name, module in mods.items():
         _load_weights(folder, name, module)
@@ -225,17 +240,35 @@ def load_model(source, device="cpu", trust=False):
         "sample_rate": spec["sample_rate"],
         **mods,
     }
-    labels = os.path.join(folder, LABELS_FILE)
-    if os.path.isfile(labels):
-        hparams["label_encoder"] = CategoricalEncoder()
-        try:
-            hparams["label_encoder"].load(labels)
-        except (ValueError, SyntaxError, OSError) as err:
-            raise ModelFolderError(f"{labels}: {_one_line(err)}") from None
+    if labels is not None:
+        hparams["label_encoder"] = labels
     model = DampitSpeakerRecognition(
         modules=mods, hparams=hparams, run_opts={"device": device}
     )
-    return model.eval()
+    model.folder = folder
+    return _probe(model.eval())
+
+
+def _load_trusted(folder, device):
+    """SpeechBrain's ``from_hparams`` (runs the YAML), then the checks."""
+    if not os.path.isfile(os.path.join(folder, HPARAMS_FILE)):
+        raise ModelFolderError(f"{folder}: no {HPARAMS_FILE}")
+    with tempfile.TemporaryDirectory(prefix="dampit-model-") as tmp:
+        try:
+            model = DampitSpeakerRecognition.from_hparams(
+                source=folder, savedir=tmp, run_opts={"device": device}
+            )
+        except YAML_ERRORS as err:
+            text = one_line(str(err).replace(tmp, folder))
+            raise ModelFolderError(f"{folder}/{HPARAMS_FILE}: {text}") from None
+    where = os.path.join(folder, HPARAMS_FILE)
+    threshold = getattr(model.hparams, "threshold", None)
+    model.hparams.threshold = _check_threshold(where, threshold)
+    rate = getattr(model.hparams, "sample_rate", None)
+    if rate is not None:
+        check_value(where, "sample_rate", rate)
+    model.folder = folder
+    return _probe(model.eval())
 
 
 class DampitSpeakerRecognition(SpeakerRecognition):
@@ -307,6 +340,31 @@ class DampitSpeakerRecognition(SpeakerRecognition):
         return super().verify_batch(
             wavs1, wavs2, wav1_lens, wav2_lens, threshold=threshold
         )
+
+    def encode_batch(self, wavs, wav_lens=None, normalize=False):
+        """SpeechBrain's ``encode_batch``; NaN / inf embeddings raise.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[B, N]`` waveforms.
+        wav_lens : torch.Tensor, optional
+            Relative lengths.
+        normalize : bool
+            See SpeechBrain's.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, 1, D]`` embeddings, all finite.
+
+        Raises
+        ------
+        ModelFolderError
+            When an embedding is NaN or inf (weights that overflow).
+        """
+        emb = super().encode_batch(wavs, wav_lens, normalize)
+        return check_embeddings(getattr(self, "folder", "model"), emb)
 
     def embed_files(self, items, batch_size=16, progress=True):
         """Embed audio files in padded batches formed by length (no file

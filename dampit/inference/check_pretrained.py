@@ -26,7 +26,13 @@ from speechbrain.dataio.dataio import load_data_csv
 from speechbrain.inference.speaker import SpeakerRecognition
 
 from dampit.dataio.trials import read_trials
+from dampit.inference.api import HPARAMS_FILE, YAML_ERRORS
 from dampit.inference.export import ExportError, read_run_hparams
+from dampit.inference.folder_checks import (
+    ModelFolderError,
+    check_value,
+    one_line,
+)
 
 __all__ = ["accuracy", "main", "run_eer", "tolerance"]
 
@@ -195,11 +201,19 @@ def main(argv=None):
     except (ExportError, ValueError, OSError) as err:
         print(f"check_pretrained: error: {err}", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="dampit-check-") as savedir:
-        model = SpeakerRecognition.from_hparams(
-            source=os.path.abspath(args.model), savedir=savedir
-        )
-    threshold = float(model.hparams.threshold)
+    where = os.path.join(args.model, HPARAMS_FILE)
+    try:
+        with tempfile.TemporaryDirectory(prefix="dampit-check-") as savedir:
+            model = SpeakerRecognition.from_hparams(
+                source=os.path.abspath(args.model), savedir=savedir
+            )
+        threshold = getattr(model.hparams, "threshold", None)
+        threshold = float(check_value(where, "threshold", threshold))
+    except YAML_ERRORS as err:  # ModelFolderError names the file
+        text = str(err) if isinstance(err, ModelFolderError) else None
+        text = text or f"{where}: {one_line(err)}"
+        print(f"check_pretrained: error: {text}", file=sys.stderr)
+        return 2
     print(f"[dampit] {args.model} loaded with SpeakerRecognition.from_hparams")
     scores = _score_all(model, trials, rows)
     shown = random.Random(args.seed).sample(

@@ -16,13 +16,15 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
+from dampit.dataio.manifest import ManifestError, check_manifest
 from dampit.dataio.prepare_folder import DataPreparationError, prepare_folder
 from dampit.dataio.prepare_voxceleb import prepare_voxceleb
 from dampit.dataio.trials import TrialListError
+from dampit.recipe.arguments import LISTS, ArgumentError, check_values
 from dampit.recipe.command_line import CommandLineError, parse_command_line
 from dampit.recipe.run_lock import RunLock, RunLockError
 from dampit.utils.checkpoints import CheckpointLoadError, CheckpointSaveError
-from dampit.utils.hparams import resolve_variant
+from dampit.utils.hparams import VariantError, resolve_variant
 
 logger = logging.getLogger(__name__)
 VOX_KEYS = ("vox1_subdir", "vox2_subdir")
@@ -35,6 +37,9 @@ class RecipeError(ValueError):
 USER_ERRORS = (
     RecipeError,
     CommandLineError,
+    ArgumentError,
+    VariantError,
+    ManifestError,
     RunLockError,
     DataPreparationError,
     TrialListError,
@@ -44,17 +49,15 @@ USER_ERRORS = (
 
 
 def check_arguments(hp, hparams_file):
-    """Refuse a missing data folder, ``average_checkpoints < 1`` or an
-    output folder that cannot be written (one-line ``RecipeError``)."""
+    """Refuse a missing data folder, a value out of
+    :data:`dampit.recipe.arguments.BOUNDS` (``ArgumentError``; a scalar
+    list key becomes a list in ``hp``) or an output folder that cannot be
+    written (one-line ``RecipeError``)."""
+    check_values(hp, hparams_file)
     folders = hp.get("data_folder")
     for folder in folders if isinstance(folders, list) else [folders]:
         if not isinstance(folder, str) or not os.path.isdir(folder):
             raise RecipeError(f"data_folder={folder}: no such folder")
-    n = hp.get("average_checkpoints", 1)
-    if not isinstance(n, int) or n < 1:
-        raise RecipeError(
-            f"{hparams_file}: average_checkpoints must be >= 1, got {n}"
-        )
     out = parent = os.path.abspath(hp["output_folder"])
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
@@ -127,17 +130,25 @@ def start_run(argv):
     hparams_file, run_opts, overrides = parse_command_line(argv)
     base_file, merged = resolve_variant(hparams_file, overrides)
     with open(base_file, encoding="utf-8") as f:
-        try:  # a missing !PLACEHOLDER, a bad !ref
+        try:  # a missing !PLACEHOLDER, a bad !ref, a syntax error
             plain = ruamel.yaml.YAML().load(resolve_references(f, merged))
-        except ValueError as err:
-            raise RecipeError(f"{hparams_file}: {err}") from None
+        except (ValueError, ruamel.yaml.YAMLError) as err:
+            text = " ".join(str(err).split())
+            raise RecipeError(f"{hparams_file}: {text}") from None
+    if not isinstance(plain, dict):
+        raise RecipeError(f"{base_file}: not a mapping of keys")
     check_arguments(plain, hparams_file)
+    for key in LISTS:  # a scalar given for a list, now a list
+        if key in plain:
+            merged[key] = plain[key]
     sb.utils.distributed.ddp_init_group(run_opts)
     if if_main_process():
         lock = RunLock(plain["output_folder"]).acquire()
         atexit.register(lock.release)
     run_on_main(prepare_data, kwargs={"hp": plain})
     data = prepare_data(plain)  # every rank reads the cached result
+    for key in ("train", "dev", "test"):
+        check_manifest(data[key])
     merged["n_speakers"] = n = data["n_classes"]
     if n != plain["n_speakers"]:
         msg = "n_speakers=%d: the training classes (%s says %s)"

@@ -16,6 +16,26 @@ import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml
 from hyperpyyaml.core import recursive_update
 
+#: Longest ``extends:`` chain.
+MAX_CHAIN = 20
+
+
+class VariantError(ValueError):
+    """A variant or override that cannot be read; one line naming it."""
+
+
+def _load_yaml(loader, text, where):
+    """``loader.load(text)``; a syntax error is one line naming ``where``."""
+    try:
+        return loader.load(text)
+    except ruamel.yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise VariantError(
+            f"{where}{line}: not valid YAML: {problem}"
+        ) from None
+
 
 def resolve_variant(hparams_file, overrides=None):
     """``(base_file, merged)``: the HyperPyYAML file at the end of the
@@ -35,22 +55,37 @@ def resolve_variant(hparams_file, overrides=None):
     """
     loader = ruamel.yaml.YAML()
     chain, current = [], os.path.abspath(hparams_file)
-    while len(chain) < 20:  # more: an 'extends' loop
+    seen = [current]
+    if not os.path.isfile(current):
+        raise VariantError(f"{hparams_file}: no such file")
+    while True:
         with open(current, encoding="utf-8") as f:
             text = f.read()
         if not any(s.startswith("extends:") for s in text.splitlines()):
             break
-        chain.append(loader.load(text))
-        base = chain[-1].pop("extends")
+        chain.append(_load_yaml(loader, text, current))
+        if not isinstance(chain[-1], dict):
+            raise VariantError(f"{current}: not a mapping of keys")
+        base = chain[-1].pop("extends", None)
+        if not isinstance(base, str):
+            raise VariantError(f"{current}: extends {base!r}: not a file name")
         nxt = os.path.normpath(os.path.join(os.path.dirname(current), base))
         if not os.path.isfile(nxt):
-            raise FileNotFoundError(f"{current}: extends {base}: no such file")
+            raise VariantError(f"{current}: extends {base}: no such file")
+        if nxt in seen or len(seen) > MAX_CHAIN:
+            raise VariantError(
+                f"{current}: extends {base}: a loop or a chain of more than "
+                f"{MAX_CHAIN} files ({' -> '.join(seen + [nxt])})"
+            )
+        seen.append(nxt)
         current = nxt
     merged = {}
     for variant in reversed(chain):
         recursive_update(merged, variant)
     if isinstance(overrides, str):
-        overrides = loader.load(overrides)
+        overrides = _load_yaml(loader, overrides, "command-line overrides")
+    if overrides is not None and not isinstance(overrides, dict):
+        raise VariantError(f"command-line overrides: {overrides!r}")
     recursive_update(merged, overrides or {})
     return current, merged
 

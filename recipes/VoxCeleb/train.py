@@ -35,6 +35,7 @@ from dampit.dataio.crops import eval_crops, repeat_to_length
 from dampit.dataio.sampler import PKSampler
 from dampit.inference.api import SPEC_FILE, ModelFolderError, load_model
 from dampit.lobes.resnet import load_torchvision_weights
+from dampit.recipe.arguments import speed_list
 from dampit.recipe.embedding_health import EmbeddingHealth
 from dampit.recipe.run_setup import RecipeError, run_script, start_run
 from dampit.recipe.validation import validation_eer
@@ -178,13 +179,7 @@ def dataio_prep(hparams, data):
     items one centred crop.
     """
     sr, crop = int(hparams["sample_rate"]), int(hparams["crop_samples"])
-    speeds = list(hparams.get("speed_speakers") or [])
-    for s in speeds:
-        if not isinstance(s, int) or s == 100 or not 50 <= s <= 200:
-            raise RecipeError(
-                f"speed_speakers={speeds}: {s} is not a "
-                "percentage in 50..200 other than 100"
-            )
+    speeds = speed_list(hparams.get("speed_speakers"))
     resample = {s: Resample(orig_freq=s, new_freq=100) for s in speeds}
 
     @sb.utils.data_pipeline.takes("wav", "start", "stop", "speed")
@@ -232,11 +227,20 @@ def dataio_prep(hparams, data):
         datasets[name].set_output_keys(["id", "sig", "spk_id_encoded"])
     valid_encoder.update_from_didataset(datasets["dev"], output_key="spk_id")
     valid_encoder.expect_len(len(valid_encoder))
-    label_encoder.load_or_create(
-        path=os.path.join(hparams["save_folder"], "label_encoder.txt"),
-        from_didatasets=[datasets["train"]],
-        output_key="spk_id",
-    )
+    labels = os.path.join(hparams["save_folder"], "label_encoder.txt")
+    try:
+        label_encoder.load_or_create(
+            path=labels,
+            from_didatasets=[datasets["train"]],
+            output_key="spk_id",
+        )
+    except (KeyError, ValueError, SyntaxError) as err:
+        raise RecipeError(
+            f"{labels}: not a label encoder ({type(err).__name__}: {err}); "
+            "remove it to write it again"
+        ) from None
+    if len(label_encoder) == 0:
+        raise RecipeError(f"{labels}: no labels; remove it to write it again")
     label_encoder.expect_len(len(label_encoder))
     return datasets["train"], datasets["dev"], label_encoder
 

@@ -34,7 +34,6 @@ is printed at the end and written to ``<output_folder>/results.json``.
 import json
 import logging
 import os
-import sys
 import time
 
 import numpy as np
@@ -47,6 +46,8 @@ from dampit.dataio.prepare_folder import prepare_folder
 from dampit.dataio.trials import read_trials
 from dampit.metrics.multicrop import cosine_scores
 from dampit.metrics.plots import write_report
+from dampit.recipe.arguments import check_values
+from dampit.recipe.run_setup import RecipeError, run_script
 from dampit.recipe.validation import validation_eer
 from dampit.recipe.verification import embed, utterance_loader
 from dampit.utils.atomic import atomic_write_text
@@ -323,6 +324,7 @@ def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
+    check_values(hparams, hparams_file)  # one line for a bad value
     sb.utils.distributed.ddp_init_group(run_opts)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
@@ -333,7 +335,7 @@ def main(argv):
     prep = prepare_data(hparams)  # every rank reads the saved result
     train_data, valid_data, label_encoder = dataio_prep(hparams, prep)
     if len(label_encoder) != int(hparams["n_speakers"]):
-        raise ValueError(
+        raise RecipeError(
             f"{hparams_file}: n_speakers={hparams['n_speakers']}, but "
             f"{prep['train_csv']} has {len(label_encoder)} speakers; run "
             f"again with --n_speakers={len(label_encoder)}"
@@ -373,4 +375,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script(main)

@@ -235,7 +235,7 @@ def test_json_class_outside_the_registry_is_refused(cls, demo, tmp_path):
             lambda s: s["modules"]["mean_var_norm"]["kwargs"].update(
                 mode=f"!!python/object/apply:os.system {TOUCH}"
             ),
-            "mean_var_norm: CropNormalization: mode=",
+            "mean_var_norm: mode ",
         ),
         (
             lambda s: s["modules"]["embedding_model"]["kwargs"].update(
@@ -243,11 +243,11 @@ def test_json_class_outside_the_registry_is_refused(cls, demo, tmp_path):
             ),
             "cannot load the weights: Error",
         ),
-        (lambda s: s.update(threshold=float("nan")), "threshold nan is not"),
-        (lambda s: s.update(threshold=float("inf")), "threshold inf is not"),
-        (lambda s: s.update(threshold="0.5"), "threshold '0.5' is not finite"),
-        (lambda s: s.update(threshold=True), "threshold True is not finite"),
-        (lambda s: s.update(sample_rate=-1), "sample_rate -1 is not"),
+        (lambda s: s.update(threshold=float("nan")), "threshold nan is not a"),
+        (lambda s: s.update(threshold=float("inf")), "threshold inf is not a"),
+        (lambda s: s.update(threshold="0.5"), "threshold '0.5' is not a"),
+        (lambda s: s.update(threshold=True), "threshold True is not a"),
+        (lambda s: s.update(sample_rate=-1), "sample_rate -1 is not an"),
     ],
 )
 def test_bad_json_is_one_line_naming_the_file(edit, match, demo, tmp_path):

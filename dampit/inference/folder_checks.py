@@ -1,0 +1,312 @@
+"""Check every value read from a model folder before anything is built.
+
+A model folder is untrusted input. :func:`read_json` reads
+``dampit_export.json`` strictly (size, nesting, duplicate keys),
+:func:`check_spec` checks each of its values against :data:`BOUNDS` (one
+table of key -> types and inclusive bounds) before a module is built,
+:func:`check_labels` checks the label encoder against the classifier and
+:func:`check_embeddings` refuses NaN / inf embeddings. Each refusal is a
+:class:`ModelFolderError` of one line naming the file and the key; the
+Python API (:func:`dampit.inference.api.load_model`) and the console
+scripts (which load with it) refuse the same folders.
+"""
+
+import json
+import os
+
+import torch
+
+__all__ = ["BOUNDS", "ModelFolderError", "check_embeddings", "check_labels"]
+__all__ += ["check_spec", "check_value", "read_json"]
+
+#: Versions of ``dampit_export.json`` this loader reads.
+FORMATS = (1,)
+#: Largest ``dampit_export.json`` and ``label_encoder.ckpt``, in bytes.
+MAX_JSON_BYTES = 1 << 20
+MAX_LABELS_BYTES = 64 << 20
+#: Longest list value (ECAPA's per-layer channels, kernels...).
+MAX_LIST = 64
+#: The modules of a folder; the first three are needed.
+MODULES = ("compute_features", "mean_var_norm", "embedding_model")
+MODULES += ("classifier",)
+
+INT, REAL, BOOL, TEXT = (int,), (int, float), (bool,), (str,)
+NONE = (type(None),)
+INTS = (list,)  # a list of integers, each within the bounds
+#: key -> (allowed types, lower, upper), bounds inclusive; for text the
+#: bounds are on its length. The keys of ``dampit_export.json`` first,
+#: then every keyword argument of the classes the loader builds.
+BOUNDS = {
+    "format": (INT, min(FORMATS), max(FORMATS)),
+    "sample_rate": (INT, 1000, 384000),
+    "threshold": (REAL, -1.0, 1.0),  # a cosine
+    # dampit.lobes.features.Features, CropNormalization
+    "kind": (TEXT, 1, 32),
+    "n_bins": (INT, 1, 4097),
+    "n_fft": (INT, 2, 8192),
+    "win_length": (REAL + NONE, 1, 8192),  # samples; Fbank: ms
+    "hop_length": (REAL, 1, 8192),  # samples; Fbank: ms
+    "window": (TEXT, 1, 32),
+    "mode": (TEXT, 1, 32),
+    # dampit.lobes.resnet.SEResNet, LinearClassifier
+    "depth": (INT, 18, 101),
+    "base_width": (INT, 1, 256),
+    "in_channels": (INT, 1, 16),
+    "gate": (TEXT, 1, 32),
+    "gate_hidden": (INT, 1, 1024),
+    "pooling": (TEXT, 1, 32),
+    "stem_kernel": (INT, 1, 15),
+    "stem_stride": (INT, 1, 8),
+    "stem_pool": (BOOL, 0, 1),
+    "n_freq": (INT + NONE, 1, 4097),
+    "emb_dim": (INT, 1, 8192),
+    "dropout": (REAL, 0.0, 1.0),
+    "input_size": (INT, 1, 8192),
+    "n_classes": (INT, 1, 200000),
+    # speechbrain.lobes.features.Fbank
+    "deltas": (BOOL, 0, 1),
+    "context": (BOOL, 0, 1),
+    "requires_grad": (BOOL, 0, 1),
+    "f_min": (REAL, 0.0, 192000.0),
+    "f_max": (REAL + NONE, 1.0, 192000.0),
+    "n_mels": (INT, 1, 1024),
+    "filter_shape": (TEXT, 1, 32),
+    "param_change_factor": (REAL, 0.0, 10.0),
+    "param_rand_factor": (REAL, 0.0, 1.0),
+    "left_frames": (INT, 0, 64),
+    "right_frames": (INT, 0, 64),
+    # speechbrain.processing.features.InputNormalization
+    "mean_norm": (BOOL, 0, 1),
+    "std_norm": (BOOL, 0, 1),
+    "norm_type": (TEXT, 1, 32),
+    "avg_factor": (REAL + NONE, 0.0, 1.0),
+    "length_dim": (INT, 1, 3),
+    "update_until_epoch": (INT, 0, 1000000),
+    "avoid_padding_norm": (BOOL, 0, 1),
+    "epsilon": (REAL, 1e-30, 1.0),
+    # speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN, Classifier
+    "lin_neurons": (INT, 1, 8192),
+    "channels": (INTS, 1, 4096),
+    "kernel_sizes": (INTS, 1, 31),
+    "dilations": (INTS, 1, 64),
+    "groups": (INTS, 1, 4096),
+    "attention_channels": (INT, 1, 4096),
+    "res2net_scale": (INT, 1, 64),
+    "se_channels": (INT, 1, 4096),
+    "global_context": (BOOL, 0, 1),
+    "lin_blocks": (INT, 0, 16),
+    "out_neurons": (INT, 1, 200000),
+}
+#: Keyword argument giving a classifier's number of classes.
+N_CLASSES_KEYS = ("n_classes", "out_neurons")
+
+
+class ModelFolderError(ValueError):
+    """A model folder that is missing, incomplete, malformed or refused."""
+
+
+def one_line(err, limit=300):
+    """``err`` as one line of at most ``limit`` characters.
+
+    Example
+    -------
+    >>> one_line(ValueError("two   words"))
+    'two words'
+    """
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _no_duplicates(pairs):
+    """A JSON object's ``dict``; a key given twice is refused."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def read_json(path):
+    """A model folder's JSON file: at most :data:`MAX_JSON_BYTES`, UTF-8,
+    valid, no key twice in an object, not nested past Python's stack.
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "dampit_export.json")
+    >>> _ = open(path, "w").write('{"format": 1, "format": 2}')
+    >>> try:
+    ...     read_json(path)
+    ... except ModelFolderError as err:
+    ...     print(str(err).replace(path, "PATH"))
+    PATH: not valid JSON: duplicate key 'format'
+    """
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_JSON_BYTES:
+            raise ModelFolderError(
+                f"{path}: {size} bytes, more than {MAX_JSON_BYTES}"
+            )
+        with open(path, encoding="utf-8") as f:
+            return json.load(f, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise ModelFolderError(f"{path}: JSON nested too deeply") from None
+    except (OSError, ValueError) as err:
+        if isinstance(err, ModelFolderError):
+            raise
+        raise ModelFolderError(
+            f"{path}: not valid JSON: {one_line(err)}"
+        ) from None
+
+
+def check_value(where, key, value):
+    """``value`` of ``key`` within :data:`BOUNDS`, else one line naming
+    ``where`` and ``key``.
+
+    Example
+    -------
+    >>> check_value("m/dampit_export.json", "threshold", 0.4)
+    0.4
+    >>> try:
+    ...     check_value("m/dampit_export.json", "threshold", 3)
+    ... except ModelFolderError as err:
+    ...     print(err)
+    m/dampit_export.json: threshold 3 is not a number in [-1.0, 1.0]
+    """
+    if key not in BOUNDS:
+        raise ModelFolderError(f"{where}: unknown key {key!r}")
+    types, lower, upper = BOUNDS[key]
+    if value is None and type(None) in types:
+        return value
+    if types is INTS:
+        what = f"a list of 1 to {MAX_LIST} integers in [{lower}, {upper}]"
+        items = value if type(value) is list else [None]
+        ok = 1 <= len(items) <= MAX_LIST
+    elif types is TEXT:
+        what, items = f"text of {lower} to {upper} characters", [value]
+        ok = type(value) is str
+    else:
+        kind = "an integer" if float not in types else "a number"
+        kind = "true or false" if types is BOOL else kind
+        what, items = f"{kind} in [{lower}, {upper}]", [value]
+        ok = type(value) in types
+    for item in items:
+        size = len(item) if type(item) is str else item
+        good = type(item) in (int, str, float, bool)
+        good = good and (types is not INTS or type(item) is int)
+        ok = ok and good and lower <= size <= upper
+    if not ok:
+        text = one_line(repr(value), 60)
+        raise ModelFolderError(f"{where}: {key} {text} is not {what}")
+    return value
+
+
+def check_spec(path, spec, classes):
+    """Check the content of ``dampit_export.json`` (read from ``path``)
+    before anything is built: ``format``, ``sample_rate``, ``threshold``
+    (absent: None), the modules (names, ``classes`` only, every keyword
+    argument within :data:`BOUNDS`, the features at ``sample_rate``).
+
+    Example
+    -------
+    >>> mods = {k: {"class": "C", "kwargs": {}} for k in MODULES[:3]}
+    >>> spec = {"format": 1, "sample_rate": 16000, "modules": mods}
+    >>> check_spec("dampit_export.json", spec, ["C"]) is spec
+    True
+    >>> mods["embedding_model"]["kwargs"]["emb_dim"] = 10**9
+    >>> try:
+    ...     check_spec("m.json", spec, ["C"])
+    ... except ModelFolderError as err:
+    ...     print(err)
+    m.json: embedding_model: emb_dim 1000000000 is not an integer in [1, 8192]
+    """
+    if not isinstance(spec, dict):
+        raise ModelFolderError(f"{path}: not a JSON object")
+    check_value(path, "format", spec.get("format"))
+    rate = check_value(path, "sample_rate", spec.get("sample_rate"))
+    if spec.get("threshold") is not None:
+        check_value(path, "threshold", spec["threshold"])
+    mods = spec.get("modules")
+    if not isinstance(mods, dict) or any(m not in mods for m in MODULES[:3]):
+        raise ModelFolderError(f"{path}: needs modules {', '.join(MODULES)}")
+    for name, entry in mods.items():
+        if name not in MODULES:
+            raise ModelFolderError(f"{path}: unknown module {name!r}")
+        if not isinstance(entry, dict) or set(entry) - {"class", "kwargs"}:
+            raise ModelFolderError(
+                f"{path}: {name}: needs an object of class and kwargs"
+            )
+        if not isinstance(entry.get("class"), str) or entry["class"] not in (
+            classes
+        ):
+            raise ModelFolderError(
+                f"{path}: {name}: class {entry.get('class')!r} is not one "
+                f"dampit builds ({', '.join(sorted(classes))})"
+            )
+        kwargs = entry.get("kwargs", {})
+        if not isinstance(kwargs, dict):
+            raise ModelFolderError(f"{path}: {name}: kwargs must be an object")
+        for key, value in kwargs.items():
+            check_value(f"{path}: {name}", key, value)
+        if kwargs.get("sample_rate", rate) != rate:
+            raise ModelFolderError(
+                f"{path}: {name}: sample_rate {kwargs['sample_rate']} is "
+                f"not the folder's sample_rate {rate}"
+            )
+    return spec
+
+
+def n_classes(spec):
+    """The classifier's number of classes in ``spec``, or None.
+
+    Example
+    -------
+    >>> n_classes({"modules": {"classifier": {"kwargs": {"n_classes": 7}}}})
+    7
+    """
+    kwargs = spec["modules"].get("classifier", {}).get("kwargs", {})
+    return next((kwargs[k] for k in N_CLASSES_KEYS if k in kwargs), None)
+
+
+def check_labels(path, encoder, n_expected):
+    """A loaded ``CategoricalEncoder`` of ``path``: labels numbered
+    0..N-1, N >= 1 and N = ``n_expected`` (the classifier's; None: any).
+
+    Example
+    -------
+    >>> from speechbrain.dataio.encoder import CategoricalEncoder
+    >>> enc = CategoricalEncoder()
+    >>> enc.update_from_iterable(["a", "b"])
+    >>> try:
+    ...     check_labels("label_encoder.ckpt", enc, 3)
+    ... except ModelFolderError as err:
+    ...     print(err)
+    label_encoder.ckpt: 2 labels for a classifier of 3 classes
+    """
+    n = len(encoder.lab2ind)
+    if n == 0:
+        raise ModelFolderError(f"{path}: no labels")
+    if sorted(encoder.ind2lab) != list(range(n)) or len(encoder) != n:
+        raise ModelFolderError(f"{path}: labels are not numbered 0..{n - 1}")
+    if n_expected is not None and n != n_expected:
+        raise ModelFolderError(
+            f"{path}: {n} labels for a classifier of {n_expected} classes"
+        )
+    return encoder
+
+
+def check_embeddings(where, emb):
+    """``emb`` (tensor or array) when finite; NaN or inf is refused.
+
+    Example
+    -------
+    >>> try:
+    ...     check_embeddings("model", torch.tensor([[1.0, float("inf")]]))
+    ... except ModelFolderError as err:
+    ...     print(err)
+    model: the model gives NaN/inf embeddings
+    """
+    if not bool(torch.isfinite(torch.as_tensor(emb)).all()):
+        raise ModelFolderError(f"{where}: the model gives NaN/inf embeddings")
+    return emb

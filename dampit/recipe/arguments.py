@@ -1,0 +1,149 @@
+"""The recipe's numbers, lists and paths, checked before any work.
+
+:func:`check_values` checks each key of :data:`BOUNDS` present in a run's
+resolved hyperparameters (command-line overrides included), that K >= 2
+when a pair-based loss term is on, that the paths of :data:`PATHS`
+exist, and turns a scalar given for a key of :data:`LISTS`
+(``--speed_speakers=90``) into a one-element list; anything else is one
+line naming the key.
+"""
+
+import os
+
+__all__ = ["BOUNDS", "LISTS", "ArgumentError", "check_values", "speed_list"]
+
+INT, REAL = "an integer", "a number"
+#: key -> (kind, lower, upper), bounds inclusive; None allowed where the
+#: kind ends with "or null".
+BOUNDS = {
+    "seed": (INT, 0, 2**32 - 1),
+    "sample_rate": (INT, 1000, 384000),
+    "P": (INT, 2, 100000),
+    "K": (INT, 1, 10000),
+    "n_folds": (INT + " or null", 2, 1000),
+    "fold": (INT, 0, 999),
+    "n_test_speakers": (INT, 1, 1000000),
+    "n_valid_speakers": (INT, 0, 1000000),
+    "crop_frames": (INT, 2, 1000000),
+    "test_crop_frames": (INT, 2, 1000000),
+    "crop_samples": (INT, 1, 10**9),
+    "n_test_crops": (INT, 1, 1000),
+    "lr": (REAL, 1e-12, 10.0),
+    "final_lr": (REAL, 0.0, 10.0),
+    "weight_decay": (REAL, 0.0, 10.0),
+    "max_grad_norm": (REAL, 0.0, 1e9),
+    "number_of_epochs": (INT, 1, 100000),
+    "batches_per_epoch": (INT + " or null", 1, 10**9),
+    "num_workers": (INT, 0, 1024),
+    "valid_batch_size": (INT, 1, 100000),
+    "test_batch_size": (INT, 1, 100000),
+    "valid_pairs": (INT, 1, 10**9),
+    "average_checkpoints": (INT, 1, 1000),
+}
+#: key -> what it names, when not null.
+PATHS = {
+    "torchvision_init": "file",
+    "init_from": "folder",
+    "noise_folder": "folder",
+    "rir_folder": "folder",
+}
+#: Loss weights of the terms that need K >= 2 utterances per speaker.
+PAIR_TERMS = ("w_npair", "w_triplet", "w_angular")
+#: key -> (kind of each item, lower, upper): a list, or one item.
+LISTS = {
+    "speed_speakers": (INT, 50, 200),
+    "trial_lists": ("text", 1, 4096),
+    "train_sets": ("text", 1, 4096),
+    "init_modules": ("text", 1, 4096),
+    "compile_module_keys": ("text", 1, 4096),
+}
+
+
+class ArgumentError(ValueError):
+    """A recipe value out of bounds; one line naming the key."""
+
+
+def _ok(kind, value, lower, upper):
+    """Whether ``value`` is of ``kind`` within the bounds."""
+    if value is None:
+        return kind.endswith("or null")
+    if kind == "text":
+        return isinstance(value, str) and lower <= len(value) <= upper
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind.startswith(INT) and not isinstance(value, int):
+        return False
+    return number and lower <= value <= upper
+
+
+def speed_list(value):
+    """``speed_speakers`` as a list of percentages other than 100.
+
+    Example
+    -------
+    >>> speed_list(90), speed_list([90, 110]), speed_list(None)
+    ([90], [90, 110], [])
+    """
+    items = [] if value is None else value
+    items = list(items) if isinstance(items, (list, tuple)) else [items]
+    kind, lower, upper = LISTS["speed_speakers"]
+    for s in items:
+        if not _ok(kind, s, lower, upper) or s == 100:
+            raise ArgumentError(
+                f"speed_speakers={value}: {s!r} is not a percentage in "
+                f"{lower}..{upper} other than 100"
+            )
+    return [int(s) for s in items]
+
+
+def check_values(hp, where):
+    """Check ``hp``'s keys of :data:`BOUNDS` and :data:`LISTS` in place
+    (a scalar of a list key becomes a list); ``where`` names the file.
+
+    Example
+    -------
+    >>> hp = {"P": 16, "speed_speakers": 90, "trial_lists": "t.txt"}
+    >>> check_values(hp, "mini.yaml")
+    {'P': 16, 'speed_speakers': [90], 'trial_lists': ['t.txt']}
+    >>> try:
+    ...     check_values({"fold": "abc"}, "mini.yaml")
+    ... except ArgumentError as err:
+    ...     print(err)
+    mini.yaml: fold='abc' is not an integer in [0, 999]
+    """
+    for key, (kind, lower, upper) in BOUNDS.items():
+        if key in hp and not _ok(kind, hp[key], lower, upper):
+            raise ArgumentError(
+                f"{where}: {key}={hp[key]!r} is not {kind} in "
+                f"[{lower}, {upper}]"
+            )
+    folds = hp.get("n_folds")
+    if isinstance(folds, int) and hp.get("fold", 0) >= folds:
+        raise ArgumentError(
+            f"{where}: fold={hp['fold']} is not in 0..n_folds-1 ({folds})"
+        )
+    pairs = [k for k in PAIR_TERMS if hp.get(k)]
+    if pairs and hp.get("K", 2) < 2:
+        raise ArgumentError(
+            f"{where}: K={hp['K']}: {', '.join(pairs)} need K >= 2 "
+            "utterances per speaker"
+        )
+    for key, kind in PATHS.items():
+        path = hp.get(key)
+        is_kind = os.path.isfile if kind == "file" else os.path.isdir
+        if path is not None and not (isinstance(path, str) and is_kind(path)):
+            raise ArgumentError(f"{where}: {key}={path}: no such {kind}")
+    if "speed_speakers" in hp:
+        hp["speed_speakers"] = speed_list(hp["speed_speakers"])
+    for key, (kind, lower, upper) in LISTS.items():
+        value = hp.get(key)
+        if key == "speed_speakers" or key not in hp or value is None:
+            continue
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if not _ok(kind, item, lower, upper):
+                raise ArgumentError(
+                    f"{where}: {key}={value!r}: {item!r} is not {kind} "
+                    f"of {lower} to {upper} characters"
+                )
+        hp[key] = items
+    return hp
