@@ -31,6 +31,7 @@ from dampit.metrics.embedding_store import (
     EmbeddingStore,
     EmbeddingStoreWriter,
 )
+from dampit.utils.file_lock import output_lock
 
 __all__ = ["ProfileError", "Profiles", "enroll_files", "identify_files"]
 __all__ += ["model_fingerprint", "remove_profile", "scores_against"]
@@ -207,11 +208,14 @@ class Profiles:
 
 def _update(folder, fingerprint, change):
     """Read the store at ``folder``, check its model, ``change(profiles)``,
-    write it back: every write to a store passes here."""
-    profiles = Profiles(folder)
-    profiles.check_model(fingerprint)
-    change(profiles)
-    profiles.save(fingerprint)
+    write it back: every write to a store passes here, holding the
+    store's output lock from the read to the write (a second writer is
+    refused in one line, so no enrolment is lost)."""
+    with output_lock(folder):
+        profiles = Profiles(folder)
+        profiles.check_model(fingerprint)
+        change(profiles)
+        profiles.save(fingerprint)
     return profiles
 
 

@@ -27,6 +27,7 @@ from dampit.inference.api import (
     read_spec,
 )
 from dampit.utils.atomic import atomic_path
+from dampit.utils.file_lock import output_lock
 
 __all__ = ["check_folder", "read_calibration", "write_threshold"]
 
@@ -147,6 +148,12 @@ def write_threshold(folder, threshold, source, calibration=None):
     if type(threshold) not in (int, float) or not math.isfinite(threshold):
         raise ModelFolderError(f"threshold {threshold!r} is not finite")
     folder = os.path.abspath(os.fspath(folder))
+    with output_lock(folder):  # one writer from the read to the write
+        return _write_threshold(folder, threshold, source, calibration)
+
+
+def _write_threshold(folder, threshold, source, calibration):
+    """:func:`write_threshold` once the folder's lock is held."""
     spec, text = check_folder(folder)
     json_path = os.path.join(folder, SPEC_FILE)
     yaml_path = os.path.join(folder, HPARAMS_FILE)

@@ -5,6 +5,9 @@ model fingerprint (real model folders from tests/model_folder.py)."""
 import os
 import pathlib
 import runpy
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -18,6 +21,8 @@ from dampit.inference.profiles import (
     model_fingerprint,
     scores_against,
 )
+from dampit.inference.stored_threshold import write_threshold
+from dampit.utils.file_lock import LockError
 
 MODELS = pathlib.Path(__file__).resolve().parents[1] / "model_folder.py"
 write_demo_model = runpy.run_path(str(MODELS))["write_demo_model"]
@@ -118,3 +123,52 @@ def test_fingerprint_follows_the_weights(tmp_path):
     with torch.no_grad():  # one running statistic changed
         next(iter(a.mods.embedding_model.buffers())).add_(1e-6)
     assert model_fingerprint(a) != fp
+
+
+def _hold_lock_elsewhere(target, tmp_path):
+    """A second process holding ``target``'s output lock until killed."""
+    ready = tmp_path / "ready"
+    code = (
+        "import sys, time, pathlib\n"
+        "from dampit.utils.file_lock import output_lock\n"
+        "with output_lock(sys.argv[1]):\n"
+        "    pathlib.Path(sys.argv[2]).touch()\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, target, ready])
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    return proc
+
+
+def test_a_second_writer_is_refused_and_loses_nothing(tmp_path):
+    store = tmp_path / "profiles"
+    rng = np.random.default_rng(1)
+    _update(store, FP, lambda p: p.add("alice", rng.normal(size=(2, 8))))
+    before = sorted((p.name, p.read_bytes()) for p in store.iterdir())
+    proc = _hold_lock_elsewhere(str(store), tmp_path)
+    try:
+        with pytest.raises(LockError, match="profiles"):
+            _update(store, FP, lambda p: p.add("bob", rng.normal(size=(2, 8))))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sorted((p.name, p.read_bytes()) for p in store.iterdir()) == before
+    _update(store, FP, lambda p: p.add("bob", rng.normal(size=(2, 8))))
+    assert Profiles(store).names == ["alice", "bob"]
+
+
+def test_a_second_threshold_writer_is_refused(tmp_path):
+    model = pathlib.Path(write_demo_model(tmp_path, threshold=0.4))
+    spec = (model / "dampit_export.json").read_bytes()
+    proc = _hold_lock_elsewhere(str(model), tmp_path)
+    try:
+        with pytest.raises(LockError, match="model"):
+            write_threshold(model, 0.6, "by hand")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (model / "dampit_export.json").read_bytes() == spec
+    assert write_threshold(model, 0.6, "by hand")["threshold"] == 0.6
