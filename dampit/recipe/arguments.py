@@ -22,7 +22,7 @@ BOUNDS = {
     "K": (INT, 1, 10000),
     "n_folds": (INT + " or null", 2, 1000),
     "fold": (INT, 0, 999),
-    "n_test_speakers": (INT, 1, 1000000),
+    "n_test_speakers": (INT + " or null", 0, 1000000),  # 0: all train
     "n_valid_speakers": (INT, 0, 1000000),
     "crop_frames": (INT, 2, 1000000),
     "test_crop_frames": (INT, 2, 1000000),
@@ -32,7 +32,7 @@ BOUNDS = {
     "final_lr": (REAL, 0.0, 10.0),
     "weight_decay": (REAL, 0.0, 10.0),
     "max_grad_norm": (REAL, 0.0, 1e9),
-    "number_of_epochs": (INT, 1, 100000),
+    "number_of_epochs": (INT, 0, 100000),  # 0: test the initial weights
     "batches_per_epoch": (INT + " or null", 1, 10**9),
     "num_workers": (INT, 0, 1024),
     "valid_batch_size": (INT, 1, 100000),

@@ -47,6 +47,7 @@ model_folder = _load("model_folder.py")
 SUBSTITUTE = {
     '"results/quickstart/model"': "MODEL",
     '"my_model"': "MODEL",
+    '"pretrained/dampit-so762"': "PRETRAINED",
     '"/tmp/dampit_model"': "SAVEDIR",
     '"a.wav"': "WAV_A",
     '"b.wav"': "WAV_B",
@@ -94,6 +95,7 @@ def values(tmp_path_factory, shared_data):
     )
     return {
         "MODEL": str(model_folder.write_demo_model(tmp)),
+        "PRETRAINED": str(REPO / "pretrained" / "dampit-so762"),
         "SAVEDIR": str(tmp / "sb"),
         "WAV_A": str(wav_a),
         "WAV_B": str(wav_b),
