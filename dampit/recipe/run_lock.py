@@ -94,7 +94,9 @@ class RunLock:
         self.fd = None
 
     def __enter__(self):
+        """Acquire the lock (see :meth:`acquire`)."""
         return self.acquire()
 
     def __exit__(self, *exc):
+        """Release the lock."""
         self.release()
