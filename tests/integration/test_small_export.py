@@ -1,7 +1,8 @@
-"""``hparams/small.yaml`` (speed speakers: 3 classes per speaker) trained
-briefly, exported with ``dampit-export`` and loaded with SpeechBrain's
-``EncoderClassifier.from_hparams``: its whole-utterance cosine EER over the
-run's own trials equals the recipe's verification (``full_cosine``).
+"""``hparams/small.yaml`` (speed speakers: 3 classes per speaker, counted
+in ``n_speakers``) trained briefly, exported with ``dampit-export`` and
+loaded with SpeechBrain's ``EncoderClassifier.from_hparams``: its
+whole-utterance cosine EER over the run's own trials equals the recipe's
+verification (``full_cosine``).
 
 The EER is recomputed here from the loaded model's embeddings and the
 trials file with SpeechBrain's ``EER``, independently of dampit's scoring.
@@ -11,6 +12,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -51,10 +53,18 @@ def test_small_yaml_export_scores_like_the_recipe(tmp_path, shared_data):
         + ["--number_of_epochs=1", "--batches_per_epoch=2"]
         + ["--n_test_crops=1", "--valid_pairs=200", "--noprogressbar"]
     )
-    # 4 training speakers x 3 speeds = 12 classes.
+    # 4 training speakers x 3 speeds = 12 classes, in the label encoder
+    # and in the YAML the modules were built from (saved by SpeechBrain).
     labels = CategoricalEncoder()
     labels.load(run / "save" / "label_encoder.txt")
-    assert len(labels) == 12
+    speakers = set(labels.lab2ind)
+    plain = {s for s in speakers if "@" not in s}
+    assert len(plain) == 4 and speakers == {
+        f"{s}{t}" for s in plain for t in ("", "@sp90", "@sp110")
+    }
+    saved = (run / "hyperparams.yaml").read_text()
+    assert re.findall(r"n_classes: (\d+)", saved) == ["12"]
+    assert re.search(r"^n_speakers: 12\b", saved, re.M)
     cmd = [sys.executable, "-m", "dampit.inference.export", str(run)]
     _run(cmd + [str(model)])
     enc = EncoderClassifier.from_hparams(
