@@ -100,7 +100,8 @@ def data_for(request):
 
 @pytest.fixture(scope="module")
 def pretrained_run(data_for, tmp_path_factory):
-    """A persistent debug run of the softmax pre-training (section 4.6)."""
+    """A persistent debug run of the softmax pre-training (section 4.6):
+    its row's run, and the start of the fine-tuning row's."""
     row = next(
         r for r in ROWS if r["hparams_file"].endswith("softmax_pretrain.yaml")
     )
@@ -145,15 +146,19 @@ def test_recipe_runs_in_debug(row, data_for, tmp_path, request):
         row["debug_flags"] = row["debug_flags"].replace(
             "<pretrained>", str(save)
         )
-    proc = run_recipe(row, data_for(row["data"]), tmp_path / "run")
-    assert proc.returncode == 0, _tail(proc)
+    if row["hparams_file"].endswith("softmax_pretrain.yaml"):
+        run = request.getfixturevalue("pretrained_run")  # this row's run
+    else:
+        run = tmp_path / "run"
+        proc = run_recipe(row, data_for(row["data"]), run)
+        assert proc.returncode == 0, _tail(proc)
     _, keys = resolve_variant(REPO / row["hparams_file"])
-    _check_lr_schedule(tmp_path / "run" / "train_log.txt", keys)
+    _check_lr_schedule(run / "train_log.txt", keys)
     no_test = "--test_after_training=False" in row["debug_flags"].split()
     if no_test or keys.get("test_after_training") is False:
-        assert not (tmp_path / "run" / "verification").exists()
+        assert not (run / "verification").exists()
         return
-    summary = tmp_path / "run" / "verification" / "summary.json"
+    summary = run / "verification" / "summary.json"
     results = json.loads(summary.read_text())
     assert results, "no scoring method in the summary"
     for key, res in results.items():
