@@ -320,7 +320,7 @@ def _two_checkpoints(folder, cls):
     """Save step 1 and step 2 of a small model; return their states."""
     torch.manual_seed(0)
     net = torch.nn.Linear(6, 3)
-    ckpter = AtomicCheckpointer(folder, {"net": net})
+    ckpter = cls(folder, {"net": net})
     states = []
     for step in (1, 2):
         with torch.no_grad():
