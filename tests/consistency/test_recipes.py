@@ -5,8 +5,10 @@ plus the row's flags on tiny real-speech data, through training, the
 valid EER, checkpointing and the verification stage, and must leave a
 summary with a finite EER. The ablations and the fine-tuning file change
 the losses, the gates or the initial weights, not the verification: their
-rows skip it (``--test_after_training=False``). A row whose flags say
-"(run by <test>)" is run by that test instead.
+rows skip it (``--test_after_training=False``). Every row trains a thin
+ResNet-18 (the paper's ResNet-50 is checked against torchvision's in
+tests/unittests/test_resnet.py). A row whose flags say "(run by <test>)"
+is run by that test instead.
 """
 
 import csv
