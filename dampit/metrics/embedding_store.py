@@ -160,9 +160,11 @@ class EmbeddingStoreWriter:
         self._stack.__exit__(RuntimeError, discarded, None)
 
     def __enter__(self):
+        """Return the writer itself."""
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        """Publish the store with :meth:`close`, or :meth:`abort` on error."""
         if exc_type is None:
             self.close()
         else:
@@ -238,9 +240,11 @@ class EmbeddingStore:
             raise ValueError(f"{self.folder}/{IDS_FILE}: duplicate IDs")
 
     def __len__(self):
+        """The number of stored utterances."""
         return len(self.ids)
 
     def __getitem__(self, utt_id):
+        """The embedding of ``utt_id`` (a ``KeyError`` names the store)."""
         if utt_id not in self.index:
             raise KeyError(f"{utt_id!r} is not in the store {self.folder}")
         return self.embeddings[self.index[utt_id]]

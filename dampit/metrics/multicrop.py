@@ -47,6 +47,7 @@ class ScoringVectors:
         self.offset = np.broadcast_to(offset, len(vectors))
 
     def __len__(self):
+        """The number of utterances (scoring vectors)."""
         return len(self.vectors)
 
     @classmethod

@@ -113,9 +113,11 @@ class FileLock:
         self.fd = None
 
     def __enter__(self):
+        """Take the lock (``with FileLock(...):``)."""
         return self.acquire()
 
     def __exit__(self, *exc):
+        """Release the lock."""
         self.release()
 
 

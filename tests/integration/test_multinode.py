@@ -9,13 +9,15 @@ each global rank trains on). Checked:
   on both), each has P / 2 distinct speakers x K utterances, and rank 0's
   then rank 1's slice are exactly a single-process PKSampler's P x K
   batch;
-- both ranks end with bit-identical weights;
+- both ranks end with bit-identical weights, and the verification
+  summary is written (once, by rank 0) with finite EERs;
 - one node killed with SIGKILL: the other ends with an error instead of
   hanging, and the same two commands resume from the last checkpoint.
 """
 
 import csv
 import json
+import math
 import os
 import pathlib
 import signal
@@ -51,7 +53,7 @@ def _node(data, out, port, log):
         "--distributed_backend=gloo", "--num_workers=0", "--noprogressbar",
         "--depth=18", "--base_width=8", f"--P={P}", f"--K={K}",
         f"--batches_per_epoch={BATCHES}", f"--number_of_epochs={EPOCHS}",
-        "--valid_pairs=500", "--test_after_training=False",
+        "--valid_pairs=500", "--n_test_crops=1",
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen(
@@ -180,5 +182,8 @@ def test_two_nodes_train_kill_and_resume(shared_data, tmp_path):
     assert [ln.split(",")[0] for ln in log] == [
         f"epoch: {e}" for e in range(1, EPOCHS + 1)
     ]
+    assert all("cos_same" in ln and "cos_diff" in ln for ln in log)
     _check_batches(out)
     _check_same_weights(out)
+    summary = json.loads((out / "verification" / "summary.json").read_text())
+    assert summary and all(math.isfinite(v["eer"]) for v in summary.values())

@@ -1,9 +1,12 @@
 """A real recipe run, exported, loaded offline in a fresh Python process.
 
-The recipe (``recipes/VoxCeleb/train.py`` with ``hparams/mini.yaml``) trains
-a thin network for two batches on 8 dspspeech speakers and verifies its
-test trials; ``dampit-export`` turns the run into a model folder. Then:
+The recipe (``recipes/VoxCeleb/train.py`` with ``hparams/small.yaml``:
+speed-perturbed copies train as new speakers) trains a thin network for
+two batches on 7 dspspeech speakers and verifies its test trials;
+``dampit-export`` turns the run into a model folder. Then:
 
+- the label encoder and the saved YAML count 3 classes per training
+  speaker;
 - a fresh Python process, with ``HF_HUB_OFFLINE=1`` and every socket
   connection refused, loads a *copy* of the folder (somewhere else, from
   another working directory) with ``EncoderClassifier.from_hparams`` and
@@ -14,12 +17,17 @@ test trials; ``dampit-export`` turns the run into a model folder. Then:
   tested (``verification/checkpoints.txt``);
 - they agree within 1e-5, and so does the padded batch with the files one
   at a time (with frame-exact relative lengths; see
-  dampit.inference.extract.pad_batch).
+  dampit.inference.extract.pad_batch);
+- the whole-utterance cosine EER of the loaded model over the run's own
+  trials, recomputed with SpeechBrain's ``EER``, equals the recipe's
+  verification (``full_cosine``).
 """
 
+import csv
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -29,10 +37,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from speechbrain.dataio.dataio import read_audio
+from speechbrain.dataio.encoder import CategoricalEncoder
+from speechbrain.inference.speaker import EncoderClassifier
+from speechbrain.utils.metric_stats import EER
+
+from dampit.dataio.trials import read_trials
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "VoxCeleb"
-N_SPK, N_UTT = 8, 20
+N_SPK, N_UTT = 7, 12
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +71,7 @@ def _run(cmd, cwd=REPO, check=True):
 
 @pytest.fixture(scope="module")
 def run_and_model(tmp_path_factory, shared_data):
-    """Train the mini recipe briefly, export it; (run, model) folders."""
+    """Train small.yaml briefly, export it; (run, model) folders."""
     root = tmp_path_factory.mktemp("pretrained")
     data = root / "data"
     spk = sorted(p for p in (shared_data / "dspspeech").iterdir() if p.is_dir())
@@ -70,7 +84,7 @@ def run_and_model(tmp_path_factory, shared_data):
         [
             sys.executable,
             str(RECIPE / "train.py"),
-            str(RECIPE / "hparams" / "mini.yaml"),
+            str(RECIPE / "hparams" / "small.yaml"),
             f"--data_folder={data}",
             f"--output_folder={run}",
             "--n_test_speakers=3",
@@ -80,7 +94,8 @@ def run_and_model(tmp_path_factory, shared_data):
             "--number_of_epochs=1",
             "--batches_per_epoch=2",
             "--n_test_crops=1",
-            "--valid_pairs=500",
+            "--valid_pairs=200",
+            "--noprogressbar",
         ]
     )
     model = root / "model"
@@ -96,6 +111,51 @@ def run_and_model(tmp_path_factory, shared_data):
     )
     assert "exported" in res.stdout
     return run, model
+
+
+def test_speed_speakers_are_classes(run_and_model):
+    """4 training speakers x 3 speeds = 12 classes, in the label encoder
+    and in the YAML the modules were built from (saved by SpeechBrain)."""
+    run, _ = run_and_model
+    labels = CategoricalEncoder()
+    labels.load(run / "save" / "label_encoder.txt")
+    speakers = set(labels.lab2ind)
+    plain = {s for s in speakers if "@" not in s}
+    assert len(plain) == 4 and speakers == {
+        f"{s}{t}" for s in plain for t in ("", "@sp90", "@sp110")
+    }
+    saved = (run / "hyperparams.yaml").read_text()
+    assert re.findall(r"n_classes: (\d+)", saved) == ["12"]
+    assert re.search(r"^n_speakers: 12\b", saved, re.M)
+
+
+def test_loaded_model_scores_like_the_recipe(run_and_model):
+    """SpeechBrain's EER of the loaded model's cosine scores over the
+    run's trials equals the recipe's own verification."""
+    run, model = run_and_model
+    enc = EncoderClassifier.from_hparams(
+        source=str(model), savedir=str(model), run_opts={"device": "cpu"}
+    )
+    with open(run / "prepared" / "test.csv", encoding="utf-8") as f:
+        wavs = {r["ID"]: r["wav"] for r in csv.DictReader(f)}
+    with torch.no_grad():
+        emb = {
+            u: torch.nn.functional.normalize(
+                enc.encode_batch(read_audio(p)[None]).reshape(-1), dim=0
+            )
+            for u, p in wavs.items()
+        }
+    trials = read_trials(run / "prepared" / "trials.txt", known_ids=wavs)
+    scores = {1: [], 0: []}
+    for label, a, b in trials:
+        scores[label].append(float(emb[a] @ emb[b]))
+    eer, _ = EER(torch.tensor(scores[1]), torch.tensor(scores[0]))
+    summary = json.loads((run / "verification" / "summary.json").read_text())
+    ref = summary["trials/full_cosine"]
+    assert ref["n_trials"] == len(trials) > 0
+    # Scores agree to float32 rounding; an EER moves only if two scores
+    # that tie within it swap, at most 1 trial of n_target.
+    assert float(eer) == pytest.approx(ref["eer"], abs=1.0 / len(scores[1]))
 
 
 FRESH = textwrap.dedent(

@@ -1,9 +1,13 @@
-"""train.py user errors: one line naming the argument, non-zero exit,
-refused before any work (issue 16 item 7); a full disk while saving a
-checkpoint names the checkpoint folder."""
+"""train.py user errors: one line naming the argument, refused before any
+work; a full disk while saving a checkpoint names the checkpoint folder.
+
+The checks are called directly (``start_run``, the recipe's first step,
+and ``prepare_data``); one run of ``train.py`` shows that such an error
+ends the process with that one line and no traceback.
+"""
 
 import os
-import re
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -11,86 +15,76 @@ import textwrap
 import pytest
 import torch
 
+from dampit.dataio.prepare_folder import DataPreparationError
+from dampit.recipe.run_setup import RecipeError, prepare_data, start_run
 from dampit.utils.checkpoints import AtomicCheckpointer
 
-
-def _one_line_error(proc):
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), proc.stderr[-2000:]
-    return last
+REPO = pathlib.Path(__file__).resolve().parents[2]
+RECIPE = REPO / "recipes" / "VoxCeleb"
+MINI = str(RECIPE / "hparams" / "mini.yaml")
 
 
-def test_missing_data_folder(tmp_path, run_recipe):
+def _start(data, out):
+    """``start_run`` of mini.yaml; it must refuse before any work."""
+    argv = [MINI, f"--data_folder={data}", f"--output_folder={out}"]
+    with pytest.raises(RecipeError) as err:
+        start_run(argv)
+    return str(err.value)
+
+
+def test_missing_data_folder(tmp_path):
     out = tmp_path / "run"
-    err = _one_line_error(run_recipe(tmp_path / "nowhere", out))
-    assert f"data_folder={tmp_path / 'nowhere'}: no such folder" in err
+    err = _start(tmp_path / "nowhere", out)
+    assert err == f"data_folder={tmp_path / 'nowhere'}: no such folder"
     assert not out.exists()
 
 
-def test_bad_average_checkpoints(tmp_path, synthetic_corpus, run_recipe):
-    out = tmp_path / "run"
-    proc = run_recipe(synthetic_corpus, out, "--average_checkpoints=0")
-    err = _one_line_error(proc)
-    assert "average_checkpoints=0 is not an integer in [1, 1000]" in err
-    assert not out.exists()
-
-
-def test_output_inside_a_file(tmp_path, synthetic_corpus, run_recipe):
+def test_output_inside_a_file(tmp_path, synthetic_corpus):
     (tmp_path / "file").write_text("x")
     out = tmp_path / "file" / "run"
-    err = _one_line_error(run_recipe(synthetic_corpus, out))
-    assert f"{tmp_path / 'file'} is not a writable folder" in err
+    want = f"{tmp_path / 'file'} is not a writable folder"
+    assert _start(synthetic_corpus, out) == f"output_folder={out}: {want}"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
-def test_read_only_output(tmp_path, synthetic_corpus, run_recipe):
+def test_read_only_output(tmp_path, synthetic_corpus):
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o555)
-    err = _one_line_error(run_recipe(synthetic_corpus, ro / "run"))
+    err = _start(synthetic_corpus, ro / "run")
     assert f"{ro} is not a writable folder" in err
 
 
-def test_fewer_speakers_than_p(tmp_path, synthetic_corpus, run_recipe):
-    """12 speakers, 4 for the test: 8 cannot fill P=16."""
-    proc = run_recipe(synthetic_corpus, tmp_path / "run", "--P=16")
-    err = _one_line_error(proc)
-    assert "16" in err and str(synthetic_corpus) in err
-
-
-def test_speed_speakers_train_as_new_classes(
-    tmp_path, synthetic_corpus, run_recipe
-):
-    """speed_speakers [90, 110] on 8 training speakers: 24 classes in
-    the label encoder and the softmax, enough for P=16 (8 speakers alone
-    are not, above) but not for P=25; a speed of 100 is refused in one
-    line."""
-    out = tmp_path / "run"
-    speeds = "--speed_speakers=[90, 110]"
-    proc = run_recipe(synthetic_corpus, out, speeds, "--P=16")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    labels = (out / "save" / "label_encoder.txt").read_text()
-    entries = labels.split("=" * 16)[0].splitlines()  # then starting_index
-    speakers = {ln.split("'")[1] for ln in entries if "=>" in ln}
-    plain = {s for s in speakers if "@" not in s}
-    assert len(plain) == 8 and len(speakers) == 24
-    assert speakers == {
-        f"{s}{t}" for s in plain for t in ("", "@sp90", "@sp110")
+def _folder_data(corpus, prep, P, speeds):
+    """The keys ``prepare_data`` reads, as mini.yaml sets them."""
+    return {
+        "data_layout": "folder",
+        "data_folder": str(corpus),
+        "prep_folder": str(prep),
+        "n_test_speakers": 4,
+        "n_folds": None,
+        "fold": 0,
+        "n_valid_speakers": 0,
+        "skip_bad_files": False,
+        "P": P,
+        "speed_speakers": speeds,
     }
-    # The YAML the modules were built from (saved by SpeechBrain).
-    saved = (out / "hyperparams.yaml").read_text()
-    assert re.findall(r"n_classes: (\d+)", saved) == ["24"]
-    assert re.search(r"^n_speakers: 24 ", saved, re.M)
-    proc = run_recipe(
-        synthetic_corpus, tmp_path / "r2", "--speed_speakers=[100]"
-    )
-    assert "speed_speakers=[100]: 100 is not" in _one_line_error(proc)
-    proc = run_recipe(synthetic_corpus, tmp_path / "r3", speeds, "--P=25")
-    assert (
-        "8 training speaker(s) with 2 or more training utterances; "
-        "at least 9 needed" in _one_line_error(proc)
-    )
+
+
+def test_p_counts_the_speed_speakers(tmp_path, synthetic_corpus):
+    """12 speakers, 4 for the test: 8 cannot fill P=16; with
+    speed_speakers [90, 110] they are 24 classes, enough for P=16 (8 x 3
+    >= 16) but not for P=25 (9 speakers needed); the error names the
+    data folder and the count."""
+    prep = tmp_path / "prep"
+    with pytest.raises(DataPreparationError) as err:
+        prepare_data(_folder_data(synthetic_corpus, prep, 16, []))
+    assert str(synthetic_corpus) in str(err.value)
+    assert "8 training speaker(s)" in str(err.value)
+    assert "at least 16 needed" in str(err.value)
+    data = prepare_data(_folder_data(synthetic_corpus, prep, 16, [90, 110]))
+    assert data["n_classes"] == 24
+    with pytest.raises(DataPreparationError, match="at least 9 needed"):
+        prepare_data(_folder_data(synthetic_corpus, prep, 25, [90, 110]))
 
 
 _FULL_DISK = textwrap.dedent(
@@ -126,20 +120,22 @@ def test_checkpoint_save_on_a_full_disk_names_the_folder(tmp_path):
     assert [c.meta["EER"] for c in ckpter.list_checkpoints()] == [1.0]
 
 
-def test_no_data_folder_given(tmp_path):
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-    recipe = os.path.join(repo, "recipes", "VoxCeleb")
+def test_no_data_folder_given_is_one_line(tmp_path):
+    """train.py itself: a user error exits non-zero with one line."""
     proc = subprocess.run(
         [
             sys.executable,
-            os.path.join(recipe, "train.py"),
-            os.path.join(recipe, "hparams", "mini.yaml"),
+            str(RECIPE / "train.py"),
+            MINI,
             f"--output_folder={tmp_path / 'run'}",
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    err = _one_line_error(proc)
-    assert "mini.yaml: 'data_folder' is a !PLACEHOLDER" in err
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), proc.stderr[-2000:]
+    assert "mini.yaml: 'data_folder' is a !PLACEHOLDER" in last
     assert not (tmp_path / "run").exists()

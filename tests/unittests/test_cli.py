@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
 from speechbrain.inference.speaker import SpeakerRecognition
 
 from dampit.cli import embed as embed_cli
@@ -242,43 +241,6 @@ def test_embed_skip_bad(model, wavs, tmp_path, capsys):
     ]
     assert "silent" in bad[0] and "cannot read" in bad[1]
     assert "2 bad file(s) skipped" in cap.out
-
-
-def test_other_sample_rate_is_resampled(model, sb, wavs, tmp_path, capsys):
-    """An 8 kHz file is resampled (warning) like torchaudio would."""
-    data, sr = sf.read(next(iter(wavs.values()))[0], dtype="float32")
-    low = tmp_path / "low.wav"
-    sf.write(low, data[::2], 8000, subtype="FLOAT")
-    up = AF.resample(torch.from_numpy(data[::2].copy()), 8000, 16000)
-    ref16 = tmp_path / "ref16.wav"
-    sf.write(ref16, up.numpy(), 16000, subtype="FLOAT")
-    out = tmp_path / "e"
-    code, cap = run_embed(
-        ["--model", str(model), str(low), "--out", str(out), "--no-progress"],
-        capsys,
-    )
-    assert code == 0
-    assert "dampit-embed: warning:" in cap.err and "8000 Hz" in cap.err
-    emb = np.load(out / "embeddings.npy")
-    assert close(emb[0], reference(sb, ref16))
-
-
-def test_stereo_is_down_mixed(model, sb, wavs, tmp_path):
-    files = next(iter(wavs.values()))
-    a, _ = sf.read(files[0], dtype="float32")
-    b, _ = sf.read(files[1], dtype="float32")
-    n = min(len(a), len(b))
-    stereo = tmp_path / "stereo.wav"
-    sf.write(stereo, np.stack([a[:n], b[:n]], 1), 16000, subtype="FLOAT")
-    mono = tmp_path / "mono.wav"
-    sf.write(mono, (a[:n] + b[:n]) / 2, 16000, subtype="FLOAT")
-    out = tmp_path / "e"
-    code, _ = run_embed(
-        ["--model", str(model), str(stereo), "--out", str(out), "--no-progress"]
-    )
-    assert code == 0
-    emb = np.load(out / "embeddings.npy")
-    assert close(emb[0], reference(sb, mono))
 
 
 # ----------------------------------------------------------- dampit-verify --

@@ -241,18 +241,6 @@ def test_angular_scale_invariance(form):
     assert loss(flipped, labels).item() != pytest.approx(ref.item())
 
 
-def test_shapes_sb_style_equal_flat():
-    """[B, 1, D] and [B, 1] labels give the same value as [B, D], [B]."""
-    torch.manual_seed(0)
-    emb = torch.randn(16, 8)
-    labels = _pk_labels(8, 2)
-    for name, loss in _all_losses(8, 8).items():
-        flat = loss(emb, labels)
-        sb = loss(emb.unsqueeze(1), labels.unsqueeze(1))
-        assert flat.shape == torch.Size([]), name
-        assert flat.item() == pytest.approx(sb.item()), name
-
-
 # ---------------------------------------------------- numerical stability
 
 

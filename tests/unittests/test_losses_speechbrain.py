@@ -71,23 +71,14 @@ def _losses():
     }
 
 
-def test_speechbrain_batch_shapes():
-    """The tensors of the tests below are SpeechBrain's [B, 1] / [B]."""
-    lens, spkid = _speechbrain_batch()
-    assert spkid.shape == (P * K, 1) and spkid.dtype == torch.long
-    assert lens.shape == (P * K,) and lens.max() == 1 and lens.min() < 1
-    assert (
-        spkid.squeeze(1).tolist()
-        == torch.arange(P).repeat_interleave(K).tolist()
-    )
-
-
 @pytest.mark.parametrize("name", list(_losses()))
 def test_compute_cost_with_length_equals_the_plain_call(name):
     """compute_cost(predictions [B,1,D], spkid [B,1], lens) and with
     ``length=`` give exactly the value of loss([B, D], [B]): the relative
     lengths are ignored, as LogSoftmaxWrapper ignores them."""
     lens, spkid = _speechbrain_batch()
+    assert spkid.shape == (P * K, 1) and spkid.dtype == torch.long
+    assert lens.shape == (P * K,) and lens.min() < lens.max() == 1
     torch.manual_seed(0)
     loss = _losses()[name]
     emb = torch.randn(P * K, 1, D, requires_grad=True)
