@@ -21,7 +21,6 @@ and YAML, the previous values kept in ``threshold_history``) unless
 ``--force``.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -184,9 +183,9 @@ def _calibrate(args):
 
 def main(argv=None):
     """Run ``dampit-calibrate``; returns 0, or 2 on bad input."""
-    parser = common.Parser(PROG, "Calibrate a model's threshold on pairs.")
-    parser.epilog = EXAMPLES
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser = common.Parser(
+        PROG, "Calibrate a model's threshold on pairs.", EXAMPLES
+    )
     add = parser.add_argument
     add("--trials", required=True, help="labelled trial list")
     add("--audio-root", help="folder of the trial paths")

@@ -62,10 +62,28 @@ RATE = _checked(float, lambda x: 0 < x < 1, "need a rate between 0 and 1")
 
 
 class Parser(argparse.ArgumentParser):
-    """dampit's parser: model arguments, one-line errors (exit 2)."""
+    """dampit's parser: model arguments, one-line errors (exit 2), and
+    ``examples`` (text as written) after the options in ``--help``.
 
-    def __init__(self, prog, description):
-        super().__init__(prog=prog, description=description)
+    Example
+    -------
+    >>> parser = Parser("dampit-x", "Do x.", "  dampit-x --model m")
+    >>> parser.parse_args(["--model", "m"]).batch_size
+    16
+    >>> parser.format_help().splitlines()[-1]
+    '  dampit-x --model m'
+    """
+
+    def __init__(self, prog, description, examples=None):
+        formatter = argparse.HelpFormatter
+        if examples is not None:
+            formatter = argparse.RawDescriptionHelpFormatter
+        super().__init__(
+            prog=prog,
+            description=description,
+            epilog=examples,
+            formatter_class=formatter,
+        )
         add = self.add_argument
         add("--model", required=True, help="model folder (dampit-export)")
         add("--device", default="cpu", type=DEVICE, help="cpu, cuda:0...")

@@ -16,7 +16,6 @@ replaced as one unit, and refused with another model than the one that
 made it.
 """
 
-import argparse
 import os
 import sys
 
@@ -87,9 +86,7 @@ def _enroll(args):
 
 def main(argv=None):
     """Run ``dampit-enroll``; returns 0, or 2 on bad input."""
-    parser = common.Parser(PROG, "Enrol or remove speaker profiles.")
-    parser.epilog = EXAMPLES
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser = common.Parser(PROG, "Enrol or remove speaker profiles.", EXAMPLES)
     add = parser.add_argument
     add("inputs", nargs="*", help="folders, list files, audio files")
     add("--profiles", required=True, help="profile store folder")

@@ -14,7 +14,6 @@ threshold is the model's (``dampit-calibrate``) unless ``--threshold``.
 ``--out`` writes the lines to a file instead of the standard output.
 """
 
-import argparse
 import sys
 import warnings
 
@@ -73,9 +72,9 @@ def _identify(args):
 
 def main(argv=None):
     """Run ``dampit-identify``; returns 0, or 2 on bad input."""
-    parser = common.Parser(PROG, "Identify speakers among enrolled ones.")
-    parser.epilog = EXAMPLES
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser = common.Parser(
+        PROG, "Identify speakers among enrolled ones.", EXAMPLES
+    )
     add = parser.add_argument
     add("inputs", nargs="+", help="folders, list files, audio files")
     add("--profiles", required=True, help="profile store (dampit-enroll)")

@@ -3,7 +3,7 @@
 A model folder is untrusted input. :func:`read_json` reads
 ``dampit_export.json`` strictly (size, nesting, duplicate keys),
 :func:`check_spec` checks each of its values against :data:`BOUNDS` (one
-table of key -> types and inclusive bounds) before a module is built,
+table of key -> kind and inclusive bounds) before a module is built,
 :func:`check_labels` checks the label encoder against the classifier and
 :func:`check_embeddings` refuses NaN / inf embeddings. Each refusal is a
 :class:`ModelFolderError` of one line naming the file and the key; the
@@ -15,6 +15,8 @@ import json
 import os
 
 import torch
+
+from dampit.utils.bounds import BOOL, INT, OR_NULL, REAL, TEXT, describe, within
 
 __all__ = ["BOUNDS", "ModelFolderError", "check_embeddings", "check_labels"]
 __all__ += ["check_spec", "check_value", "read_json"]
@@ -30,12 +32,11 @@ MAX_LIST = 64
 MODULES = ("compute_features", "mean_var_norm", "embedding_model")
 MODULES += ("classifier",)
 
-INT, REAL, BOOL, TEXT = (int,), (int, float), (bool,), (str,)
-NONE = (type(None),)
-INTS = (list,)  # a list of integers, each within the bounds
-#: key -> (allowed types, lower, upper), bounds inclusive; for text the
-#: bounds are on its length. The keys of ``dampit_export.json`` first,
-#: then every keyword argument of the classes the loader builds.
+#: A list of 1 to :data:`MAX_LIST` integers, each within the bounds.
+INTS = "a list of integers"
+#: key -> (kind, lower, upper), as :mod:`dampit.utils.bounds` reads them,
+#: or (:data:`INTS`, lower, upper). The keys of ``dampit_export.json``
+#: first, then every keyword argument of the classes the loader builds.
 BOUNDS = {
     "format": (INT, min(FORMATS), max(FORMATS)),
     "sample_rate": (INT, 1000, 384000),
@@ -44,7 +45,7 @@ BOUNDS = {
     "kind": (TEXT, 1, 32),
     "n_bins": (INT, 1, 4097),
     "n_fft": (INT, 2, 8192),
-    "win_length": (REAL + NONE, 1, 8192),  # samples; Fbank: ms
+    "win_length": (REAL + OR_NULL, 1, 8192),  # samples; Fbank: ms
     "hop_length": (REAL, 1, 8192),  # samples; Fbank: ms
     "window": (TEXT, 1, 32),
     "mode": (TEXT, 1, 32),
@@ -58,7 +59,7 @@ BOUNDS = {
     "stem_kernel": (INT, 1, 15),
     "stem_stride": (INT, 1, 8),
     "stem_pool": (BOOL, 0, 1),
-    "n_freq": (INT + NONE, 1, 4097),
+    "n_freq": (INT + OR_NULL, 1, 4097),
     "emb_dim": (INT, 1, 8192),
     "dropout": (REAL, 0.0, 1.0),
     "input_size": (INT, 1, 8192),
@@ -68,7 +69,7 @@ BOUNDS = {
     "context": (BOOL, 0, 1),
     "requires_grad": (BOOL, 0, 1),
     "f_min": (REAL, 0.0, 192000.0),
-    "f_max": (REAL + NONE, 1.0, 192000.0),
+    "f_max": (REAL + OR_NULL, 1.0, 192000.0),
     "n_mels": (INT, 1, 1024),
     "filter_shape": (TEXT, 1, 32),
     "param_change_factor": (REAL, 0.0, 10.0),
@@ -79,7 +80,7 @@ BOUNDS = {
     "mean_norm": (BOOL, 0, 1),
     "std_norm": (BOOL, 0, 1),
     "norm_type": (TEXT, 1, 32),
-    "avg_factor": (REAL + NONE, 0.0, 1.0),
+    "avg_factor": (REAL + OR_NULL, 0.0, 1.0),
     "length_dim": (INT, 1, 3),
     "update_until_epoch": (INT, 0, 1000000),
     "avoid_padding_norm": (BOOL, 0, 1),
@@ -176,26 +177,15 @@ def check_value(where, key, value):
     """
     if key not in BOUNDS:
         raise ModelFolderError(f"{where}: unknown key {key!r}")
-    types, lower, upper = BOUNDS[key]
-    if value is None and type(None) in types:
-        return value
-    if types is INTS:
+    kind, lower, upper = BOUNDS[key]
+    if kind == INTS:
         what = f"a list of 1 to {MAX_LIST} integers in [{lower}, {upper}]"
-        items = value if type(value) is list else [None]
-        ok = 1 <= len(items) <= MAX_LIST
-    elif types is TEXT:
-        what, items = f"text of {lower} to {upper} characters", [value]
-        ok = type(value) is str
+        ok = type(value) is list and 1 <= len(value) <= MAX_LIST
+        ok = ok and all(within(INT, item, lower, upper) for item in value)
     else:
-        kind = "an integer" if float not in types else "a number"
-        kind = "true or false" if types is BOOL else kind
-        what, items = f"{kind} in [{lower}, {upper}]", [value]
-        ok = type(value) in types
-    for item in items:
-        size = len(item) if type(item) is str else item
-        good = type(item) in (int, str, float, bool)
-        good = good and (types is not INTS or type(item) is int)
-        ok = ok and good and lower <= size <= upper
+        # The message names the kind without "or null".
+        what = describe(kind.removesuffix(OR_NULL), lower, upper)
+        ok = within(kind, value, lower, upper)
     if not ok:
         text = one_line(repr(value), 60)
         raise ModelFolderError(f"{where}: {key} {text} is not {what}")

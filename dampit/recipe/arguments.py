@@ -10,19 +10,19 @@ line naming the key.
 
 import os
 
+from dampit.utils.bounds import INT, OR_NULL, REAL, TEXT, describe, within
+
 __all__ = ["BOUNDS", "LISTS", "ArgumentError", "check_values", "speed_list"]
 
-INT, REAL = "an integer", "a number"
-#: key -> (kind, lower, upper), bounds inclusive; None allowed where the
-#: kind ends with "or null".
+#: key -> (kind, lower, upper), as :mod:`dampit.utils.bounds` reads them.
 BOUNDS = {
     "seed": (INT, 0, 2**32 - 1),
     "sample_rate": (INT, 1000, 384000),
     "P": (INT, 2, 100000),
     "K": (INT, 1, 10000),
-    "n_folds": (INT + " or null", 2, 1000),
+    "n_folds": (INT + OR_NULL, 2, 1000),
     "fold": (INT, 0, 999),
-    "n_test_speakers": (INT + " or null", 0, 1000000),  # 0: all train
+    "n_test_speakers": (INT + OR_NULL, 0, 1000000),  # 0: all train
     "n_valid_speakers": (INT, 0, 1000000),
     "crop_frames": (INT, 2, 1000000),
     "test_crop_frames": (INT, 2, 1000000),
@@ -33,7 +33,7 @@ BOUNDS = {
     "weight_decay": (REAL, 0.0, 10.0),
     "max_grad_norm": (REAL, 0.0, 1e9),
     "number_of_epochs": (INT, 0, 100000),  # 0: test the initial weights
-    "batches_per_epoch": (INT + " or null", 1, 10**9),
+    "batches_per_epoch": (INT + OR_NULL, 1, 10**9),
     "num_workers": (INT, 0, 1024),
     "valid_batch_size": (INT, 1, 100000),
     "test_batch_size": (INT, 1, 100000),
@@ -52,27 +52,15 @@ PAIR_TERMS = ("w_npair", "w_triplet", "w_angular")
 #: key -> (kind of each item, lower, upper): a list, or one item.
 LISTS = {
     "speed_speakers": (INT, 50, 200),
-    "trial_lists": ("text", 1, 4096),
-    "train_sets": ("text", 1, 4096),
-    "init_modules": ("text", 1, 4096),
-    "compile_module_keys": ("text", 1, 4096),
+    "trial_lists": (TEXT, 1, 4096),
+    "train_sets": (TEXT, 1, 4096),
+    "init_modules": (TEXT, 1, 4096),
+    "compile_module_keys": (TEXT, 1, 4096),
 }
 
 
 class ArgumentError(ValueError):
     """A recipe value out of bounds; one line naming the key."""
-
-
-def _ok(kind, value, lower, upper):
-    """Whether ``value`` is of ``kind`` within the bounds."""
-    if value is None:
-        return kind.endswith("or null")
-    if kind == "text":
-        return isinstance(value, str) and lower <= len(value) <= upper
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind.startswith(INT) and not isinstance(value, int):
-        return False
-    return number and lower <= value <= upper
 
 
 def speed_list(value):
@@ -87,7 +75,7 @@ def speed_list(value):
     items = list(items) if isinstance(items, (list, tuple)) else [items]
     kind, lower, upper = LISTS["speed_speakers"]
     for s in items:
-        if not _ok(kind, s, lower, upper) or s == 100:
+        if not within(kind, s, lower, upper) or s == 100:
             raise ArgumentError(
                 f"speed_speakers={value}: {s!r} is not a percentage in "
                 f"{lower}..{upper} other than 100"
@@ -111,11 +99,9 @@ def check_values(hp, where):
     mini.yaml: fold='abc' is not an integer in [0, 999]
     """
     for key, (kind, lower, upper) in BOUNDS.items():
-        if key in hp and not _ok(kind, hp[key], lower, upper):
-            raise ArgumentError(
-                f"{where}: {key}={hp[key]!r} is not {kind} in "
-                f"[{lower}, {upper}]"
-            )
+        if key in hp and not within(kind, hp[key], lower, upper):
+            what = describe(kind, lower, upper)
+            raise ArgumentError(f"{where}: {key}={hp[key]!r} is not {what}")
     folds = hp.get("n_folds")
     if isinstance(folds, int) and hp.get("fold", 0) >= folds:
         raise ArgumentError(
@@ -140,10 +126,10 @@ def check_values(hp, where):
             continue
         items = list(value) if isinstance(value, (list, tuple)) else [value]
         for item in items:
-            if not _ok(kind, item, lower, upper):
+            if not within(kind, item, lower, upper):
+                what = describe(kind, lower, upper)
                 raise ArgumentError(
-                    f"{where}: {key}={value!r}: {item!r} is not {kind} "
-                    f"of {lower} to {upper} characters"
+                    f"{where}: {key}={value!r}: {item!r} is not {what}"
                 )
         hp[key] = items
     return hp

@@ -107,20 +107,8 @@ def pair_loop(crops, enrol_idx, test_idx):
 
 
 def closed_form(crops, enrol_idx, test_idx):
-    """Crop statistics of every utterance, then one dot per trial.
-
-    Arguments
-    ---------
-    crops : numpy.ndarray
-        [U, C, D] crop embeddings.
-    enrol_idx, test_idx : numpy.ndarray
-        Trial rows.
-
-    Returns
-    -------
-    numpy.ndarray
-        float64 scores.
-    """
+    """Crop statistics of every utterance, then one dot per trial; the
+    arguments and the scores of :func:`pair_loop`."""
     sv = ScoringVectors.from_embeddings(crops, "dot")
     return sv.score_pairs(enrol_idx, test_idx)
 

@@ -1,0 +1,51 @@
+"""Values checked against a table of kinds and inclusive bounds.
+
+A bounds table maps a key to ``(kind, lower, upper)``: the kind is one of
+:data:`INT`, :data:`REAL`, :data:`BOOL` and :data:`TEXT` (its bounds are
+on the text's length), with :data:`OR_NULL` appended where None is
+allowed. :func:`within` says whether a value fits its entry and
+:func:`describe` says what fits, as a one-line error message puts it.
+The model-folder checks (:mod:`dampit.inference.folder_checks`) and the
+recipe's arguments (:mod:`dampit.recipe.arguments`) use them.
+"""
+
+__all__ = ["BOOL", "INT", "OR_NULL", "REAL", "TEXT", "describe", "within"]
+
+INT, REAL, BOOL, TEXT = "an integer", "a number", "true or false", "text"
+OR_NULL = " or null"
+#: kind -> the Python types of its values (bool is not an integer here).
+TYPES = {INT: (int,), REAL: (int, float), BOOL: (bool,)}
+
+
+def within(kind, value, lower, upper):
+    """Whether ``value`` is of ``kind`` within ``[lower, upper]`` (text:
+    its length); None only where ``kind`` ends with :data:`OR_NULL`.
+
+    Example
+    -------
+    >>> within(INT, 3, 1, 8), within(INT, True, 0, 1), within(REAL, 2, 0, 1)
+    (True, False, False)
+    >>> within(TEXT, "fbank", 1, 32), within(INT + OR_NULL, None, 1, 8)
+    (True, True)
+    """
+    if value is None:
+        return kind.endswith(OR_NULL)
+    kind = kind.removesuffix(OR_NULL)
+    if kind == TEXT:
+        return type(value) is str and lower <= len(value) <= upper
+    return type(value) in TYPES[kind] and lower <= value <= upper
+
+
+def describe(kind, lower, upper):
+    """What a value of ``kind`` within ``[lower, upper]`` is, in words.
+
+    Example
+    -------
+    >>> describe(INT + OR_NULL, 2, 1000)
+    'an integer or null in [2, 1000]'
+    >>> describe(TEXT, 1, 32)
+    'text of 1 to 32 characters'
+    """
+    if kind == TEXT:
+        return f"text of {lower} to {upper} characters"
+    return f"{kind} in [{lower}, {upper}]"
