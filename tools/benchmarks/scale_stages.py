@@ -21,6 +21,7 @@ from dampit.dataio.crops import eval_crops
 from dampit.dataio.prepare_voxceleb import prepare_voxceleb
 from dampit.dataio.sampler import PKSampler
 from dampit.recipe.verification import embed, utterance_loader
+from dampit.utils.checkpoints import AtomicCheckpointer
 
 CROP = 299 * 160  # the paper's 3 s crop (300 frames), in samples
 
@@ -126,6 +127,7 @@ def loader(manifest, root, save, workers, n_batches, P=64, K=2):
     hp.update(save_folder=save, n_speakers=n_spk, P=P, K=K, seed=0)
     hp.update(batches_per_epoch=n_batches + 1, num_workers=workers)
     os.makedirs(save, exist_ok=True)
+    hp["checkpointer"] = AtomicCheckpointer(save)  # the loader registers
     data = train.dataio_prep(hp, {"train": manifest, "dev": manifest})[0]
     dl, _ = train.make_train_loader(hp, data)
     out = {}
