@@ -27,13 +27,21 @@ def within(kind, value, lower, upper):
     (True, False, False)
     >>> within(TEXT, "fbank", 1, 32), within(INT + OR_NULL, None, 1, 8)
     (True, True)
+    >>> import ruamel.yaml
+    >>> fold = ruamel.yaml.YAML().load("fold: 0  # a comment")["fold"]
+    >>> type(fold).__name__, within(INT, fold, 0, 9)
+    ('ScalarInt', True)
     """
     if value is None:
         return kind.endswith(OR_NULL)
     kind = kind.removesuffix(OR_NULL)
     if kind == TEXT:
         return type(value) is str and lower <= len(value) <= upper
-    return type(value) in TYPES[kind] and lower <= value <= upper
+    if isinstance(value, bool) and kind != BOOL:  # True is not 1 here
+        return False
+    # isinstance: YAML loaders give int and float subclasses (ruamel's
+    # ScalarInt and ScalarFloat for values with a comment after them).
+    return isinstance(value, TYPES[kind]) and lower <= value <= upper
 
 
 def describe(kind, lower, upper):

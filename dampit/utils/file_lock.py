@@ -56,7 +56,7 @@ class FileLock:
     """
 
     error = LockError
-    holder = "process"  # what holds the lock, for the take-over warning
+    holder = "dampit process"  # what holds the lock, for the messages
 
     def __init__(self, path, what, advice="wait for it or choose another"):
         self.path = os.fspath(path)
@@ -74,7 +74,7 @@ class FileLock:
                 pid, host = _holder(fd) or ("?", "?")
                 os.close(fd)
                 raise self.error(
-                    f"{self.what} is in use by another dampit process (pid "
+                    f"{self.what} is in use by another {self.holder} (pid "
                     f"{pid} on {host}, {self.path}): {self.advice}"
                 ) from None
             try:  # the file may have been released and removed meanwhile
