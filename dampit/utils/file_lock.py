@@ -15,14 +15,36 @@ import fcntl
 import logging
 import os
 import socket
+import time
 
 __all__ = ["FileLock", "LockError", "output_lock"]
 
 logger = logging.getLogger(__name__)
+#: Seconds to wait for the forked children of an ended holder to let go.
+ORPHAN_WAIT = 30.0
 
 
 class LockError(RuntimeError):
     """The path is in use by another process."""
+
+
+def _ended_here(pid, host):
+    """Whether the holder ``pid host`` ran on this machine and has ended.
+
+    Example
+    -------
+    >>> _ended_here(str(os.getpid()), socket.gethostname())
+    False
+    """
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _holder(fd):
@@ -64,8 +86,14 @@ class FileLock:
         self.fd = None
 
     def acquire(self):
-        """Take the lock or raise :attr:`error` naming its holder."""
+        """Take the lock or raise :attr:`error` naming its holder.
+
+        A holder that has ended on this machine while processes it forked
+        (DataLoader workers, which stop within seconds of their parent)
+        still hold the lock is waited for, up to :data:`ORPHAN_WAIT` s.
+        """
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        deadline = time.monotonic() + ORPHAN_WAIT
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -73,6 +101,9 @@ class FileLock:
             except BlockingIOError:
                 pid, host = _holder(fd) or ("?", "?")
                 os.close(fd)
+                if _ended_here(pid, host) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
                 raise self.error(
                     f"{self.what} is in use by another {self.holder} (pid "
                     f"{pid} on {host}, {self.path}): {self.advice}"
