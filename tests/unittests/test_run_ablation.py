@@ -166,7 +166,8 @@ def test_full_cosine_only_run_leaves_the_multicrop_columns_empty(tmp_path):
     assert r["scores"] == str(run / "verification" / "full.txt")
     table = report.markdown_table(report.aggregate({"resemblyzer": {1: r}}))
     assert table.splitlines()[2] == (
-        "| resemblyzer | 1 | 25.00 | 0.900 | 0.600 | – | – |"
+        f"| {report.LABELS['resemblyzer']} "
+        "| 1 | 25.00 | 0.900 | 0.600 | – | – |"
     )
 
 
