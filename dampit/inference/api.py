@@ -19,6 +19,7 @@ lengths count frames exactly (:func:`dampit.inference.extract.pad_batch`)::
 
     model = load_model("model")
     ids, emb = model.embed_files(["a.wav", "b.wav"])
+    ids, segments, emb = model.embed_windows(["long.wav"], window=1.5)
     scores, decisions = model.verify_pairs([("a.wav", "b.wav")])
 """
 
@@ -36,7 +37,7 @@ from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, Classifier
 from speechbrain.processing.features import InputNormalization
 
 from dampit.dataio.audio import load_audio
-from dampit.inference.extract import embed_utterances
+from dampit.inference.extract import embed_utterances, embed_windows
 from dampit.inference.folder_checks import (
     MAX_LABELS_BYTES,
     ModelFolderError,
@@ -277,7 +278,8 @@ class DampitSpeakerRecognition(SpeakerRecognition):
     ``verify_batch`` / ``verify_files`` decide with :attr:`threshold`
     (SpeechBrain's: 0.25), ``load_audio`` is :func:`dampit.dataio.audio.
     load_audio`, and :meth:`embed_files` / :meth:`verify_pairs` batch many
-    files; the rest is SpeechBrain's.
+    files, :meth:`embed_windows` windows of long files; the rest is
+    SpeechBrain's.
 
     Arguments
     ---------
@@ -389,7 +391,6 @@ class DampitSpeakerRecognition(SpeakerRecognition):
         embeddings : numpy.ndarray
             ``[N, D]`` float32.
         """
-        hop = getattr(self.mods.compute_features, "hop_length", None)
         ids, emb, _ = embed_utterances(
             self.encode_batch,
             items,
@@ -397,9 +398,58 @@ class DampitSpeakerRecognition(SpeakerRecognition):
             batch_size=batch_size,
             device=self.device,
             progress=progress,
-            hop_length=hop if isinstance(hop, int) else None,
+            hop_length=self._hop_length(),
         )
         return ids, emb
+
+    def embed_windows(
+        self, items, window, hop=None, trim=False, batch_size=16, progress=True
+    ):
+        """Embed windows of ``window`` seconds, one every ``hop`` seconds
+        (default: ``window``), of long files read block by block (see
+        :func:`dampit.inference.extract.embed_windows`).
+
+        Arguments
+        ---------
+        items : list
+            Paths, or ``(id, path)`` pairs.
+        window, hop : float
+            Seconds (``0 < hop <= window``).
+        trim : bool
+            Leave out the windows with too little speech
+            (:mod:`dampit.dataio.windows`).
+        batch_size : int
+            Windows per forward pass.
+        progress : bool
+            Show a progress bar.
+
+        Returns
+        -------
+        ids : list of str
+            ``file_id@start-end`` of each window.
+        segments : list of tuple
+            ``(file_id, start, end)`` in seconds.
+        embeddings : numpy.ndarray
+            ``[N, D]`` float32.
+        """
+        return embed_windows(
+            self.encode_batch,
+            items,
+            window,
+            hop,
+            sample_rate=self.sample_rate,
+            trim=trim,
+            batch_size=batch_size,
+            device=self.device,
+            progress=progress,
+            hop_length=self._hop_length(),
+        )
+
+    def _hop_length(self):
+        """The features' STFT hop, when they have one (frame-exact
+        relative lengths in padded batches)."""
+        hop = getattr(self.mods.compute_features, "hop_length", None)
+        return hop if isinstance(hop, int) else None
 
     def verify_pairs(self, pairs, batch_size=16, progress=True):
         """Score pairs of files (cosine), each file embedded once.
