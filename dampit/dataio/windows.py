@@ -13,16 +13,18 @@ window, and dropped otherwise; a file shorter than half a window raises
 ``AudioError``.
 
 Trim (``trim=True``): a first pass measures the level of every
-``FRAME_SECONDS`` (30 ms) frame of the file, its mean square in dB. The
-file's reference is the ``LEVEL_PERCENTILE`` (95th) percentile of these
-levels, a level its speech reaches; a frame is speech when it is at most
-``SPEECH_BELOW_DB`` (25 dB) below the reference, and a window is kept
-when at least ``MIN_SPEECH`` (20 %) of the frames that start in it are
-speech. The levels are relative to the file's own, so the trim does not
-depend on its gain. Digital silence and noise more than about 30 dB below
-the speech are dropped; louder noise counts as speech, and in a file with
-speech in less than 5 % of its frames the reference is the noise's level,
-so that little is dropped.
+``FRAME_SECONDS`` (30 ms) frame of the file, the power of its samples
+around their mean in dB (:func:`frame_levels`). The file's reference is
+the ``LEVEL_PERCENTILE`` (95th) percentile of the levels of its frames
+that are not constant, a level its speech reaches; a frame is speech
+when it is at most ``SPEECH_BELOW_DB`` (25 dB) below the reference, and
+a window is kept when at least ``MIN_SPEECH`` (20 %) of the frames that
+start in it are speech. The levels are relative to the file's own, so
+the trim does not depend on its gain. Digital silence is never speech;
+on real recordings, noise 25 dB or more below the speech's RMS is
+dropped and louder noise may count as speech; in a file with noise in
+more than 95 % of its frames the reference is the noise's level, and
+little is dropped.
 """
 
 import math
@@ -95,13 +97,15 @@ def header_windows(path, window, hop):
 
 
 def frame_levels(path, sample_rate=16000):
-    """The level of every whole ``FRAME_SECONDS`` frame of a file, its
-    mean square in dB, read block by block (:func:`mono_blocks`).
+    """The level of every whole ``FRAME_SECONDS`` frame of a file, the
+    power of its samples around their mean in dB (a constant frame:
+    digital silence or a DC offset, ``-inf``), read block by block
+    (:func:`dampit.dataio.audio.mono_blocks`).
 
     Returns
     -------
     levels : numpy.ndarray
-        ``[F]`` float64 dB (digital silence: about -3000).
+        ``[F]`` float64 dB.
     frame : int
         Frames of the file (at its own rate) per level.
 
@@ -109,21 +113,22 @@ def frame_levels(path, sample_rate=16000):
     -------
     >>> import tempfile
     >>> p = os.path.join(tempfile.mkdtemp(), "x.wav")
-    >>> sf.write(p, np.r_[np.full(480, 0.1), np.full(500, 0.01)], 16000)
+    >>> tone = np.sqrt(2) * np.sin(np.arange(960) * np.pi / 4)  # power 1
+    >>> sf.write(p, np.r_[0.1 * tone, 0.01 * tone, np.zeros(500)], 16000)
     >>> levels, frame = frame_levels(p)
     >>> levels.round(1).tolist(), frame
-    ([-20.0, -40.0], 480)
+    ([-20.0, -20.0, -40.0, -40.0, -inf], 480)
     """
-    levels, rest, frame = [], np.zeros(0, np.float32), 0
+    power, rest, frame = [], np.zeros(0, np.float32), 0
     for rate, block in mono_blocks(path, sample_rate):
         frame = max(1, round(FRAME_SECONDS * rate))
         buf = np.concatenate([rest, block])
         n = len(buf) // frame
-        power = np.square(buf[: n * frame].reshape(n, frame), dtype=np.float64)
-        levels.append(power.mean(axis=1))
+        frames = buf[: n * frame].reshape(n, frame).astype(np.float64)
+        power.append(frames.var(axis=1))
         rest = buf[n * frame :]
-    power = np.concatenate(levels)
-    return 10 * np.log10(np.maximum(power, np.finfo(np.float64).tiny)), frame
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(np.concatenate(power)), frame
 
 
 def _speech(levels, frame, start, end):
@@ -169,10 +174,11 @@ def read_windows(path, window, hop, sample_rate=16000, trim=False):
     """
     check_window_hop(window, hop)
     path, levels, frame = os.fspath(path), None, 1
-    if trim:  # levels relative to the file's reference
+    if trim:  # levels relative to the reference of the frames heard
         levels, frame = frame_levels(path, sample_rate)
-        if len(levels):
-            levels = levels - np.percentile(levels, LEVEL_PERCENTILE)
+        heard = levels[levels > -np.inf]
+        if len(heard):
+            levels = levels - np.percentile(heard, LEVEL_PERCENTILE)
     buf, first, k = np.zeros(0, np.float32), 0, 0  # buf: frames from first
     for n, (rate, block) in enumerate(mono_blocks(path, sample_rate)):
         w, h = max(1, round(window * rate)), max(1, round(hop * rate))

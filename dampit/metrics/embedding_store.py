@@ -117,13 +117,15 @@ def _read_segments(path, ids):
     segments = []
     for n, (line, uid) in enumerate(zip(lines[1:], ids), start=2):
         cells = line.split("\t")
+        if len(cells) != 4 or cells[0] != uid:
+            raise ValueError(
+                f"{path}:{n}: not 'ID, file, start, end' of {uid!r}"
+            )
         try:
             file_id, start, end = cells[1], float(cells[2]), float(cells[3])
             segments_text([uid], [(file_id, start, end)])
-        except (IndexError, ValueError) as err:
+        except ValueError as err:
             raise ValueError(f"{path}:{n}: {err}") from None
-        if len(cells) != 4 or cells[0] != uid:
-            raise ValueError(f"{path}:{n}: not the row of {uid!r}")
         segments.append((file_id, start, end))
     return segments
 
