@@ -170,19 +170,23 @@ def _speechbrain_run(run):
     a dampit one: the YAML's modules, the best checkpoint's weights."""
     path = os.path.join(run, HPARAMS_FILE)
     tree = read_run_hparams(run)
-    best = _best_checkpoint(os.path.join(run, "save"))
+    keys = list(SB_MODULES)
+    if "classifier" in tree:
+        keys.append("classifier")
     try:
-        modules = {k: module_spec(tree, k, path) for k in SB_MODULES}
-        head = None
-        if "classifier" in best.paramfiles:
-            head = module_spec(tree, "classifier", path)
+        modules = {k: module_spec(tree, k, path) for k in keys}
     except ValueError as err:
-        raise ExportError(str(err)) from None
+        raise ExportError(
+            f"{err}: not SpeechBrain's speaker recipe (a dampit run is "
+            "exported once verified)"
+        ) from None
+    head = modules.pop("classifier", None)
+    best = _best_checkpoint(os.path.join(run, "save"))
     norm = modules["mean_var_norm"]["kwargs"].get("norm_type", "sentence")
     if norm != "sentence":  # InputNormalization's statistics: not carried
         raise ExportError(f"{path}: mean_var_norm norm_type {norm!r}")
     weights = {"embedding_model": best.paramfiles["embedding_model"]}
-    if head is not None and head["class"] in HEADS:  # MetricHead is one
+    if head and head["class"] in HEADS and "classifier" in best.paramfiles:
         modules["classifier"] = {"class": COSINE, "kwargs": head["kwargs"]}
         weights["classifier"] = best.paramfiles["classifier"]
     rate = tree.get("sample_rate", 16000)

@@ -127,11 +127,14 @@ def real_pairs(root, path, n_speakers=3, n_files=3, samples=32768):
     """A labelled trial list of every pair of a few dspspeech files of one
     length (a padded batch embeds them as one at a time)."""
     names = []
-    for spk in sorted(p for p in root.iterdir() if p.is_dir())[:n_speakers]:
+    for spk in sorted(p for p in root.iterdir() if p.is_dir()):
         files = [
-            f for f in sorted(spk.glob("*.wav")) if sf.info(f).frames == samples
+            f"{spk.name}/{f.name}"
+            for f in sorted(spk.glob("*.wav"))
+            if sf.info(f).frames == samples
         ]
-        names += [f"{spk.name}/{f.name}" for f in files[:n_files]]
+        if len(files) >= n_files and len(names) < n_speakers * n_files:
+            names += files[:n_files]
     trials = [
         (int(a.split("/")[0] == b.split("/")[0]), a, b)
         for a, b in itertools.combinations(names, 2)

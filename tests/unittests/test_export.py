@@ -353,3 +353,16 @@ def test_moved_run_exports_its_own_checkpoints(tmp_path):
     assert (tmp_path / "model" / "label_encoder.ckpt").read_text() == (
         moved / "save" / "label_encoder.txt"
     ).read_text()
+
+
+def test_unverified_dampit_run_says_so(exported, tmp_path):
+    """No verification/: read as SpeechBrain's recipe, which it is not."""
+    run, *_ = exported
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "verification")
+    scores = tmp_path / "scores.txt"
+    scores.write_text("a b 1 0.9\na c 0 0.1\n")
+    with pytest.raises(ExportError, match="a dampit run is exported once"):
+        export_model(copy, tmp_path / "model", scores=scores)
+    assert sorted(os.listdir(tmp_path)) == ["run", "scores.txt"]
