@@ -20,8 +20,9 @@ The folder (renamed into place) holds ``dampit_export.json`` (what
 ``load_model`` reads), ``hyperparams.yaml`` (for SpeechBrain's
 ``from_hparams``), the weights, ``label_encoder.ckpt``, a ``README.md``
 and on request ``embedding_model.ts`` / ``.onnx``; ``load_model`` and
-``from_hparams`` must first give the same embeddings from it. Every input
-is read, and a refusal is one line naming it, before the folder is made.
+``from_hparams`` must first give the same embeddings from it. The inputs
+are read, and refused in one line naming them, before the temporary
+folder is made; a folder that fails its check is removed.
 ``--overwrite`` replaces only a model folder (holding
 ``dampit_export.json``) or an empty folder; the model folder can be
 neither the run folder, nor inside it, nor hold it; a second export into
