@@ -170,6 +170,21 @@ def run_recipe():
     return run
 
 
+MINI = REPO / "recipes" / "VoxCeleb" / "hparams" / "mini.yaml"
+
+
+def _mini_overrides(tmp_path, extra):
+    """mini.yaml made small (width 8, 32-d, 4 speakers), plus ``extra``."""
+    return {
+        "data_folder": str(tmp_path / "data"),
+        "output_folder": str(tmp_path / "run"),
+        "base_width": 8,
+        "emb_dim": 32,
+        "n_speakers": 4,
+        **extra,
+    }
+
+
 @pytest.fixture
 def mini_brain(recipe, tmp_path):
     """Factory: overrides -> (MultiMetricBrain on CPU, hparams) of the
@@ -179,16 +194,8 @@ def mini_brain(recipe, tmp_path):
     train, _ = recipe
 
     def make(**extra):
-        overrides = {
-            "data_folder": str(tmp_path / "data"),
-            "output_folder": str(tmp_path / "run"),
-            "base_width": 8,
-            "emb_dim": 32,
-            "n_speakers": 4,
-            **extra,
-        }
-        mini = REPO / "recipes" / "VoxCeleb" / "hparams" / "mini.yaml"
-        hp, _, _ = load_hparams(str(mini), overrides)
+        overrides = _mini_overrides(tmp_path, extra)
+        hp, _, _ = load_hparams(str(MINI), overrides)
         brain = train.MultiMetricBrain(
             modules=hp["modules"],
             hparams=hp,
@@ -196,5 +203,19 @@ def mini_brain(recipe, tmp_path):
             checkpointer=hp["checkpointer"],
         )
         return brain, hp
+
+    return make
+
+
+@pytest.fixture
+def mini_tree(tmp_path):
+    """Factory: overrides -> the YAML of ``mini_brain`` read plainly, as
+    the recipe's ``start_run`` gives it (``plain``)."""
+    from dampit.recipe.run_setup import read_plain
+    from dampit.utils.hparams import resolve_variant
+
+    def make(**extra):
+        base, merged = resolve_variant(MINI, _mini_overrides(tmp_path, extra))
+        return read_plain(base, merged, str(MINI))
 
     return make

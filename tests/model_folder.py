@@ -1,7 +1,7 @@
 """A tiny, randomly initialised model folder for tests (not shipped).
 
-Written by ``dampit.inference.export.write_model_files``, the same writer
-as ``dampit-export``. pytest runs with ``--import-mode=importlib``: load
+Written by ``dampit.inference.model_files.write_model_files``, the writer
+that ``dampit-export`` uses. pytest runs with ``--import-mode=importlib``: load
 this file with :func:`importlib.util.spec_from_file_location`.
 """
 
@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from dampit.inference.export import write_model_files
+from dampit.inference.model_files import write_model_files
 from dampit.lobes.resnet import SEResNet
 from dampit.utils.atomic import atomic_folder
 

@@ -118,7 +118,9 @@ def _calibrate(args):
     enrol, test, labels, names, spk_e, spk_t = _speakers(args)
     _check_counts(labels, point, rate, args.force)
     folds_ok = _check_folds(labels, spk_e, spk_t, args)
-    paths = resolve_audio(names, args)
+    paths = resolve_audio(
+        names, args.trials, args.audio_root, args.csv, args.data_root
+    )
     model = common.open_model(args)
     _, emb = common.embed(model, paths, args)
     scores = cosine_scores(emb, enrol, test)

@@ -61,25 +61,26 @@ def _read_csv(path, data_root):
     return rows
 
 
-def resolve_audio(names, args):
-    """Audio file of each trial name (``--audio-root`` or ``--csv``)."""
-    root = args.audio_root or os.path.dirname(args.trials)
-    rows = _read_csv(args.csv, args.data_root) if args.csv else {}
+def resolve_audio(names, trial_file, audio_root=None, csv=None, data_root=None):
+    """Audio file of each name of ``trial_file``: under ``audio_root``
+    (default: the list's folder) or the ``wav`` of its row in ``csv``."""
+    root = audio_root or os.path.dirname(trial_file)
+    rows = _read_csv(csv, data_root) if csv else {}
     paths = []
     for name in names:
         path = os.path.join(root, name)
-        if args.csv:
+        if csv:
             row = rows.get(name) or rows.get(trials.utt_to_id(name)) or {}
-            path = row.get("wav", f"{name} (not an ID of {args.csv})")
+            path = row.get("wav", f"{name} (not an ID of {csv})")
         elif not os.path.splitext(path)[1]:
             found = [path + e for e in AUDIO_EXTENSIONS]
             path = next(filter(os.path.isfile, found), path)
         if not os.path.isfile(path):
             where = next(
-                n for n, _, *et in trials.iter_trials(args.trials) if name in et
+                n for n, _, *et in trials.iter_trials(trial_file) if name in et
             )
             raise common.CliError(
-                f"{args.trials}:{where}: {name}: audio file not found: {path}"
+                f"{trial_file}:{where}: {name}: audio file not found: {path}"
             )
         paths.append(path)
     return paths
@@ -151,7 +152,9 @@ def _verify(args):
 def _verify_locked(args):
     if args.trials:
         enrol, test, labels, names = trials.read_trial_indices(args.trials)
-        paths = resolve_audio(names, args)
+        paths = resolve_audio(
+            names, args.trials, args.audio_root, args.csv, args.data_root
+        )
     elif missing := [f for f in args.files if not os.path.isfile(f)]:
         raise common.CliError(f"audio file not found: {missing[0]}")
     else:

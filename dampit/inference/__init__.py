@@ -3,6 +3,7 @@
 - ``api``: ``load_model`` (a model folder -> SpeechBrain's
   ``SpeakerRecognition`` with the stored threshold; executes nothing);
 - ``export``: ``dampit-export``, a verified recipe run -> a model folder;
+- ``model_files``: the one writer of a model folder's files;
 - ``extract``: batched embedding of files and crops;
 - ``portable``: TorchScript / ONNX programs, waveform -> embedding;
 - ``check_pretrained``: the quickstart's check through ``from_hparams``;

@@ -212,7 +212,7 @@ def load_model(source, device="cpu", trust=False):
 
     Example
     -------
-    >>> from dampit.inference.export import write_model_files
+    >>> from dampit.inference.model_files import write_model_files
     >>> net = SEResNet(depth=18, base_width=4, emb_dim=8)
     >>> mods = {k: {"class": f"dampit.lobes.{c}", "kwargs": {}} for k, c in [
     ...     ("compute_features", "features.Features"),

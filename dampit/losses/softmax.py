@@ -14,9 +14,12 @@ from speechbrain.lobes.models.ECAPA_TDNN import Classifier
 from speechbrain.nnet.losses import AdditiveAngularMargin, LogSoftmaxWrapper
 from torch import nn
 
+from dampit.lobes.resnet import LinearClassifier
 from dampit.losses.base import MetricLoss, check_choice
 
 KINDS = ("linear", "aam")
+LINEAR = "dampit.lobes.resnet.LinearClassifier"
+COSINE = "speechbrain.lobes.models.ECAPA_TDNN.Classifier"
 
 
 class SoftmaxLoss(MetricLoss):
@@ -77,6 +80,30 @@ class SoftmaxLoss(MetricLoss):
             self.aam = LogSoftmaxWrapper(
                 AdditiveAngularMargin(margin=margin, scale=scale)
             )
+
+    def inference_classifier(self):
+        """The classifier as a model folder holds it: ``(spec, module)``.
+
+        ``"linear"``: a :class:`~dampit.lobes.resnet.LinearClassifier`
+        whose ``out`` is this classifier; ``"aam"``: this classifier, a
+        SpeechBrain ``Classifier``. ``spec``: ``{"class", "kwargs"}``.
+
+        Example
+        -------
+        >>> loss = SoftmaxLoss(input_size=8, n_classes=5)
+        >>> spec, module = loss.inference_classifier()
+        >>> spec["class"], sorted(module.state_dict())
+        ('dampit.lobes.resnet.LinearClassifier', ['out.bias', 'out.weight'])
+        """
+        n_classes, size = (int(n) for n in self.classifier.weight.shape)
+        if self.kind == "linear":
+            head = LinearClassifier(size, n_classes)
+            head.out = self.classifier
+            kwargs = {"input_size": size, "n_classes": n_classes}
+            return {"class": LINEAR, "kwargs": kwargs}, head
+        kwargs = {"input_size": size, "lin_blocks": 0, "lin_neurons": size}
+        kwargs["out_neurons"] = n_classes
+        return {"class": COSINE, "kwargs": kwargs}, self.classifier
 
     def compute(self, emb, labels):
         """See :meth:`dampit.losses.base.MetricLoss.compute`."""

@@ -119,24 +119,43 @@ def prepare_data(hp):
     }
 
 
+def read_plain(base_file, overrides, where):
+    """The YAML file ``base_file`` with ``overrides``, references
+    resolved, read plainly (ruamel: nothing built, ``!new:`` entries keep
+    their tags); an error is one line naming ``where``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.yaml")
+    >>> _ = open(path, "w").write("n: 1\\nnet: !new:a.Net {size: !ref <n>}\\n")
+    >>> plain = read_plain(path, {"n": 3}, "a.yaml")
+    >>> plain["net"].tag.value, plain["net"]["size"]
+    ('!new:a.Net', 3)
+    """
+    with open(base_file, encoding="utf-8") as f:
+        try:  # a missing !PLACEHOLDER, a bad !ref, a syntax error
+            plain = ruamel.yaml.YAML().load(resolve_references(f, overrides))
+        except (ValueError, ruamel.yaml.YAMLError) as err:
+            text = " ".join(str(err).split())
+            raise RecipeError(f"{where}: {text}") from None
+    if not isinstance(plain, dict):
+        raise RecipeError(f"{base_file}: not a mapping of keys")
+    return plain
+
+
 def start_run(argv):
     """Parse ``argv`` (SpeechBrain's options; the overrides as typed, see
     :func:`~dampit.recipe.command_line.parse_command_line`), check, lock
     the output folder (the main process, until exit), prepare the data,
     and load the YAML once
     with ``n_speakers`` = the training speakers. Returns a namespace:
-    ``hparams``, ``run_opts``, ``data`` (:func:`prepare_data`),
+    ``hparams``, ``plain`` (the same YAML read plainly:
+    :func:`read_plain`), ``run_opts``, ``data`` (:func:`prepare_data`),
     ``hparams_file``, ``base_file``, ``overrides`` (to save)."""
     hparams_file, run_opts, overrides = parse_command_line(argv)
     base_file, merged = resolve_variant(hparams_file, overrides)
-    with open(base_file, encoding="utf-8") as f:
-        try:  # a missing !PLACEHOLDER, a bad !ref, a syntax error
-            plain = ruamel.yaml.YAML().load(resolve_references(f, merged))
-        except (ValueError, ruamel.yaml.YAMLError) as err:
-            text = " ".join(str(err).split())
-            raise RecipeError(f"{hparams_file}: {text}") from None
-    if not isinstance(plain, dict):
-        raise RecipeError(f"{base_file}: not a mapping of keys")
+    plain = read_plain(base_file, merged, hparams_file)
     check_arguments(plain, hparams_file)
     for key in LISTS:  # a scalar given for a list, now a list
         if key in plain:
@@ -157,6 +176,7 @@ def start_run(argv):
         hparams = load_hyperpyyaml(f, merged)
     return types.SimpleNamespace(
         hparams=hparams,
+        plain=read_plain(base_file, merged, hparams_file),
         run_opts=run_opts,
         data=data,
         hparams_file=hparams_file,

@@ -24,6 +24,7 @@ from dampit.metrics import multicrop
 from dampit.metrics.asnorm import as_norm
 from dampit.metrics.embedding_store import EmbeddingStore, EmbeddingStoreWriter
 from dampit.metrics.plots import write_report
+from dampit.recipe.tested_model import save_tested_model
 from dampit.utils.atomic import atomic_write_text
 from dampit.utils.checkpoint_averaging import (
     average_weights,
@@ -31,15 +32,21 @@ from dampit.utils.checkpoint_averaging import (
 )
 
 logger = logging.getLogger(__name__)
+#: What ``average_checkpoints: N > 1`` averages.
+AVERAGED = ("embedding_model", "compute_cost")
 
 
-def load_test_weights(checkpointer, hparams, out):
+def load_test_weights(checkpointer, hparams, tree, out):
     """Load the tested weights, list their checkpoints in
-    ``<out>/checkpoints.txt`` and return them (none: the current weights).
+    ``<out>/checkpoints.txt``, save the tested model for ``dampit-export``
+    (:func:`~dampit.recipe.tested_model.save_tested_model`; ``tree``: the
+    YAML read plainly) and return the checkpoints (none: the current
+    weights).
 
     ``average_checkpoints: 1``: the checkpoint with the lowest validation
-    EER; ``N > 1``: the newest checkpoint, then ``embedding_model``
-    averaged over the N newest end-of-epoch ones.
+    EER; ``N > 1``: the newest checkpoint, then ``embedding_model`` and
+    ``compute_cost`` (its softmax classifier) averaged over the N newest
+    end-of-epoch ones.
     """
     n = int(hparams.get("average_checkpoints", 1))
     if n == 1:
@@ -49,15 +56,15 @@ def load_test_weights(checkpointer, hparams, out):
         checkpointer.recover_if_possible()  # every module, newest
         used = select_test_checkpoints(checkpointer, n)
         if used:
-            hparams["embedding_model"].load_state_dict(
-                average_weights(used, "embedding_model")
-            )
+            for name in AVERAGED:
+                hparams[name].load_state_dict(average_weights(used, name))
     if not used:
         logger.warning("no checkpoint found: testing the current weights")
     logger.info("testing %s", ", ".join(str(c.path) for c in used))
     os.makedirs(out, exist_ok=True)
     text = "".join(f"{c.path}\n" for c in used)
     atomic_write_text(os.path.join(out, "checkpoints.txt"), text)
+    save_tested_model(out, hparams, tree, used)
     return used
 
 

@@ -368,7 +368,7 @@ def main(argv):
     if not (hparams["test_after_training"] and if_main_process()):
         return
     out = os.path.join(hparams["output_folder"], "verification")
-    load_test_weights(brain.checkpointer, hparams, out)
+    load_test_weights(brain.checkpointer, hparams, run.plain, out)
     if run.data["n_trials"] == 0:
         logger.info("no test speakers (n_test_speakers: 0): nothing to verify")
         return

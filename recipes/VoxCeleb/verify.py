@@ -34,7 +34,7 @@ def main(argv):
         checkpointer=hparams["checkpointer"],
     )
     out = os.path.join(hparams["output_folder"], "verification")
-    load_test_weights(brain.checkpointer, hparams, out)
+    load_test_weights(brain.checkpointer, hparams, run.plain, out)
     brain.modules.eval()
 
     def embed(wavs, lens):  # features, normalisation, network

@@ -6,22 +6,27 @@ and the Python diff of templates/speaker_verification/README.md (step 2
 and 3), then trains on real speech. The documented diff changes at most 5
 Python lines, and the valid ErrorRate that the recipe reports and keeps
 checkpoints by must fall (the classifier's error rate, not a constant).
-``dampit-export`` then exports that checkpoint (with ``--scores``).
+``dampit-export`` then exports that checkpoint, its threshold from a
+labelled score file (``--scores``) and from real trial audio (``--trials``).
 """
 
 import importlib.util
+import itertools
 import json
 import pathlib
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 import yaml
 
 from dampit.inference.api import load_model
 from dampit.inference.export import main as export_main
+from dampit.metrics.error_rates import compute_eer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RECIPE = REPO / "tests" / "recipes" / "sb_speaker_recipe"
@@ -93,3 +98,46 @@ def test_documented_changes_train_and_valid_error_falls(shared_data, tmp_path):
     meta = yaml.safe_load(pathlib.Path(ckpt, "CKPT.yaml").read_text())
     assert meta["ErrorRate"] == min(m["ErrorRate"] for m in metas)
     assert load_model(model).classify_batch(torch.zeros(1, 16000))[3][0]
+    # --trials: the threshold at the EER of the exported model's cosine
+    # scores of real pairs (no SpeechBrain scoring script), recomputed
+    # here with the files embedded one at a time.
+    root = shared_data / "dspspeech"
+    pairs, trials = real_pairs(root, tmp_path / "pairs.txt")
+    out = tmp_path / "model_trials"
+    argv = [str(run), str(out), "--trials", str(pairs), "--audio-root"]
+    assert export_main([*argv, str(root)]) == 0
+    model = load_model(out)
+    with torch.no_grad():
+        emb = {
+            name: model.encode_batch(
+                torch.from_numpy(sf.read(root / name, dtype="float32")[0])[None]
+            )
+            for name in {n for _, a, b in trials for n in (a, b)}
+        }
+    scores = [
+        float(torch.nn.functional.cosine_similarity(emb[a], emb[b], dim=-1))
+        for _, a, b in trials
+    ]
+    labels = np.array([y for y, _, _ in trials])
+    _, want = compute_eer(np.array(scores), labels)
+    assert model.threshold == pytest.approx(want, abs=1e-5)
+
+
+def real_pairs(root, path, n_speakers=3, n_files=3, samples=32768):
+    """A labelled trial list of every pair of a few dspspeech files of one
+    length (a padded batch embeds them as one at a time)."""
+    names = []
+    for spk in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = [
+            f"{spk.name}/{f.name}"
+            for f in sorted(spk.glob("*.wav"))
+            if sf.info(f).frames == samples
+        ]
+        if len(files) >= n_files and len(names) < n_speakers * n_files:
+            names += files[:n_files]
+    trials = [
+        (int(a.split("/")[0] == b.split("/")[0]), a, b)
+        for a, b in itertools.combinations(names, 2)
+    ]
+    path.write_text("".join(f"{y} {a} {b}\n" for y, a, b in trials))
+    return path, trials

@@ -6,6 +6,7 @@ Checkpoints are written by the recipe's own checkpointer (mini.yaml's
 plain loop over the saved state dicts, in float64.
 """
 
+import json
 import logging
 import os
 import re
@@ -31,11 +32,13 @@ def perturb(module, gen):
                 t.add_(3)
 
 
-def save_epochs(hp, eers, gen):
-    """One end-of-epoch checkpoint per EER; returns each epoch's state."""
+def save_epochs(hp, eers, gen, classifiers=None):
+    """One end-of-epoch checkpoint per EER; returns each epoch's network
+    state (and appends its loss state to ``classifiers``)."""
     states = []
     for epoch, eer in enumerate(eers, start=1):
         perturb(hp["embedding_model"], gen)
+        perturb(hp["compute_cost"], gen)
         hp["epoch_counter"].current = epoch
         hp["checkpointer"].save_checkpoint(meta={"EER": eer})
         states.append(
@@ -44,6 +47,9 @@ def save_epochs(hp, eers, gen):
                 for k, v in hp["embedding_model"].state_dict().items()
             }
         )
+        if classifiers is not None:
+            cost = hp["compute_cost"].state_dict()
+            classifiers.append({k: v.clone() for k, v in cost.items()})
     return states
 
 
@@ -131,14 +137,16 @@ def test_training_keeps_the_best_and_the_last_n(mini_brain):
 
 
 @pytest.mark.parametrize("n", [1, 3])
-def test_recipe_loads_the_weights_it_tests(tmp_path, mini_brain, n):
+def test_recipe_loads_the_weights_it_tests(tmp_path, mini_brain, mini_tree, n):
     brain, hp = mini_brain(average_checkpoints=n)  # the Brain is a recoverable
     gen = torch.Generator().manual_seed(1)
-    states = save_epochs(hp, [30.0, 10.0, 25.0, 20.0], gen)
+    costs = []
+    states = save_epochs(hp, [30.0, 10.0, 25.0, 20.0], gen, costs)
     perturb(hp["embedding_model"], gen)  # weights no checkpoint holds
     out = tmp_path / "verification"
     out.mkdir()
-    used = load_test_weights(brain.checkpointer, hp, str(out))
+    tree = mini_tree(average_checkpoints=n)
+    used = load_test_weights(brain.checkpointer, hp, tree, str(out))
     listed = (out / "checkpoints.txt").read_text().split()
     assert listed == [str(c.path) for c in used]
     got = hp["embedding_model"].state_dict()
@@ -149,15 +157,49 @@ def test_recipe_loads_the_weights_it_tests(tmp_path, mini_brain, n):
             got[name].double(), want[name], rtol=1e-6, atol=1e-6
         )
     assert all(os.path.isdir(p) for p in listed)
+    # What export reads: the same weights, the YAML's modules, and the
+    # softmax term's classifier averaged over the same checkpoints.
+    saved = torch.load(out / "embedding_model.ckpt", weights_only=True)
+    for name in want:
+        torch.testing.assert_close(
+            saved[name].double(), want[name], rtol=1e-6, atol=1e-6
+        )
+    tested = json.loads((out / "tested_model.json").read_text())
+    assert tested["checkpoints"] == listed
+    assert tested["sample_rate"] == 16000
+    for name, key in [
+        ("compute_features", "compute_features"),
+        ("mean_var_norm", "normalize"),
+        ("embedding_model", "embedding_model"),
+    ]:
+        assert tested["modules"][name] == {
+            "class": tree[key].tag.value[len("!new:") :],
+            "kwargs": dict(tree[key]),
+        }
+    assert tested["modules"]["classifier"] == {
+        "class": "dampit.lobes.resnet.LinearClassifier",
+        "kwargs": {"input_size": 32, "n_classes": 4},
+    }
+    clf = torch.load(out / "classifier.ckpt", weights_only=True)
+    cost = loop_average(costs[-n:]) if n > 1 else loop_average([costs[1]])
+    for part in ("weight", "bias"):
+        torch.testing.assert_close(
+            clf[f"out.{part}"].double(),
+            cost[f"terms.softmax.classifier.{part}"],
+            rtol=1e-6,
+            atol=1e-6,
+        )
 
 
-def test_recipe_without_checkpoints_says_so(tmp_path, mini_brain, caplog):
+def test_recipe_without_checkpoints_says_so(
+    tmp_path, mini_brain, mini_tree, caplog
+):
     brain, hp = mini_brain(average_checkpoints=2)
     brain.checkpointer = AtomicCheckpointer(tmp_path / "empty")
     out = tmp_path / "verification"
     out.mkdir()
     with caplog.at_level(logging.WARNING):
-        used = load_test_weights(brain.checkpointer, hp, str(out))
+        used = load_test_weights(brain.checkpointer, hp, mini_tree(), str(out))
     assert used == []
     assert "no checkpoint found" in caplog.text
     assert (out / "checkpoints.txt").read_text() == ""

@@ -4,8 +4,9 @@ The run folder is built the way the recipe leaves it, without training:
 ``multi_metric.yaml`` (made thin) is resolved into ``<run>/hyperparams.yaml``
 as SpeechBrain's ``create_experiment_directory`` does, its modules (built
 from the same text) are saved by SpeechBrain's ``Checkpointer`` three times
-with different weights, and ``verification/summary.json`` and
-``checkpoints.txt`` are written as ``verify.py`` writes them. Expected
+with different weights, the recipe's ``load_test_weights`` saves the tested
+model, and ``verification/summary.json`` is written as ``verify.py`` writes
+it. Expected
 values are computed independently: weights read back from the checkpoint
 files and averaged in a loop, embeddings through the training-side modules,
 logits by a matrix product.
@@ -17,6 +18,7 @@ import pathlib
 import shutil
 
 import pytest
+import ruamel.yaml
 import torch
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 from speechbrain.dataio.encoder import CategoricalEncoder
@@ -26,6 +28,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 from dampit.inference.api import load_model
 from dampit.inference.export import ExportError, export_model, main
+from dampit.recipe.verification import load_test_weights
 from dampit.utils.atomic import atomic_folder, atomic_write_text
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -59,16 +62,18 @@ SUMMARY = {
 }
 
 
-def build_run(root, tested=(1,), **overrides):
+def build_run(root, average=1, **overrides):
     """A run folder as the recipe leaves it; returns (run, hp, states).
 
-    ``tested``: indices (0, 1, 2) of the checkpoints verification lists.
-    ``states[k]``: the k-th checkpoint's network and loss states.
+    ``average``: ``average_checkpoints`` (1: checkpoint 1, the lowest EER;
+    2: the mean of checkpoints 2 and 1, the newest). ``states[k]``: the
+    k-th checkpoint's network and loss states.
     """
     run = root / "run"
     over = {
         "data_folder": str(root / "data"),
         "output_folder": str(run),
+        "average_checkpoints": average,
         **THIN,
         **overrides,
     }
@@ -85,7 +90,7 @@ def build_run(root, tested=(1,), **overrides):
         },
     )
     gen = torch.Generator().manual_seed(0)
-    states, saved = [], []
+    states = []
     for eer in (30.0, 20.0, 25.0):
         for name in ("embedding_model", "compute_cost"):
             for key, t in hp[name].state_dict().items():
@@ -94,7 +99,7 @@ def build_run(root, tested=(1,), **overrides):
                     t.copy_(0.5 + noise.abs())
                 elif t.is_floating_point():
                     t.mul_(1 + 0.2 * noise).add_(0.01 * noise)
-        saved.append(ckpt.save_checkpoint(meta={"EER": eer}))
+        ckpt.save_checkpoint(meta={"EER": eer})
         states.append(
             {
                 n: {k: v.clone() for k, v in hp[n].state_dict().items()}
@@ -105,11 +110,8 @@ def build_run(root, tested=(1,), **overrides):
     enc.update_from_iterable(SPEAKERS)
     enc.save(str(run / "save" / "label_encoder.txt"))
     ver = run / "verification"
-    ver.mkdir()
+    load_test_weights(ckpt, hp, ruamel.yaml.YAML().load(resolved), ver)
     (ver / "summary.json").write_text(json.dumps(SUMMARY))
-    (ver / "checkpoints.txt").write_text(
-        "".join(f"{saved[k].path}\n" for k in tested)
-    )
     return run, hp, states
 
 
@@ -205,7 +207,7 @@ def test_classify_batch_is_the_linear_classifier(exported, tmp_path):
 def test_averaged_checkpoints_and_cosine_classifier(tmp_path):
     """Two checkpoints listed: their mean is exported; an aam softmax term
     becomes a cosine classifier."""
-    run, _, states = build_run(tmp_path, tested=(2, 1), softmax_kind="aam")
+    run, _, states = build_run(tmp_path, average=2, softmax_kind="aam")
     export_model(run, tmp_path / "model")
     got = torch.load(tmp_path / "model/embedding_model.ckpt", weights_only=True)
     a, b = (states[k]["embedding_model"] for k in (2, 1))
@@ -234,6 +236,16 @@ def test_averaged_checkpoints_and_cosine_classifier(tmp_path):
     )
 
 
+def _edit_tested(run, emb_dim=None, **values):
+    """Change values (or the network's emb_dim) of tested_model.json."""
+    path = run / "verification" / "tested_model.json"
+    tested = json.loads(path.read_text())
+    tested.update(values)
+    if emb_dim is not None:
+        tested["modules"]["embedding_model"]["kwargs"]["emb_dim"] = emb_dim
+    path.write_text(json.dumps(tested))
+
+
 @pytest.mark.parametrize(
     "damage, match",
     [
@@ -242,18 +254,16 @@ def test_averaged_checkpoints_and_cosine_classifier(tmp_path):
             "summary.json not found: verify the run first",
         ),
         (
-            lambda r: (r / "verification/checkpoints.txt").unlink(),
-            "checkpoints.txt not found: verify the run first",
+            lambda r: (r / "verification/tested_model.json").unlink(),
+            "tested_model.json not found: re-run the verification",
         ),
         (
-            lambda r: (r / "verification/checkpoints.txt").write_text(""),
-            "checkpoints.txt: no checkpoint",
+            lambda r: _edit_tested(r, checkpoints=[]),
+            "tested_model.json: no checkpoint",
         ),
         (
-            lambda r: (r / "verification/checkpoints.txt").write_text(
-                "/x/CKPT\n"
-            ),
-            "checkpoints.txt: checkpoint /x/CKPT not found",
+            lambda r: (r / "verification/embedding_model.ckpt").unlink(),
+            "embedding_model.ckpt not found: re-run the verification",
         ),
         (
             lambda r: (r / "verification/summary.json").write_text(
@@ -266,19 +276,15 @@ def test_averaged_checkpoints_and_cosine_classifier(tmp_path):
             "summary.json: Expecting",
         ),
         (
-            lambda r: (r / "hyperparams.yaml").write_text("a: [1"),
-            "hyperparams.yaml: while parsing",
+            lambda r: (r / "verification/tested_model.json").write_text("["),
+            "tested_model.json: Expecting",
         ),
         (
-            lambda r: (r / "hyperparams.yaml").write_text("embedding_model: 3"),
-            "'compute_features' is not a !new: object",
+            lambda r: _edit_tested(r, modules=3),
+            "tested_model.json: not a record of dampit's verification",
         ),
         (
-            lambda r: (r / "hyperparams.yaml").write_text(
-                (r / "hyperparams.yaml")
-                .read_text()
-                .replace("emb_dim: 16", "emb_dim: 24")
-            ),
+            lambda r: _edit_tested(r, emb_dim=24),
             "model/embedding_model.ckpt: cannot load the weights: Error",
         ),
     ],
@@ -347,3 +353,16 @@ def test_moved_run_exports_its_own_checkpoints(tmp_path):
     assert (tmp_path / "model" / "label_encoder.ckpt").read_text() == (
         moved / "save" / "label_encoder.txt"
     ).read_text()
+
+
+def test_unverified_dampit_run_says_so(exported, tmp_path):
+    """No verification/: read as SpeechBrain's recipe, which it is not."""
+    run, *_ = exported
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "verification")
+    scores = tmp_path / "scores.txt"
+    scores.write_text("a b 1 0.9\na c 0 0.1\n")
+    with pytest.raises(ExportError, match="a dampit run is exported once"):
+        export_model(copy, tmp_path / "model", scores=scores)
+    assert sorted(os.listdir(tmp_path)) == ["run", "scores.txt"]

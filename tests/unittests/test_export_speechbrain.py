@@ -127,7 +127,7 @@ def _global_norm(run):
         (None, None, "summary.json not found: .* or give --scores"),
         (None, "a b 0.5\n", "scores.txt: needs target and non-target labels"),
         (None, "a b 1 0.5\n", "scores.txt: needs target and non-target"),
-        (_two_metrics, SCORES, r"record \['EER', 'ErrorRate'\]: list the"),
+        (_two_metrics, SCORES, r"record \['EER', 'ErrorRate'\]: the best one"),
         (_global_norm, SCORES, "mean_var_norm norm_type 'global'"),
     ],
 )
