@@ -20,6 +20,10 @@ lengths count frames exactly (:func:`dampit.inference.extract.pad_batch`)::
     model = load_model("model")
     ids, emb = model.embed_files(["a.wav", "b.wav"])
     scores, decisions = model.verify_pairs([("a.wav", "b.wav")])
+
+A folder's score-normalisation cohort (:mod:`dampit.inference.cohort`) is
+read and checked at load (``model.cohort``, None without one);
+``verify_pairs(..., asnorm=True)`` AS-normalises the scores with it.
 """
 
 import os
@@ -36,9 +40,15 @@ from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, Classifier
 from speechbrain.processing.features import InputNormalization
 
 from dampit.dataio.audio import load_audio
+from dampit.inference.cohort import (
+    normalise_scores,
+    read_cohort,
+    require_cohort,
+)
 from dampit.inference.extract import embed_utterances
 from dampit.inference.folder_checks import (
     MAX_LABELS_BYTES,
+    SPEC_FILE,
     ModelFolderError,
     check_embeddings,
     check_labels,
@@ -50,10 +60,10 @@ from dampit.inference.folder_checks import (
 )
 from dampit.lobes.features import CropNormalization, Features
 from dampit.lobes.resnet import LinearClassifier, SEResNet
+from dampit.metrics.asnorm import TOP_K
 
 __all__ = ["DampitSpeakerRecognition", "ModelFolderError", "load_model"]
 
-SPEC_FILE = "dampit_export.json"
 HPARAMS_FILE = "hyperparams.yaml"
 LABELS_FILE = "label_encoder.ckpt"
 DEFAULT_THRESHOLD = 0.25  # SpeechBrain's verify_batch default
@@ -168,13 +178,14 @@ def _load_labels(folder, n_expected):
 
 def _probe(model):
     """Embed :data:`PROBE_SECONDS` of fixed noise: an error or NaN / inf
-    is one line naming the folder."""
+    is one line naming the folder; the embedding's size becomes
+    ``model.embedding_size``."""
     gen = torch.Generator().manual_seed(0)
     n = int(PROBE_SECONDS * model.sample_rate)
     wav = 0.1 * torch.randn(1, n, generator=gen)
     try:
         with torch.no_grad():
-            model.encode_batch(wav.to(model.device))
+            emb = model.encode_batch(wav.to(model.device))
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         if isinstance(err, ModelFolderError):
             raise
@@ -182,6 +193,7 @@ def _probe(model):
             f"{model.folder}: the model does not run on {PROBE_SECONDS:g} s "
             f"of audio: {one_line(err)}"
         ) from None
+    model.embedding_size = int(emb.shape[-1])
     return model
 
 
@@ -201,13 +213,16 @@ def load_model(source, device="cpu", trust=False):
     Returns
     -------
     DampitSpeakerRecognition
-        The model, in eval mode.
+        The model, in eval mode; ``cohort`` is the folder's checked
+        score-normalisation cohort (:mod:`dampit.inference.cohort`) or
+        None.
 
     Raises
     ------
     ModelFolderError
         One line naming the folder or file: missing, malformed, refused
-        class, unreadable or non-finite weights, non-finite threshold.
+        class, unreadable or non-finite weights, non-finite threshold, a
+        cohort not as recorded.
 
     Example
     -------
@@ -246,7 +261,9 @@ def load_model(source, device="cpu", trust=False):
         modules=mods, hparams=hparams, run_opts={"device": device}
     )
     model.folder = folder
-    return _probe(model.eval())
+    _probe(model.eval())
+    model.cohort = read_cohort(model)
+    return model
 
 
 def _load_trusted(folder, device):
@@ -268,7 +285,9 @@ def _load_trusted(folder, device):
     if rate is not None:
         check_value(where, "sample_rate", rate)
     model.folder = folder
-    return _probe(model.eval())
+    _probe(model.eval())
+    model.cohort = read_cohort(model)
+    return model
 
 
 class DampitSpeakerRecognition(SpeakerRecognition):
@@ -401,8 +420,17 @@ class DampitSpeakerRecognition(SpeakerRecognition):
         )
         return ids, emb
 
-    def verify_pairs(self, pairs, batch_size=16, progress=True):
-        """Score pairs of files (cosine), each file embedded once.
+    def verify_pairs(
+        self,
+        pairs,
+        batch_size=16,
+        progress=True,
+        asnorm=False,
+        threshold=None,
+        top_k=TOP_K,
+    ):
+        """Score pairs of files (cosine, or AS-norm), each file embedded
+        once.
 
         Arguments
         ---------
@@ -412,19 +440,37 @@ class DampitSpeakerRecognition(SpeakerRecognition):
             Files per forward pass.
         progress : bool
             Show a progress bar.
+        asnorm : bool
+            AS-normalise the cosines with the folder's cohort
+            (:func:`dampit.inference.cohort.normalise_scores`); a model
+            without one raises ModelFolderError before any embedding.
+        threshold : float, optional
+            Decide at this threshold. Cosines default to :attr:`threshold`;
+            AS-norm scores have another scale, which the stored threshold
+            is not for: without ``threshold``, no decisions.
+        top_k : int
+            AS-norm's cohort scores kept per file.
 
         Returns
         -------
         scores : numpy.ndarray
-            ``[P]`` cosine similarities.
-        decisions : numpy.ndarray
-            ``[P]`` booleans, ``scores > threshold``.
+            ``[P]`` cosine similarities (AS-norm: normalised scores).
+        decisions : numpy.ndarray or None
+            ``[P]`` booleans, ``scores > threshold``; None for AS-norm
+            scores without ``threshold``.
         """
+        if asnorm:
+            require_cohort(self)
         files = sorted({os.fspath(p) for pair in pairs for p in pair})
         ids, emb = self.embed_files(files, batch_size, progress)
         row = {u: k for k, u in enumerate(ids)}
-        emb = torch.from_numpy(emb)
-        a = emb[[row[os.fspath(p)] for p, _ in pairs]]
-        b = emb[[row[os.fspath(q)] for _, q in pairs]]
-        scores = self.similarity(a, b).numpy()
-        return scores, scores > self.threshold
+        enrol = [row[os.fspath(p)] for p, _ in pairs]
+        test = [row[os.fspath(q)] for _, q in pairs]
+        vectors = torch.from_numpy(emb)
+        scores = self.similarity(vectors[enrol], vectors[test]).numpy()
+        if asnorm:
+            scores = normalise_scores(self, scores, emb, enrol, test, top_k)
+            if threshold is None:
+                return scores, None
+        threshold = self.threshold if threshold is None else threshold
+        return scores, scores > threshold
