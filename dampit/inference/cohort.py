@@ -138,7 +138,8 @@ def compute_cohort(model, items, speakers, batch_size=16, progress=False):
 
 
 def _npy_bytes(vectors, model):
-    """``cohort.npy``'s content for ``[n, D]`` vectors, checked."""
+    """``cohort.npy``'s content for ``[n, D]`` vectors, checked, and its
+    shape."""
     vec = np.asarray(vectors, dtype=np.float32)
     n = len(vec) if vec.ndim == 2 else 0
     if vec.ndim != 2 or vec.shape[1] != model.embedding_size:
@@ -158,7 +159,7 @@ def _npy_bytes(vectors, model):
             f"a cohort of {vec.shape} takes {len(data)} bytes, more than "
             f"{MAX_COHORT_BYTES}"
         )
-    return data
+    return data, half.shape
 
 
 def check_target(folder):
@@ -232,8 +233,7 @@ def write_cohort(model, vectors, source):
     >>> record["speakers"], load_model(d).cohort.shape
     (3, (3, 8))
     """
-    data = _npy_bytes(vectors, model)
-    shape = np.load(io.BytesIO(data), allow_pickle=False).shape
+    data, shape = _npy_bytes(vectors, model)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
     record = {
         "speakers": shape[0],

@@ -237,23 +237,25 @@ def test_dampit_cohort_refuses_bad_input_before_the_work(
     with_cohort, corpus, tmp_path, capsys
 ):
     folder = pathlib.Path(shutil.copytree(with_cohort, tmp_path / "m"))
-    before = (folder / "cohort.npy").read_bytes()
-    one = sorted((corpus / "cohort").iterdir())[0]
+    one, two = sorted((corpus / "cohort").iterdir())[:2]
     args = ["--model", folder, "--no-progress"]
-    assert cohort_cli.main([str(a) for a in [*args, one.parent]]) == 0
-    assert (folder / "cohort.npy").read_bytes() == before  # same speakers
     assert cohort_cli.main([str(a) for a in [*args, one]]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "names no speaker" in err
-    single = tmp_path / "single"
-    shutil.copytree(one, single / one.name, symlinks=True)
-    assert cohort_cli.main([str(a) for a in [*args, single]]) == 2
+    for name, speakers in (("single", [one]), ("pair", [one, two])):
+        for spk in speakers:
+            shutil.copytree(spk, tmp_path / name / spk.name, symlinks=True)
+    assert cohort_cli.main([str(a) for a in [*args, tmp_path / "single"]]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "a cohort needs 2 or more" in err
+    assert load_model(folder).cohort.shape == (5, 16)  # nothing replaced
+    assert cohort_cli.main([str(a) for a in [*args, tmp_path / "pair"]]) == 0
+    assert load_model(folder).cohort.shape == (2, 16)  # its own: replaced
+    before = (folder / "cohort.npy").read_bytes()
     spec = json.loads((folder / "dampit_export.json").read_text())
     del spec["cohort"]  # a cohort.npy the folder does not record
     (folder / "dampit_export.json").write_text(json.dumps(spec))
-    assert cohort_cli.main([str(a) for a in [*args, one.parent]]) == 2
+    assert cohort_cli.main([str(a) for a in [*args, tmp_path / "pair"]]) == 2
     err = capsys.readouterr().err
     assert "records no cohort: nothing replaced" in err
     assert (folder / "cohort.npy").read_bytes() == before
