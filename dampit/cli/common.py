@@ -59,6 +59,9 @@ FINITE = _checked(float, math.isfinite, "need a finite number")
 DEVICE = _checked(str, _device_ok, "not an available cpu or cuda:N device")
 POSITIVE = _checked(int, lambda n: n >= 1, "need an integer >= 1")
 RATE = _checked(float, lambda x: 0 < x < 1, "need a rate between 0 and 1")
+SECONDS = _checked(
+    float, lambda x: math.isfinite(x) and x > 0, "need seconds > 0"
+)
 
 
 class Parser(argparse.ArgumentParser):

@@ -11,7 +11,8 @@ the file holds allocates nothing for them; a rate outside
 ``sample_rate / MAX_UPSAMPLE .. MAX_RATE`` is refused, and the resampling
 filter is bounded. Reading a file of ``N`` decoded samples thus allocates
 at most about ``(2 + MAX_UPSAMPLE) N`` samples (its blocks, their
-concatenation, the resampled waveform) plus a filter of at most 64 MB.
+concatenation, the resampled waveform) plus a filter of at most 64 MB;
+:func:`mono_blocks` holds one block of a file at a time (long files).
 
 Silence: a channel is silent when it is constant, its peak-to-peak
 amplitude at most ``SILENCE`` (1e-6) times its peak: digital zeros, a DC
@@ -140,12 +141,18 @@ def _silent(data):
     return _constant(data.min(axis=0), data.max(axis=0))
 
 
-def _mono(path, data, sr, sample_rate):
-    """Down-mix (the loudest channel if the mean cancels out), resample."""
+def _downmix(data):
+    """``data [N, C]`` as one channel: the mean, or the loudest channel
+    when the mean cancels out (``L = -R``)."""
     mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)
     if data.shape[1] > 1 and _silent(mono[:, None]):
         mono = data[:, np.argmax(np.ptp(data, axis=0))]
-    wav = torch.from_numpy(np.ascontiguousarray(mono))
+    return np.ascontiguousarray(mono)
+
+
+def _mono(path, data, sr, sample_rate):
+    """Down-mix (the loudest channel if the mean cancels out), resample."""
+    wav = torch.from_numpy(_downmix(data))
     if sr != sample_rate:
         warnings.warn(
             f"{path}: sample rate {sr} Hz, resampled to {sample_rate} Hz",
@@ -242,6 +249,49 @@ def read_crop(path, n, sample_rate=16000, start=0, stop=None):
     data, sr, _ = _read(path, sample_rate, start, stop, crop=n)
     wav = _mono(os.fspath(path), data, sr, sample_rate)
     return repeat_to_length(wav, n)
+
+
+def mono_blocks(path, sample_rate=16000):
+    """Read a file block by block: ``(rate, block)``, ``block`` a mono
+    float32 array at the file's own ``rate``, about 4 MB at a time.
+
+    Only one block is held: a long file is never decoded whole. The
+    checks of :func:`load_audio` apply: a bad rate, a file that cannot be
+    read, NaN or inf samples raise ``AudioError`` naming the file when
+    met; no samples, or silence (all channels constant), once the last
+    block is read.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.wav")
+    >>> sf.write(p, 0.1 * np.sin(np.arange(1200000) / 5), 16000)
+    >>> [len(block) for _, block in mono_blocks(p)]
+    [1048576, 151424]
+    """
+    path = os.fspath(path)
+    lo = hi = None
+    try:
+        with sf.SoundFile(path) as f:
+            _check_rate(path, f.samplerate, sample_rate)
+            step = max(1024, 2**20 // f.channels)
+            while len(data := _read_blocks(f, step)):
+                if not np.isfinite(data).all():
+                    raise AudioError(
+                        f"audio file holds NaN or inf samples: {path}"
+                    )
+                b_lo, b_hi = data.min(axis=0), data.max(axis=0)
+                lo = b_lo if lo is None else np.minimum(lo, b_lo)
+                hi = b_hi if hi is None else np.maximum(hi, b_hi)
+                yield f.samplerate, _downmix(data)
+    except AudioError:
+        raise
+    except (RuntimeError, sf.LibsndfileError, ValueError, OSError) as err:
+        raise _open_error(path, err) from err
+    if lo is None:
+        raise AudioError(f"audio file has no samples: {path}")
+    if _constant(lo, hi):
+        raise AudioError(f"audio file is silent: {path}")
 
 
 def check_audio(path, min_duration=MIN_DURATION, sample_rate=16000):

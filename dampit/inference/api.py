@@ -19,11 +19,9 @@ lengths count frames exactly (:func:`dampit.inference.extract.pad_batch`)::
 
     model = load_model("model")
     ids, emb = model.embed_files(["a.wav", "b.wav"])
+    ids, segments, emb = model.embed_windows(["long.wav"], window=1.5)
     scores, decisions = model.verify_pairs([("a.wav", "b.wav")])
-
-A folder's score-normalisation cohort (:mod:`dampit.inference.cohort`) is
-read and checked at load (``model.cohort``, None without one);
-``verify_pairs(..., asnorm=True)`` AS-normalises the scores with it.
+    scores, _ = model.verify_pairs(pairs, asnorm=True)  # AS-norm (cohort)
 """
 
 import os
@@ -40,12 +38,8 @@ from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, Classifier
 from speechbrain.processing.features import InputNormalization
 
 from dampit.dataio.audio import load_audio
-from dampit.inference.cohort import (
-    normalise_scores,
-    read_cohort,
-    require_cohort,
-)
-from dampit.inference.extract import embed_utterances
+from dampit.inference import cohort
+from dampit.inference.extract import embed_utterances, embed_windows
 from dampit.inference.folder_checks import (
     MAX_LABELS_BYTES,
     SPEC_FILE,
@@ -60,7 +54,6 @@ from dampit.inference.folder_checks import (
 )
 from dampit.lobes.features import CropNormalization, Features
 from dampit.lobes.resnet import LinearClassifier, SEResNet
-from dampit.metrics.asnorm import TOP_K
 
 __all__ = ["DampitSpeakerRecognition", "ModelFolderError", "load_model"]
 
@@ -177,9 +170,8 @@ def _load_labels(folder, n_expected):
 
 
 def _probe(model):
-    """Embed :data:`PROBE_SECONDS` of fixed noise: an error or NaN / inf
-    is one line naming the folder; the embedding's size becomes
-    ``model.embedding_size``."""
+    """Embed :data:`PROBE_SECONDS` of fixed noise (an error or NaN / inf:
+    one line naming the folder); sets ``model.embedding_size``."""
     gen = torch.Generator().manual_seed(0)
     n = int(PROBE_SECONDS * model.sample_rate)
     wav = 0.1 * torch.randn(1, n, generator=gen)
@@ -213,16 +205,14 @@ def load_model(source, device="cpu", trust=False):
     Returns
     -------
     DampitSpeakerRecognition
-        The model, in eval mode; ``cohort`` is the folder's checked
-        score-normalisation cohort (:mod:`dampit.inference.cohort`) or
-        None.
+        In eval mode; ``cohort``: the folder's checked AS-norm cohort
+        (:mod:`dampit.inference.cohort`) or None.
 
     Raises
     ------
     ModelFolderError
         One line naming the folder or file: missing, malformed, refused
-        class, unreadable or non-finite weights, non-finite threshold, a
-        cohort not as recorded.
+        class, unreadable or non-finite weights, threshold or cohort.
 
     Example
     -------
@@ -262,7 +252,7 @@ def load_model(source, device="cpu", trust=False):
     )
     model.folder = folder
     _probe(model.eval())
-    model.cohort = read_cohort(model)
+    model.cohort = cohort.read_cohort(model)
     return model
 
 
@@ -286,7 +276,7 @@ def _load_trusted(folder, device):
         check_value(where, "sample_rate", rate)
     model.folder = folder
     _probe(model.eval())
-    model.cohort = read_cohort(model)
+    model.cohort = cohort.read_cohort(model)
     return model
 
 
@@ -296,7 +286,8 @@ class DampitSpeakerRecognition(SpeakerRecognition):
     ``verify_batch`` / ``verify_files`` decide with :attr:`threshold`
     (SpeechBrain's: 0.25), ``load_audio`` is :func:`dampit.dataio.audio.
     load_audio`, and :meth:`embed_files` / :meth:`verify_pairs` batch many
-    files; the rest is SpeechBrain's.
+    files, :meth:`embed_windows` windows of long files; the rest is
+    SpeechBrain's.
 
     Arguments
     ---------
@@ -408,7 +399,6 @@ class DampitSpeakerRecognition(SpeakerRecognition):
         embeddings : numpy.ndarray
             ``[N, D]`` float32.
         """
-        hop = getattr(self.mods.compute_features, "hop_length", None)
         ids, emb, _ = embed_utterances(
             self.encode_batch,
             items,
@@ -416,19 +406,60 @@ class DampitSpeakerRecognition(SpeakerRecognition):
             batch_size=batch_size,
             device=self.device,
             progress=progress,
-            hop_length=hop if isinstance(hop, int) else None,
+            hop_length=self._hop_length(),
         )
         return ids, emb
 
-    def verify_pairs(
-        self,
-        pairs,
-        batch_size=16,
-        progress=True,
-        asnorm=False,
-        threshold=None,
-        top_k=TOP_K,
+    def embed_windows(
+        self, items, window, hop=None, trim=False, batch_size=16, progress=True
     ):
+        """Embed windows of ``window`` seconds, one every ``hop`` seconds
+        (default: ``window``), of long files read block by block (see
+        :func:`dampit.inference.extract.embed_windows`).
+
+        Arguments
+        ---------
+        items : list
+            Paths, or ``(id, path)`` pairs.
+        window, hop : float
+            Seconds (``0 < hop <= window``).
+        trim : bool
+            Leave out the windows with too little speech
+            (:mod:`dampit.dataio.windows`).
+        batch_size : int
+            Windows per forward pass.
+        progress : bool
+            Show a progress bar.
+
+        Returns
+        -------
+        ids : list of str
+            ``file_id@start-end`` of each window.
+        segments : list of tuple
+            ``(file_id, start, end)`` in seconds.
+        embeddings : numpy.ndarray
+            ``[N, D]`` float32.
+        """
+        return embed_windows(
+            self.encode_batch,
+            items,
+            window,
+            hop,
+            sample_rate=self.sample_rate,
+            trim=trim,
+            batch_size=batch_size,
+            device=self.device,
+            progress=progress,
+            hop_length=self._hop_length(),
+        )
+
+    def _hop_length(self):
+        """The features' STFT hop, when they have one (frame-exact
+        relative lengths in padded batches)."""
+        hop = getattr(self.mods.compute_features, "hop_length", None)
+        return hop if isinstance(hop, int) else None
+
+    def verify_pairs(self, pairs, batch_size=16, progress=True, asnorm=False):
         """Score pairs of files (cosine, or AS-norm), each file embedded
         once.
 
@@ -444,12 +475,6 @@ class DampitSpeakerRecognition(SpeakerRecognition):
             AS-normalise the cosines with the folder's cohort
             (:func:`dampit.inference.cohort.normalise_scores`); a model
             without one raises ModelFolderError before any embedding.
-        threshold : float, optional
-            Decide at this threshold. Cosines default to :attr:`threshold`;
-            AS-norm scores have another scale, which the stored threshold
-            is not for: without ``threshold``, no decisions.
-        top_k : int
-            AS-norm's cohort scores kept per file.
 
         Returns
         -------
@@ -457,10 +482,10 @@ class DampitSpeakerRecognition(SpeakerRecognition):
             ``[P]`` cosine similarities (AS-norm: normalised scores).
         decisions : numpy.ndarray or None
             ``[P]`` booleans, ``scores > threshold``; None for AS-norm
-            scores without ``threshold``.
+            scores, whose scale the stored threshold is not for.
         """
         if asnorm:
-            require_cohort(self)
+            cohort.require_cohort(self)
         files = sorted({os.fspath(p) for pair in pairs for p in pair})
         ids, emb = self.embed_files(files, batch_size, progress)
         row = {u: k for k, u in enumerate(ids)}
@@ -469,8 +494,6 @@ class DampitSpeakerRecognition(SpeakerRecognition):
         vectors = torch.from_numpy(emb)
         scores = self.similarity(vectors[enrol], vectors[test]).numpy()
         if asnorm:
-            scores = normalise_scores(self, scores, emb, enrol, test, top_k)
-            if threshold is None:
-                return scores, None
-        threshold = self.threshold if threshold is None else threshold
-        return scores, scores > threshold
+            scores = cohort.normalise_scores(self, scores, emb, enrol, test)
+            return scores, None
+        return scores, scores > self.threshold

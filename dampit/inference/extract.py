@@ -1,7 +1,8 @@
-"""Embedding extraction for lists of audio files: whole files and crops.
+"""Embedding extraction for lists of audio files: whole files, crops,
+and windows of long files.
 
-Used by ``load_model(...).embed_files`` (``dampit-embed``,
-``dampit-verify``). An ``embed_fn`` maps a
+Used by ``load_model(...).embed_files`` / ``embed_windows``
+(``dampit-embed``, ``dampit-verify``). An ``embed_fn`` maps a
 padded batch of waveforms and relative lengths to embeddings
 (``EncoderClassifier.encode_batch``, or the recipe's
 ``compute_embeddings``); this module reads and batches the files, shows
@@ -12,6 +13,9 @@ decoded lengths), so that padding makes no waveform more than
 ``MAX_PADDING`` (2) times its own length: a batch takes at most twice the
 memory of its decoded audio (``audio`` bounds the decoding), and one long
 file among short ones is embedded alone instead of padding them all.
+Windows (:func:`embed_windows`) are read block by block and embedded
+``batch_size`` at a time: the memory holds one block, one batch and the
+``[N, D]`` embeddings, whatever the length of the file.
 """
 
 import os
@@ -23,14 +27,19 @@ from tqdm import tqdm
 
 from dampit.dataio.audio import load_audio
 from dampit.dataio.crops import crop_views
+from dampit.dataio.windows import check_window_hop, read_windows
+from dampit.metrics.embedding_store import window_id
 
-__all__ = ["embed_utterances", "header_duration", "length_batches"]
-__all__ += ["pad_batch"]
+__all__ = ["check_windows", "embed_batch", "embed_utterances"]
+__all__ += ["embed_windows"]
+__all__ += ["header_duration", "length_batches", "pad_batch"]
 
 _PATHS = (str, os.PathLike)
 MIN_SAMPLES = 400  # shorter files raise AudioError (less than one frame)
 #: Padding makes no waveform of a batch more than this many times longer.
 MAX_PADDING = 2.0
+#: Shortest hop between windows, in seconds (their IDs give milliseconds).
+MIN_HOP = 0.01
 
 
 def pad_batch(wavs, hop_length=None):
@@ -121,6 +130,32 @@ def frame_lengths(n, total, hop_length):
     return (1 + torch.as_tensor(n) // hop_length) / (1 + total // hop_length)
 
 
+def _id_path_pairs(items):
+    """``(id, path)`` of paths or pairs; duplicate IDs raise."""
+    items = [(os.fspath(i),) * 2 if isinstance(i, _PATHS) else i for i in items]
+    ids = [uid for uid, _ in items]
+    if len(set(ids)) != len(ids):
+        dup = sorted({u for u in ids if ids.count(u) > 1})[:5]
+        raise ValueError(f"duplicate utterance IDs {dup}")
+    return items
+
+
+def embed_batch(embed_fn, wavs, device="cpu", hop_length=None):
+    """``[B, D]`` embeddings of 1-D waveforms, padded into one batch
+    (:func:`pad_batch`): the one forward pass of this module.
+
+    Example
+    -------
+    >>> def energy(w, lens):  # a toy embedding: mean power
+    ...     return (w ** 2).sum(1, keepdim=True) / (lens * w.shape[1])[:, None]
+    >>> embed_batch(energy, [torch.ones(4), 2 * torch.ones(2)]).tolist()
+    [[1.0], [4.0]]
+    """
+    batch, lens = pad_batch(wavs, hop_length)
+    emb = embed_fn(batch.to(device), lens.to(device))
+    return emb.reshape(emb.shape[0], -1).float().cpu().numpy()
+
+
 @torch.no_grad()
 def embed_utterances(
     embed_fn,
@@ -185,16 +220,11 @@ def embed_utterances(
     >>> full.shape, crops.shape
     ((3, 1), (3, 2, 1))
     """
-    items = [(os.fspath(i),) * 2 if isinstance(i, _PATHS) else i for i in items]
+    items = _id_path_pairs(items)
     ids = [uid for uid, _ in items]
-    if len(set(ids)) != len(ids):
-        dup = sorted({u for u in ids if ids.count(u) > 1})[:5]
-        raise ValueError(f"embed_utterances: duplicate utterance IDs {dup}")
 
     def run(wavs):
-        batch, lens = pad_batch(wavs, hop_length)
-        emb = embed_fn(batch.to(device), lens.to(device))
-        return emb.reshape(emb.shape[0], -1).float().cpu().numpy()
+        return embed_batch(embed_fn, wavs, device, hop_length)
 
     rows, crop_rows = [None] * len(items), [None] * len(items)
     seconds = [header_duration(path) for _, path in items]
@@ -218,3 +248,128 @@ def embed_utterances(
     full_emb = np.stack(rows) if full and rows else None
     crop_emb = np.stack(crop_rows) if n_crops and crop_rows else None
     return ids, full_emb, crop_emb
+
+
+def check_windows(window, hop, sample_rate=None):
+    """Refuse windows that :func:`embed_windows` cannot embed: not
+    ``0 < hop <= window``, a hop under ``MIN_HOP`` (window IDs give
+    milliseconds), or (``sample_rate`` given) a half window shorter than
+    ``MIN_SAMPLES``; ``ValueError`` says which.
+
+    Example
+    -------
+    >>> check_windows(1.5, 1.5, 16000)
+    >>> check_windows(0.04, 0.04, 16000)
+    Traceback (most recent call last):
+    ...
+    ValueError: window 0.04 s is shorter than 0.05 s: a half window must \
+hold 400 samples at 16000 Hz
+    """
+    check_window_hop(window, hop)
+    if hop < MIN_HOP:
+        raise ValueError(f"hop {hop} s is shorter than {MIN_HOP} s")
+    if sample_rate is not None and window * sample_rate < 2 * MIN_SAMPLES:
+        raise ValueError(
+            f"window {window} s is shorter than "
+            f"{2 * MIN_SAMPLES / sample_rate:g} s: a half window must hold "
+            f"{MIN_SAMPLES} samples at {sample_rate} Hz"
+        )
+
+
+@torch.no_grad()
+def embed_windows(
+    embed_fn,
+    items,
+    window,
+    hop=None,
+    sample_rate=16000,
+    trim=False,
+    batch_size=16,
+    device="cpu",
+    progress=True,
+    hop_length=None,
+):
+    """Embed windows of ``window`` seconds, one every ``hop`` seconds, of
+    each file, reading it block by block
+    (:func:`dampit.dataio.windows.read_windows`: its last windows are kept
+    when they last half a window or more; ``trim`` leaves out the windows
+    with too little speech).
+
+    Arguments
+    ---------
+    embed_fn : callable
+        ``embed_fn(wavs [B, N], lengths [B]) -> [B, 1, D] or [B, D]``.
+    items : list
+        Paths, or ``(id, path)`` pairs.
+    window : float
+        Window length in seconds: at least ``2 * MIN_SAMPLES`` samples at
+        ``sample_rate``, so that a half window can be embedded.
+    hop : float, optional
+        Seconds between window starts: ``MIN_HOP`` to ``window``
+        (default) (:func:`check_windows`).
+    sample_rate : int
+        Rate the model expects; other rates are resampled.
+    trim : bool
+        Leave out the windows with too little speech.
+    batch_size : int
+        Windows per forward pass (a window cut short pads to at most
+        twice its length).
+    device : str or torch.device
+        Where the batches go.
+    progress : bool
+        Show a tqdm progress bar (seconds of audio read).
+    hop_length : int, optional
+        The model's STFT hop (see :func:`pad_batch`).
+
+    Returns
+    -------
+    ids : list of str
+        ``file_id@start-end`` (:func:`dampit.metrics.embedding_store.
+        window_id`), in file and time order.
+    segments : list of tuple
+        ``(file_id, start, end)`` of each window, in seconds.
+    embeddings : numpy.ndarray
+        ``[N, D]`` (``[0, 0]`` when no window is left).
+
+    Example
+    -------
+    >>> import os, tempfile, soundfile as sf
+    >>> p = os.path.join(tempfile.mkdtemp(), "a.wav")
+    >>> sf.write(p, np.random.randn(40000) * 0.1, 16000)  # 2.5 s
+    >>> def energy(w, lens):  # a toy embedding: mean power
+    ...     return (w ** 2).sum(1, keepdim=True) / (lens * w.shape[1])[:, None]
+    >>> ids, segments, emb = embed_windows(
+    ...     energy, [("a", p)], 1.0, progress=False)
+    >>> ids, emb.shape
+    (['a@0.000-1.000', 'a@1.000-2.000', 'a@2.000-2.500'], (3, 1))
+    """
+    hop = window if hop is None else hop
+    check_windows(window, hop, sample_rate)
+    items = _id_path_pairs(items)
+    total = sum(header_duration(path) for _, path in items)
+    bar = tqdm(total=total, unit="s", disable=not progress)
+
+    def windows():  # every window of every file; the bar: seconds read
+        for uid, path in items:
+            read = 0.0
+            for start, end, wav in read_windows(
+                path, window, hop, sample_rate, trim
+            ):
+                bar.update(max(0.0, end - read))
+                read = max(read, end)
+                yield uid, start, end, wav
+            bar.update(max(0.0, header_duration(path) - read))
+
+    ids, segments, rows, batch = [], [], [], []
+    with bar:
+        for uid, start, end, wav in windows():
+            ids.append(window_id(uid, start, end))
+            segments.append((uid, start, end))
+            batch.append(wav)
+            if len(batch) == batch_size:
+                rows.append(embed_batch(embed_fn, batch, device, hop_length))
+                batch = []
+        if batch:
+            rows.append(embed_batch(embed_fn, batch, device, hop_length))
+    emb = np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+    return ids, segments, emb

@@ -14,6 +14,15 @@ is finished by the next writer or reader (the new folder was complete):
 readers see the old store or the new one, never a mix. A folder that is
 not a store is never replaced; the temporary folders a killed writer left
 are deleted by the next one.
+
+Windows of long files (``dampit-embed --window``) are rows too: their ID
+is ``file_id@start-end`` (:func:`window_id`: seconds, 3 decimals), and
+the store holds ``segments.tsv``, a header line ``id, file, start, end``
+(tab-separated) then one line a row, in row order: the row's ID, the
+file's ID and the window's start and end in seconds (6 decimals).
+:meth:`EmbeddingStore.segments` reads it, checked against ``ids.txt``; a
+store without it (whole files) gives None, and readers that do not know
+it ignore it.
 """
 
 import contextlib
@@ -26,9 +35,11 @@ from dampit.utils.atomic import atomic_folder, recover_folder
 from dampit.utils.file_lock import LockError, output_lock
 
 __all__ = ["EmbeddingStore", "EmbeddingStoreWriter", "check_id"]
-__all__ += ["save_embeddings"]
+__all__ += ["save_embeddings", "segments_text", "window_id"]
 
 EMBEDDINGS_FILE, IDS_FILE = "embeddings.npy", "ids.txt"
+SEGMENTS_FILE = "segments.tsv"
+SEGMENTS_HEADER = "id\tfile\tstart\tend"
 STORE_FILES = (EMBEDDINGS_FILE, IDS_FILE)  # what makes a folder a store
 
 
@@ -54,6 +65,69 @@ def check_id(utt_id):
     """
     if not isinstance(utt_id, str) or [utt_id] != utt_id.strip().splitlines():
         raise ValueError(f"utterance ID {utt_id!r}: empty, padded or 2 lines")
+
+
+def window_id(file_id, start, end):
+    """The ID of the window ``[start, end)`` seconds of a file.
+
+    Example
+    -------
+    >>> window_id("spk1/a", 12.0, 13.5)
+    'spk1/a@12.000-13.500'
+    """
+    return f"{file_id}@{start:.3f}-{end:.3f}"
+
+
+def segments_text(ids, segments):
+    """The text of ``segments.tsv`` for row IDs and their ``(file_id,
+    start, end)``; a file ID with a tab, bounds that are not finite with
+    ``0 <= start < end``, or an ID that is not ``file_id@...`` raises
+    ``ValueError``.
+
+    Example
+    -------
+    >>> print(segments_text(["a@0.000-1.500"], [("a", 0.0, 1.5)]), end="")
+    id	file	start	end
+    a@0.000-1.500	a	0.000000	1.500000
+    """
+    if len(ids) != len(segments):
+        raise ValueError(f"{len(ids)} IDs but {len(segments)} segments")
+    lines = [SEGMENTS_HEADER]
+    for uid, (file_id, start, end) in zip(ids, segments):
+        check_id(file_id)
+        if "\t" in file_id:
+            raise ValueError(f"file ID {file_id!r} has a tab")
+        if not (np.isfinite([start, end]).all() and 0 <= start < end):
+            raise ValueError(f"{uid!r}: bad segment {start} - {end} s")
+        if not uid.startswith(f"{file_id}@"):
+            raise ValueError(f"{uid!r} is not a window ID of {file_id!r}")
+        lines.append(f"{uid}\t{file_id}\t{start:.6f}\t{end:.6f}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _read_segments(path, ids):
+    """``[(file_id, start, end)]`` of a ``segments.tsv``, checked against
+    the store's IDs; a bad line raises ``ValueError`` naming it."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if not lines or lines[0] != SEGMENTS_HEADER:
+        raise ValueError(f"{path}:1: not the header {SEGMENTS_HEADER!r}")
+    if len(lines) - 1 != len(ids):
+        raise ValueError(f"{path}: {len(lines) - 1} rows, {len(ids)} IDs")
+    segments = []
+    for n, (line, uid) in enumerate(zip(lines[1:], ids), start=2):
+        cells = line.split("\t")
+        if len(cells) != 4 or cells[0] != uid:
+            raise ValueError(
+                f"{path}:{n}: not 'ID, file, start, end' of {uid!r}"
+            )
+        try:
+            file_id, start, end = cells[1], float(cells[2]), float(cells[3])
+            segments_text([uid], [(file_id, start, end)])
+        except ValueError as err:
+            raise ValueError(f"{path}:{n}: {err}") from None
+        segments.append((file_id, start, end))
+    return segments
 
 
 class EmbeddingStoreWriter:
@@ -238,6 +312,16 @@ class EmbeddingStore:
         self.index = {u: i for i, u in enumerate(self.ids)}
         if len(self.index) != len(self.ids):
             raise ValueError(f"{self.folder}/{IDS_FILE}: duplicate IDs")
+
+    def segments(self):
+        """``[(file_id, start, end)]`` of each row (seconds) when the
+        store holds windows (``segments.tsv``), else None; a file that
+        does not match ``ids.txt`` raises ``ValueError`` naming the line.
+        """
+        path = os.path.join(self.folder, SEGMENTS_FILE)
+        if not os.path.isfile(path):
+            return None
+        return _read_segments(path, self.ids)
 
     def __len__(self):
         """The number of stored utterances."""

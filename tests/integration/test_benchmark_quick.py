@@ -40,6 +40,7 @@ EXPECTED = {
         "metrics_peak_memory_N=2000",
         "eer_time_N=100000",
     ],
+    "windows": ["embed_by_1.5s_windows_peak_rss"],
 }
 
 

@@ -1,5 +1,6 @@
 """The embedding store: round trip, errors, and replacement as one unit
-(SIGKILL at every step of a replace, a full disk)."""
+(SIGKILL at every step of a replace, a full disk); the windows' segments
+file, read back checked, and stores without one."""
 
 import os
 import shutil
@@ -12,9 +13,12 @@ import pytest
 import torch
 
 from dampit.metrics.embedding_store import (
+    SEGMENTS_FILE,
     EmbeddingStore,
     EmbeddingStoreWriter,
     save_embeddings,
+    segments_text,
+    window_id,
 )
 
 OLD = (["a", "b"], np.ones((2, 4)), "a.wav\nb.wav\n")
@@ -214,3 +218,65 @@ def test_full_disk_is_an_error_naming_the_store(tmp_path):
     finally:
         subprocess.run(["umount", str(disk)], check=True)
         shutil.rmtree(disk, ignore_errors=True)
+
+
+WINDOWS = [("call 1", 0.0, 1.5), ("call 1", 1.5, 2.25), ("b", 0.0625, 1.5625)]
+
+
+def _window_store(folder):
+    ids = [window_id(*seg) for seg in WINDOWS]
+    files = {SEGMENTS_FILE: segments_text(ids, WINDOWS)}
+    return save_embeddings(folder, ids, np.eye(3), files)
+
+
+def test_segments_round_trip(tmp_path):
+    store = _window_store(tmp_path / "w")
+    assert store.ids == [
+        "call 1@0.000-1.500",
+        "call 1@1.500-2.250",
+        "b@0.062-1.562",
+    ]
+    assert store.segments() == WINDOWS
+    lines = (tmp_path / "w" / SEGMENTS_FILE).read_text().splitlines()
+    assert lines[0] == "id\tfile\tstart\tend"
+    assert lines[3] == "b@0.062-1.562\tb\t0.062500\t1.562500"
+    _save(tmp_path / "old", OLD)  # whole files: no segments
+    assert EmbeddingStore(tmp_path / "old").segments() is None
+
+
+@pytest.mark.parametrize(
+    "old, new, line",
+    [
+        ("id\tfile", "id\tfile\tlength", 1),
+        ("b@0.062-1.562\tb", "b@0.062-1.562\tc", 4),
+        ("\t1.500000\t2.250000", "\t2.250000\t1.500000", 3),
+        ("\t0.000000\t1.500000", "\t0.000000\tnan", 2),
+        ("\t0.000000\t1.500000", "\t0.0", 2),
+        ("call 1@1.500-2.250\t", "call 1@9.000-9.000\t", 3),
+        ("\t0.062500\t1.562500\n", "\t0.062500\t1.562500\n\n", None),
+    ],
+)
+def test_bad_segments_are_named(tmp_path, old, new, line):
+    """A segments file that does not match the store raises, naming it
+    (and its line)."""
+    store = _window_store(tmp_path)
+    path = tmp_path / SEGMENTS_FILE
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    where = f"{path}:{line}" if line else f"{path}: 4 rows, 3 IDs"
+    with pytest.raises(ValueError, match=where):
+        store.segments()
+
+
+def test_segments_text_refuses_what_it_cannot_write():
+    ids = [window_id("a", 0.0, 1.5)]
+    for segs, what in [
+        ([("a\tb", 0.0, 1.5)], "tab"),
+        ([("a", 1.5, 1.5)], "bad segment"),
+        ([("a", -1.0, 1.5)], "bad segment"),
+        ([("c", 0.0, 1.5)], "not a window ID of 'c'"),
+        ([], "1 IDs but 0 segments"),
+    ]:
+        with pytest.raises(ValueError, match=what):
+            segments_text(ids, segs)
