@@ -18,6 +18,13 @@ calibrated one unless ``--threshold`` is given (for two files, the
 log-likelihood ratio of ``dampit-calibrate --llr`` follows when it was
 fitted); with labels, the EER, minDCF (p_target 0.01) and the error
 rates at the threshold are printed.
+
+``--asnorm`` AS-normalises the scores with the cohort stored in the model
+folder (``dampit-cohort``; :mod:`dampit.inference.cohort`, top 300 cohort
+scores per file); a folder without one is refused before any embedding.
+The stored threshold is for cosines, not for normalised scores: with
+``--asnorm`` the scores (and, with labels, the EER and minDCF) are given,
+and decisions only at a ``--threshold`` you give.
 """
 
 import contextlib
@@ -32,11 +39,16 @@ from speechbrain.dataio.dataio import load_data_csv
 from dampit.cli import common
 from dampit.dataio import trials
 from dampit.dataio.audio import AUDIO_EXTENSIONS
+from dampit.inference.cohort import normalise_scores, require_cohort
 from dampit.inference.stored_threshold import read_calibration
 from dampit.metrics.error_rates import compute_eer, compute_min_dcf
 from dampit.metrics.multicrop import cosine_scores
 
 PROG = "dampit-verify"
+NO_DECISION = (
+    "not decided: the stored threshold is for cosines, not AS-norm "
+    "scores (give --threshold)"
+)
 
 
 def _read_csv(path, data_root):
@@ -87,24 +99,45 @@ def resolve_audio(names, trial_file, audio_root=None, csv=None, data_root=None):
 
 
 def _report(scores, labels, threshold):
-    accept = scores > threshold
-    print(
-        f"[dampit] {scores.size} trials scored, threshold {threshold:.4f}, "
-        f"{accept.sum()} accepted"
-    )
+    """The summary; ``threshold`` None: AS-norm scores, no decisions."""
+    if threshold is None:
+        print(f"[dampit] {scores.size} AS-norm scores; {NO_DECISION}")
+    else:
+        accept = scores > threshold
+        print(
+            f"[dampit] {scores.size} trials scored, threshold "
+            f"{threshold:.4f}, {accept.sum()} accepted"
+        )
     y = None if labels is None else labels.astype(bool)
     if y is not None and (y.all() or not y.any()):
         print("[dampit] the labels hold one class only: no EER")
     elif y is not None:
         eer, eer_thr = compute_eer(scores, y)
         dcf = compute_min_dcf(scores, y, p_target=0.01)[0]
-        print(
+        text = (
             f"[dampit] EER {100 * eer:.2f}% (threshold {eer_thr:.4f}), "
-            f"minDCF(0.01) {dcf:.4f}; at {threshold:.4f}: miss "
-            f"{100 * (~accept[y]).mean():.2f}%, false alarm "
-            f"{100 * accept[~y].mean():.2f}% ({y.sum()} target / "
-            f"{(~y).sum()} non-target)"
+            f"minDCF(0.01) {dcf:.4f}"
         )
+        if threshold is not None:
+            text += (
+                f"; at {threshold:.4f}: miss "
+                f"{100 * (~accept[y]).mean():.2f}%, false alarm "
+                f"{100 * accept[~y].mean():.2f}%"
+            )
+        print(f"{text} ({y.sum()} target / {(~y).sum()} non-target)")
+
+
+def _print_pair(args, score, threshold):
+    """The score of two files, and the decision when there is a threshold
+    (and the LLR of cosines when ``dampit-calibrate --llr`` fitted it)."""
+    if threshold is None:
+        print(f"score {score:.4f} (AS-norm)  {NO_DECISION}")
+        return
+    word = "same speaker" if score > threshold else "different speakers"
+    llr, extra = (read_calibration(args.model) or {}).get("llr"), ""
+    if llr is not None and not args.asnorm:
+        extra = f"  llr {llr['scale'] * score + llr['offset']:.3f}"
+    print(f"score {score:.4f}  threshold {threshold:.4f}  -> {word}{extra}")
 
 
 def _is_score_line(fields):
@@ -160,23 +193,22 @@ def _verify_locked(args):
     else:
         names = paths = args.files
         enrol, test, labels = np.array([0]), np.array([1]), None
-    if args.threshold is not None:  # no "no threshold stored" warning
-        warnings.filterwarnings("ignore", ".*threshold")  # (run restores)
+    if args.threshold is not None or args.asnorm:  # the stored threshold
+        warnings.filterwarnings("ignore", ".*threshold")  # is not used
     model = common.open_model(args)
+    if args.asnorm:  # before any embedding
+        require_cohort(model)
     threshold = model.threshold if args.threshold is None else args.threshold
+    if args.asnorm and args.threshold is None:
+        threshold = None
     files = {p: k for k, p in enumerate(dict.fromkeys(paths))}
     _, emb = common.embed(model, list(files), args)
     row = np.array([files[p] for p in paths])
     scores = cosine_scores(emb, row[enrol], row[test])
+    if args.asnorm:
+        scores = normalise_scores(model, scores, emb, row[enrol], row[test])
     if not args.trials:
-        word = "same speaker" if scores[0] > threshold else "different speakers"
-        llr, extra = (read_calibration(args.model) or {}).get("llr"), ""
-        if llr is not None:
-            extra = f"  llr {llr['scale'] * scores[0] + llr['offset']:.3f}"
-        print(
-            f"score {scores[0]:.4f}  threshold {threshold:.4f}  -> {word}"
-            f"{extra}"
-        )
+        _print_pair(args, scores[0], threshold)
         return 0
     names = np.array(names, dtype=object)
     with common.writing(args.out or "-"):
@@ -198,6 +230,7 @@ def main(argv=None):
     add("--data-root", help="$data_root of the CSV")
     add("--out", help="score file to write (default: standard output)")
     add("--threshold", type=common.FINITE, help="instead of the model's")
+    add("--asnorm", action="store_true", help="AS-norm with the cohort")
     args = parser.parse_args(argv)
     if bool(args.trials) == bool(args.files) or len(args.files) not in (0, 2):
         parser.error("give either two audio files or --trials FILE")

@@ -21,6 +21,7 @@ lengths count frames exactly (:func:`dampit.inference.extract.pad_batch`)::
     ids, emb = model.embed_files(["a.wav", "b.wav"])
     ids, segments, emb = model.embed_windows(["long.wav"], window=1.5)
     scores, decisions = model.verify_pairs([("a.wav", "b.wav")])
+    scores, _ = model.verify_pairs(pairs, asnorm=True)  # AS-norm (cohort)
 """
 
 import os
@@ -37,9 +38,11 @@ from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, Classifier
 from speechbrain.processing.features import InputNormalization
 
 from dampit.dataio.audio import load_audio
+from dampit.inference import cohort
 from dampit.inference.extract import embed_utterances, embed_windows
 from dampit.inference.folder_checks import (
     MAX_LABELS_BYTES,
+    SPEC_FILE,
     ModelFolderError,
     check_embeddings,
     check_labels,
@@ -54,7 +57,6 @@ from dampit.lobes.resnet import LinearClassifier, SEResNet
 
 __all__ = ["DampitSpeakerRecognition", "ModelFolderError", "load_model"]
 
-SPEC_FILE = "dampit_export.json"
 HPARAMS_FILE = "hyperparams.yaml"
 LABELS_FILE = "label_encoder.ckpt"
 DEFAULT_THRESHOLD = 0.25  # SpeechBrain's verify_batch default
@@ -168,14 +170,14 @@ def _load_labels(folder, n_expected):
 
 
 def _probe(model):
-    """Embed :data:`PROBE_SECONDS` of fixed noise: an error or NaN / inf
-    is one line naming the folder."""
+    """Embed :data:`PROBE_SECONDS` of fixed noise (an error or NaN / inf:
+    one line naming the folder); sets ``model.embedding_size``."""
     gen = torch.Generator().manual_seed(0)
     n = int(PROBE_SECONDS * model.sample_rate)
     wav = 0.1 * torch.randn(1, n, generator=gen)
     try:
         with torch.no_grad():
-            model.encode_batch(wav.to(model.device))
+            emb = model.encode_batch(wav.to(model.device))
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         if isinstance(err, ModelFolderError):
             raise
@@ -183,6 +185,7 @@ def _probe(model):
             f"{model.folder}: the model does not run on {PROBE_SECONDS:g} s "
             f"of audio: {one_line(err)}"
         ) from None
+    model.embedding_size = int(emb.shape[-1])
     return model
 
 
@@ -202,13 +205,14 @@ def load_model(source, device="cpu", trust=False):
     Returns
     -------
     DampitSpeakerRecognition
-        The model, in eval mode.
+        In eval mode; ``cohort``: the folder's checked AS-norm cohort
+        (:mod:`dampit.inference.cohort`) or None.
 
     Raises
     ------
     ModelFolderError
         One line naming the folder or file: missing, malformed, refused
-        class, unreadable or non-finite weights, non-finite threshold.
+        class, unreadable or non-finite weights, threshold or cohort.
 
     Example
     -------
@@ -247,7 +251,9 @@ def load_model(source, device="cpu", trust=False):
         modules=mods, hparams=hparams, run_opts={"device": device}
     )
     model.folder = folder
-    return _probe(model.eval())
+    _probe(model.eval())
+    model.cohort = cohort.read_cohort(model)
+    return model
 
 
 def _load_trusted(folder, device):
@@ -269,7 +275,9 @@ def _load_trusted(folder, device):
     if rate is not None:
         check_value(where, "sample_rate", rate)
     model.folder = folder
-    return _probe(model.eval())
+    _probe(model.eval())
+    model.cohort = cohort.read_cohort(model)
+    return model
 
 
 class DampitSpeakerRecognition(SpeakerRecognition):
@@ -451,8 +459,9 @@ class DampitSpeakerRecognition(SpeakerRecognition):
         hop = getattr(self.mods.compute_features, "hop_length", None)
         return hop if isinstance(hop, int) else None
 
-    def verify_pairs(self, pairs, batch_size=16, progress=True):
-        """Score pairs of files (cosine), each file embedded once.
+    def verify_pairs(self, pairs, batch_size=16, progress=True, asnorm=False):
+        """Score pairs of files (cosine, or AS-norm), each file embedded
+        once.
 
         Arguments
         ---------
@@ -462,19 +471,29 @@ class DampitSpeakerRecognition(SpeakerRecognition):
             Files per forward pass.
         progress : bool
             Show a progress bar.
+        asnorm : bool
+            AS-normalise the cosines with the folder's cohort
+            (:func:`dampit.inference.cohort.normalise_scores`); a model
+            without one raises ModelFolderError before any embedding.
 
         Returns
         -------
         scores : numpy.ndarray
-            ``[P]`` cosine similarities.
-        decisions : numpy.ndarray
-            ``[P]`` booleans, ``scores > threshold``.
+            ``[P]`` cosine similarities (AS-norm: normalised scores).
+        decisions : numpy.ndarray or None
+            ``[P]`` booleans, ``scores > threshold``; None for AS-norm
+            scores, whose scale the stored threshold is not for.
         """
+        if asnorm:
+            cohort.require_cohort(self)
         files = sorted({os.fspath(p) for pair in pairs for p in pair})
         ids, emb = self.embed_files(files, batch_size, progress)
         row = {u: k for k, u in enumerate(ids)}
-        emb = torch.from_numpy(emb)
-        a = emb[[row[os.fspath(p)] for p, _ in pairs]]
-        b = emb[[row[os.fspath(q)] for _, q in pairs]]
-        scores = self.similarity(a, b).numpy()
+        enrol = [row[os.fspath(p)] for p, _ in pairs]
+        test = [row[os.fspath(q)] for _, q in pairs]
+        vectors = torch.from_numpy(emb)
+        scores = self.similarity(vectors[enrol], vectors[test]).numpy()
+        if asnorm:
+            scores = cohort.normalise_scores(self, scores, emb, enrol, test)
+            return scores, None
         return scores, scores > self.threshold

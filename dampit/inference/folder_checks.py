@@ -21,11 +21,15 @@ from dampit.utils.bounds import BOOL, INT, OR_NULL, REAL, TEXT, describe, within
 __all__ = ["BOUNDS", "ModelFolderError", "check_embeddings", "check_labels"]
 __all__ += ["check_spec", "check_value", "read_json"]
 
+#: The folder's JSON file, which the loader reads.
+SPEC_FILE = "dampit_export.json"
 #: Versions of ``dampit_export.json`` this loader reads.
 FORMATS = (1,)
 #: Largest ``dampit_export.json`` and ``label_encoder.ckpt``, in bytes.
 MAX_JSON_BYTES = 1 << 20
 MAX_LABELS_BYTES = 64 << 20
+#: Largest score-normalisation cohort file (``cohort.npy``), in bytes.
+MAX_COHORT_BYTES = 64 << 20
 #: Longest list value (ECAPA's per-layer channels, kernels...).
 MAX_LIST = 64
 #: The modules of a folder; the first three are needed.
@@ -41,6 +45,8 @@ BOUNDS = {
     "format": (INT, min(FORMATS), max(FORMATS)),
     "sample_rate": (INT, 1000, 384000),
     "threshold": (REAL, -1.0, 1.0),  # a cosine
+    # the "cohort" record (dampit.inference.cohort); emb_dim as below
+    "speakers": (INT, 2, 100000),
     # dampit.lobes.features.Features, CropNormalization
     "kind": (TEXT, 1, 32),
     "n_bins": (INT, 1, 4097),

@@ -12,12 +12,14 @@ import numpy as np
 
 from dampit.metrics.multicrop import ScoringVectors
 
-__all__ = ["as_norm", "cohort_statistics"]
+__all__ = ["TOP_K", "as_norm", "cohort_statistics"]
 
 _BLOCK_BYTES = 2**26
+#: Cohort scores kept per utterance by default.
+TOP_K = 300
 
 
-def cohort_statistics(vectors, rows, cohort, top_k=300, chunk_size=None):
+def cohort_statistics(vectors, rows, cohort, top_k=TOP_K, chunk_size=None):
     """Mean and standard deviation (ddof 1) of each utterance's ``top_k``
     highest cohort scores.
 
@@ -72,7 +74,7 @@ def cohort_statistics(vectors, rows, cohort, top_k=300, chunk_size=None):
 
 
 def as_norm(
-    scores, enrol_idx, test_idx, vectors, cohort, top_k=300, chunk_size=None
+    scores, enrol_idx, test_idx, vectors, cohort, top_k=TOP_K, chunk_size=None
 ):
     """AS-normalise trial scores with a cohort.
 
