@@ -67,6 +67,37 @@ def check_arguments(hp, hparams_file):
         )
 
 
+def read_values(base_file, overrides, where):
+    """The values of the HyperPyYAML file ``base_file`` with
+    ``overrides`` (a dict or a YAML text): references resolved, no object
+    built, so nothing is created yet. A missing ``!PLACEHOLDER``, a bad
+    ``!ref`` or a syntax error is a one-line ``RecipeError`` naming
+    ``where`` (the file given on the command line).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "h.yaml")
+    >>> _ = open(path, "w").write("a: 1\\nb: !ref <a>\\nc: !PLACEHOLDER\\n")
+    >>> dict(read_values(path, {"c": 3}, "h.yaml"))
+    {'a': 1, 'b': 1, 'c': 3}
+    >>> try:
+    ...     read_values(path, {}, "h.yaml")
+    ... except RecipeError as err:
+    ...     print(err)
+    h.yaml: 'c' is a !PLACEHOLDER and must be replaced.
+    """
+    with open(base_file, encoding="utf-8") as f:
+        try:  # a missing !PLACEHOLDER, a bad !ref, a syntax error
+            plain = ruamel.yaml.YAML().load(resolve_references(f, overrides))
+        except (ValueError, ruamel.yaml.YAMLError) as err:
+            text = " ".join(str(err).split())
+            raise RecipeError(f"{where}: {text}") from None
+    if not isinstance(plain, dict):
+        raise RecipeError(f"{base_file}: not a mapping of keys")
+    return plain
+
+
 def prepare_data(hp):
     """Write (once) the manifests and trial lists of ``data_layout``
     "voxceleb" or "folder" (one folder or a list of corpora, split as
@@ -129,14 +160,7 @@ def start_run(argv):
     ``hparams_file``, ``base_file``, ``overrides`` (to save)."""
     hparams_file, run_opts, overrides = parse_command_line(argv)
     base_file, merged = resolve_variant(hparams_file, overrides)
-    with open(base_file, encoding="utf-8") as f:
-        try:  # a missing !PLACEHOLDER, a bad !ref, a syntax error
-            plain = ruamel.yaml.YAML().load(resolve_references(f, merged))
-        except (ValueError, ruamel.yaml.YAMLError) as err:
-            text = " ".join(str(err).split())
-            raise RecipeError(f"{hparams_file}: {text}") from None
-    if not isinstance(plain, dict):
-        raise RecipeError(f"{base_file}: not a mapping of keys")
+    plain = read_values(base_file, merged, hparams_file)
     check_arguments(plain, hparams_file)
     for key in LISTS:  # a scalar given for a list, now a list
         if key in plain:
