@@ -17,9 +17,13 @@ from hyperpyyaml import load_hyperpyyaml, resolve_references
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from dampit.dataio.manifest import ManifestError, check_manifest
-from dampit.dataio.prepare_folder import DataPreparationError, prepare_folder
+from dampit.dataio.prepare_folder import (
+    DataPreparationError,
+    prepare_folder,
+    read_csv,
+)
 from dampit.dataio.prepare_voxceleb import prepare_voxceleb
-from dampit.dataio.trials import TrialListError
+from dampit.dataio.trials import TrialListError, read_trials
 from dampit.recipe.arguments import LISTS, ArgumentError, check_values
 from dampit.recipe.command_line import CommandLineError, parse_command_line
 from dampit.recipe.run_lock import RunLock, RunLockError
@@ -150,13 +154,25 @@ def prepare_data(hp):
     }
 
 
+def check_trials(data):
+    """Refuse a prepared trial list naming an utterance that is not in the
+    prepared test manifest (one-line ``TrialListError`` naming the list
+    and its lines), before training; no test speakers (no trials) is
+    nothing to check."""
+    if data["n_trials"] == 0:
+        return
+    test_ids = [row["ID"] for row in read_csv(data["test"])]
+    for path in data["trials"].values():
+        read_trials(path, known_ids=test_ids)
+
+
 def start_run(argv):
     """Parse ``argv`` (SpeechBrain's options; the overrides as typed, see
     :func:`~dampit.recipe.command_line.parse_command_line`), check, lock
     the output folder (the main process, until exit), prepare the data,
-    and load the YAML once
-    with ``n_speakers`` = the training speakers. Returns a namespace:
-    ``hparams``, ``run_opts``, ``data`` (:func:`prepare_data`),
+    check the manifests and trial lists (:func:`check_trials`), and load
+    the YAML once with ``n_speakers`` = the training speakers. Returns a
+    namespace: ``hparams``, ``run_opts``, ``data`` (:func:`prepare_data`),
     ``hparams_file``, ``base_file``, ``overrides`` (to save)."""
     hparams_file, run_opts, overrides = parse_command_line(argv)
     base_file, merged = resolve_variant(hparams_file, overrides)
@@ -173,6 +189,7 @@ def start_run(argv):
     data = prepare_data(plain)  # every rank reads the cached result
     for key in ("train", "dev", "test"):
         check_manifest(data[key])
+    check_trials(data)
     merged["n_speakers"] = n = data["n_classes"]
     if n != plain["n_speakers"]:
         msg = "n_speakers=%d: the training classes (%s says %s)"
