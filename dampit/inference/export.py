@@ -335,7 +335,14 @@ def export_model(
             "inside it or hold it"
         )
     with atomic_folder(model, overwrite, holds=(SPEC_FILE,)) as tmp:
-        return _export(run, model, tmp, torchscript, onnx, scores)
+        try:
+            return _export(run, model, tmp, torchscript, onnx, scores)
+        except OSError as err:  # a full disk: name the file in ``model``
+            name = err.filename
+            if isinstance(name, str) and name.startswith(tmp + os.sep):
+                name = os.path.join(model, os.path.relpath(name, tmp))
+                raise OSError(err.errno, err.strerror, name) from None
+            raise
 
 
 def _export(run, model, tmp, torchscript, onnx, scores):
