@@ -47,6 +47,7 @@ from dampit.inference.folder_checks import (
     n_classes,
     one_line,
     read_json,
+    read_yaml_threshold,
 )
 from dampit.lobes.features import CropNormalization, Features
 from dampit.lobes.resnet import LinearClassifier, SEResNet
@@ -91,6 +92,25 @@ def _check_threshold(where, value):
         )
         return None
     return float(check_value(where, "threshold", value))
+
+
+def _check_same_threshold(folder, spec):
+    """Refuse a folder whose ``hyperparams.yaml`` (what SpeechBrain's
+    ``from_hparams`` reads) holds another threshold than its checked
+    ``dampit_export.json`` ``spec``, as an update of the threshold stopped
+    between its two files leaves it: the two loaders would decide
+    differently. A folder without the YAML has nothing to disagree with."""
+    path = os.path.join(folder, HPARAMS_FILE)
+    if not os.path.lexists(path):
+        return
+    _, value = read_yaml_threshold(path)
+    if value != spec.get("threshold"):
+        raise ModelFolderError(
+            f"{path}: threshold {value} is not the {spec.get('threshold')} "
+            f"of {SPEC_FILE} (an update stopped half-way?): "
+            "dampit.inference.stored_threshold.restore_threshold or "
+            "dampit-calibrate makes them agree"
+        )
 
 
 def read_spec(folder):
@@ -207,7 +227,8 @@ def load_model(source, device="cpu", trust=False):
     ------
     ModelFolderError
         One line naming the folder or file: missing, malformed, refused
-        class, unreadable or non-finite weights, non-finite threshold.
+        class, unreadable or non-finite weights, non-finite threshold, a
+        ``hyperparams.yaml`` threshold that is not the JSON's.
 
     Example
     -------
@@ -230,6 +251,7 @@ def load_model(source, device="cpu", trust=False):
     if trust:
         return _load_trusted(folder, device)
     spec = read_spec(folder)
+    _check_same_threshold(folder, spec)
     path = os.path.join(folder, SPEC_FILE)
     labels = _load_labels(folder, n_classes(spec))
     mods = {k: _build(path, k, v) for k, v in spec["modules"].items()}
