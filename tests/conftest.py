@@ -211,11 +211,11 @@ def mini_brain(recipe, tmp_path):
 def mini_tree(tmp_path):
     """Factory: overrides -> the YAML of ``mini_brain`` read plainly, as
     the recipe's ``start_run`` gives it (``plain``)."""
-    from dampit.recipe.run_setup import read_plain
+    from dampit.recipe.run_setup import read_values
     from dampit.utils.hparams import resolve_variant
 
     def make(**extra):
         base, merged = resolve_variant(MINI, _mini_overrides(tmp_path, extra))
-        return read_plain(base, merged, str(MINI))
+        return read_values(base, merged, str(MINI))
 
     return make

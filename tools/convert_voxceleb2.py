@@ -9,9 +9,16 @@ the ``.m4a`` files (``--beside``).
 
 - Parallel: ``--workers`` ffmpeg processes at once (a thread pool drives
   them; the decoding runs in the ffmpeg processes).
-- Resumable: each file is written to ``<utt>.wav.part`` and renamed when
-  complete, and outputs that already exist and read as 16 kHz mono audio
-  are skipped, so an interrupted run is simply started again.
+- Resumable: each file is written to a hidden partial file of its own,
+  ``.<utt>.wav.<8 hex digits>.part``, and renamed when complete, and
+  outputs that already exist and read as 16 kHz mono audio are skipped,
+  so an interrupted run is simply started again.
+- One converter per output: a run holds its output folder
+  (:func:`dampit.utils.file_lock.output_lock`, the lock file
+  ``.<folder>.lock`` beside it), so a second converter into the same
+  output is refused in one line; under the lock, the partial files a
+  killed run left (by their names, which only this tool makes) are
+  deleted.
 - Failures do not stop the run: they are listed at the end (and in
   ``convert_failures.txt`` in the output folder) and the exit status is 1.
 
@@ -22,6 +29,9 @@ Usage (the VoxCeleb2 root or its ``dev/aac`` folder)::
 
 import argparse
 import os
+import pathlib
+import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -30,8 +40,15 @@ from concurrent.futures import ThreadPoolExecutor
 import soundfile as sf
 from tqdm import tqdm
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from dampit.utils.atomic import atomic_write_text  # noqa: E402
+from dampit.utils.file_lock import LockError, output_lock  # noqa: E402
+
 SAMPLE_RATE = 16000
 FAILURES = "convert_failures.txt"
+#: The name of a partial file of :func:`convert_one`.
+PART_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}\.part")
 
 
 class FFmpegNotFoundError(RuntimeError):
@@ -134,9 +151,50 @@ def resolve_source(src):
     return src
 
 
+def remove_stale_parts(out_dir, wav_names):
+    """Delete the partial files of ``wav_names`` in ``out_dir`` that a
+    killed run left (regular files named as :func:`convert_one` names
+    them; anything else stays). Call it holding the output's lock: no
+    live converter is then writing them.
+
+    Arguments
+    ---------
+    out_dir : str
+        An output folder.
+    wav_names : set of str
+        The wav files (names) the converter makes there.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> for name in (".a.wav.abcd1234.part", ".b.wav.abcd1234.part", "a.part"):
+    ...     _ = open(os.path.join(d, name), "w").write("x")
+    >>> remove_stale_parts(d, {"a.wav"})
+    >>> sorted(os.listdir(d))
+    ['.b.wav.abcd1234.part', 'a.part']
+    """
+    if not os.path.isdir(out_dir):
+        return
+    with os.scandir(out_dir) as entries:
+        stale = []
+        for entry in entries:
+            match = PART_NAME.fullmatch(entry.name)
+            if (
+                match
+                and match.group(1) in wav_names
+                and entry.is_file(follow_symlinks=False)
+            ):
+                stale.append(entry.path)
+    for path in stale:
+        _remove(path)
+
+
 def list_jobs(src, dst=None, overwrite=False, sample_rate=SAMPLE_RATE):
     """Pair every ``.m4a`` under ``src`` with its wav path, and split them
-    into work to do and outputs that are already valid.
+    into work to do and outputs that are already valid. The partial files
+    a killed run left beside the outputs are deleted
+    (:func:`remove_stale_parts`): call it holding the output's lock.
 
     Arguments
     ---------
@@ -154,29 +212,31 @@ def list_jobs(src, dst=None, overwrite=False, sample_rate=SAMPLE_RATE):
     todo : list of tuple
         ``(m4a, wav)`` pairs to convert.
     done : list of tuple
-        Pairs whose output is already valid (a stale ``.part`` file beside
-        one, left by a killed run, is removed).
+        Pairs whose output is already valid.
     """
     todo, done = [], []
     for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
         dirnames.sort()
         rel = os.path.relpath(dirpath, src)
+        out_dir = dirpath if dst is None else os.path.join(dst, rel)
+        wav_names = set()
         for name in sorted(filenames):
             if not name.lower().endswith(".m4a") or name.startswith("."):
                 continue
             base = os.path.splitext(name)[0] + ".wav"
-            out_dir = dirpath if dst is None else os.path.join(dst, rel)
+            wav_names.add(base)
             pair = (os.path.join(dirpath, name), os.path.join(out_dir, base))
             if not overwrite and is_valid_wav(pair[1], sample_rate):
                 done.append(pair)
-                _remove(pair[1] + ".part")  # left by a killed run
             else:
                 todo.append(pair)
+        remove_stale_parts(out_dir, wav_names)
     return todo, done
 
 
 def convert_one(m4a, wav, ffmpeg, sample_rate=SAMPLE_RATE):
-    """Decode one file to ``wav`` through ``wav + '.part'``.
+    """Decode one file to ``wav`` through a partial file of its own
+    (``.<wav name>.<8 hex digits>.part`` beside it).
 
     Arguments
     ---------
@@ -194,8 +254,11 @@ def convert_one(m4a, wav, ffmpeg, sample_rate=SAMPLE_RATE):
     str or None
         None on success, else the reason it failed.
     """
-    os.makedirs(os.path.dirname(wav) or ".", exist_ok=True)
-    part = wav + ".part"
+    folder = os.path.dirname(wav) or "."
+    os.makedirs(folder, exist_ok=True)
+    # A random name of its own, created by ffmpeg (with the umask's mode)
+    tag = secrets.token_hex(4)
+    part = os.path.join(folder, f".{os.path.basename(wav)}.{tag}.part")
     cmd = [
         ffmpeg,
         "-nostdin",
@@ -219,6 +282,7 @@ def convert_one(m4a, wav, ffmpeg, sample_rate=SAMPLE_RATE):
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except OSError as err:
+        _remove(part)
         return f"cannot run {ffmpeg}: {err}"
     if res.returncode != 0:
         _remove(part)
@@ -282,6 +346,8 @@ def convert_voxceleb2(
         When ``src`` is not a folder.
     FFmpegNotFoundError
         When files need converting and ffmpeg cannot be found.
+    dampit.utils.file_lock.LockError
+        When another converter is writing the same output.
     """
     if not os.path.isdir(src):
         raise FileNotFoundError(f"VoxCeleb2 m4a folder not found: {src}")
@@ -290,21 +356,29 @@ def convert_voxceleb2(
         dst = None
     elif dst is None:
         dst = default_output(src)
-    todo, done = list_jobs(src, dst, overwrite, sample_rate)
     out_root = src if dst is None else os.path.abspath(dst)
-    result = {
-        "converted": 0,
-        "skipped": len(done),
-        "failed": [],
-        "output": out_root,
-    }
-    if not todo:
-        return result
-    exe = find_ffmpeg(ffmpeg)
+    with output_lock(out_root):  # one converter per output
+        todo, done = list_jobs(src, dst, overwrite, sample_rate)
+        result = {
+            "converted": 0,
+            "skipped": len(done),
+            "failed": [],
+            "output": out_root,
+        }
+        if todo:
+            exe = find_ffmpeg(ffmpeg)
+            _convert(todo, exe, workers, sample_rate, progress, result)
+    return result
+
+
+def _convert(todo, ffmpeg, workers, sample_rate, progress, result):
+    """Convert the ``todo`` pairs with ``workers`` ffmpeg processes at
+    once; count them in ``result`` and list the failures in its output
+    folder's :data:`FAILURES`."""
     workers = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max(1, int(workers))) as pool:
         futures = pool.map(
-            lambda pair: (pair, convert_one(*pair, exe, sample_rate)), todo
+            lambda pair: (pair, convert_one(*pair, ffmpeg, sample_rate)), todo
         )
         for (m4a, _), err in tqdm(
             futures, total=len(todo), desc="m4a -> wav", disable=not progress
@@ -314,10 +388,8 @@ def convert_voxceleb2(
             else:
                 result["failed"].append((m4a, err))
     if result["failed"]:
-        os.makedirs(out_root, exist_ok=True)
-        with open(os.path.join(out_root, FAILURES), "w") as f:
-            f.writelines(f"{m}\t{e}\n" for m, e in result["failed"])
-    return result
+        lines = "".join(f"{m}\t{e}\n" for m, e in result["failed"])
+        atomic_write_text(os.path.join(result["output"], FAILURES), lines)
 
 
 def main(argv=None):
@@ -332,7 +404,8 @@ def main(argv=None):
     -------
     int
         0 when every file is converted, 1 when some failed, 2 when ffmpeg
-        or the input folder is missing.
+        or the input folder is missing or the output is being written by
+        another converter.
     """
     parser = argparse.ArgumentParser(
         description="Convert VoxCeleb2 .m4a files to 16 kHz mono wav "
@@ -364,7 +437,7 @@ def main(argv=None):
             overwrite=args.overwrite,
             progress=not args.quiet,
         )
-    except (FFmpegNotFoundError, FileNotFoundError) as err:
+    except (FFmpegNotFoundError, FileNotFoundError, LockError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(

@@ -32,7 +32,10 @@ from dampit.cli import common
 from dampit.cli.verify import resolve_audio
 from dampit.dataio import trials
 from dampit.inference import calibration as cal
-from dampit.inference.stored_threshold import check_folder, write_threshold
+from dampit.inference.stored_threshold import (
+    restore_threshold,
+    write_threshold,
+)
 from dampit.metrics.multicrop import cosine_scores
 from dampit.utils.atomic import atomic_write_text
 
@@ -113,8 +116,15 @@ def _pct(x, ci):
 def _calibrate(args):
     common.check_args(args, out_folder=False)
     point, rate, words = _point(args)
-    if not args.dry_run:  # a folder write_threshold can update
-        check_folder(args.model)
+    if not args.dry_run:  # a folder write_threshold can update, whole
+        with common.writing(args.model):
+            restored = restore_threshold(args.model)
+        if restored:
+            warnings.warn(
+                f"{args.model}: hyperparams.yaml had another threshold than "
+                "dampit_export.json (an update stopped half-way): restored",
+                stacklevel=1,
+            )
     enrol, test, labels, names, spk_e, spk_t = _speakers(args)
     _check_counts(labels, point, rate, args.force)
     folds_ok = _check_folds(labels, spk_e, spk_t, args)

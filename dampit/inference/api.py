@@ -27,7 +27,6 @@ lengths count frames exactly (:func:`dampit.inference.extract.pad_batch`)::
 import os
 import pickle
 import tempfile
-import warnings
 
 import ruamel.yaml
 import torch
@@ -41,12 +40,16 @@ from dampit.dataio.audio import load_audio
 from dampit.inference import cohort
 from dampit.inference.extract import embed_utterances, embed_windows
 from dampit.inference.folder_checks import (
+    DEFAULT_THRESHOLD,
+    HPARAMS_FILE,
     MAX_LABELS_BYTES,
     SPEC_FILE,
     ModelFolderError,
     check_embeddings,
     check_labels,
+    check_same_threshold,
     check_spec,
+    check_threshold,
     check_value,
     n_classes,
     one_line,
@@ -57,9 +60,7 @@ from dampit.lobes.resnet import LinearClassifier, SEResNet
 
 __all__ = ["DampitSpeakerRecognition", "ModelFolderError", "load_model"]
 
-HPARAMS_FILE = "hyperparams.yaml"
 LABELS_FILE = "label_encoder.ckpt"
-DEFAULT_THRESHOLD = 0.25  # SpeechBrain's verify_batch default
 #: The only classes :func:`load_model` builds, by the name the JSON gives.
 REGISTRY = {
     "dampit.lobes.features.Features": Features,
@@ -82,18 +83,6 @@ PROBE_SECONDS = 1.0
 #: not parse or names what does not exist.
 YAML_ERRORS = (ruamel.yaml.YAMLError, ValueError, TypeError, ImportError)
 YAML_ERRORS += (AttributeError, KeyError, OSError)
-
-
-def _check_threshold(where, value):
-    """The threshold, or None with a warning; outside [-1, 1] raises."""
-    if value is None:
-        warnings.warn(
-            f"{where}: no threshold stored; deciding at SpeechBrain's "
-            f"default {DEFAULT_THRESHOLD}",
-            stacklevel=3,
-        )
-        return None
-    return float(check_value(where, "threshold", value))
 
 
 def read_spec(folder):
@@ -212,7 +201,8 @@ def load_model(source, device="cpu", trust=False):
     ------
     ModelFolderError
         One line naming the folder or file: missing, malformed, refused
-        class, unreadable or non-finite weights, threshold or cohort.
+        class, unreadable or non-finite weights, threshold or cohort, a
+        ``hyperparams.yaml`` threshold that is not the JSON's.
 
     Example
     -------
@@ -235,13 +225,14 @@ def load_model(source, device="cpu", trust=False):
     if trust:
         return _load_trusted(folder, device)
     spec = read_spec(folder)
+    check_same_threshold(folder, spec)
     path = os.path.join(folder, SPEC_FILE)
     labels = _load_labels(folder, n_classes(spec))
     mods = {k: _build(path, k, v) for k, v in spec["modules"].items()}
     for name, module in mods.items():
         _load_weights(folder, name, module)
     hparams = {
-        "threshold": _check_threshold(path, spec.get("threshold")),
+        "threshold": check_threshold(path, spec.get("threshold")),
         "sample_rate": spec["sample_rate"],
         **mods,
     }
@@ -270,7 +261,7 @@ def _load_trusted(folder, device):
             raise ModelFolderError(f"{folder}/{HPARAMS_FILE}: {text}") from None
     where = os.path.join(folder, HPARAMS_FILE)
     threshold = getattr(model.hparams, "threshold", None)
-    model.hparams.threshold = _check_threshold(where, threshold)
+    model.hparams.threshold = check_threshold(where, threshold)
     rate = getattr(model.hparams, "sample_rate", None)
     if rate is not None:
         check_value(where, "sample_rate", rate)

@@ -326,23 +326,40 @@ def export_model(
     else:
         tested = _speechbrain_run(run)
     with atomic_folder(model, overwrite, holds=(SPEC_FILE,)) as tmp:
-        for name, file in tested["weights"].items():
-            shutil.copyfile(file, os.path.join(tmp, f"{name}.ckpt"))
-        labels_file = os.path.join(run, "save", "label_encoder.txt")
-        if "classifier" in tested["modules"] and os.path.isfile(labels_file):
-            shutil.copyfile(labels_file, os.path.join(tmp, LABELS_FILE))
-        spec = _write(tmp, run, tested, threshold, source)
-        loaded = _check(tmp, model)
-        if pairs is not None:
-            values, _ = loaded.verify_pairs(pairs)
-            threshold, results = _eer_threshold(values, labels, source)
+        try:
+            for name, file in tested["weights"].items():
+                shutil.copyfile(file, os.path.join(tmp, f"{name}.ckpt"))
+            labels_file = os.path.join(run, "save", "label_encoder.txt")
+            if "classifier" in tested["modules"] and os.path.isfile(
+                labels_file
+            ):
+                shutil.copyfile(labels_file, os.path.join(tmp, LABELS_FILE))
             spec = _write(tmp, run, tested, threshold, source)
-        if torchscript:
-            export_torchscript(loaded, os.path.join(tmp, "embedding_model.ts"))
-        if onnx:
-            export_onnx(loaded, os.path.join(tmp, "embedding_model.onnx"))
-        _write_card(tmp, spec, results)
+            loaded = _check(tmp, model)
+            if pairs is not None:
+                values, _ = loaded.verify_pairs(pairs)
+                threshold, results = _eer_threshold(values, labels, source)
+                spec = _write(tmp, run, tested, threshold, source)
+            if torchscript:
+                export_torchscript(
+                    loaded, os.path.join(tmp, "embedding_model.ts")
+                )
+            if onnx:
+                export_onnx(loaded, os.path.join(tmp, "embedding_model.onnx"))
+            _write_card(tmp, spec, results)
+        except OSError as err:  # a full disk: name the file in ``model``
+            raise _named_in(err, tmp, model) from None
     return spec
+
+
+def _named_in(err, tmp, model):
+    """``err`` (a failed write, e.g. a full disk) naming its file inside
+    ``model`` rather than inside the temporary folder ``tmp``."""
+    name = err.filename
+    if isinstance(name, str) and name.startswith(tmp + os.sep):
+        name = os.path.join(model, os.path.relpath(name, tmp))
+        return OSError(err.errno, err.strerror, name)
+    return err
 
 
 def _write(folder, run, tested, threshold, source):

@@ -13,16 +13,21 @@ scripts (which load with it) refuse the same folders.
 
 import json
 import os
+import re
+import warnings
 
 import torch
+import yaml
 
 from dampit.utils.bounds import BOOL, INT, OR_NULL, REAL, TEXT, describe, within
 
 __all__ = ["BOUNDS", "ModelFolderError", "check_embeddings", "check_labels"]
-__all__ += ["check_spec", "check_value", "read_json"]
+__all__ += ["check_spec", "check_value", "read_json", "read_yaml_threshold"]
 
 #: The folder's JSON file, which the loader reads.
 SPEC_FILE = "dampit_export.json"
+HPARAMS_FILE = "hyperparams.yaml"
+DEFAULT_THRESHOLD = 0.25  # SpeechBrain's verify_batch default
 #: Versions of ``dampit_export.json`` this loader reads.
 FORMATS = (1,)
 #: Largest ``dampit_export.json`` and ``label_encoder.ckpt``, in bytes.
@@ -104,6 +109,8 @@ BOUNDS = {
     "lin_blocks": (INT, 0, 16),
     "out_neurons": (INT, 1, 200000),
 }
+#: The one top-level ``threshold:`` line of an exported ``hyperparams.yaml``.
+YAML_THRESHOLD = re.compile(r"^threshold:.*$", re.MULTILINE)
 #: Keyword argument giving a classifier's number of classes.
 N_CLASSES_KEYS = ("n_classes", "out_neurons")
 
@@ -165,6 +172,47 @@ def read_json(path):
         raise ModelFolderError(
             f"{path}: not valid JSON: {one_line(err)}"
         ) from None
+
+
+def read_yaml_threshold(path):
+    """``(text, threshold)`` of an exported ``hyperparams.yaml``: at most
+    :data:`MAX_JSON_BYTES`, UTF-8, exactly one top-level ``threshold:``
+    line (read alone, as plain YAML: a number or null); else one line
+    naming ``path``. Nothing else of the file is read as YAML.
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "hyperparams.yaml")
+    >>> _ = open(path, "w").write("a: !new:x.Y\\nthreshold: 0.25\\n")
+    >>> read_yaml_threshold(path)[1]
+    0.25
+    """
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_JSON_BYTES:
+            raise ModelFolderError(
+                f"{path}: {size} bytes, more than {MAX_JSON_BYTES}"
+            )
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, ValueError) as err:
+        if isinstance(err, ModelFolderError):
+            raise
+        raise ModelFolderError(f"{path}: {one_line(err)}") from None
+    lines = YAML_THRESHOLD.findall(text)
+    if len(lines) != 1:
+        raise ModelFolderError(
+            f"{path}: needs exactly one top-level 'threshold:' line (as "
+            "dampit-export writes it)"
+        )
+    try:
+        value = yaml.safe_load(lines[0])["threshold"]
+    except yaml.YAMLError as err:
+        raise ModelFolderError(f"{path}: {one_line(err)}") from None
+    if value is not None and type(value) not in (int, float):
+        raise ModelFolderError(f"{path}: threshold {value!r} is not a number")
+    return text, value
 
 
 def check_value(where, key, value):
@@ -306,3 +354,34 @@ def check_embeddings(where, emb):
     if not bool(torch.isfinite(torch.as_tensor(emb)).all()):
         raise ModelFolderError(f"{where}: the model gives NaN/inf embeddings")
     return emb
+
+
+def check_threshold(where, value):
+    """The threshold, or None with a warning; outside [-1, 1] raises."""
+    if value is None:
+        warnings.warn(
+            f"{where}: no threshold stored; deciding at SpeechBrain's "
+            f"default {DEFAULT_THRESHOLD}",
+            stacklevel=3,
+        )
+        return None
+    return float(check_value(where, "threshold", value))
+
+
+def check_same_threshold(folder, spec):
+    """Refuse a folder whose ``hyperparams.yaml`` (what SpeechBrain's
+    ``from_hparams`` reads) holds another threshold than its checked
+    ``dampit_export.json`` ``spec``, as an update of the threshold stopped
+    between its two files leaves it: the two loaders would decide
+    differently. A folder without the YAML has nothing to disagree with."""
+    path = os.path.join(folder, HPARAMS_FILE)
+    if not os.path.lexists(path):
+        return
+    _, value = read_yaml_threshold(path)
+    if value != spec.get("threshold"):
+        raise ModelFolderError(
+            f"{path}: threshold {value} is not the {spec.get('threshold')} "
+            f"of {SPEC_FILE} (an update stopped half-way?): "
+            "dampit.inference.stored_threshold.restore_threshold or "
+            "dampit-calibrate makes them agree"
+        )

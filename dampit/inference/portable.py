@@ -28,7 +28,7 @@ import warnings
 import torch
 
 from dampit.inference.extract import pad_batch
-from dampit.utils.atomic import atomic_path
+from dampit.utils.atomic import atomic_write_bytes
 
 __all__ = ["EmbeddingPipeline", "export_onnx", "export_torchscript"]
 
@@ -102,7 +102,8 @@ def _pipeline_and_inputs(model):
 
 @torch.no_grad()
 def export_torchscript(model, path):
-    """Trace the embedding pipeline of ``model``; save it atomically.
+    """Trace the embedding pipeline of ``model``; save it atomically (a
+    failed write, such as a full disk, raises OSError naming ``path``).
 
     Arguments
     ---------
@@ -120,14 +121,16 @@ def export_torchscript(model, path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(pipe, (wavs, lens), check_trace=False)
-        with atomic_path(path) as tmp:
-            torch.jit.save(traced, tmp)
+    data = io.BytesIO()  # torch's file writer aborts on a full disk
+    torch.jit.save(traced, data)
+    atomic_write_bytes(path, data.getbuffer())
     return traced
 
 
 @torch.no_grad()
 def export_onnx(model, path, opset=18):
-    """Export the embedding pipeline of ``model`` to ONNX, atomically.
+    """Export the embedding pipeline of ``model`` to ONNX, atomically (a
+    failed write, such as a full disk, raises OSError naming ``path``).
 
     Arguments
     ---------
@@ -167,8 +170,8 @@ def export_onnx(model, path, opset=18):
                 opset_version=opset,
                 dynamo=True,
             )
-            with atomic_path(path) as tmp:
-                program.save(tmp, external_data=False)
     finally:
         quiet.setLevel(level)
+    # What program.save writes (the weights inside), written by dampit.
+    atomic_write_bytes(path, program.model_proto.SerializeToString())
     return os.fspath(path)

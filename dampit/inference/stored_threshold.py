@@ -4,11 +4,16 @@ A dampit model folder holds its threshold twice: in ``dampit_export.json``
 (what :func:`dampit.inference.api.load_model` reads) and in
 ``hyperparams.yaml`` (``hparams.threshold`` of SpeechBrain's
 ``from_hparams``). :func:`write_threshold` is the one writer of a new
-value: it rewrites both (and the note in ``README.md``), each through a
-temporary file renamed over the old one, the JSON last. The JSON keeps
-every replaced value, with its source, calibration and time, in
-``threshold_history``; ``calibration`` holds the latest calibration (its
-operating point, trial counts, cross-validated error rates and the
+value: it rewrites both, each through a temporary file renamed over the
+old one, the YAML first: the JSON is the record, and its rename commits
+the update (the note in ``README.md`` follows it). A writer stopped
+between the two renames leaves a YAML ahead of the JSON; ``load_model``
+refuses such a folder in one line (the two loaders would decide
+differently) and :func:`restore_threshold` (which ``dampit-calibrate``
+runs first) puts the JSON's value back into the YAML and the note. The
+JSON keeps every replaced value, with its source, calibration and time,
+in ``threshold_history``; ``calibration`` holds the latest calibration
+(its operating point, trial counts, cross-validated error rates and the
 optional ``llr`` map).
 """
 
@@ -16,7 +21,6 @@ import datetime
 import json
 import math
 import os
-import re
 
 import yaml
 
@@ -26,14 +30,15 @@ from dampit.inference.api import (
     ModelFolderError,
     read_spec,
 )
+from dampit.inference.folder_checks import YAML_THRESHOLD, read_yaml_threshold
 from dampit.utils.atomic import atomic_path
 from dampit.utils.file_lock import output_lock
 
-__all__ = ["check_folder", "read_calibration", "write_threshold"]
+__all__ = ["check_folder", "read_calibration", "restore_threshold"]
+__all__ += ["write_threshold"]
 
 README_FILE = "README.md"
 NOTE_HEADING = "## Calibrated threshold"
-_YAML_LINE = re.compile(r"^threshold:.*$", re.MULTILINE)
 
 
 def read_calibration(folder):
@@ -79,25 +84,99 @@ def _note(text, threshold, source):
 
 
 def check_folder(folder):
-    """``(spec, yaml text)`` of a model folder :func:`write_threshold` can
-    update; else ModelFolderError naming the file."""
+    """``(spec, yaml text, yaml threshold)`` of a model folder
+    :func:`write_threshold` can update; else ModelFolderError naming the
+    file."""
     folder = os.path.abspath(os.fspath(folder))
     spec = read_spec(folder)
     json_path = os.path.join(folder, SPEC_FILE)
-    yaml_path = os.path.join(folder, HPARAMS_FILE)
     if not isinstance(spec.get("threshold_history", []), list):
         raise ModelFolderError(f"{json_path}: threshold_history not a list")
-    try:
-        with open(yaml_path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, ValueError) as err:
-        raise ModelFolderError(f"{yaml_path}: {err}") from None
-    if len(_YAML_LINE.findall(text)) != 1:
-        raise ModelFolderError(
-            f"{yaml_path}: needs exactly one top-level 'threshold:' line "
-            "(as dampit-export writes it)"
-        )
-    return spec, text
+    text, value = read_yaml_threshold(os.path.join(folder, HPARAMS_FILE))
+    return spec, text, value
+
+
+def _yaml_text(text, threshold):
+    """``hyperparams.yaml`` text with its threshold line set."""
+    line = yaml.safe_dump({"threshold": threshold}).strip()
+    return YAML_THRESHOLD.sub(line, text)
+
+
+def _readme_note(folder, threshold, source):
+    """``README.md`` with its note set to this threshold (None: none)."""
+    readme = os.path.join(folder, README_FILE)
+    if not os.path.isfile(readme):
+        return None
+    with open(readme, encoding="utf-8", errors="replace") as f:
+        return _note(f.read(), threshold, source)
+
+
+def _write_files(folder, spec, text, note):
+    """Write ``hyperparams.yaml``, then ``dampit_export.json`` (the commit
+    point), then the README note (None: none), each through a temporary
+    file renamed over the old one."""
+    with atomic_path(os.path.join(folder, HPARAMS_FILE)) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    with atomic_path(os.path.join(folder, SPEC_FILE)) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(spec, f, indent=2)
+    if note is not None:
+        with atomic_path(os.path.join(folder, README_FILE)) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(note)
+
+
+def restore_threshold(folder):
+    """Give ``hyperparams.yaml`` and the README note the threshold of
+    ``dampit_export.json`` again, after an update stopped between its
+    renames; a folder whose two files agree is left as it is.
+
+    Arguments
+    ---------
+    folder : str or os.PathLike
+        A model folder written by ``dampit-export``.
+
+    Returns
+    -------
+    bool
+        Whether the files disagreed (and were rewritten).
+
+    Example
+    -------
+    >>> import tempfile, torch
+    >>> from dampit.inference.export import write_model_files
+    >>> from dampit.lobes.resnet import SEResNet
+    >>> kw = dict(depth=18, base_width=4, emb_dim=8)
+    >>> mods = {k: {"class": f"dampit.lobes.{c}", "kwargs": {}} for k, c in [
+    ...     ("compute_features", "features.Features"),
+    ...     ("mean_var_norm", "features.CropNormalization"),
+    ...     ("embedding_model", "resnet.SEResNet")]}
+    >>> mods["embedding_model"]["kwargs"] = kw
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = write_model_files(folder, mods, {"embedding_model":
+    ...                       SEResNet(**kw).state_dict()}, 0.4, 16000)
+    >>> path = os.path.join(folder, HPARAMS_FILE)
+    >>> text = open(path).read()
+    >>> ahead = text.replace("threshold: 0.4", "threshold: 0.7")
+    >>> _ = open(path, "w").write(ahead)  # as a stopped update leaves it
+    >>> restore_threshold(folder), restore_threshold(folder)
+    (True, False)
+    >>> open(path).read() == text
+    True
+    """
+    folder = os.path.abspath(os.fspath(folder))
+    with output_lock(folder):
+        spec, text, value = check_folder(folder)
+        threshold = spec.get("threshold")
+        if value == threshold:
+            return False
+        source = spec.get("threshold_source", "dampit_export.json")
+        note = None
+        if threshold is not None:
+            note = _readme_note(folder, threshold, source)
+        _write_files(folder, spec, _yaml_text(text, threshold), note)
+    return True
 
 
 def write_threshold(folder, threshold, source, calibration=None):
@@ -154,30 +233,13 @@ def write_threshold(folder, threshold, source, calibration=None):
 
 def _write_threshold(folder, threshold, source, calibration):
     """:func:`write_threshold` once the folder's lock is held."""
-    spec, text = check_folder(folder)
-    json_path = os.path.join(folder, SPEC_FILE)
-    yaml_path = os.path.join(folder, HPARAMS_FILE)
+    spec, text, _ = check_folder(folder)
     history = spec.get("threshold_history", [])
-    line = yaml.safe_dump({"threshold": float(threshold)}).strip()
-    text = _YAML_LINE.sub(line, text)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
     old = {k: spec[k] for k in ("threshold", "threshold_source") if k in spec}
     old.update(calibration=spec.get("calibration"), replaced=now)
     spec.update(threshold=float(threshold), threshold_source=source)
     spec.update(calibration=calibration, threshold_history=[*history, old])
-    readme = os.path.join(folder, README_FILE)
-    note = None
-    if os.path.isfile(readme):
-        with open(readme, encoding="utf-8", errors="replace") as f:
-            note = _note(f.read(), float(threshold), source)
-    with atomic_path(json_path) as tmp_json:
-        with open(tmp_json, "w", encoding="utf-8") as f:
-            json.dump(spec, f, indent=2)
-        with atomic_path(yaml_path) as tmp_yaml:
-            with open(tmp_yaml, "w", encoding="utf-8") as f:
-                f.write(text)
-        if note is not None:
-            with atomic_path(readme) as tmp_readme:
-                with open(tmp_readme, "w", encoding="utf-8") as f:
-                    f.write(note)
+    note = _readme_note(folder, float(threshold), source)
+    _write_files(folder, spec, _yaml_text(text, float(threshold)), note)
     return spec

@@ -17,9 +17,13 @@ from hyperpyyaml import load_hyperpyyaml, resolve_references
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from dampit.dataio.manifest import ManifestError, check_manifest
-from dampit.dataio.prepare_folder import DataPreparationError, prepare_folder
+from dampit.dataio.prepare_folder import (
+    DataPreparationError,
+    prepare_folder,
+    read_csv,
+)
 from dampit.dataio.prepare_voxceleb import prepare_voxceleb
-from dampit.dataio.trials import TrialListError
+from dampit.dataio.trials import TrialListError, read_trials
 from dampit.recipe.arguments import LISTS, ArgumentError, check_values
 from dampit.recipe.command_line import CommandLineError, parse_command_line
 from dampit.recipe.run_lock import RunLock, RunLockError
@@ -65,6 +69,37 @@ def check_arguments(hp, hparams_file):
         raise RecipeError(
             f"output_folder={out}: {parent} is not a writable folder"
         )
+
+
+def read_values(base_file, overrides, where):
+    """The values of the HyperPyYAML file ``base_file`` with
+    ``overrides`` (a dict or a YAML text): references resolved, no object
+    built, so nothing is created yet. A missing ``!PLACEHOLDER``, a bad
+    ``!ref`` or a syntax error is a one-line ``RecipeError`` naming
+    ``where`` (the file given on the command line).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "h.yaml")
+    >>> _ = open(path, "w").write("a: 1\\nb: !ref <a>\\nc: !PLACEHOLDER\\n")
+    >>> dict(read_values(path, {"c": 3}, "h.yaml"))
+    {'a': 1, 'b': 1, 'c': 3}
+    >>> try:
+    ...     read_values(path, {}, "h.yaml")
+    ... except RecipeError as err:
+    ...     print(err)
+    h.yaml: 'c' is a !PLACEHOLDER and must be replaced.
+    """
+    with open(base_file, encoding="utf-8") as f:
+        try:  # a missing !PLACEHOLDER, a bad !ref, a syntax error
+            plain = ruamel.yaml.YAML().load(resolve_references(f, overrides))
+        except (ValueError, ruamel.yaml.YAMLError) as err:
+            text = " ".join(str(err).split())
+            raise RecipeError(f"{where}: {text}") from None
+    if not isinstance(plain, dict):
+        raise RecipeError(f"{base_file}: not a mapping of keys")
+    return plain
 
 
 def prepare_data(hp):
@@ -119,43 +154,31 @@ def prepare_data(hp):
     }
 
 
-def read_plain(base_file, overrides, where):
-    """The YAML file ``base_file`` with ``overrides``, references
-    resolved, read plainly (ruamel: nothing built, ``!new:`` entries keep
-    their tags); an error is one line naming ``where``.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), "a.yaml")
-    >>> _ = open(path, "w").write("n: 1\\nnet: !new:a.Net {size: !ref <n>}\\n")
-    >>> plain = read_plain(path, {"n": 3}, "a.yaml")
-    >>> plain["net"].tag.value, plain["net"]["size"]
-    ('!new:a.Net', 3)
-    """
-    with open(base_file, encoding="utf-8") as f:
-        try:  # a missing !PLACEHOLDER, a bad !ref, a syntax error
-            plain = ruamel.yaml.YAML().load(resolve_references(f, overrides))
-        except (ValueError, ruamel.yaml.YAMLError) as err:
-            text = " ".join(str(err).split())
-            raise RecipeError(f"{where}: {text}") from None
-    if not isinstance(plain, dict):
-        raise RecipeError(f"{base_file}: not a mapping of keys")
-    return plain
+def check_trials(data):
+    """Refuse a prepared trial list naming an utterance that is not in the
+    prepared test manifest (one-line ``TrialListError`` naming the list
+    and its lines), before training; no test speakers (no trials) is
+    nothing to check."""
+    if data["n_trials"] == 0:
+        return
+    test_ids = [row["ID"] for row in read_csv(data["test"])]
+    for path in data["trials"].values():
+        read_trials(path, known_ids=test_ids)
 
 
 def start_run(argv):
     """Parse ``argv`` (SpeechBrain's options; the overrides as typed, see
     :func:`~dampit.recipe.command_line.parse_command_line`), check, lock
     the output folder (the main process, until exit), prepare the data,
-    and load the YAML once
-    with ``n_speakers`` = the training speakers. Returns a namespace:
-    ``hparams``, ``plain`` (the same YAML read plainly:
-    :func:`read_plain`), ``run_opts``, ``data`` (:func:`prepare_data`),
-    ``hparams_file``, ``base_file``, ``overrides`` (to save)."""
+    check the manifests and trial lists (:func:`check_trials`), and load
+    the YAML once with ``n_speakers`` = the training speakers. Returns a
+    namespace: ``hparams``, ``plain`` (the same YAML's values, nothing
+    built: :func:`read_values`), ``run_opts``, ``data``
+    (:func:`prepare_data`), ``hparams_file``, ``base_file``, ``overrides``
+    (to save)."""
     hparams_file, run_opts, overrides = parse_command_line(argv)
     base_file, merged = resolve_variant(hparams_file, overrides)
-    plain = read_plain(base_file, merged, hparams_file)
+    plain = read_values(base_file, merged, hparams_file)
     check_arguments(plain, hparams_file)
     for key in LISTS:  # a scalar given for a list, now a list
         if key in plain:
@@ -168,6 +191,7 @@ def start_run(argv):
     data = prepare_data(plain)  # every rank reads the cached result
     for key in ("train", "dev", "test"):
         check_manifest(data[key])
+    check_trials(data)
     merged["n_speakers"] = n = data["n_classes"]
     if n != plain["n_speakers"]:
         msg = "n_speakers=%d: the training classes (%s says %s)"
@@ -176,7 +200,7 @@ def start_run(argv):
         hparams = load_hyperpyyaml(f, merged)
     return types.SimpleNamespace(
         hparams=hparams,
-        plain=read_plain(base_file, merged, hparams_file),
+        plain=read_values(base_file, merged, hparams_file),
         run_opts=run_opts,
         data=data,
         hparams_file=hparams_file,

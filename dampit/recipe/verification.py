@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from dampit.dataio.audio import load_audio
 from dampit.dataio.crops import crop_views
-from dampit.dataio.trials import read_trials
+from dampit.dataio.trials import TrialListError, read_trials
 from dampit.inference.extract import frame_lengths
 from dampit.metrics import multicrop
 from dampit.metrics.asnorm import as_norm
@@ -172,8 +172,11 @@ def verify(embed_fn, hparams, data, device, progress=True):
     stores = [os.path.join(out, f"embeddings_{k}") for k in ("full", "crops")]
     ids, full, crops = embed(embed_fn, loader, hop, device, stores, progress)
     missing = sorted(needed - set(ids))
-    if missing:
-        raise ValueError(f"{data['test']}: trials name unknown {missing[:3]}")
+    if missing:  # start_run's check_trials refuses them before training
+        raise TrialListError(
+            f"{data['test']}: the trial lists name utterances not in it: "
+            f"{', '.join(missing[:3])}"
+        )
     full = multicrop.ScoringVectors.from_embeddings(full, "cosine")
     crops = {
         m: multicrop.ScoringVectors.from_embeddings(crops, m)

@@ -2,9 +2,14 @@
 
 The data goes to a temporary name in the same folder (fsync'ed for files),
 then ``os.replace`` renames it over the target, which is atomic on POSIX
-file systems. The result gets the usual permissions of the process's umask
-(``0o666 & ~umask`` for files, ``0o777 & ~umask`` for folders), not the
-private ``0o600`` of ``tempfile``.
+file systems. A writer holds the target's output lock
+(:func:`dampit.utils.file_lock.output_lock`) while it writes: a second
+process writing the same target is refused, and under the lock the
+temporary files and folders of that target that a killed writer left (by
+their names, which only this module makes) are deleted. The result gets
+the usual permissions of the process's umask (``0o666 & ~umask`` for
+files, ``0o777 & ~umask`` for folders), not the private ``0o600`` of
+``tempfile``.
 """
 
 import contextlib
@@ -18,7 +23,8 @@ import torch
 from dampit.utils.file_lock import output_lock
 
 __all__ = ["atomic_folder", "atomic_path", "atomic_torch_save"]
-__all__ += ["atomic_write_text", "recover_folder"]
+__all__ += ["atomic_write_bytes", "atomic_write_text", "recover_folder"]
+__all__ += ["remove_stale_files"]
 
 
 def _umask_mode(mode):
@@ -28,9 +34,58 @@ def _umask_mode(mode):
     return mode & ~mask
 
 
+def _temp_file_names(path):
+    """Pattern of the temporary files of ``path`` that :func:`atomic_path`
+    makes: ``.<name>.XXXXXXXX.tmp`` (``tempfile``'s 8 random characters).
+
+    Example
+    -------
+    >>> names = _temp_file_names("/data/a.txt")
+    >>> [bool(names.fullmatch(n)) for n in (".a.txt.a_cd1234.tmp", ".a.tmp")]
+    [True, False]
+    """
+    name = os.path.basename(path)
+    return re.compile(re.escape(f".{name}.") + r"[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_files(path):
+    """Delete the temporary files of ``path`` that a killed
+    :func:`atomic_path` left (regular files with its names only; links,
+    folders and other names stay). Call it holding ``path``'s
+    :func:`dampit.utils.file_lock.output_lock`: no live writer is then
+    using them.
+
+    Example
+    -------
+    >>> d = tempfile.mkdtemp()
+    >>> for name in (".a.txt.abcd1234.tmp", ".a.txt.mine.tmp", "a.txt"):
+    ...     _ = open(os.path.join(d, name), "w").write("x")
+    >>> remove_stale_files(os.path.join(d, "a.txt"))
+    >>> sorted(os.listdir(d))
+    ['.a.txt.mine.tmp', 'a.txt']
+    """
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    pattern = _temp_file_names(os.fspath(path))
+    with os.scandir(folder) as entries:
+        stale = [
+            e.path
+            for e in entries
+            if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False)
+        ]
+    for name in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(name)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path that is renamed to ``path`` on success.
+
+    ``path`` is locked for the process while it is written
+    (:func:`dampit.utils.file_lock.output_lock`: another process writing
+    it raises ``LockError``); under the lock the temporary files of
+    ``path`` that a killed writer left are deleted
+    (:func:`remove_stale_files`).
 
     Arguments
     ---------
@@ -61,20 +116,22 @@ def atomic_path(path):
         )
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder
-    )
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode(0o666))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+    with output_lock(path):
+        remove_stale_files(path)
+        fd, tmp = tempfile.mkstemp(
+            prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder
+        )
+        os.close(fd)
+        try:
+            yield tmp
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, _umask_mode(0o666))
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
 
 
 def atomic_write_text(path, text):
@@ -90,6 +147,32 @@ def atomic_write_text(path, text):
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` atomically; a failed write (a full disk)
+    raises OSError naming ``path``, with ``path`` untouched.
+
+    Arguments
+    ---------
+    path : str or os.PathLike
+        Destination file.
+    data : bytes-like
+        The whole content.
+
+    Example
+    -------
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.bin")
+    >>> atomic_write_bytes(path, b"dampit")
+    >>> open(path, "rb").read()
+    b'dampit'
+    """
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, os.fspath(path)) from None
 
 
 def atomic_torch_save(obj, path):

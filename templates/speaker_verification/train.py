@@ -46,8 +46,12 @@ from dampit.dataio.prepare_folder import prepare_folder
 from dampit.dataio.trials import read_trials
 from dampit.metrics.multicrop import cosine_scores
 from dampit.metrics.plots import write_report
-from dampit.recipe.arguments import check_values
-from dampit.recipe.run_setup import RecipeError, run_script
+from dampit.recipe.run_setup import (
+    RecipeError,
+    check_arguments,
+    read_values,
+    run_script,
+)
 from dampit.recipe.validation import validation_eer
 from dampit.recipe.verification import embed, utterance_loader
 from dampit.utils.atomic import atomic_write_text
@@ -322,9 +326,13 @@ def main(argv):
     """Prepare the data, train, test on the held-out speakers."""
     start = time.time()
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    # The values first, checked in one line each (dampit's bounds, the
+    # data and output folders): loading the YAML builds its objects, and
+    # the checkpointer creates the output folder.
+    values = read_values(hparams_file, overrides, hparams_file)
+    check_arguments(values, hparams_file)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
-    check_values(hparams, hparams_file)  # one line for a bad value
     sb.utils.distributed.ddp_init_group(run_opts)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],

@@ -16,8 +16,16 @@ import pytest
 import torch
 
 from dampit.dataio.prepare_folder import DataPreparationError
-from dampit.recipe.run_setup import RecipeError, prepare_data, start_run
+from dampit.recipe.command_line import parse_command_line
+from dampit.recipe.run_setup import (
+    RecipeError,
+    check_arguments,
+    prepare_data,
+    read_values,
+    start_run,
+)
 from dampit.utils.checkpoints import AtomicCheckpointer
+from dampit.utils.hparams import resolve_variant
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "VoxCeleb"
@@ -139,3 +147,41 @@ def test_no_data_folder_given_is_one_line(tmp_path):
     assert last.startswith("error: "), proc.stderr[-2000:]
     assert "mini.yaml: 'data_folder' is a !PLACEHOLDER" in last
     assert not (tmp_path / "run").exists()
+
+
+def test_trial_naming_an_unknown_utterance_stops_before_training(
+    tmp_path, synthetic_corpus
+):
+    """A prepared trial list (reused by the next run) with a row naming an
+    utterance that is not in the prepared test set: train.py stops with
+    one line naming the list and its line, before the experiment folder
+    is set up (with 0 epochs, the verification would come next)."""
+    out = tmp_path / "run"
+    argv = [MINI, f"--data_folder={synthetic_corpus}", f"--output_folder={out}"]
+    argv += ["--n_test_speakers=4", "--P=4", "--number_of_epochs=0"]
+    hparams_file, _, overrides = parse_command_line(argv)
+    base_file, merged = resolve_variant(hparams_file, overrides)
+    values = read_values(base_file, merged, hparams_file)
+    check_arguments(values, hparams_file)
+    data = prepare_data(values)  # what train.py finds prepared
+    trials = data["trials"]["trials"]
+    with open(trials, encoding="utf-8") as f:
+        rows = f.read().splitlines()
+    _, known, _ = rows[0].split()
+    with open(trials, "a", encoding="utf-8") as f:
+        f.write(f"0 {known} nobody/x\n")
+    proc = subprocess.run(
+        [sys.executable, str(RECIPE / "train.py"), *argv, "--noprogressbar"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr  # SpeechBrain logs to stdout
+    assert "Traceback" not in output, output[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"error: {trials}: 1 trial utterance(s) not among the known IDs: "
+        f"line {len(rows) + 1}: nobody/x"
+    )
+    assert sorted(os.listdir(out)) == ["prepared"]

@@ -170,6 +170,47 @@ def test_train_loader_follows_the_yaml(shared_data, tmp_path):
     assert first != second and first == [list(b) for b in holder.train_sampler]
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--lr=abc", "lr='abc' is not a number in [1e-12, 10.0]"),
+        ("--seed=abc", "seed='abc' is not an integer in [0, 4294967295]"),
+        ("--P=1", "P=1 is not an integer in [2, 100000]"),
+    ],
+)
+def test_bad_value_is_refused_before_any_folder(tmp_path, override, message):
+    """A value out of the bounds table is one line naming it, before the
+    YAML builds anything (its checkpointer would create the folder)."""
+    from dampit.recipe.arguments import ArgumentError
+
+    train = _import_train()
+    (tmp_path / "data").mkdir()
+    out = tmp_path / "out"
+    argv = [str(MULTI), f"--data_folder={tmp_path / 'data'}"]
+    argv += [f"--output_folder={out}", override]
+    with pytest.raises(ArgumentError) as err:
+        train.main(argv)
+    assert str(err.value) == f"{MULTI}: {message}"
+    assert os.listdir(tmp_path) == ["data"]
+
+
+def test_bad_value_exits_with_one_line(tmp_path):
+    """train.py itself: exit status 1, one line, no folder."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(TEMPLATE / "train.py"), str(MULTI)]
+        + [f"--data_folder={tmp_path}", f"--output_folder={out}", "--K=0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    want = f"error: {MULTI}: K=0 is not an integer in [1, 10000]"
+    assert proc.stderr.strip() == want
+    assert not out.exists()
+
+
 @pytest.fixture(scope="module")
 def debug_runs(shared_data, tmp_path_factory):
     """Run train.py --debug with both YAML files (about 20 s each)."""

@@ -250,17 +250,24 @@ def test_duplicate_trials_are_counted_once(model, wavs, tmp_path, capsys):
 
 
 def edited_model(model, tmp_path, threshold="keep", scale=None):
-    """A copy of ``model`` whose ``dampit_export.json`` has another
-    threshold (None: none) and/or whose weights are multiplied by
-    ``scale``."""
+    """A copy of ``model`` whose ``dampit_export.json`` and
+    ``hyperparams.yaml`` have another threshold (None: none) and/or whose
+    weights are multiplied by ``scale``."""
     new = tmp_path / "edited"
     shutil.copytree(model, new)
     spec_file = new / "dampit_export.json"
     spec = json.loads(spec_file.read_text())
-    if threshold is None:
-        del spec["threshold"]
-    elif threshold != "keep":
-        spec["threshold"] = threshold
+    if threshold != "keep":
+        yaml_file = new / "hyperparams.yaml"
+        line = f"\nthreshold: {spec.pop('threshold')}\n"
+        text = yaml_file.read_text()
+        assert text.count(line) == 1
+        if threshold is None:
+            text = text.replace(line, "\nthreshold: null\n")
+        else:
+            spec["threshold"] = threshold
+            text = text.replace(line, f"\nthreshold: {threshold}\n")
+        yaml_file.write_text(text)
     spec_file.write_text(json.dumps(spec))
     if scale is not None:
         ckpt = new / "embedding_model.ckpt"

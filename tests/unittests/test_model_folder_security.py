@@ -308,8 +308,12 @@ def test_missing_threshold_warns_once_with_the_default(demo, tmp_path):
     model = copy_model(demo, tmp_path)
     spec_path = model / "dampit_export.json"
     spec = json.loads(spec_path.read_text())
-    del spec["threshold"]
+    line = f"\nthreshold: {spec.pop('threshold')}\n"
     spec_path.write_text(json.dumps(spec))
+    yaml_path = model / "hyperparams.yaml"  # as dampit-export writes None
+    text = yaml_path.read_text()
+    assert text.count(line) == 1
+    yaml_path.write_text(text.replace(line, "\nthreshold: null\n"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loaded = load_model(model)

@@ -8,6 +8,7 @@ folder. A disk that cannot take the model folder is one line, not a
 traceback.
 """
 
+import json
 import os
 import pathlib
 import runpy
@@ -107,6 +108,69 @@ def test_full_disk_is_one_line_and_leaves_nothing(run, tmp_path, capsys):
         assert os.listdir(disk) == []
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+# dampit-export into a model folder on a small full tmpfs (argv: run, the
+# model folder): the plain folder fits, a second copy with the TorchScript
+# or ONNX program does not.
+FULL_CHILD = """
+import contextlib, io, json, os, sys
+from dampit.inference.export import main
+run, model = sys.argv[1:]
+
+def files():
+    return {n: open(os.path.join(model, n), "rb").read().hex()
+            for n in sorted(os.listdir(model))}
+
+res = {"plain": main([run, model])}
+before = files()
+for flag in ("--torchscript", "--onnx"):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main([run, model, "--overwrite", flag])
+    left = sorted(os.listdir(os.path.dirname(model)))
+    res[flag] = [code, err.getvalue(), left, files() == before]
+print(json.dumps(res))
+"""
+
+
+def test_full_disk_for_torchscript_or_onnx_is_one_line(run, tmp_path):
+    """The programs are written by dampit, not by torch's writer (which
+    aborts the process on a full disk): one line naming the file, the old
+    model folder intact, no temporary folder or lock left."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare not available")
+    ref = tmp_path / "ref"
+    assert main([str(run), str(ref), "--torchscript"]) == 0
+    pages = {n: -(-os.path.getsize(ref / n) // 4096) * 4096 for n in tree(ref)}
+    ts = pages.pop("embedding_model.ts")
+    plain = 4096 + sum(pages.values())  # the folder and its files
+    size_k = (2 * plain + ts // 2) // 1024  # the ONNX program is larger
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    body = (
+        f'mount -t tmpfs -o size={size_k}k dampit {disk} || exit 99; exec "$@"'
+    )
+    model = disk / "model"
+    res = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", body, "sh"]
+        + [sys.executable, "-c", FULL_CHILD, str(run), str(model)],
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode == 99:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["plain"] == 0
+    for flag, name in (("--torchscript", "ts"), ("--onnx", "onnx")):
+        code, err, left, intact = out[flag]
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert err.strip() == (
+            f"dampit-export: error: cannot write {model}: No space left on "
+            f"device ({model / f'embedding_model.{name}'})"
+        )
+        assert left == ["model"] and intact
 
 
 def start_export(run, model, *flags):

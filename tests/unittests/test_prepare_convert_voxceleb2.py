@@ -10,7 +10,10 @@ import importlib.util
 import os
 import pathlib
 import shutil
+import signal
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -30,7 +33,9 @@ STUB = """#!{python} -S
 # Stand-in for ffmpeg (standard library only, starts fast): read the 16-bit
 # wav data of -i IN, down-mix, resample to -ar (nearest sample), write a
 # 16-bit mono wav to the last argument; fail like ffmpeg on "bad" inputs.
-import array, sys, wave
+# With STUB_HOLD set, it then says so (the file STUB_HOLD.started) and
+# waits until the file STUB_HOLD exists.
+import array, os, sys, time, wave
 args = sys.argv[1:]
 src, dst = args[args.index("-i") + 1], args[-1]
 rate = int(args[args.index("-ar") + 1])
@@ -50,6 +55,11 @@ with wave.open(dst, "wb") as w:
     w.setsampwidth(2)
     w.setframerate(rate)
     w.writeframes(y.tobytes())
+hold = os.environ.get("STUB_HOLD")
+if hold:
+    open(hold + ".started", "w").close()
+    while not os.path.exists(hold):
+        time.sleep(0.01)
 """
 
 
@@ -90,6 +100,7 @@ def _check_outputs(out_root, lengths):
         assert (info.samplerate, info.channels) == (16000, 1)
         assert abs(info.frames - n * 16000 / 44100) <= 1
     assert not list(out_root.rglob("*.part"))
+    assert not list(out_root.parent.glob(".*.lock"))
 
 
 def test_converts_in_parallel_into_mirror(tmp_path, stub_ffmpeg):
@@ -126,7 +137,7 @@ def test_resume_skips_valid_outputs_and_redoes_bad_ones(tmp_path, stub_ffmpeg):
     # An interrupted run leaves a .part, a missing and a truncated output.
     (out / "id00000/vid0/00000.wav").unlink()
     (out / "id00001/vid1/00001.wav").write_bytes(b"RIFF")
-    (out / "id00001/vid0/00000.wav.part").write_bytes(b"half")
+    (out / "id00001/vid0/.00000.wav.0123abcd.part").write_bytes(b"half")
     # A 44.1 kHz output from some other tool is not accepted either.
     sf.write(str(out / "id00001/vid0/00002.wav"), np.zeros(100), 44100)
     todo, done = conv.list_jobs(str(aac), str(out))
@@ -145,6 +156,60 @@ def test_resume_skips_valid_outputs_and_redoes_bad_ones(tmp_path, stub_ffmpeg):
         str(aac), ffmpeg=stub_ffmpeg, overwrite=True, progress=False
     )
     assert res["converted"] == 6
+
+
+def parts(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.part"))
+
+
+def test_a_second_converter_is_refused_and_a_killed_ones_part_goes(
+    tmp_path, stub_ffmpeg, capsys
+):
+    """A converter writing into an output holds it: a second one into the
+    same output exits 2 with one line and leaves the first one's partial
+    file alone; once the first is killed, the next run deletes what it
+    left (only the names the converter makes) and converts everything."""
+    aac, lengths = make_aac(tmp_path / "vox2", n_spk=1, n_utt=2)
+    out = tmp_path / "vox2" / "dev" / "wav"
+    hold = tmp_path / "hold"
+    first = subprocess.Popen(
+        [sys.executable, str(REPO / "tools" / "convert_voxceleb2.py")]
+        + [str(aac), "--ffmpeg", stub_ffmpeg, "--workers", "1", "--quiet"],
+        env=dict(os.environ, STUB_HOLD=str(hold)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its ffmpeg is killed with it
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(f"{hold}.started"):
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the first converter hangs"
+            time.sleep(0.01)
+        (partial,) = parts(out)
+        before = (out / partial).read_bytes()
+        code = conv.main([str(aac), "--ffmpeg", stub_ffmpeg, "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert f"output {out} is in use by another dampit process" in err
+        assert parts(out) == [partial]
+        assert (out / partial).read_bytes() == before
+        assert not list(out.rglob("*.wav"))
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.communicate()
+    assert parts(out) == [partial]  # what the kill left
+    mine = ["id00000/vid0/notes.part", "id00000/vid0/.00000.wav.mine.part"]
+    for name in mine:
+        (out / name).write_text("not the converter's")
+    res = conv.convert_voxceleb2(str(aac), ffmpeg=stub_ffmpeg, progress=False)
+    assert (res["converted"], res["failed"]) == (2, [])
+    assert parts(out) == sorted(mine)
+    for name in mine:
+        assert (out / name).read_text() == "not the converter's"
+    for rel in lengths:
+        assert conv.is_valid_wav(str(out / (rel + ".wav")))
+    assert not (out.parent / ".wav.lock").exists()
 
 
 def test_failures_listed_and_others_converted(tmp_path, stub_ffmpeg, capsys):

@@ -6,6 +6,9 @@ import json
 import os
 import pathlib
 import runpy
+import signal
+import subprocess
+import sys
 
 import pytest
 from speechbrain.inference.speaker import SpeakerRecognition
@@ -13,6 +16,7 @@ from speechbrain.inference.speaker import SpeakerRecognition
 from dampit.inference.api import ModelFolderError, load_model
 from dampit.inference.stored_threshold import (
     read_calibration,
+    restore_threshold,
     write_threshold,
 )
 
@@ -74,3 +78,69 @@ def test_read_calibration_checks_the_llr(tmp_path):
     (folder / "dampit_export.json").write_text(json.dumps(spec))
     with pytest.raises(ModelFolderError, match="llr"):
         read_calibration(folder)
+
+
+# write_threshold killed with SIGKILL right after its k-th rename
+# (argv: the model folder, k); the renames are those of its files.
+KILL_AFTER = """
+import os, signal, sys
+from dampit.inference.stored_threshold import write_threshold
+rename, k = os.replace, int(sys.argv[2])
+def replace(src, dst):
+    rename(src, dst)
+    if os.path.basename(dst) in ("README.md", "hyperparams.yaml",
+                                 "dampit_export.json"):
+        k_left[0] -= 1
+        if k_left[0] == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+k_left = [k]
+os.replace = replace
+write_threshold(sys.argv[1], 0.73, "killed")
+"""
+
+
+def thresholds(folder, savedir):
+    """``load_model``'s threshold (or its one-line refusal) and
+    SpeechBrain's ``from_hparams``'s."""
+    try:
+        ours = load_model(folder).threshold
+    except ModelFolderError as err:
+        ours = err
+    sb = SpeakerRecognition.from_hparams(
+        source=str(folder), savedir=str(savedir)
+    )
+    return ours, sb.hparams.threshold
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_a_writer_killed_between_its_renames(tmp_path, k):
+    """Killed after its k-th rename (YAML, JSON, README): the two loaders
+    agree, or load_model refuses in one line naming the YAML;
+    restore_threshold gives the JSON's value back to the YAML, and the
+    next write leaves no temporary or lock file."""
+    folder = pathlib.Path(write_demo_model(tmp_path, threshold=0.5))
+    (folder / "README.md").write_text("# model\n")
+    names = sorted(os.listdir(folder))
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER, str(folder), str(k)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    json_value = json.loads((folder / "dampit_export.json").read_text())
+    ours, theirs = thresholds(folder, tmp_path / "sb1")
+    assert theirs == 0.73  # the YAML is renamed first
+    if isinstance(ours, ModelFolderError):
+        message = str(ours)
+        assert "\n" not in message
+        assert message.startswith(f"{folder / 'hyperparams.yaml'}: ")
+        assert f"threshold {theirs} is not the 0.5 of dampit_export" in message
+        assert json_value["threshold"] == 0.5 != theirs
+        assert restore_threshold(folder)
+        ours, theirs = thresholds(folder, tmp_path / "sb2")
+    assert ours == theirs == json_value["threshold"]
+    assert not restore_threshold(folder)
+    write_threshold(folder, 0.42, "next")  # the next writer
+    assert thresholds(folder, tmp_path / "sb3") == (0.42, 0.42)
+    assert sorted(os.listdir(folder)) == names
+    assert not [n for n in os.listdir(folder.parent) if n.startswith(".")]
