@@ -3,7 +3,8 @@
 import logging
 
 import torch
-from speechbrain.utils.metric_stats import EER
+
+from dampit.metrics.error_rates import compute_eer
 
 logger = logging.getLogger(__name__)
 
@@ -50,5 +51,5 @@ def validation_eer(embeddings, labels, max_pairs=None, seed=0):
     if same.all() or not same.any():
         logger.warning("validation pairs are all of one kind: EER set to 100")
         return 100.0
-    eer, _ = EER(scores[same], scores[~same])
+    eer, _ = compute_eer(scores, same)
     return 100.0 * float(eer)
