@@ -30,12 +30,15 @@ class TrialListError(ValueError):
 
 def utt_to_id(name):
     """Map an utterance path to a CSV ID (``/`` separators, no ``./``, no
-    audio extension).
+    audio extension): dampit's one rule, used by the data preparation,
+    the trial lists and the command-line tools.
 
     Example
     -------
     >>> utt_to_id("./spk1\\\\a.flac"), utt_to_id("id1/x/00001.wav")
     ('spk1/a', 'id1/x/00001')
+    >>> utt_to_id("s1/take.2/u.v3.WAV"), utt_to_id("s1/take.2/u.v3")
+    ('s1/take.2/u.v3', 's1/take.2/u.v3')
     """
     name = name.replace("\\", "/")
     while name.startswith("./"):

@@ -103,6 +103,6 @@ def test_a_list_of_corpora_through_the_command_line(shared_data, tmp_path):
     # 12 speakers (two corpora's s0..s5 apart), 2 of one's test speakers
     assert run.data["n_classes"] == 10 == run.hparams["n_speakers"]
     test = {r["spk_id"] for r in read_csv(run.data["test"])}
-    assert len(test) == 2 and all(s.startswith("one/s") for s in test)
+    assert len(test) == 2 and all(s.startswith("one:s") for s in test)
     train = {r["spk_id"] for r in read_csv(run.data["train"])}
-    assert {f"two/s{k}" for k in range(6)} <= train
+    assert {f"two:s{k}" for k in range(6)} <= train

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from dampit.cli.common import list_audio_inputs
 from dampit.dataio.audio import load_audio, read_crop
 from dampit.dataio.prepare_folder import (
     BAD_FILES,
@@ -18,7 +19,7 @@ from dampit.dataio.prepare_folder import (
     scan_audio_tree,
 )
 from dampit.dataio.prepared import CSV_FIELDS
-from dampit.dataio.trials import read_trials
+from dampit.dataio.trials import read_trials, speaker_of
 
 
 def _write_wav(path, n, sr=16000, fmt="WAV", seed=0):
@@ -344,3 +345,33 @@ def test_valid_speakers_disjoint_from_train_and_test(tmp_path, folds):
     plain = prepare_folder(data, tmp_path / "plain", n_test_speakers=2, **folds)
     assert plain["test_speakers"] == res["test_speakers"]
     assert plain["valid_speakers"] == []
+
+
+def test_one_id_for_a_file_in_preparation_trials_and_cli(tmp_path):
+    """The CSV ID of a file (nested folders, dots in names) is the ID the
+    trial reader and the command-line tools give its path."""
+    data = tmp_path / "data"
+    rels = []
+    for s in range(4):
+        for u in range(6):
+            rel = f"sp.{s}/take.{u % 2}/utt.v{u}.{'WAV' if u else 'flac'}"
+            fmt = "WAV" if u else "FLAC"
+            _write_wav(str(data / rel), 1200, fmt=fmt, seed=10 * s + u)
+            rels.append(rel)
+    res = prepare_folder(data, tmp_path / "p", n_test_speakers=2)
+    rows = [
+        r for k in ("train", "dev", "test") for r in read_csv(res[f"{k}_csv"])
+    ]
+    csv_id = {os.path.relpath(r["wav"], data): r["ID"] for r in rows}
+    assert sorted(csv_id) == sorted(rels)
+    assert csv_id["sp.0/take.1/utt.v1.WAV"] == "sp.0/take.1/utt.v1"
+    for r in rows:
+        assert r["spk_id"] == speaker_of(r["ID"]) == r["ID"].split("/")[0]
+    # A trial list naming the files by path (./, backslashes, extensions).
+    a, b = rels[0], rels[6]
+    lst = tmp_path / "trials.txt"
+    lst.write_text(f"0 ./{a} {b.replace('/', chr(92))}\n1 {a} {rels[1]}\n")
+    got = read_trials(lst, known_ids=set(csv_id.values()))
+    assert got == [(0, csv_id[a], csv_id[b]), (1, csv_id[a], csv_id[rels[1]])]
+    cli = dict(list_audio_inputs([str(data)]))
+    assert {os.path.relpath(p, data): i for i, p in cli.items()} == csv_id

@@ -16,6 +16,8 @@ import os
 import numpy as np
 import soundfile as sf
 
+from dampit.dataio.trials import speaker_of, utt_to_id
+
 SR = 16000
 UTTS_PER_VIDEO = 8
 
@@ -86,6 +88,11 @@ def make_voxceleb_tree(root, n_files, sources, utts_per_spk=180):
     return vox1, vox2, trials, files
 
 
+def vox_id(path):
+    """Utterance ID of ``.../<spk>/<video>/<utt>.wav``: ``spk/video/utt``."""
+    return utt_to_id("/".join(path.split(os.sep)[-3:]))
+
+
 def write_manifest(path, files, frames):
     """A SpeechBrain CSV (``ID, duration, wav, start, stop, spk_id``) of
     ``files`` (``.../<spk>/<video>/<utt>.wav``), ``frames`` samples each."""
@@ -93,8 +100,8 @@ def write_manifest(path, files, frames):
         w = csv.writer(f)
         w.writerow(["ID", "duration", "wav", "start", "stop", "spk_id"])
         for p in files:
-            uid = "/".join(p[:-4].split(os.sep)[-3:])
-            w.writerow([uid, frames / SR, p, 0, frames, uid.split("/")[0]])
+            uid = vox_id(p)
+            w.writerow([uid, frames / SR, p, 0, frames, speaker_of(uid)])
 
 
 def vox_labels(n_utts=1092009, n_spk=5994, seed=0):
