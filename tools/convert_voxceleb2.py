@@ -30,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 import soundfile as sf
 from tqdm import tqdm
 
+from dampit.dataio.prepare_folder import scan_audio_tree
+
 SAMPLE_RATE = 16000
 FAILURES = "convert_failures.txt"
 
@@ -141,7 +143,8 @@ def list_jobs(src, dst=None, overwrite=False, sample_rate=SAMPLE_RATE):
     Arguments
     ---------
     src : str
-        Folder of ``.m4a`` files (searched recursively).
+        Folder of ``.m4a`` files (searched recursively, hidden names
+        skipped).
     dst : str or None
         Output root (None: beside the ``.m4a`` files).
     overwrite : bool
@@ -158,20 +161,15 @@ def list_jobs(src, dst=None, overwrite=False, sample_rate=SAMPLE_RATE):
         one, left by a killed run, is removed).
     """
     todo, done = [], []
-    for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, src)
-        for name in sorted(filenames):
-            if not name.lower().endswith(".m4a") or name.startswith("."):
-                continue
-            base = os.path.splitext(name)[0] + ".wav"
-            out_dir = dirpath if dst is None else os.path.join(dst, rel)
-            pair = (os.path.join(dirpath, name), os.path.join(out_dir, base))
-            if not overwrite and is_valid_wav(pair[1], sample_rate):
-                done.append(pair)
-                _remove(pair[1] + ".part")  # left by a killed run
-            else:
-                todo.append(pair)
+    for rel in scan_audio_tree(src, (".m4a",), min_depth=1):
+        wav = os.path.splitext(rel)[0] + ".wav"
+        m4a = os.path.join(src, *rel.split("/"))
+        pair = (m4a, os.path.join(dst or src, *wav.split("/")))
+        if not overwrite and is_valid_wav(pair[1], sample_rate):
+            done.append(pair)
+            _remove(pair[1] + ".part")  # left by a killed run
+        else:
+            todo.append(pair)
     return todo, done
 
 

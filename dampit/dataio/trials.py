@@ -9,7 +9,6 @@ utterances by path (``id10270/x6uYqmx31kE/00001.wav``); dataset CSV IDs are
 the same paths without the extension (:func:`utt_to_id`).
 """
 
-import codecs
 import itertools
 import logging
 import os
@@ -58,24 +57,42 @@ def speaker_of(utt_id):
     return utt_to_id(utt_id).split("/", 1)[0]
 
 
-def _fields(path):
-    """Yield ``(line number, fields)`` of the non-blank, non-comment lines."""
+def utf8_lines(path):
+    """Yield ``(line number, text)`` of a UTF-8 text file, with or without
+    a BOM: dampit's one reader of the text files users write (trial
+    lists, score files, lists of audio files).
+
+    Raises TrialListError (``path:line``) for a missing file or a line
+    that is not UTF-8.
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "list.txt")
+    >>> _ = open(p, "wb").write(b"\\xef\\xbb\\xbfa b\\nc\\n")  # a BOM first
+    >>> list(utf8_lines(p))
+    [(1, 'a b\\n'), (2, 'c\\n')]
+    """
     try:
         f = open(path, "rb")
     except OSError as err:
         raise TrialListError(f"{path}: not found ({err.strerror})") from None
     with f:
         for n, raw in enumerate(f, 1):
-            if n == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8) :]
             try:
-                fields = raw.decode("utf-8").split()
+                yield n, raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as err:
                 raise TrialListError(
                     f"{path}:{n}: not valid UTF-8 (byte {err.start + 1})"
                 ) from None
-            if fields and not fields[0].startswith("#"):
-                yield n, fields
+
+
+def _fields(path):
+    """Yield ``(line number, fields)`` of the non-blank, non-comment lines."""
+    for n, text in utf8_lines(path):
+        fields = text.split()
+        if fields and not fields[0].startswith("#"):
+            yield n, fields
 
 
 def iter_trials(path, as_ids=False):

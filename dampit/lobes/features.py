@@ -17,6 +17,8 @@ Authors
 import torch
 from speechbrain.lobes.features import Fbank
 
+from dampit.lobes.pooling import real_frames
+
 __all__ = ["Spectrogram", "Features", "CropNormalization", "to_image"]
 
 WINDOWS = ("hamming", "hann")
@@ -194,7 +196,7 @@ class CropNormalization(torch.nn.Module):
             raise ValueError(
                 f"CropNormalization: {lengths.numel()} lengths for {B} items"
             )
-        n = torch.round(lengths.float() * T).clamp(1, T)
+        n = real_frames(lengths, T)
         mask = torch.arange(T, device=x.device)[None, :] < n[:, None]
         mask = mask[..., None].expand_as(x).to(x.dtype)
         dims = (1, 2) if self.mode == "scalar" else (1,)

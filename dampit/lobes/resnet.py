@@ -29,7 +29,12 @@ import torch
 import torch.nn as nn
 
 from dampit.lobes.gates import SpatialGate, is_eager
-from dampit.lobes.pooling import GlobalAvgPool, TemporalStatsPool, time_mask
+from dampit.lobes.pooling import (
+    GlobalAvgPool,
+    TemporalStatsPool,
+    real_frames,
+    time_mask,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +288,7 @@ class SEResNet(nn.Module):
                 "SEResNet: lengths are relative lengths in (0, 1] "
                 f"(SpeechBrain convention), got {lengths.tolist()}"
             )
-        n = torch.round(lengths.double() * t).long().clamp(1, t)
+        n = real_frames(lengths, t)
         return None if is_eager(x) and bool((n == t).all()) else n
 
     def trunk(self, x, lengths=None):

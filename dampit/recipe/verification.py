@@ -20,6 +20,7 @@ from dampit.dataio.audio import load_audio
 from dampit.dataio.crops import crop_views
 from dampit.dataio.trials import read_trials
 from dampit.inference.extract import frame_lengths
+from dampit.lobes.pooling import real_frames
 from dampit.metrics import multicrop
 from dampit.metrics.asnorm import as_norm
 from dampit.metrics.embedding_store import EmbeddingStore, EmbeddingStoreWriter
@@ -123,7 +124,7 @@ def embed(embed_fn, loader, hop_length, device, stores=None, progress=True):
     try:
         for batch in tqdm(loader, desc="embedding", disable=not progress):
             wavs, rel = batch.sig
-            n = torch.round(rel * wavs.shape[1]).long()
+            n = real_frames(rel, wavs.shape[1])
             if hop_length:
                 rel = frame_lengths(n, wavs.shape[1], hop_length)
             wavs = wavs.to(device)  # the crops are cut on the device

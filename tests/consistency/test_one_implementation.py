@@ -55,3 +55,44 @@ def test_one_path_to_id_and_speaker_rule(tmp_path):
     (tmp_path / "tools").mkdir()
     (tmp_path / "tools" / "x.py").write_text('spk = uid.split("/")[0]\n')
     assert matches(SPEAKER_OR_ID, ("tools",), tmp_path) == ["tools/x.py:1"]
+
+
+TREE_WALK = r"os\.walk\(|glob\.glob\(|\.rglob\(|\.glob\("
+NOT_AUDIO_WALKS = (
+    "dampit/dataio/prepare_folder.py",  # scan_audio_tree itself
+    "dampit/utils/atomic.py",  # the files of its own temporary folder
+    "dampit/inference/export.py",  # a run's checkpoint folders
+    "dampit/utils/checkpoints.py",  # a checkpoint's parameter files
+    "tools/benchmarks/run.py",  # the benchmark scripts
+)
+
+
+def test_one_audio_tree_scan(tmp_path):
+    """Audio trees are listed by ``scan_audio_tree`` (hidden names
+    skipped, links followed); other walks list no audio."""
+    assert matches(TREE_WALK, allowed=NOT_AUDIO_WALKS) == []
+    (tmp_path / "dampit").mkdir()
+    (tmp_path / "dampit" / "x.py").write_text('glob.glob("**/*.wav")\n')
+    assert matches(TREE_WALK, ("dampit",), tmp_path) == ["dampit/x.py:1"]
+
+
+BOM = r"utf-8-sig|BOM_UTF8|\\ufeff"
+
+
+def test_one_bom_aware_line_reader(tmp_path):
+    """Text files users write are read by ``trials.utf8_lines``."""
+    assert matches(BOM, allowed=("dampit/dataio/trials.py",)) == []
+    (tmp_path / "dampit").mkdir()
+    (tmp_path / "dampit" / "x.py").write_text('t = b.decode("utf-8-sig")\n')
+    assert matches(BOM, ("dampit",), tmp_path) == ["dampit/x.py:1"]
+
+
+ROUND = r"torch\.round\("
+
+
+def test_one_relative_length_to_frames(tmp_path):
+    """Relative lengths become frames in ``pooling.real_frames`` only."""
+    assert matches(ROUND, allowed=("dampit/lobes/pooling.py",)) == []
+    (tmp_path / "dampit").mkdir()
+    (tmp_path / "dampit" / "x.py").write_text("n = torch.round(rel * T)\n")
+    assert matches(ROUND, ("dampit",), tmp_path) == ["dampit/x.py:1"]

@@ -10,12 +10,12 @@
 """
 
 import csv
-import glob
 import os
 
 import numpy as np
 import soundfile as sf
 
+from dampit.dataio.prepare_folder import scan_audio_tree
 from dampit.dataio.trials import speaker_of, utt_to_id
 
 SR = 16000
@@ -25,12 +25,15 @@ UTTS_PER_VIDEO = 8
 def make_sources(data, folder, n=24, seconds=8.0):
     """``n`` wavs of ``seconds`` s, each words of one DSPSpeech speaker."""
     os.makedirs(folder, exist_ok=True)
-    speakers = sorted(glob.glob(os.path.join(data, "dspspeech", "*", "")))
+    root = os.path.join(data, "dspspeech")
+    by_speaker = {}
+    for rel in scan_audio_tree(root):
+        path = os.path.join(root, *rel.split("/"))
+        by_speaker.setdefault(speaker_of(rel), []).append(path)
+    speakers = sorted(by_speaker)
     out = []
     for k in range(n):
-        words = sorted(
-            glob.glob(os.path.join(speakers[k % len(speakers)], "*"))
-        )
+        words = by_speaker[speakers[k % len(speakers)]]
         parts, total, j = [], 0, k // len(speakers)
         while total < seconds * SR:
             wav, sr = sf.read(words[j % len(words)], dtype="int16")
