@@ -32,7 +32,6 @@ import warnings
 from collections import Counter
 
 import numpy as np
-from speechbrain.dataio.dataio import load_data_csv
 from tqdm import tqdm
 
 from dampit.dataio.audio import AUDIO_EXTENSIONS, AudioError, check_audio
@@ -176,13 +175,6 @@ def check_training_split(train, dev, where, min_speakers):
             f"utterances; at least {max(2, min_speakers)} needed (P classes "
             "per batch): add speakers or lower P"
         )
-
-
-def read_csv(path, data_root=None):
-    """Rows of a manifest as dicts, through SpeechBrain's ``load_data_csv``
-    (``$data_root`` replaced by ``data_root``)."""
-    rows = load_data_csv(os.fspath(path), {"data_root": data_root or ""})
-    return [{"ID": i, **row} for i, row in rows.items()]
 
 
 def data_folders(data_folder):

@@ -13,11 +13,9 @@ import re
 import shutil
 import tempfile
 
-import torch
-
 from dampit.utils.file_lock import output_lock
 
-__all__ = ["atomic_folder", "atomic_path", "atomic_torch_save"]
+__all__ = ["atomic_folder", "atomic_path"]
 __all__ += ["atomic_write_text", "recover_folder"]
 
 
@@ -90,20 +88,6 @@ def atomic_write_text(path, text):
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-
-
-def atomic_torch_save(obj, path):
-    """``torch.save`` to ``path`` atomically.
-
-    Arguments
-    ---------
-    obj : object
-        Anything ``torch.save`` accepts (a state dict, say).
-    path : str or os.PathLike
-        Destination file.
-    """
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def _fsync(path):

@@ -20,12 +20,9 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+from speechbrain.dataio.dataio import load_data_csv
 
-from dampit.dataio.prepare_folder import (
-    DataPreparationError,
-    prepare_folder,
-    read_csv,
-)
+from dampit.dataio.prepare_folder import DataPreparationError, prepare_folder
 from dampit.dataio.trials import read_scores, write_scores
 from dampit.metrics.error_rates import compute_eer, compute_min_dcf
 
@@ -46,7 +43,7 @@ def _tree(root, n_spk=25, n_utt=6):
 
 
 def _speakers(path):
-    return {r["spk_id"] for r in read_csv(path)}
+    return {r["spk_id"] for r in load_data_csv(str(path)).values()}
 
 
 def test_folds_disjoint_covering_and_absent_from_training(tmp_path):

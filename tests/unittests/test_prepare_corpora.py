@@ -13,12 +13,9 @@ import shutil
 
 import numpy as np
 import pytest
+from speechbrain.dataio.dataio import load_data_csv
 
-from dampit.dataio.prepare_folder import (
-    DataPreparationError,
-    prepare_folder,
-    read_csv,
-)
+from dampit.dataio.prepare_folder import DataPreparationError, prepare_folder
 from dampit.dataio.prepared import OPTS_FILE
 from dampit.dataio.trials import read_trials, speaker_of
 
@@ -63,7 +60,9 @@ def corpora(shared_data, tmp_path_factory):
 
 
 def _rows(res, name):
-    return read_csv(res[f"{name}_csv"])
+    """The rows of a manifest as SpeechBrain reads them, each with its ID."""
+    rows = load_data_csv(res[f"{name}_csv"])
+    return [{"ID": i, **r} for i, r in rows.items()]
 
 
 def _expected_fold(speakers, seed, n_folds, fold):
@@ -263,7 +262,7 @@ def test_a_path_speechbrain_would_read_as_a_variable_is_refused(
     csv_path = tmp_path / "x.csv"
     csv_path.write_text(f"ID,wav\na,{data}/a.wav\n")
     with pytest.raises(KeyError):
-        read_csv(csv_path)
+        load_data_csv(str(csv_path))
     out = tmp_path / "p"
     with pytest.raises(DataPreparationError, match=re.escape(str(data))):
         prepare_folder(data, out, n_test_speakers=2)
