@@ -153,7 +153,10 @@ def split_dev(utts_by_spk, rng, fraction=DEV_FRACTION):
         n_dev = min(round(fraction * len(items)), len(items) - 1)
         held = set(rng.permutation(len(items))[:n_dev].tolist())
         for k, item in enumerate(items):
-            (dev if k in held else train).append(item)
+            if k in held:
+                dev.append(item)
+            else:
+                train.append(item)
     return train, dev
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from array import array
+from collections import Counter
 
 import numpy as np
 
@@ -294,13 +295,12 @@ def make_trials(utt_ids, spk_ids, max_target=None, nontarget_ratio=1.0, seed=0):
             f"make_trials: {len(utt_ids)} utterances but {len(spk_ids)} "
             "speaker labels"
         )
-    seen = set()
-    dup = [u for u in utt_ids if u in seen or seen.add(u)]
+    dup = sorted(u for u, n in Counter(utt_ids).items() if n > 1)
     if dup:
         raise ValueError(f"make_trials: duplicate utterance IDs: {dup[:10]}")
-    ids, spk = (
-        map(list, zip(*sorted(zip(utt_ids, spk_ids)))) if seen else ([], [])
-    )
+    by_id = sorted(zip(utt_ids, spk_ids))
+    ids = [u for u, _ in by_id]
+    spk = [s for _, s in by_id]
     by_spk = {}
     for i, s in enumerate(spk):
         by_spk.setdefault(s, []).append(i)

@@ -68,8 +68,16 @@ REGISTRY = {
     "speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN": ECAPA_TDNN,
     "speechbrain.lobes.models.ECAPA_TDNN.Classifier": Classifier,
 }
-_LOAD_ERRORS = (RuntimeError, ValueError, TypeError, AttributeError, OSError)
-_LOAD_ERRORS += (KeyError, EOFError, pickle.UnpicklingError)
+_LOAD_ERRORS = (
+    RuntimeError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    OSError,
+    KeyError,
+    EOFError,
+    pickle.UnpicklingError,
+)
 #: Modules whose ``<module>.ckpt`` a folder must have when it lists them.
 WEIGHTED = ("embedding_model", "classifier")
 #: Seconds of noise every loaded model embeds once: a model that gives
@@ -77,8 +85,15 @@ WEIGHTED = ("embedding_model", "classifier")
 PROBE_SECONDS = 1.0
 #: What SpeechBrain's ``from_hparams`` raises on a YAML file that does
 #: not parse or names what does not exist.
-YAML_ERRORS = (ruamel.yaml.YAMLError, ValueError, TypeError, ImportError)
-YAML_ERRORS += (AttributeError, KeyError, OSError)
+YAML_ERRORS = (
+    ruamel.yaml.YAMLError,
+    ValueError,
+    TypeError,
+    ImportError,
+    AttributeError,
+    KeyError,
+    OSError,
+)
 
 
 def _check_threshold(where, value):

@@ -53,8 +53,13 @@ from dampit.utils.atomic import atomic_folder
 from dampit.utils.checkpoint_averaging import average_weights
 from dampit.utils.file_lock import LockError
 
-__all__ = ["ExportError", "export_model", "main", "read_run_hparams"]
-__all__ += ["write_model_files"]
+__all__ = [
+    "ExportError",
+    "export_model",
+    "main",
+    "read_run_hparams",
+    "write_model_files",
+]
 
 CHECK_TOL = 1e-5
 SCORING = "full_cosine"

@@ -24,8 +24,7 @@ from tqdm import tqdm
 from dampit.dataio.audio import load_audio
 from dampit.dataio.crops import crop_views
 
-__all__ = ["embed_utterances", "header_duration", "length_batches"]
-__all__ += ["pad_batch"]
+__all__ = ["embed_utterances", "header_duration", "length_batches", "pad_batch"]
 
 _PATHS = (str, os.PathLike)
 MIN_SAMPLES = 400  # shorter files raise AudioError (less than one frame)

@@ -18,8 +18,15 @@ import torch
 
 from dampit.utils.bounds import BOOL, INT, OR_NULL, REAL, TEXT, describe, within
 
-__all__ = ["BOUNDS", "ModelFolderError", "check_embeddings", "check_labels"]
-__all__ += ["check_spec", "check_value", "read_json"]
+__all__ = [
+    "BOUNDS",
+    "ModelFolderError",
+    "check_embeddings",
+    "check_labels",
+    "check_spec",
+    "check_value",
+    "read_json",
+]
 
 #: Versions of ``dampit_export.json`` this loader reads.
 FORMATS = (1,)
@@ -29,8 +36,7 @@ MAX_LABELS_BYTES = 64 << 20
 #: Longest list value (ECAPA's per-layer channels, kernels...).
 MAX_LIST = 64
 #: The modules of a folder; the first three are needed.
-MODULES = ("compute_features", "mean_var_norm", "embedding_model")
-MODULES += ("classifier",)
+MODULES = ("compute_features", "mean_var_norm", "embedding_model", "classifier")
 
 #: A list of 1 to :data:`MAX_LIST` integers, each within the bounds.
 INTS = "a list of integers"

@@ -140,7 +140,8 @@ def embed(embed_fn, loader, hop_length, device, stores=None, progress=True):
                 add(1, emb.reshape(len(n), crops[0], -1))
     except BaseException:
         for w in writers:
-            w is not None and w.abort()
+            if w is not None:
+                w.abort()
         raise
     out = [np.concatenate(r) if r else None for r in rows]
     for k, w in enumerate(writers):

@@ -15,8 +15,12 @@ import tempfile
 
 from dampit.utils.file_lock import output_lock
 
-__all__ = ["atomic_folder", "atomic_path"]
-__all__ += ["atomic_write_text", "recover_folder"]
+__all__ = [
+    "atomic_folder",
+    "atomic_path",
+    "atomic_write_text",
+    "recover_folder",
+]
 
 
 def _umask_mode(mode):

@@ -79,14 +79,17 @@ def shipped(tmp_path_factory, shared_data):
         "".join(
             f"e{k} t{k} {y} {float(s)!r}\n"
             for k, (y, s) in enumerate(zip(labels, scores))
-        )  # fmt: skip
+        )
     )
     cmd = [sys.executable, "-m", "dampit.inference.export", str(run)]
     _run(cmd + [str(model), f"--scores={score_file}"])
     return dict(
-        tmp=tmp, run=run, model=model, speakers=speakers,
+        tmp=tmp,
+        run=run,
+        model=model,
+        speakers=speakers,
         threshold=compute_eer(scores, labels)[1],
-    )  # fmt: skip
+    )
 
 
 def test_every_speaker_trains_and_exports(shipped):
