@@ -358,6 +358,6 @@ def test_a_moved_run_reads_its_own_scores_not_its_old_folder(tmp_path):
     old.rename(moved)
     old_scores.parent.mkdir(parents=True)  # a different run, old place
     write_scores(old_scores, ["e"] * 8, ["t"] * 8, -mine, lab)
-    got = ra.read_run(str(moved), "all_four")["score_files"]["full_cosine"]
+    got = ra.read_run(str(moved), "all_four")["full_cosine"]
     assert pathlib.Path(got) == moved / old_scores.relative_to(old)
     np.testing.assert_array_equal(read_scores(got)[2], mine)

@@ -70,5 +70,4 @@ def test_score_fold_writes_what_the_ablation_reads(tmp_path, shared_data):
     assert set(summary) == {"trials/full_cosine"}
     report_tool = _load(ABLATION / "ablation_report.py")
     run = report_tool.read_run(tmp_path / "run", "resemblyzer")
-    assert run["full_cosine"]["eer"] == pytest.approx(100 * report["eer"])
-    assert run["scores"] == report["scores_txt"]
+    assert run["full_cosine"] == report["scores_txt"]
