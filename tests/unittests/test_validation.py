@@ -23,3 +23,12 @@ def test_validation_eer_is_the_exact_eer_of_all_pairs():
     # float64 rates: exactly 100 * the exact EER (SpeechBrain's EER
     # divides in float32 and is off in the 8th digit).
     assert validation_eer(emb, labels) == 100.0 * want
+
+
+def test_one_kind_of_pair_or_a_nan_embedding_gives_100(caplog):
+    emb = torch.eye(4)
+    assert validation_eer(emb, torch.zeros(4, dtype=torch.long)) == 100.0
+    assert "all of one kind" in caplog.text
+    emb[2, 0] = float("nan")
+    assert validation_eer(emb, torch.tensor([0, 0, 1, 1])) == 100.0
+    assert "not finite" in caplog.text
