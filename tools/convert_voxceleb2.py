@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from dampit.dataio.prepare_folder import scan_audio_tree  # noqa: E402
 from dampit.utils.atomic import atomic_write_text  # noqa: E402
 from dampit.utils.file_lock import LockError, output_lock  # noqa: E402
 
@@ -199,7 +200,8 @@ def list_jobs(src, dst=None, overwrite=False, sample_rate=SAMPLE_RATE):
     Arguments
     ---------
     src : str
-        Folder of ``.m4a`` files (searched recursively).
+        Folder of ``.m4a`` files (searched recursively, hidden names
+        skipped).
     dst : str or None
         Output root (None: beside the ``.m4a`` files).
     overwrite : bool
@@ -215,22 +217,19 @@ def list_jobs(src, dst=None, overwrite=False, sample_rate=SAMPLE_RATE):
         Pairs whose output is already valid.
     """
     todo, done = [], []
-    for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, src)
-        out_dir = dirpath if dst is None else os.path.join(dst, rel)
-        wav_names = set()
-        for name in sorted(filenames):
-            if not name.lower().endswith(".m4a") or name.startswith("."):
-                continue
-            base = os.path.splitext(name)[0] + ".wav"
-            wav_names.add(base)
-            pair = (os.path.join(dirpath, name), os.path.join(out_dir, base))
-            if not overwrite and is_valid_wav(pair[1], sample_rate):
-                done.append(pair)
-            else:
-                todo.append(pair)
-        remove_stale_parts(out_dir, wav_names)
+    wav_names = {}  # output folder -> the wav names this run makes there
+    for rel in scan_audio_tree(src, (".m4a",), min_depth=1):
+        wav = os.path.splitext(rel)[0] + ".wav"
+        m4a = os.path.join(src, *rel.split("/"))
+        pair = (m4a, os.path.join(dst or src, *wav.split("/")))
+        out_dir, base = os.path.split(pair[1])
+        wav_names.setdefault(out_dir, set()).add(base)
+        if not overwrite and is_valid_wav(pair[1], sample_rate):
+            done.append(pair)
+        else:
+            todo.append(pair)
+    for out_dir, names in wav_names.items():
+        remove_stale_parts(out_dir, names)
     return todo, done
 
 

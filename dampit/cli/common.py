@@ -6,7 +6,6 @@ A user error ends a command with one line on stderr and exit status 2
 
 import argparse
 import contextlib
-import glob
 import logging
 import math
 import os
@@ -19,7 +18,8 @@ from os.path import isfile
 import torch
 
 from dampit.dataio.audio import AUDIO_EXTENSIONS, AudioError
-from dampit.dataio.trials import TrialListError, utt_to_id
+from dampit.dataio.prepare_folder import scan_audio_tree
+from dampit.dataio.trials import TrialListError, utf8_lines, utt_to_id
 from dampit.inference.api import ModelFolderError, load_model
 from dampit.inference.profiles import ProfileError
 from dampit.metrics.embedding_store import check_id
@@ -135,24 +135,20 @@ def _is_audio(path):
 def _list_file(path):
     """``(id, path, origin)`` of a list file's lines (UTF-8, BOM or not)."""
     items, base = [], os.path.dirname(os.path.abspath(path))
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as err:
-                raise CliError(f"{path}:{n}: not UTF-8 ({err.reason})")
-            uid, _, wav = (s.strip() for s in text.rpartition("\t"))
-            if wav and not text.lstrip().startswith("#"):
-                if not isfile(full := os.path.join(base, wav)):
-                    raise CliError(f"{path}:{n}: audio file not found: {wav}")
-                items.append((uid or utt_to_id(wav), full, f"{path}:{n}"))
+    for n, text in utf8_lines(path):
+        uid, _, wav = (s.strip() for s in text.rpartition("\t"))
+        if wav and not text.lstrip().startswith("#"):
+            if not isfile(full := os.path.join(base, wav)):
+                raise CliError(f"{path}:{n}: audio file not found: {wav}")
+            items.append((uid or utt_to_id(wav), full, f"{path}:{n}"))
     return items
 
 
 def list_audio_inputs(inputs):
-    """``(id, path)`` of audio files, folders (searched recursively; ID:
-    relative path without extension) and list files (a path, relative to
-    the list, or ``ID<TAB>path`` a line). A file name with a line break,
+    """``(id, path)`` of audio files, folders (``scan_audio_tree``: searched
+    recursively, hidden names skipped; ID: ``utt_to_id`` of the relative
+    path) and list files (a path, relative to the list, or ``ID<TAB>path``
+    a line). A file name with a line break,
     an ID that ``ids.txt`` cannot hold or a duplicate ID is refused here,
     before any work.
 
@@ -168,11 +164,12 @@ def list_audio_inputs(inputs):
     found, seen = [], {}
     for arg in inputs:
         if os.path.isdir(arg):
-            tree = glob.glob(os.path.join(arg, "**", "*"), recursive=True)
-            tree = [p for p in sorted(tree) if _is_audio(p) and isfile(p)]
+            tree = scan_audio_tree(arg, min_depth=1)
+            tree = [(r, os.path.join(arg, *r.split("/"))) for r in tree]
+            tree = [(utt_to_id(r), p, p) for r, p in tree if isfile(p)]
             if not tree:
                 raise CliError(f"no {'/'.join(AUDIO_EXTENSIONS)} under {arg}")
-            found += [(utt_to_id(os.path.relpath(p, arg)), p, p) for p in tree]
+            found += tree
         elif not isfile(arg):
             raise CliError(f"input not found: {arg}")
         elif _is_audio(arg):

@@ -23,6 +23,7 @@ from speechbrain.processing.signal_processing import reverberate
 
 from dampit.dataio.audio import load_audio, read_crop
 from dampit.dataio.prepare_folder import scan_audio_tree
+from dampit.lobes.pooling import real_frames
 
 
 def list_audio_files(folder):
@@ -128,7 +129,7 @@ class FolderAugment(torch.nn.Module):
         B, N = wavs.shape
         lengths = torch.ones(B) if lengths is None else torch.as_tensor(lengths)
         lengths = lengths.to(wavs.device)
-        n_valid = torch.round(lengths.float() * N).long().clamp(1, N).tolist()
+        n_valid = real_frames(lengths, N).tolist()
         out = wavs.clone()
         for i in torch.nonzero(torch.rand(B) < self.reverb_prob)[:, 0].tolist():
             rir = load_audio(_pick(self.rirs), self.sample_rate).to(wavs)

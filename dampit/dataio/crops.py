@@ -1,6 +1,7 @@
 """Fixed-length crops of waveforms for training and testing.
 
-Training uses one random crop of 3 s per utterance (paper, section 4.2).
+Training uses one random crop of 3 s per utterance (paper, section 4.2;
+``dampit.dataio.audio.read_crop`` reads only the crop from the file).
 Utterances shorter than the crop are repeated (tiled) to length, as the
 paper says; the original code zero-filled and then overwrote the tail with
 the start, which leaves a zero gap in utterances shorter than half the
@@ -14,7 +15,7 @@ copies of it; the lengths are in samples (3 s at 16 kHz = 48000).
 
 import torch
 
-__all__ = ["repeat_to_length", "random_crop", "eval_crops", "crop_views"]
+__all__ = ["repeat_to_length", "eval_crops", "crop_views"]
 
 
 def _check(wav, n, fn):
@@ -61,44 +62,6 @@ def repeat_to_length(wav, n):
         return wav[:n]
     reps = -(-n // wav.numel())
     return wav.repeat(reps)[:n]
-
-
-def random_crop(wav, n, generator=None):
-    """Take one random crop of ``n`` samples (repeating short waveforms).
-
-    Arguments
-    ---------
-    wav : torch.Tensor
-        Waveform ``[N]``.
-    n : int
-        Crop length in samples.
-    generator : torch.Generator or None
-        Random source for the start (None: torch's global one, which
-        DataLoader seeds differently in each worker).
-
-    Returns
-    -------
-    torch.Tensor
-        ``[n]``: ``wav[s:s + n]`` with ``s`` uniform in ``[0, N - n]``, or
-        ``repeat_to_length(wav, n)`` when ``N <= n``.
-
-    Example
-    -------
-    >>> g = torch.Generator().manual_seed(0)
-    >>> w = torch.arange(10.0)
-    >>> c = random_crop(w, 4, generator=g)
-    >>> len(c), bool((c[1:] - c[:-1] == 1).all())
-    (4, True)
-    >>> random_crop(torch.tensor([5.0, 6.0]), 5).tolist()
-    [5.0, 6.0, 5.0, 6.0, 5.0]
-    """
-    wav, n = _check(wav, n, "random_crop")
-    if wav.numel() <= n:
-        return repeat_to_length(wav, n)
-    start = int(
-        torch.randint(0, wav.numel() - n + 1, (1,), generator=generator)
-    )
-    return wav[start : start + n]
 
 
 def eval_crops(wav, n_crops=10, n=48000):

@@ -13,7 +13,7 @@ samples at the file's own rate) and a trial list:
   same-speaker pair and as many different-speaker pairs.
 
 Several folders (corpora) can be prepared together: their IDs and
-speakers then start with the corpus name (``so762/0001``), so that two
+speakers then start with the corpus name (``so762:0001``), so that two
 corpora's speakers never merge; ``test_corpora`` names the corpora that
 are split into test and training speakers, the others only train.
 
@@ -32,12 +32,16 @@ import warnings
 from collections import Counter
 
 import numpy as np
-from speechbrain.dataio.dataio import load_data_csv
 from tqdm import tqdm
 
 from dampit.dataio.audio import AUDIO_EXTENSIONS, AudioError, check_audio
 from dampit.dataio.prepared import cached, write_outputs
-from dampit.dataio.trials import make_trials, trial_summary
+from dampit.dataio.trials import (
+    make_trials,
+    speaker_of,
+    trial_summary,
+    utt_to_id,
+)
 from dampit.utils.atomic import atomic_write_text
 
 BAD_FILES = "bad_files.txt"
@@ -81,20 +85,10 @@ def scan_audio_tree(root, exts=AUDIO_EXTENSIONS, min_depth=2):
     return sorted(found)
 
 
-def path_to_id(rel_path):
-    """CSV ID of a file: its relative path without extension.
-
-    Example
-    -------
-    >>> path_to_id("id10270/x6uYqmx31kE/00001.wav")
-    'id10270/x6uYqmx31kE/00001'
-    """
-    return os.path.splitext(rel_path.replace("\\", "/"))[0]
-
-
 def unique_ids(rel_paths, where):
-    """IDs of ``rel_paths``, refusing duplicates (``a.wav`` and ``a.flac``)."""
-    ids = [path_to_id(p) for p in rel_paths]
+    """IDs of ``rel_paths`` (:func:`~dampit.dataio.trials.utt_to_id`),
+    refusing duplicates (``a.wav`` and ``a.flac``)."""
+    ids = [utt_to_id(p) for p in rel_paths]
     dup = sorted(i for i, n in Counter(ids).items() if n > 1)
     if dup:
         raise DataPreparationError(
@@ -159,7 +153,10 @@ def split_dev(utts_by_spk, rng, fraction=DEV_FRACTION):
         n_dev = min(round(fraction * len(items)), len(items) - 1)
         held = set(rng.permutation(len(items))[:n_dev].tolist())
         for k, item in enumerate(items):
-            (dev if k in held else train).append(item)
+            if k in held:
+                dev.append(item)
+            else:
+                train.append(item)
     return train, dev
 
 
@@ -181,13 +178,6 @@ def check_training_split(train, dev, where, min_speakers):
             f"utterances; at least {max(2, min_speakers)} needed (P classes "
             "per batch): add speakers or lower P"
         )
-
-
-def read_csv(path, data_root=None):
-    """Rows of a manifest as dicts, through SpeechBrain's ``load_data_csv``
-    (``$data_root`` replaced by ``data_root``)."""
-    rows = load_data_csv(os.fspath(path), {"data_root": data_root or ""})
-    return [{"ID": i, **row} for i, row in rows.items()]
 
 
 def data_folders(data_folder):
@@ -266,9 +256,10 @@ def held_out(speakers, n_test_speakers, n_folds, fold, rng, keep, where):
 
 def scan_corpora(folders, names):
     """``(ids, paths, speakers)`` of every audio file of the corpora; with
-    several folders IDs and speakers start with the corpus name. A path
-    with ``$name`` in it (a variable to SpeechBrain's CSV reader) is
-    refused."""
+    several folders IDs and speakers start with the corpus name and a
+    colon (``so762:0001/u1``, speaker ``so762:0001``: an ID's first path
+    component is its speaker). A path with ``$name`` in it (a variable to
+    SpeechBrain's CSV reader) is refused."""
     ids, paths, speakers = [], [], []
     for folder, name in zip(folders, names):
         rel_paths = scan_audio_tree(folder)
@@ -288,11 +279,11 @@ def scan_corpora(folders, names):
                 "takes '$' and a name for a variable: rename the file or "
                 f"folder ({len(named)} such path(s))"
             )
-        prefix = f"{name}/" if len(folders) > 1 else ""
+        prefix = f"{name}:" if len(folders) > 1 else ""
         for i, rel in zip(unique_ids(rel_paths, folder), rel_paths):
             ids.append(prefix + i)
             paths.append(os.path.join(folder, *rel.split("/")))
-            speakers.append(prefix + i.split("/", 1)[0])
+            speakers.append(speaker_of(prefix + i))
     return ids, paths, speakers
 
 
@@ -318,8 +309,8 @@ def prepare_folder(
         One sub-folder per speaker. With several folders (corpora), IDs
         and speakers start with the corpus name, the folder's base name
         (``-2``, ``-3``... added to a name already taken, see
-        :func:`corpus_names`): ``so762/0001/000010011``, speaker
-        ``so762/0001``. With one folder they do not.
+        :func:`corpus_names`) and a colon: ``so762:0001/000010011``,
+        speaker ``so762:0001``. With one folder they do not.
     save_folder : str or os.PathLike
         Output folder.
     n_test_speakers : int or None
@@ -419,7 +410,7 @@ def prepare_folder(
         groups = []
         for name, folder in zip(names, folders):
             if name in test_corpora:
-                own = [s for s in speakers if s.split("/", 1)[0] == name]
+                own = [s for s in speakers if s.startswith(f"{name}:")]
                 own_rng = np.random.default_rng(seed)
                 groups.append(held_out(own, *split, own_rng, 0, folder))
     test_spk = sorted(s for group in groups for s in group)

@@ -24,13 +24,17 @@ from dampit.dataio.prepare_folder import (
     DataPreparationError,
     check_files,
     check_training_split,
-    path_to_id,
     scan_audio_tree,
     split_dev,
     unique_ids,
 )
 from dampit.dataio.prepared import cached, write_outputs
-from dampit.dataio.trials import read_trials, trial_summary
+from dampit.dataio.trials import (
+    read_trials,
+    speaker_of,
+    trial_summary,
+    utt_to_id,
+)
 
 #: Official trial lists -> (protocol, number of trials).
 OFFICIAL_TRIAL_LISTS = {
@@ -87,7 +91,7 @@ def _vox2_files(vox2_folder):
     ids = unique_ids(rel, root)
     files = {i: os.path.join(root, *r.split("/")) for i, r in zip(ids, rel)}
     missing = [os.path.join(aac, *r.split("/")) for r in m4a]
-    missing = [p for r, p in zip(m4a, missing) if path_to_id(r) not in files]
+    missing = [p for r, p in zip(m4a, missing) if utt_to_id(r) not in files]
     return files, [(p, f"not converted to wav: {p} ({hint})") for p in missing]
 
 
@@ -205,11 +209,11 @@ def prepare_voxceleb(
         if u not in files:
             p = os.path.join(given["vox1"], "wav", *u.split("/")) + ".wav"
             bad.append((p, f"audio file not found (in a trial list): {p}"))
-    test_spk = {u.split("/", 1)[0] for u in test_ids}
+    test_spk = {speaker_of(u) for u in test_ids}
     train_ids = [
         i
         for i in sorted(files)
-        if corpus[i] in train_sets and i.split("/", 1)[0] not in test_spk
+        if corpus[i] in train_sets and speaker_of(i) not in test_spk
     ]
     wanted = train_ids + [u for u in test_ids if u in files]
     where = " and ".join(given.values())
@@ -217,7 +221,7 @@ def prepare_voxceleb(
         [files[i] for i in wanted], skip_bad, save_folder, where, bad
     )
     rows = {
-        i: (i, files[i], *info[files[i]], i.split("/", 1)[0])
+        i: (i, files[i], *info[files[i]], speaker_of(i))
         for i in wanted
         if files[i] in info
     }

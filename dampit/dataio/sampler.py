@@ -119,7 +119,8 @@ class PKSampler(torch.utils.data.Sampler):
             raise ValueError(
                 "PKSampler: num_replicas differs from DDP: give rank"
             )
-        rank = (this if num_replicas == world else 0) if rank is None else rank
+        if rank is None:
+            rank = this if num_replicas == world else 0
         self.num_replicas = _int("num_replicas", num_replicas, 1)
         self.rank = _int("rank", rank, 0)
         if self.rank >= self.num_replicas:

@@ -9,12 +9,12 @@ utterances by path (``id10270/x6uYqmx31kE/00001.wav``); dataset CSV IDs are
 the same paths without the extension (:func:`utt_to_id`).
 """
 
-import codecs
 import itertools
 import logging
 import os
 import sys
 from array import array
+from collections import Counter
 
 import numpy as np
 
@@ -30,12 +30,15 @@ class TrialListError(ValueError):
 
 def utt_to_id(name):
     """Map an utterance path to a CSV ID (``/`` separators, no ``./``, no
-    audio extension).
+    audio extension): dampit's one rule, used by the data preparation,
+    the trial lists and the command-line tools.
 
     Example
     -------
     >>> utt_to_id("./spk1\\\\a.flac"), utt_to_id("id1/x/00001.wav")
     ('spk1/a', 'id1/x/00001')
+    >>> utt_to_id("s1/take.2/u.v3.WAV"), utt_to_id("s1/take.2/u.v3")
+    ('s1/take.2/u.v3', 's1/take.2/u.v3')
     """
     name = name.replace("\\", "/")
     while name.startswith("./"):
@@ -55,24 +58,42 @@ def speaker_of(utt_id):
     return utt_to_id(utt_id).split("/", 1)[0]
 
 
-def _fields(path):
-    """Yield ``(line number, fields)`` of the non-blank, non-comment lines."""
+def utf8_lines(path):
+    """Yield ``(line number, text)`` of a UTF-8 text file, with or without
+    a BOM: dampit's one reader of the text files users write (trial
+    lists, score files, lists of audio files).
+
+    Raises TrialListError (``path:line``) for a missing file or a line
+    that is not UTF-8.
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "list.txt")
+    >>> _ = open(p, "wb").write(b"\\xef\\xbb\\xbfa b\\nc\\n")  # a BOM first
+    >>> list(utf8_lines(p))
+    [(1, 'a b\\n'), (2, 'c\\n')]
+    """
     try:
         f = open(path, "rb")
     except OSError as err:
         raise TrialListError(f"{path}: not found ({err.strerror})") from None
     with f:
         for n, raw in enumerate(f, 1):
-            if n == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8) :]
             try:
-                fields = raw.decode("utf-8").split()
+                yield n, raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as err:
                 raise TrialListError(
                     f"{path}:{n}: not valid UTF-8 (byte {err.start + 1})"
                 ) from None
-            if fields and not fields[0].startswith("#"):
-                yield n, fields
+
+
+def _fields(path):
+    """Yield ``(line number, fields)`` of the non-blank, non-comment lines."""
+    for n, text in utf8_lines(path):
+        fields = text.split()
+        if fields and not fields[0].startswith("#"):
+            yield n, fields
 
 
 def iter_trials(path, as_ids=False):
@@ -274,13 +295,12 @@ def make_trials(utt_ids, spk_ids, max_target=None, nontarget_ratio=1.0, seed=0):
             f"make_trials: {len(utt_ids)} utterances but {len(spk_ids)} "
             "speaker labels"
         )
-    seen = set()
-    dup = [u for u in utt_ids if u in seen or seen.add(u)]
+    dup = sorted(u for u, n in Counter(utt_ids).items() if n > 1)
     if dup:
         raise ValueError(f"make_trials: duplicate utterance IDs: {dup[:10]}")
-    ids, spk = (
-        map(list, zip(*sorted(zip(utt_ids, spk_ids)))) if seen else ([], [])
-    )
+    by_id = sorted(zip(utt_ids, spk_ids))
+    ids = [u for u, _ in by_id]
+    spk = [s for _, s in by_id]
     by_spk = {}
     for i, s in enumerate(spk):
         by_spk.setdefault(s, []).append(i)

@@ -37,8 +37,13 @@ import torch
 
 from dampit.dataio.audio import AudioError, mono_blocks, resample
 
-__all__ = ["check_window_hop", "frame_levels", "header_windows"]
-__all__ += ["read_windows", "window_count"]
+__all__ = [
+    "check_window_hop",
+    "frame_levels",
+    "header_windows",
+    "read_windows",
+    "window_count",
+]
 
 #: Length of the frames whose levels the trim compares, in seconds.
 FRAME_SECONDS = 0.03

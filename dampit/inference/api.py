@@ -25,10 +25,8 @@ lengths count frames exactly (:func:`dampit.inference.extract.pad_batch`)::
 """
 
 import os
-import pickle
 import tempfile
 
-import ruamel.yaml
 import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.speaker import SpeakerRecognition
@@ -42,8 +40,10 @@ from dampit.inference.extract import embed_utterances, embed_windows
 from dampit.inference.folder_checks import (
     DEFAULT_THRESHOLD,
     HPARAMS_FILE,
+    LOAD_ERRORS,
     MAX_LABELS_BYTES,
     SPEC_FILE,
+    YAML_ERRORS,
     ModelFolderError,
     check_embeddings,
     check_labels,
@@ -72,17 +72,11 @@ REGISTRY = {
     "speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN": ECAPA_TDNN,
     "speechbrain.lobes.models.ECAPA_TDNN.Classifier": Classifier,
 }
-_LOAD_ERRORS = (RuntimeError, ValueError, TypeError, AttributeError, OSError)
-_LOAD_ERRORS += (KeyError, EOFError, pickle.UnpicklingError)
 #: Modules whose ``<module>.ckpt`` a folder must have when it lists them.
 WEIGHTED = ("embedding_model", "classifier")
 #: Seconds of noise every loaded model embeds once: a model that gives
 #: NaN / inf embeddings is refused at load.
 PROBE_SECONDS = 1.0
-#: What SpeechBrain's ``from_hparams`` raises on a YAML file that does
-#: not parse or names what does not exist.
-YAML_ERRORS = (ruamel.yaml.YAMLError, ValueError, TypeError, ImportError)
-YAML_ERRORS += (AttributeError, KeyError, OSError)
 
 
 def read_spec(folder):
@@ -130,7 +124,7 @@ def _load_weights(folder, name, module):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         module.load_state_dict(state)
-    except _LOAD_ERRORS as err:
+    except LOAD_ERRORS as err:
         raise ModelFolderError(
             f"{path}: cannot load the weights: {one_line(err)}"
         ) from None

@@ -26,8 +26,15 @@ from scipy.optimize import minimize
 
 from dampit.metrics.error_rates import compute_eer, operating_points
 
-__all__ = ["cross_validate", "error_rates_at", "fit_llr", "minimum_trials"]
-__all__ += ["fold_masks", "speaker_folds", "threshold_at"]
+__all__ = [
+    "cross_validate",
+    "error_rates_at",
+    "fit_llr",
+    "minimum_trials",
+    "fold_masks",
+    "speaker_folds",
+    "threshold_at",
+]
 
 POINTS = ("eer", "far", "frr")
 #: Fewest target and non-target trials a calibration accepts, and the

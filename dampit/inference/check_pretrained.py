@@ -26,9 +26,10 @@ from speechbrain.dataio.dataio import load_data_csv
 from speechbrain.inference.speaker import SpeakerRecognition
 
 from dampit.dataio.trials import read_trials
-from dampit.inference.api import HPARAMS_FILE, YAML_ERRORS
 from dampit.inference.export import ExportError, read_run_hparams
 from dampit.inference.folder_checks import (
+    HPARAMS_FILE,
+    YAML_ERRORS,
     ModelFolderError,
     check_value,
     one_line,

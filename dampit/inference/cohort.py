@@ -50,8 +50,15 @@ from dampit.metrics.asnorm import TOP_K, as_norm
 from dampit.utils.atomic import atomic_path
 from dampit.utils.file_lock import output_lock
 
-__all__ = ["check_target", "compute_cohort", "normalise_scores"]
-__all__ += ["read_cohort", "require_cohort", "speaker_means", "write_cohort"]
+__all__ = [
+    "check_target",
+    "compute_cohort",
+    "normalise_scores",
+    "read_cohort",
+    "require_cohort",
+    "speaker_means",
+    "write_cohort",
+]
 
 COHORT_FILE = "cohort.npy"
 #: The key of ``dampit_export.json`` that records the cohort.

@@ -67,7 +67,12 @@ from dampit.metrics.error_rates import compute_eer
 from dampit.recipe.tested_model import TESTED_FILE, module_spec
 from dampit.utils.atomic import atomic_folder
 
-__all__ = ["ExportError", "export_model", "main", "read_run_hparams"]
+__all__ = [
+    "ExportError",
+    "export_model",
+    "main",
+    "read_run_hparams",
+]
 
 PROG = "dampit-export"
 CHECK_TOL = 1e-5

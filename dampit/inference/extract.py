@@ -30,9 +30,15 @@ from dampit.dataio.crops import crop_views
 from dampit.dataio.windows import check_window_hop, read_windows
 from dampit.metrics.embedding_store import window_id
 
-__all__ = ["check_windows", "embed_batch", "embed_utterances"]
-__all__ += ["embed_windows"]
-__all__ += ["header_duration", "length_batches", "pad_batch"]
+__all__ = [
+    "check_windows",
+    "embed_batch",
+    "embed_utterances",
+    "embed_windows",
+    "header_duration",
+    "length_batches",
+    "pad_batch",
+]
 
 _PATHS = (str, os.PathLike)
 MIN_SAMPLES = 400  # shorter files raise AudioError (less than one frame)

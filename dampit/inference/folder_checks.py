@@ -13,21 +13,55 @@ scripts (which load with it) refuse the same folders.
 
 import json
 import os
+import pickle
 import re
 import warnings
 
+import ruamel.yaml
 import torch
 import yaml
 
 from dampit.utils.bounds import BOOL, INT, OR_NULL, REAL, TEXT, describe, within
 
-__all__ = ["BOUNDS", "ModelFolderError", "check_embeddings", "check_labels"]
-__all__ += ["check_spec", "check_value", "read_json", "read_yaml_threshold"]
+__all__ = [
+    "BOUNDS",
+    "ModelFolderError",
+    "check_embeddings",
+    "check_labels",
+    "check_same_threshold",
+    "check_spec",
+    "check_threshold",
+    "check_value",
+    "read_json",
+    "read_yaml_threshold",
+]
 
 #: The folder's JSON file, which the loader reads.
 SPEC_FILE = "dampit_export.json"
 HPARAMS_FILE = "hyperparams.yaml"
 DEFAULT_THRESHOLD = 0.25  # SpeechBrain's verify_batch default
+#: What loading a module's weights raises on a bad ``<module>.ckpt``.
+LOAD_ERRORS = (
+    RuntimeError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    OSError,
+    KeyError,
+    EOFError,
+    pickle.UnpicklingError,
+)
+#: What SpeechBrain's ``from_hparams`` raises on a YAML file that does
+#: not parse or names what does not exist.
+YAML_ERRORS = (
+    ruamel.yaml.YAMLError,
+    ValueError,
+    TypeError,
+    ImportError,
+    AttributeError,
+    KeyError,
+    OSError,
+)
 #: Versions of ``dampit_export.json`` this loader reads.
 FORMATS = (1,)
 #: Largest ``dampit_export.json`` and ``label_encoder.ckpt``, in bytes.
@@ -38,8 +72,7 @@ MAX_COHORT_BYTES = 64 << 20
 #: Longest list value (ECAPA's per-layer channels, kernels...).
 MAX_LIST = 64
 #: The modules of a folder; the first three are needed.
-MODULES = ("compute_features", "mean_var_norm", "embedding_model")
-MODULES += ("classifier",)
+MODULES = ("compute_features", "mean_var_norm", "embedding_model", "classifier")
 
 #: A list of 1 to :data:`MAX_LIST` integers, each within the bounds.
 INTS = "a list of integers"

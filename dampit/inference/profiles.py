@@ -33,8 +33,15 @@ from dampit.metrics.embedding_store import (
 )
 from dampit.utils.file_lock import output_lock
 
-__all__ = ["ProfileError", "Profiles", "enroll_files", "identify_files"]
-__all__ += ["model_fingerprint", "remove_profile", "scores_against"]
+__all__ = [
+    "ProfileError",
+    "Profiles",
+    "enroll_files",
+    "identify_files",
+    "model_fingerprint",
+    "remove_profile",
+    "scores_against",
+]
 
 COUNTS_FILE, META_FILE = "counts.txt", "profiles.json"
 UNKNOWN = "unknown"

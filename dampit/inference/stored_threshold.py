@@ -34,8 +34,12 @@ from dampit.inference.folder_checks import YAML_THRESHOLD, read_yaml_threshold
 from dampit.utils.atomic import atomic_path
 from dampit.utils.file_lock import output_lock
 
-__all__ = ["check_folder", "read_calibration", "restore_threshold"]
-__all__ += ["write_threshold"]
+__all__ = [
+    "check_folder",
+    "read_calibration",
+    "restore_threshold",
+    "write_threshold",
+]
 
 README_FILE = "README.md"
 NOTE_HEADING = "## Calibrated threshold"

@@ -8,7 +8,7 @@ with ``torch.stft`` on batches on any device; a 3 s crop (48000 samples)
 gives ``1 + 48000 // 160 = 301`` frames. :class:`Features` chooses it or
 SpeechBrain's ``Fbank`` by a plain value (``features: fbank``).
 The network (``SEResNet``) copies ``[B, T, F]`` features to 3 channels
-itself; :func:`to_image` does it for other image networks.
+itself.
 
 Authors
  * dampit contributors 2025
@@ -17,7 +17,9 @@ Authors
 import torch
 from speechbrain.lobes.features import Fbank
 
-__all__ = ["Spectrogram", "Features", "CropNormalization", "to_image"]
+from dampit.lobes.pooling import real_frames
+
+__all__ = ["Spectrogram", "Features", "CropNormalization"]
 
 WINDOWS = ("hamming", "hann")
 
@@ -194,7 +196,7 @@ class CropNormalization(torch.nn.Module):
             raise ValueError(
                 f"CropNormalization: {lengths.numel()} lengths for {B} items"
             )
-        n = torch.round(lengths.float() * T).clamp(1, T)
+        n = real_frames(lengths, T)
         mask = torch.arange(T, device=x.device)[None, :] < n[:, None]
         mask = mask[..., None].expand_as(x).to(x.dtype)
         dims = (1, 2) if self.mode == "scalar" else (1,)
@@ -202,16 +204,3 @@ class CropNormalization(torch.nn.Module):
         mean = (x * mask).sum(dim=dims, keepdim=True) / count
         var = ((x - mean) * mask).pow(2).sum(dim=dims, keepdim=True) / count
         return ((x - mean) / var.sqrt().clamp(min=1e-3)).to(feats.dtype)
-
-
-def to_image(feats, n_channels=3):
-    """Features ``[B, T, F]`` -> image ``[B, n_channels, F, T]`` (a copy).
-
-    Example
-    -------
-    >>> to_image(torch.randn(2, 301, 161)).shape
-    torch.Size([2, 3, 161, 301])
-    """
-    if feats.dim() != 3:
-        raise ValueError(f"to_image: need feats [B, T, F], got {feats.shape}")
-    return feats.transpose(1, 2).unsqueeze(1).repeat(1, n_channels, 1, 1)

@@ -16,7 +16,21 @@ Authors
 import torch
 import torch.nn as nn
 
-__all__ = ["time_mask", "GlobalAvgPool", "TemporalStatsPool"]
+__all__ = ["real_frames", "time_mask", "GlobalAvgPool", "TemporalStatsPool"]
+
+
+def real_frames(lengths, n):
+    """Real frames ``round(lengths * n)`` of each item of a batch padded to
+    ``n`` frames, from relative ``lengths`` (SpeechBrain's convention: 1.0
+    is the longest item); int64, at least 1 and at most ``n``.
+
+    Example
+    -------
+    >>> real_frames(torch.tensor([1.0, 0.5, 0.01]), 10).tolist()
+    [10, 5, 1]
+    """
+    lengths = torch.as_tensor(lengths)
+    return torch.round(lengths.double() * n).long().clamp(1, n)
 
 
 def time_mask(n_frames, max_len, dtype=torch.float32):

@@ -29,7 +29,12 @@ import torch
 import torch.nn as nn
 
 from dampit.lobes.gates import SpatialGate, is_eager
-from dampit.lobes.pooling import GlobalAvgPool, TemporalStatsPool, time_mask
+from dampit.lobes.pooling import (
+    GlobalAvgPool,
+    TemporalStatsPool,
+    real_frames,
+    time_mask,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -173,18 +178,18 @@ class SEResNet(nn.Module):
         dropout=0.1,
     ):
         super().__init__()
-        checks = {
-            "depth": depth in DEPTHS,
-            "gate": gate in ("spatial", "none"),
-            "pooling": pooling in ("avg", "stats"),
-            "stem_kernel": stem_kernel > 0 and stem_kernel % 2 == 1,
-            "stem_stride": stem_stride > 0,
-            "n_freq": pooling != "stats" or (n_freq or 0) > 0,
+        checks = {  # name: (value, whether it is valid)
+            "depth": (depth, depth in DEPTHS),
+            "gate": (gate, gate in ("spatial", "none")),
+            "pooling": (pooling, pooling in ("avg", "stats")),
+            "stem_kernel": (stem_kernel, stem_kernel > 0 and stem_kernel % 2),
+            "stem_stride": (stem_stride, stem_stride > 0),
+            "n_freq": (n_freq, pooling != "stats" or (n_freq or 0) > 0),
         }
-        for name, ok in checks.items():
+        for name, (value, ok) in checks.items():
             if not ok:
                 raise ValueError(
-                    f"SEResNet: bad {name}={locals()[name]!r} (depth 18, 34, "
+                    f"SEResNet: bad {name}={value!r} (depth 18, 34, "
                     "50 or 101; gate 'spatial' or 'none'; pooling 'avg' or "
                     "'stats', which needs n_freq; stem_kernel odd)"
                 )
@@ -283,7 +288,7 @@ class SEResNet(nn.Module):
                 "SEResNet: lengths are relative lengths in (0, 1] "
                 f"(SpeechBrain convention), got {lengths.tolist()}"
             )
-        n = torch.round(lengths.double() * t).long().clamp(1, t)
+        n = real_frames(lengths, t)
         return None if is_eager(x) and bool((n == t).all()) else n
 
     def trunk(self, x, lengths=None):

@@ -34,8 +34,14 @@ import numpy as np
 from dampit.utils.atomic import atomic_folder, recover_folder
 from dampit.utils.file_lock import LockError, output_lock
 
-__all__ = ["EmbeddingStore", "EmbeddingStoreWriter", "check_id"]
-__all__ += ["save_embeddings", "segments_text", "window_id"]
+__all__ = [
+    "EmbeddingStore",
+    "EmbeddingStoreWriter",
+    "check_id",
+    "save_embeddings",
+    "segments_text",
+    "window_id",
+]
 
 EMBEDDINGS_FILE, IDS_FILE = "embeddings.npy", "ids.txt"
 SEGMENTS_FILE = "segments.tsv"
@@ -47,7 +53,9 @@ def as_numpy(x):
     """Tensor or array-like -> numpy array (bfloat16 -> float32)."""
     if hasattr(x, "detach"):
         x = x.detach().cpu()
-        x = (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
+        if str(x.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            x = x.float()
+        x = x.numpy()
     return np.asarray(x)
 
 

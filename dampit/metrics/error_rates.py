@@ -51,8 +51,10 @@ def validate_scores_labels(scores, labels):
     s, lab = arr[0].astype(np.float64), arr[1]
     if s.shape != lab.shape:
         raise ValueError(f"{s.size} scores, {lab.size} labels: must match")
-    checks = (("scores", s, ~np.isfinite(s), "finite"),)
-    checks += (("labels", lab, (lab != 0) & (lab != 1), "0 or 1"),)
+    checks = [
+        ("scores", s, ~np.isfinite(s), "finite"),
+        ("labels", lab, (lab != 0) & (lab != 1), "0 or 1"),
+    ]
     for name, x, bad, what in checks:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])

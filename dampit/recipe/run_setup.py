@@ -14,14 +14,11 @@ import types
 import ruamel.yaml
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml, resolve_references
+from speechbrain.dataio.dataio import load_data_csv
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from dampit.dataio.manifest import ManifestError, check_manifest
-from dampit.dataio.prepare_folder import (
-    DataPreparationError,
-    prepare_folder,
-    read_csv,
-)
+from dampit.dataio.prepare_folder import DataPreparationError, prepare_folder
 from dampit.dataio.prepare_voxceleb import prepare_voxceleb
 from dampit.dataio.trials import TrialListError, read_trials
 from dampit.recipe.arguments import LISTS, ArgumentError, check_values
@@ -161,7 +158,7 @@ def check_trials(data):
     nothing to check."""
     if data["n_trials"] == 0:
         return
-    test_ids = [row["ID"] for row in read_csv(data["test"])]
+    test_ids = list(load_data_csv(data["test"]))
     for path in data["trials"].values():
         read_trials(path, known_ids=test_ids)
 

@@ -3,7 +3,8 @@
 import logging
 
 import torch
-from speechbrain.utils.metric_stats import EER
+
+from dampit.metrics.error_rates import compute_eer
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ def validation_eer(embeddings, labels, max_pairs=None, seed=0):
     -------
     float
         The EER in percent; 100 (with a warning) when the pairs cannot
-        be both same- and different-speaker, as in short debug runs.
+        be both same- and different-speaker, as in short debug runs, or
+        when an embedding is not finite (a diverged model).
 
     Example
     -------
@@ -50,5 +52,8 @@ def validation_eer(embeddings, labels, max_pairs=None, seed=0):
     if same.all() or not same.any():
         logger.warning("validation pairs are all of one kind: EER set to 100")
         return 100.0
-    eer, _ = EER(scores[same], scores[~same])
+    if not torch.isfinite(scores).all():
+        logger.warning("validation embeddings are not finite: EER set to 100")
+        return 100.0
+    eer, _ = compute_eer(scores, same)
     return 100.0 * float(eer)

@@ -20,6 +20,7 @@ from dampit.dataio.audio import load_audio
 from dampit.dataio.crops import crop_views
 from dampit.dataio.trials import TrialListError, read_trials
 from dampit.inference.extract import frame_lengths
+from dampit.lobes.pooling import real_frames
 from dampit.metrics import multicrop
 from dampit.metrics.asnorm import as_norm
 from dampit.metrics.embedding_store import EmbeddingStore, EmbeddingStoreWriter
@@ -130,7 +131,7 @@ def embed(embed_fn, loader, hop_length, device, stores=None, progress=True):
     try:
         for batch in tqdm(loader, desc="embedding", disable=not progress):
             wavs, rel = batch.sig
-            n = torch.round(rel * wavs.shape[1]).long()
+            n = real_frames(rel, wavs.shape[1])
             if hop_length:
                 rel = frame_lengths(n, wavs.shape[1], hop_length)
             wavs = wavs.to(device)  # the crops are cut on the device
@@ -146,7 +147,8 @@ def embed(embed_fn, loader, hop_length, device, stores=None, progress=True):
                 add(1, emb.reshape(len(n), crops[0], -1))
     except BaseException:
         for w in writers:
-            w is not None and w.abort()
+            if w is not None:
+                w.abort()
         raise
     out = [np.concatenate(r) if r else None for r in rows]
     for k, w in enumerate(writers):

@@ -22,9 +22,15 @@ import torch
 
 from dampit.utils.file_lock import output_lock
 
-__all__ = ["atomic_folder", "atomic_path", "atomic_torch_save"]
-__all__ += ["atomic_write_bytes", "atomic_write_text", "recover_folder"]
-__all__ += ["remove_stale_files"]
+__all__ = [
+    "atomic_folder",
+    "atomic_path",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "recover_folder",
+    "remove_stale_files",
+]
 
 
 def _umask_mode(mode):

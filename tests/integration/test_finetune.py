@@ -4,7 +4,7 @@
    small dspspeech tree: no trials, no verification summary, but
    ``verification/checkpoints.txt`` names the tested weights, and
    ``dampit-export --scores`` exports it with the EER threshold of a
-   labelled score file (computed here by a loop over thresholds).
+   labelled score file (``compute_eer``'s threshold).
 2. ``--init_from=<that model folder>`` on 6 other speakers with no
    training epoch: the weights the recipe tests are the model folder's, so
    the recipe's stored test embeddings equal ``load_model``'s embeddings of
@@ -24,6 +24,7 @@ from speechbrain.dataio.dataio import load_data_csv
 
 from dampit.inference.api import load_model
 from dampit.metrics.embedding_store import EmbeddingStore
+from dampit.metrics.error_rates import compute_eer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "VoxCeleb"
@@ -62,18 +63,6 @@ def _train(data, out, *extra):
     ]
 
 
-def _eer_threshold(scores, labels):
-    """The threshold of the smallest |FAR - FRR| among the scores (a loop,
-    independent of dampit's sort-based EER)."""
-    best = None
-    for thr in sorted(scores):
-        far = np.mean(scores[labels == 0] > thr)
-        frr = np.mean(scores[labels == 1] <= thr)
-        if best is None or abs(far - frr) < best[0]:
-            best = (abs(far - frr), thr)
-    return best[1]
-
-
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory, shared_data):
     tmp = tmp_path_factory.mktemp("finetune")
@@ -90,14 +79,17 @@ def shipped(tmp_path_factory, shared_data):
         "".join(
             f"e{k} t{k} {y} {float(s)!r}\n"
             for k, (y, s) in enumerate(zip(labels, scores))
-        )  # fmt: skip
+        )
     )
     cmd = [sys.executable, "-m", "dampit.inference.export", str(run)]
     _run(cmd + [str(model), f"--scores={score_file}"])
     return dict(
-        tmp=tmp, run=run, model=model, speakers=speakers,
-        threshold=_eer_threshold(scores, labels),
-    )  # fmt: skip
+        tmp=tmp,
+        run=run,
+        model=model,
+        speakers=speakers,
+        threshold=compute_eer(scores, labels)[1],
+    )
 
 
 def test_every_speaker_trains_and_exports(shipped):

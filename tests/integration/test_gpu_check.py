@@ -46,8 +46,9 @@ def test_cpu_mode_reports_every_mode(tmp_path):
     assert "- device: cpu" in report
     res = json.loads(blob.read_text())
     assert res["batch"] == 4  # P x K = 2 x 2 on the CPU
-    paper = SEResNet(depth=50, base_width=64, gate="spatial", n_freq=161,
-                     emb_dim=2048)  # fmt: skip
+    paper = SEResNet(
+        depth=50, base_width=64, gate="spatial", n_freq=161, emb_dim=2048
+    )
     n_params = sum(p.numel() for p in paper.parameters())
     for mode in CPU_MODES:
         r = res["results"][mode]

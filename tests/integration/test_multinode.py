@@ -44,17 +44,30 @@ def _free_port():
 def _node(data, out, port, log):
     """Start one node; its output goes to ``log``."""
     cmd = [
-        sys.executable, "-m", "torch.distributed.run",
-        "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
-        f"--rdzv_endpoint=localhost:{port}", "--rdzv_id=dampit-test",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=localhost:{port}",
+        "--rdzv_id=dampit-test",
         str(REPO / "tests" / "integration" / "multinode_recipe.py"),
         str(REPO / "recipes" / "VoxCeleb" / "hparams" / "mini.yaml"),
-        f"--data_folder={data}", f"--output_folder={out}",
-        "--distributed_backend=gloo", "--num_workers=0", "--noprogressbar",
-        "--depth=18", "--base_width=8", f"--P={P}", f"--K={K}",
-        f"--batches_per_epoch={BATCHES}", f"--number_of_epochs={EPOCHS}",
-        "--valid_pairs=500", "--n_test_crops=1",
-    ]  # fmt: skip
+        f"--data_folder={data}",
+        f"--output_folder={out}",
+        "--distributed_backend=gloo",
+        "--num_workers=0",
+        "--noprogressbar",
+        "--depth=18",
+        "--base_width=8",
+        f"--P={P}",
+        f"--K={K}",
+        f"--batches_per_epoch={BATCHES}",
+        f"--number_of_epochs={EPOCHS}",
+        "--valid_pairs=500",
+        "--n_test_crops=1",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT

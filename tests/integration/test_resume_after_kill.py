@@ -38,7 +38,7 @@ import pytest
 import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
-from dampit.utils.atomic import atomic_path, atomic_torch_save
+from dampit.utils.atomic import atomic_path
 from dampit.utils.checkpoints import (
     FILES_KEY,
     TMP_PREFIX,
@@ -455,7 +455,7 @@ _WRITE_THEN_DIE = textwrap.dedent(
 def test_sigkill_during_atomic_write_keeps_the_old_file(tmp_path):
     """Killed mid-write: the old model file loads unchanged."""
     target = tmp_path / "model.ckpt"
-    atomic_torch_save({"w": torch.arange(3.0)}, target)
+    torch.save({"w": torch.arange(3.0)}, target)
     proc = subprocess.run(
         [sys.executable, "-c", _WRITE_THEN_DIE, str(target)],
         cwd=REPO,

@@ -65,9 +65,10 @@ def test_three_loaders_give_the_same_scores(pairs, tmp_path):
     dampit_scores = np.asarray(dampit_scores, dtype=np.float64).reshape(-1)
 
     sb = EncoderClassifier.from_hparams(
-        source=str(MODEL), savedir=str(tmp_path / "sb"),
+        source=str(MODEL),
+        savedir=str(tmp_path / "sb"),
         run_opts={"device": "cpu"},
-    )  # fmt: skip
+    )
     assert sb.hparams.threshold == pytest.approx(model.threshold)
     sb_scores = []
     for e, t in files:

@@ -24,6 +24,7 @@ from dampit.cli import embed as embed_cli
 from dampit.cli import verify as verify_cli
 from dampit.cli.common import CliError, list_audio_inputs
 from dampit.dataio.trials import read_scores
+from dampit.metrics.error_rates import compute_eer
 
 # The test-only model writer (tests/ is not a package).
 MODELS = pathlib.Path(__file__).resolve().parents[1] / "model_folder.py"
@@ -267,17 +268,6 @@ def test_verify_two_files(model, sb, wavs, capsys):
     assert "threshold 0.5000" in capsys.readouterr().out
 
 
-def eer_loop(scores, labels):
-    labels = np.asarray(labels, bool)
-    best = None
-    for t in [-np.inf] + sorted(set(scores)):
-        fnr = np.mean([s <= t for s, y in zip(scores, labels) if y])
-        fpr = np.mean([s > t for s, y in zip(scores, labels) if not y])
-        if best is None or abs(fpr - fnr) < best[0] - 1e-12:
-            best = (abs(fpr - fnr), (fpr + fnr) / 2)
-    return best[1]
-
-
 def test_verify_trial_list(model, sb, wavs, tmp_path, capsys):
     tree = tree_of(tmp_path / "data", wavs)
     (s1, f1), (s2, f2) = list(wavs.items())
@@ -322,7 +312,7 @@ def test_verify_trial_list(model, sb, wavs, tmp_path, capsys):
     assert labels.tolist() == [y for y, _, _ in trials]
     n_accept = sum(s > 0.5 for s in got)
     assert f"6 trials scored, threshold 0.5000, {n_accept} accepted" in cap.out
-    eer = eer_loop(got, [y for y, _, _ in trials])
+    eer, _ = compute_eer(got, [y for y, _, _ in trials])
     assert f"EER {100 * eer:.2f}%" in cap.out
     assert "3 target / 3 non-target" in cap.out
 

@@ -4,8 +4,8 @@ import os
 import pathlib
 
 import pytest
+from speechbrain.dataio.dataio import load_data_csv
 
-from dampit.dataio.prepare_folder import read_csv
 from dampit.recipe.command_line import parse_command_line
 from dampit.recipe.run_setup import USER_ERRORS, start_run
 
@@ -90,7 +90,7 @@ def test_paths_with_equals_and_digits_run_as_typed(
     assert run.hparams["data_folder"] == str(data)
     assert run.hparams["output_folder"] == "2024"
     assert os.path.isdir(tmp_path / "2024" / "prepared")
-    rows = read_csv(run.data["train"])
+    rows = load_data_csv(run.data["train"]).values()
     assert rows and all(r["wav"].startswith(f"{data}/s") for r in rows)
 
 
@@ -102,7 +102,7 @@ def test_a_list_of_corpora_through_the_command_line(shared_data, tmp_path):
     run = start_run(argv)
     # 12 speakers (two corpora's s0..s5 apart), 2 of one's test speakers
     assert run.data["n_classes"] == 10 == run.hparams["n_speakers"]
-    test = {r["spk_id"] for r in read_csv(run.data["test"])}
-    assert len(test) == 2 and all(s.startswith("one/s") for s in test)
-    train = {r["spk_id"] for r in read_csv(run.data["train"])}
-    assert {f"two/s{k}" for k in range(6)} <= train
+    test = {r["spk_id"] for r in load_data_csv(run.data["test"]).values()}
+    assert len(test) == 2 and all(s.startswith("one:s") for s in test)
+    train = {r["spk_id"] for r in load_data_csv(run.data["train"]).values()}
+    assert {f"two:s{k}" for k in range(6)} <= train

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dampit.dataio.audio import load_audio
-from dampit.dataio.crops import eval_crops, random_crop, repeat_to_length
+from dampit.dataio.crops import eval_crops, repeat_to_length
 
 
 @settings(max_examples=60, deadline=None)
@@ -38,39 +38,11 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="empty"):
         repeat_to_length(torch.zeros(0), 10)
     with pytest.raises(ValueError, match="1-D"):
-        random_crop(torch.zeros(2, 10), 5)
+        eval_crops(torch.zeros(2, 10), 2, 5)
     with pytest.raises(ValueError, match="n="):
         eval_crops(torch.zeros(10), 2, 0)
     with pytest.raises(ValueError, match="n_crops"):
         eval_crops(torch.zeros(10), 0, 5)
-
-
-def test_random_crop_is_a_uniform_slice():
-    N, n = 30, 8
-    wav = torch.arange(N, dtype=torch.float32)
-    g = torch.Generator().manual_seed(0)
-    starts = []
-    for _ in range(2000):
-        c = random_crop(wav, n, generator=g)
-        s = int(c[0])
-        assert torch.equal(c, wav[s : s + n])
-        starts.append(s)
-    counts = torch.bincount(torch.tensor(starts), minlength=N - n + 1)
-    assert len(counts) == N - n + 1  # never past the end
-    assert counts.min() > 0  # every start reachable, the last included
-    expected = 2000 / (N - n + 1)
-    assert ((counts - expected).abs() < 0.5 * expected).all()
-
-
-def test_random_crop_deterministic_and_short():
-    wav = torch.randn(1000)
-    a = random_crop(wav, 100, generator=torch.Generator().manual_seed(5))
-    b = random_crop(wav, 100, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(a, b)
-    assert torch.equal(random_crop(wav, 1000), wav)
-    assert torch.equal(
-        random_crop(wav[:30], 70), repeat_to_length(wav[:30], 70)
-    )
 
 
 @settings(max_examples=60, deadline=None)

@@ -14,7 +14,6 @@ from dampit.lobes.features import (
     CropNormalization,
     Features,
     Spectrogram,
-    to_image,
 )
 
 
@@ -199,17 +198,6 @@ def test_crop_normalization_floor_and_errors():
         CropNormalization()(x, torch.ones(3))
     with pytest.raises(ValueError, match=r"\[B, T, F\]"):
         CropNormalization()(x[0])
-
-
-def test_to_image():
-    feats = torch.randn(2, 30, 161)
-    img = to_image(feats)
-    assert img.shape == (2, 3, 161, 30)
-    for c in range(3):
-        assert torch.equal(img[:, c], feats.transpose(1, 2))
-    assert to_image(feats, n_channels=1).shape == (2, 1, 161, 30)
-    with pytest.raises(ValueError):
-        to_image(torch.randn(30, 161))
 
 
 def test_fbank_swaps_in_from_yaml(real_wavs):

@@ -3,15 +3,15 @@
 tests of ``recipes/VoxCeleb/ablation/kfold_stats.py`` with the ablation
 tool's k-fold mode.
 
-The statistics are checked against loops written here: EER and minDCF by
-scanning every threshold, bootstrap replicates by building the resampled
-trial list from copies of the drawn speakers, and p-values worked out by
-hand (exact Wilcoxon tail counts).
+The statistics are checked against values worked out here: EER and
+minDCF of explicit trial lists (``dampit.metrics.error_rates``, itself
+checked against threshold loops in test_error_rates.py), bootstrap
+replicates by building the resampled trial list from copies of the drawn
+speakers, and p-values worked out by hand (exact Wilcoxon tail counts).
 """
 
 import itertools
 import json
-import math
 import os
 import pathlib
 import re
@@ -20,13 +20,11 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+from speechbrain.dataio.dataio import load_data_csv
 
-from dampit.dataio.prepare_folder import (
-    DataPreparationError,
-    prepare_folder,
-    read_csv,
-)
+from dampit.dataio.prepare_folder import DataPreparationError, prepare_folder
 from dampit.dataio.trials import read_scores, write_scores
+from dampit.metrics.error_rates import compute_eer, compute_min_dcf
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "recipes" / "VoxCeleb" / "ablation"))
@@ -45,7 +43,7 @@ def _tree(root, n_spk=25, n_utt=6):
 
 
 def _speakers(path):
-    return {r["spk_id"] for r in read_csv(path)}
+    return {r["spk_id"] for r in load_data_csv(str(path)).values()}
 
 
 def test_folds_disjoint_covering_and_absent_from_training(tmp_path):
@@ -100,19 +98,10 @@ def test_bad_fold_options_are_one_line_errors(tmp_path, kwargs, match):
 # ------------------------------------------------------------ statistics --
 
 
-def loop_eer_dcf(scores, labels, p_target=0.01):
-    """EER (%) as SpeechBrain's (closest point, lowest threshold on ties)
-    and normalised minDCF, by scanning every threshold."""
-    tar = [s for s, lab in zip(scores, labels) if lab == 1]
-    non = [s for s, lab in zip(scores, labels) if lab == 0]
-    best, dcf = None, math.inf
-    for t in [-math.inf] + sorted(set(scores)):
-        fnr = sum(s <= t for s in tar) / len(tar)
-        fpr = sum(s > t for s in non) / len(non)
-        if t != -math.inf and (best is None or abs(fpr - fnr) < best[0]):
-            best = (abs(fpr - fnr), (fpr + fnr) / 2)
-        dcf = min(dcf, p_target * fnr + (1 - p_target) * fpr)
-    return 100.0 * best[1], dcf / min(p_target, 1 - p_target)
+def eer_dcf(scores, labels):
+    """EER (%) and normalised minDCF(0.01): dampit's exact ones."""
+    eer, _ = compute_eer(scores, labels)
+    return 100.0 * eer, compute_min_dcf(scores, labels, p_target=0.01)[0]
 
 
 def _fold_trials(rng, speakers, shift):
@@ -156,7 +145,7 @@ def test_pooled_metrics_equal_a_plain_computation(tmp_path):
     assert scores.tolist() == plain_s and labels.tolist() == plain_l
     assert enrol[0] == "f0s0" and set(test) >= {"f1s2"}
     eer, dcf = ks.metrics(scores, labels)
-    want = loop_eer_dcf(plain_s, plain_l)
+    want = eer_dcf(plain_s, plain_l)
     assert eer == pytest.approx(want[0], abs=1e-9)
     assert dcf == pytest.approx(want[1], abs=1e-9)
     # The report's pooled row shows the same values.
@@ -185,7 +174,7 @@ def test_bootstrap_weights_are_copies_of_the_drawn_speakers(tmp_path):
         if len(set(l_list)) < 2:
             assert np.isnan(reps[r]).all()
             continue
-        want = loop_eer_dcf(s_list, l_list)
+        want = eer_dcf(s_list, l_list)
         assert reps[r] == pytest.approx(want, abs=1e-9)
     # Draws stay inside each fold and keep its size.
     for f in range(2):
@@ -343,7 +332,7 @@ def test_compare_pools_one_config_over_several_out_folders(
         trials = ks.pool(
             [ks.read_trials_scores(p) for p in files[tag].values()]
         )
-        pooled[label] = loop_eer_dcf(trials[2].tolist(), trials[3].tolist())
+        pooled[label] = eer_dcf(trials[2].tolist(), trials[3].tolist())
         assert rows[label][1:3] == ["2 / 2", f"{pooled[label][0]:.2f}"]
     diff = pooled["p=1"][0] - pooled["sharp"][0]
     assert diff > 10 and rows["p=1 − sharp"][2] == f"{diff:+.2f}"
@@ -369,6 +358,6 @@ def test_a_moved_run_reads_its_own_scores_not_its_old_folder(tmp_path):
     old.rename(moved)
     old_scores.parent.mkdir(parents=True)  # a different run, old place
     write_scores(old_scores, ["e"] * 8, ["t"] * 8, -mine, lab)
-    got = ra.read_run(str(moved), "all_four")["score_files"]["full_cosine"]
+    got = ra.read_run(str(moved), "all_four")["full_cosine"]
     assert pathlib.Path(got) == moved / old_scores.relative_to(old)
     np.testing.assert_array_equal(read_scores(got)[2], mine)

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+from speechbrain.dataio.dataio import load_data_csv
 
-from dampit.dataio.prepare_folder import read_csv
 from dampit.dataio.prepare_voxceleb import prepare_voxceleb
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -121,8 +121,8 @@ def test_converts_in_parallel_into_mirror(tmp_path, stub_ffmpeg):
     prep = prepare_voxceleb(
         tmp_path / "p", vox2_folder=tmp_path / "vox2", trial_lists=()
     )
-    rows = read_csv(prep["train_csv"]) + read_csv(prep["dev_csv"])
-    assert sorted(r["ID"] for r in rows) == sorted(lengths)
+    ids = [*load_data_csv(prep["train_csv"]), *load_data_csv(prep["dev_csv"])]
+    assert sorted(ids) == sorted(lengths)
 
 
 def test_resume_skips_valid_outputs_and_redoes_bad_ones(tmp_path, stub_ffmpeg):
@@ -255,8 +255,8 @@ def test_beside_and_default_output(tmp_path, stub_ffmpeg):
     prep = prepare_voxceleb(
         tmp_path / "p", vox2_folder=tmp_path / "vox2", trial_lists=()
     )
-    rows = read_csv(prep["train_csv"]) + read_csv(prep["dev_csv"])
-    assert sorted(r["ID"] for r in rows) == sorted(lengths)
+    ids = [*load_data_csv(prep["train_csv"]), *load_data_csv(prep["dev_csv"])]
+    assert sorted(ids) == sorted(lengths)
 
 
 @pytest.mark.skipif(

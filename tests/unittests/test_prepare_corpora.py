@@ -13,14 +13,11 @@ import shutil
 
 import numpy as np
 import pytest
+from speechbrain.dataio.dataio import load_data_csv
 
-from dampit.dataio.prepare_folder import (
-    DataPreparationError,
-    prepare_folder,
-    read_csv,
-)
+from dampit.dataio.prepare_folder import DataPreparationError, prepare_folder
 from dampit.dataio.prepared import OPTS_FILE
-from dampit.dataio.trials import read_trials
+from dampit.dataio.trials import read_trials, speaker_of
 
 N_SO, N_DSP, N_UTT = 10, 6, 6
 
@@ -63,7 +60,9 @@ def corpora(shared_data, tmp_path_factory):
 
 
 def _rows(res, name):
-    return read_csv(res[f"{name}_csv"])
+    """The rows of a manifest as SpeechBrain reads them, each with its ID."""
+    rows = load_data_csv(res[f"{name}_csv"])
+    return [{"ID": i, **r} for i, r in rows.items()]
 
 
 def _expected_fold(speakers, seed, n_folds, fold):
@@ -80,22 +79,23 @@ def test_ids_and_speakers_are_namespaced_by_corpus(corpora, tmp_path):
     res = prepare_folder([so, dsp], tmp_path / "p", n_test_speakers=4, seed=3)
     rows = [r for n in ("train", "dev", "test") for r in _rows(res, n)]
     want = {
-        f"{c}/{s}/{u}"
+        f"{c}:{s}/{u}"
         for c, t in trees.items()
         for s, us in t.items()
         for u in us
     }
     assert {r["ID"] for r in rows} == want and len(rows) == len(want)
     for r in rows:
-        corpus, spk, stem = r["ID"].split("/")
-        assert r["spk_id"] == f"{corpus}/{spk}"
+        speaker, stem = r["ID"].split("/")
+        assert r["spk_id"] == speaker == speaker_of(r["ID"])
+        corpus, spk = speaker.split(":")
         folder = so if corpus == "so762" else dsp
         ext = ".flac" if corpus == "so762" else ".wav"
         assert r["wav"] == os.path.join(folder, spk, stem + ext)
         assert os.path.samefile(r["wav"], folder / spk / (stem + ext))
     speakers = sorted({r["spk_id"] for r in rows})
     assert len(speakers) == N_SO + N_DSP  # two corpora's "0001" stay apart
-    assert {s.split("/")[1] for s in speakers} == set(trees["so762"])
+    assert {s.split(":")[1] for s in speakers} == set(trees["so762"])
     # pooled: the seed's permutation of all 16 speakers, first 4 test
     perm = np.random.default_rng(3).permutation(len(speakers))
     test_spk = sorted(speakers[k] for k in perm[:4])
@@ -109,7 +109,7 @@ def test_ids_and_speakers_are_namespaced_by_corpus(corpora, tmp_path):
     assert sum(t[0] for t in trials) == _target_pairs(by_spk)
     for label, a, b in trials:
         assert {a, b} <= test_ids
-        assert label == (a.rsplit("/", 1)[0] == b.rsplit("/", 1)[0])
+        assert label == (a.split("/")[0] == b.split("/")[0])
     assert res["corpora"] == {"so762": str(so), "dspspeech": str(dsp)}
 
 
@@ -117,8 +117,8 @@ def test_kfold_over_one_corpus_with_the_other_always_training(
     corpora, tmp_path
 ):
     so, dsp, trees = corpora
-    so_spk = [f"so762/{s}" for s in sorted(trees["so762"])]
-    dsp_spk = {f"dspspeech/{s}" for s in trees["dspspeech"]}
+    so_spk = [f"so762:{s}" for s in sorted(trees["so762"])]
+    dsp_spk = {f"dspspeech:{s}" for s in trees["dspspeech"]}
     seen = []
     for fold in range(5):
         res = prepare_folder(
@@ -139,7 +139,7 @@ def test_kfold_over_one_corpus_with_the_other_always_training(
         }
         trials = read_trials(res["trials"])
         assert all(
-            a.startswith("so762/") and b.startswith("so762/")
+            a.startswith("so762:") and b.startswith("so762:")
             for _, a, b in trials
         )
         assert sum(t[0] for t in trials) == _target_pairs(by_spk) == 2 * 15
@@ -147,7 +147,7 @@ def test_kfold_over_one_corpus_with_the_other_always_training(
         alone = prepare_folder(
             so, tmp_path / f"a{fold}", n_folds=5, fold=fold, seed=7
         )
-        assert ["so762/" + s for s in alone["test_speakers"]] == want
+        assert ["so762:" + s for s in alone["test_speakers"]] == want
         seen += want
     assert sorted(seen) == so_spk  # the folds cover so762, each speaker once
 
@@ -163,15 +163,15 @@ def test_per_corpus_split_and_trials_within_each_corpus(corpora, tmp_path):
     )
     want = []
     for corpus in ("so762", "dspspeech"):
-        own = [f"{corpus}/{s}" for s in sorted(trees[corpus])]
+        own = [f"{corpus}:{s}" for s in sorted(trees[corpus])]
         perm = np.random.default_rng(1).permutation(len(own))
         want += [own[k] for k in perm[:2]]
     assert res["test_speakers"] == sorted(want)
     trials = read_trials(res["trials"])
-    assert all(a.split("/")[0] == b.split("/")[0] for _, a, b in trials)
+    assert all(a.split(":")[0] == b.split(":")[0] for _, a, b in trials)
     assert sum(t[0] for t in trials) == 4 * N_UTT * (N_UTT - 1) // 2
     for corpus in ("so762", "dspspeech"):  # as many non-targets per corpus
-        mine = [t for t in trials if t[1].startswith(corpus + "/")]
+        mine = [t for t in trials if t[1].startswith(corpus + ":")]
         assert sum(1 - t[0] for t in mine) == sum(t[0] for t in mine) == 30
 
 
@@ -204,7 +204,7 @@ def test_same_base_names_get_distinct_corpus_names(corpora, tmp_path):
             shutil.copytree(so / s, root / s, symlinks=True)
     res = prepare_folder([a, b], tmp_path / "p", n_test_speakers=2)
     spk = {r["spk_id"] for n in ("train", "dev", "test") for r in _rows(res, n)}
-    assert {s.split("/")[0] for s in spk} == {"data", "data-2"}
+    assert {s.split(":")[0] for s in spk} == {"data", "data-2"}
     assert res["corpora"] == {"data": str(a), "data-2": str(b)}
 
 
@@ -262,7 +262,7 @@ def test_a_path_speechbrain_would_read_as_a_variable_is_refused(
     csv_path = tmp_path / "x.csv"
     csv_path.write_text(f"ID,wav\na,{data}/a.wav\n")
     with pytest.raises(KeyError):
-        read_csv(csv_path)
+        load_data_csv(str(csv_path))
     out = tmp_path / "p"
     with pytest.raises(DataPreparationError, match=re.escape(str(data))):
         prepare_folder(data, out, n_test_speakers=2)

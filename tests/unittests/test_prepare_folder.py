@@ -8,17 +8,18 @@ import re
 import numpy as np
 import pytest
 import soundfile as sf
+from speechbrain.dataio.dataio import load_data_csv
 
+from dampit.cli.common import list_audio_inputs
 from dampit.dataio.audio import load_audio, read_crop
 from dampit.dataio.prepare_folder import (
     BAD_FILES,
     DataPreparationError,
     prepare_folder,
-    read_csv,
     scan_audio_tree,
 )
 from dampit.dataio.prepared import CSV_FIELDS
-from dampit.dataio.trials import read_trials
+from dampit.dataio.trials import read_trials, speaker_of
 
 
 def _write_wav(path, n, sr=16000, fmt="WAV", seed=0):
@@ -45,6 +46,11 @@ def make_tree(root, n_spk=6, n_utt=5, nested=False):
     return lengths
 
 
+def csv_rows(path):
+    """The rows of a manifest as SpeechBrain reads them, each with its ID."""
+    return [{"ID": i, **r} for i, r in load_data_csv(str(path)).items()]
+
+
 def _ids(rows):
     return [r["ID"] for r in rows]
 
@@ -60,7 +66,7 @@ def test_csvs_trials_and_disjoint_split(tmp_path):
     _write_wav(str(data / "stray.wav"), 1000)  # no speaker folder: ignored
     res = prepare_folder(data, out, n_test_speakers=3)
     train, dev, test = (
-        read_csv(out / f"{k}.csv") for k in ("train", "dev", "test")
+        csv_rows(out / f"{k}.csv") for k in ("train", "dev", "test")
     )
     with open(out / "train.csv") as f:
         assert f.readline().strip() == ",".join(CSV_FIELDS)
@@ -110,7 +116,7 @@ def test_deterministic_and_seed_dependent(tmp_path):
     test_spk = set()
     for s in range(4):
         run(s, f"s{s}")
-        rows = read_csv(tmp_path / f"s{s}" / "test.csv")
+        rows = csv_rows(tmp_path / f"s{s}" / "test.csv")
         test_spk.add(frozenset(r["spk_id"] for r in rows))
     assert len(test_spk) > 1
 
@@ -126,8 +132,8 @@ def test_nested_flac_tree(tmp_path):
     data = tmp_path / "libri"
     lengths = make_tree(data, n_spk=4, n_utt=6, nested=True)
     res = prepare_folder(data, tmp_path / "p", n_test_speakers=2)
-    rows = read_csv(res["train_csv"]) + read_csv(res["dev_csv"])
-    rows += read_csv(res["test_csv"])
+    rows = csv_rows(res["train_csv"]) + csv_rows(res["dev_csv"])
+    rows += csv_rows(res["test_csv"])
     assert sorted(_ids(rows)) == sorted(lengths)
     assert "s0/ch1/s0-1" in _ids(rows)
     assert {r["spk_id"] for r in rows} == {"s0", "s1", "s2", "s3"}
@@ -180,7 +186,7 @@ def test_unusable_files_all_listed_or_skipped(shared_data, tmp_path):
         res = prepare_folder(data, out, n_test_speakers=2, skip_bad=True)
     rows = []
     for k in ("train_csv", "dev_csv", "test_csv"):
-        rows += read_csv(res[k])
+        rows += csv_rows(res[k])
     assert len(rows) == 25 and res["n_bad_skipped"] == 7
     assert "s0/speech_then_silence" in _ids(rows)
     # Every kept file loads whole, and a crop inside the silence loads.
@@ -296,7 +302,7 @@ def test_dspspeech_defaults_and_speechbrain_loading(shared_data, tmp_path):
         for line in f:
             path, spk, dur = line.strip().split(",")
             manifest[os.path.splitext(path)[0]] = (spk, float(dur))
-    rows = read_csv(res["train_csv"]) + read_csv(res["test_csv"])
+    rows = csv_rows(res["train_csv"]) + csv_rows(res["test_csv"])
     for r in rows:
         spk, dur = manifest[r["ID"]]
         assert r["spk_id"] == spk
@@ -330,7 +336,7 @@ def test_valid_speakers_disjoint_from_train_and_test(tmp_path, folds):
         data, out, n_test_speakers=2, n_valid_speakers=3, **folds
     )
     train, dev, test = (
-        read_csv(out / f"{k}.csv") for k in ("train", "dev", "test")
+        csv_rows(out / f"{k}.csv") for k in ("train", "dev", "test")
     )
     assert _spk(dev) == set(res["valid_speakers"]) and len(_spk(dev)) == 3
     assert not _spk(dev) & _spk(train) and not _spk(dev) & _spk(test)
@@ -344,3 +350,33 @@ def test_valid_speakers_disjoint_from_train_and_test(tmp_path, folds):
     plain = prepare_folder(data, tmp_path / "plain", n_test_speakers=2, **folds)
     assert plain["test_speakers"] == res["test_speakers"]
     assert plain["valid_speakers"] == []
+
+
+def test_one_id_for_a_file_in_preparation_trials_and_cli(tmp_path):
+    """The CSV ID of a file (nested folders, dots in names) is the ID the
+    trial reader and the command-line tools give its path."""
+    data = tmp_path / "data"
+    rels = []
+    for s in range(4):
+        for u in range(6):
+            rel = f"sp.{s}/take.{u % 2}/utt.v{u}.{'WAV' if u else 'flac'}"
+            fmt = "WAV" if u else "FLAC"
+            _write_wav(str(data / rel), 1200, fmt=fmt, seed=10 * s + u)
+            rels.append(rel)
+    res = prepare_folder(data, tmp_path / "p", n_test_speakers=2)
+    rows = [
+        r for k in ("train", "dev", "test") for r in csv_rows(res[f"{k}_csv"])
+    ]
+    csv_id = {os.path.relpath(r["wav"], data): r["ID"] for r in rows}
+    assert sorted(csv_id) == sorted(rels)
+    assert csv_id["sp.0/take.1/utt.v1.WAV"] == "sp.0/take.1/utt.v1"
+    for r in rows:
+        assert r["spk_id"] == speaker_of(r["ID"]) == r["ID"].split("/")[0]
+    # A trial list naming the files by path (./, backslashes, extensions).
+    a, b = rels[0], rels[6]
+    lst = tmp_path / "trials.txt"
+    lst.write_text(f"0 ./{a} {b.replace('/', chr(92))}\n1 {a} {rels[1]}\n")
+    got = read_trials(lst, known_ids=set(csv_id.values()))
+    assert got == [(0, csv_id[a], csv_id[b]), (1, csv_id[a], csv_id[rels[1]])]
+    cli = dict(list_audio_inputs([str(data)]))
+    assert {os.path.relpath(p, data): i for i, p in cli.items()} == csv_id

@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
+from speechbrain.dataio.dataio import load_data_csv
 
-from dampit.dataio.prepare_folder import DataPreparationError, read_csv
+from dampit.dataio.prepare_folder import DataPreparationError
 from dampit.dataio.prepare_voxceleb import (
     OFFICIAL_TRIAL_LISTS,
     find_trial_list,
@@ -75,7 +76,9 @@ def vox(tmp_path):
 
 
 def _rows(res, key):
-    return read_csv(res[f"{key}_csv"])
+    """The rows of a manifest as SpeechBrain reads them, each with its ID."""
+    rows = load_data_csv(res[f"{key}_csv"])
+    return [{"ID": i, **r} for i, r in rows.items()]
 
 
 def _spk(rows):

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from dampit.lobes.resnet import SEResNet, load_torchvision_weights
-from dampit.utils.atomic import atomic_torch_save
 
 
 def _sibling(name):
@@ -56,7 +55,7 @@ def test_state_dict_round_trip(tmp_path):
     kwargs = dict(depth=50, base_width=4, emb_dim=8, pooling="stats", n_freq=32)
     model = SEResNet(**kwargs).eval()
     path = tmp_path / "model.ckpt"
-    atomic_torch_save(model.state_dict(), path)
+    torch.save(model.state_dict(), path)
     torch.manual_seed(123)
     other = SEResNet(**kwargs).eval()
     x = torch.randn(2, 60, 32)

@@ -197,7 +197,10 @@ def run(mode):
     quick = mode == "quick"
     on_gpu = torch.cuda.is_available()
     device = "cuda" if on_gpu else "cpu"
-    batch = (32 if quick else 128) if on_gpu else (4 if quick else 16)
+    if on_gpu:
+        batch = 32 if quick else 128
+    else:
+        batch = 4 if quick else 16
     clock_kind = "wall" if on_gpu else "cpu"
     threads = torch.get_num_threads() if on_gpu else 1
     reps = 4 if quick else 7

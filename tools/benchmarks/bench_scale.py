@@ -267,7 +267,7 @@ def bench_vload(tmp, z, sources):
     files = inputs.make_voxceleb_tree(root, z["vload"] + 80, sources)[3]
     csv = os.path.join(tmp, "test.csv")
     inputs.write_manifest(csv, files, 8 * inputs.SR)
-    ids = ["/".join(p[:-4].split(os.sep)[-3:]) for p in files]
+    ids = [inputs.vox_id(p) for p in files]
     rows, raw = [], {}
     for w in (0, 2):
         r = raw[w] = stage(

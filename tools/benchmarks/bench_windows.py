@@ -17,6 +17,7 @@ import soundfile as sf
 from benchlib import DATA, REPO, isolated, row
 
 from dampit.cli.embed import main
+from dampit.dataio.prepare_folder import scan_audio_tree
 
 KEY_ROWS = ("embed_by_1.5s_windows_peak_rss",)
 
@@ -33,7 +34,9 @@ def embed(audio, out):
 def run(mode):
     """The row (``"quick"``: one minute of audio instead of an hour)."""
     seconds = 60 if mode == "quick" else 3600
-    speech = itertools.cycle(sorted((DATA / "so762").glob("*/*.flac")))
+    so762 = DATA / "so762"
+    files = scan_audio_tree(so762, (".flac",))
+    speech = itertools.cycle([so762 / name for name in files])
     with tempfile.TemporaryDirectory(prefix="dampit_windows_") as tmp:
         hour, one = os.path.join(tmp, "hour.wav"), os.path.join(tmp, "w.wav")
         with sf.SoundFile(hour, "w", 16000, 1, "PCM_16") as f:

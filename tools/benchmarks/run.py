@@ -231,7 +231,11 @@ def main(argv=None):
         unknown = [n for n in selected if n not in names]
         if unknown or not selected:
             parser.error(f"--only: unknown {unknown}; available: {names}")
-    mode = "quick" if args.quick else "full" if args.full else "default"
+    mode = "default"
+    if args.quick:
+        mode = "quick"
+    elif args.full:
+        mode = "full"
     info, t0 = machine_info(), time.perf_counter()
     results = []
     for name in selected:

@@ -10,11 +10,13 @@
 """
 
 import csv
-import glob
 import os
 
 import numpy as np
 import soundfile as sf
+
+from dampit.dataio.prepare_folder import scan_audio_tree
+from dampit.dataio.trials import speaker_of, utt_to_id
 
 SR = 16000
 UTTS_PER_VIDEO = 8
@@ -23,12 +25,15 @@ UTTS_PER_VIDEO = 8
 def make_sources(data, folder, n=24, seconds=8.0):
     """``n`` wavs of ``seconds`` s, each words of one DSPSpeech speaker."""
     os.makedirs(folder, exist_ok=True)
-    speakers = sorted(glob.glob(os.path.join(data, "dspspeech", "*", "")))
+    root = os.path.join(data, "dspspeech")
+    by_speaker = {}
+    for rel in scan_audio_tree(root):
+        path = os.path.join(root, *rel.split("/"))
+        by_speaker.setdefault(speaker_of(rel), []).append(path)
+    speakers = sorted(by_speaker)
     out = []
     for k in range(n):
-        words = sorted(
-            glob.glob(os.path.join(speakers[k % len(speakers)], "*"))
-        )
+        words = by_speaker[speakers[k % len(speakers)]]
         parts, total, j = [], 0, k // len(speakers)
         while total < seconds * SR:
             wav, sr = sf.read(words[j % len(words)], dtype="int16")
@@ -86,6 +91,11 @@ def make_voxceleb_tree(root, n_files, sources, utts_per_spk=180):
     return vox1, vox2, trials, files
 
 
+def vox_id(path):
+    """Utterance ID of ``.../<spk>/<video>/<utt>.wav``: ``spk/video/utt``."""
+    return utt_to_id("/".join(path.split(os.sep)[-3:]))
+
+
 def write_manifest(path, files, frames):
     """A SpeechBrain CSV (``ID, duration, wav, start, stop, spk_id``) of
     ``files`` (``.../<spk>/<video>/<utt>.wav``), ``frames`` samples each."""
@@ -93,8 +103,8 @@ def write_manifest(path, files, frames):
         w = csv.writer(f)
         w.writerow(["ID", "duration", "wav", "start", "stop", "spk_id"])
         for p in files:
-            uid = "/".join(p[:-4].split(os.sep)[-3:])
-            w.writerow([uid, frames / SR, p, 0, frames, uid.split("/")[0]])
+            uid = vox_id(p)
+            w.writerow([uid, frames / SR, p, 0, frames, speaker_of(uid)])
 
 
 def vox_labels(n_utts=1092009, n_spk=5994, seed=0):

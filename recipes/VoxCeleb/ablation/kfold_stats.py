@@ -20,19 +20,19 @@ import math
 import numpy as np
 from scipy.stats import wilcoxon
 
-from dampit.dataio.trials import read_scores
+from dampit.dataio.trials import read_scores, speaker_of
 from dampit.metrics.error_rates import compute_eer, compute_min_dcf
 
 P_TARGET = 0.01
 
 
 def read_trials_scores(path):
-    """Enrol speakers, test speakers (an ID's first path component), scores
-    and labels of a labelled score file."""
+    """Enrol speakers, test speakers (``speaker_of``: an ID's first path
+    component), scores and labels of a labelled score file."""
     enrol, test, scores, labels = read_scores(path)
     if labels is None:
         raise ValueError(f"{path}: the score file has no labels")
-    spk = [np.array([i.split("/", 1)[0] for i in ids]) for ids in (enrol, test)]
+    spk = [np.array([speaker_of(i) for i in ids]) for ids in (enrol, test)]
     return spk[0], spk[1], scores, labels
 
 

@@ -29,6 +29,11 @@ from dampit.dataio.trials import read_trials
 from dampit.metrics.plots import write_report
 from dampit.utils.atomic import atomic_write_text
 
+try:  # optional: only this baseline needs it
+    import resemblyzer
+except ImportError:
+    resemblyzer = None
+
 
 def score_fold(prepared, embed_file, out, progress=True):
     """Embed the test utterances of a prepared folder with ``embed_file(path)
@@ -75,9 +80,7 @@ def main(argv=None):
     p.add_argument("--fold", type=int, required=True)
     p.add_argument("--test_corpora", type=folders, default=None)
     args, _ = p.parse_known_args(argv)  # the tool's training-only options
-    try:
-        from resemblyzer import VoiceEncoder, preprocess_wav  # noqa: PLC0415
-    except ImportError:
+    if resemblyzer is None:
         sys.exit(
             "error: the resemblyzer baseline needs `pip install resemblyzer`"
         )
@@ -89,10 +92,10 @@ def main(argv=None):
         fold=args.fold,
         test_corpora=args.test_corpora,
     )
-    encoder = VoiceEncoder("cpu", verbose=False)
+    encoder = resemblyzer.VoiceEncoder("cpu", verbose=False)
 
     def embed_file(path):
-        return encoder.embed_utterance(preprocess_wav(path))
+        return encoder.embed_utterance(resemblyzer.preprocess_wav(path))
 
     report = score_fold(prepared, embed_file, args.output_folder)
     print(f"[resemblyzer] EER {100 * report['eer']:.2f} %")

@@ -1,30 +1,26 @@
-"""Run the paper's Table 2 ablation on a small folder corpus.
+"""Run the paper's Table 2 ablation on a small folder corpus, k-fold.
 
-Trains and verifies every configuration of the ablation (same split and
-budget) over several seeds, plus the template's stock ECAPA-TDNN + AAM,
-then writes a table (EER, minDCF: mean and spread) and a DET figure::
+Every configuration of the ablation, plus the template's stock
+ECAPA-TDNN + AAM, is trained once per speaker fold and seed on the
+speakers of the other folds (``--n_folds=K --fold=k`` of the data
+preparation, ``--folds K``, 5 by default) and verified on its fold::
 
-    python recipes/VoxCeleb/ablation/run_ablation.py --seeds 1 2 3 --jobs 2 \\
-        --epochs 5 --batches-per-epoch 23 --set average_checkpoints=1
+    python recipes/VoxCeleb/ablation/run_ablation.py --folds 5 --seeds 1 2 3
 
-(RESULTS.md's budget; by default ``mini.yaml``'s 12 epochs of 20 batches).
+(by default ``mini.yaml``'s 12 epochs of 20 batches).
 
 ``all_four`` is ``recipes/VoxCeleb/hparams/mini.yaml`` itself; every
 ``hparams/ablations/<name>.yaml`` contributes its keys (read as the recipe
 reads them, ``dampit.utils.hparams.resolve_variant``) as command-line
 overrides on top of ``mini.yaml``. Each run is a subprocess of the
-recipe's or the template's ``train.py`` writing ``<out>/<config>/<seed>/``
-(log in ``run.log``); finished runs are skipped, so an interrupted call
-resumes. ``--jobs`` runs go in parallel with ``OMP_NUM_THREADS = cores //
-jobs``. The table, per-seed values and figure go to ``--results-md``
-between ``<!-- ablation:begin -->`` and ``<!-- ablation:end -->``.
-
-``--folds K`` is the speaker k-fold mode: every configuration
-is trained once per fold and seed on the speakers of the other folds
-(``--n_folds=K --fold=k`` of the data preparation) into
-``<out>/<config>/fold<k>/<seed>/``, and ``kfold_stats.py`` (here) pools
-the scores of all its runs (EER, minDCF, speaker-bootstrap intervals,
-paired differences from ``all_four``) into ``<!-- kfold:begin -->``.
+recipe's or the template's ``train.py`` writing
+``<out>/<config>/fold<k>/<seed>/`` (log in ``run.log``); finished runs are
+skipped, so an interrupted call resumes. ``--jobs`` runs go in parallel
+with ``OMP_NUM_THREADS = cores // jobs``. ``kfold_stats.py`` (here) pools
+the scores of all the runs of a configuration (EER, minDCF,
+speaker-bootstrap intervals, paired differences from ``all_four``); the
+tables and their figures go to ``--results-md`` between
+``<!-- kfold:begin -->`` and ``<!-- kfold:end -->``.
 ``--set KEY=VALUE ...`` gives every dampit run (not the template) more
 overrides, e.g. ``n_valid_speakers=4``: validation (checkpoint selection)
 on 4 training speakers of their own, seen in no training. Each such
@@ -49,16 +45,12 @@ import yaml
 from ablation_report import (  # the script's folder: sys.path[0]
     BASELINE,
     LABELS,
-    MARKS,
     REPO,
     SCORINGS,
-    aggregate,
     fold_scores,
-    markdown_table,
     plot_intervals,
     read_run,
     replace_section,
-    write_page,
 )
 from kfold_stats import kfold_report
 
@@ -70,7 +62,7 @@ MINI = os.path.join(RECIPE, "hparams", "mini.yaml")
 ABLATIONS = os.path.join(RECIPE, "hparams", "ablations")
 TEMPLATE = os.path.join(REPO, "templates", "speaker_verification")
 ECAPA_YAML = os.path.join(TEMPLATE, "hparams", "ecapa_aam.yaml")
-OFF_THE_SHELF = "resemblyzer"  # only when --configs names it (needs --folds)
+OFF_THE_SHELF = "resemblyzer"  # only when --configs names it
 RESEMBLYZER = os.path.join(os.path.dirname(__file__), "resemblyzer_baseline.py")
 # Keys the tool sets itself, the same for every run.
 TOOL_KEYS = {"experiment", "seed", "data_folder", "output_folder"}
@@ -155,7 +147,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=os.path.join(root, "dspspeech"))
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--out", help="default: results/ablation[_kfold]")
+    p.add_argument(
+        "--out", default=os.path.join(REPO, "results", "ablation_kfold")
+    )
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     p.add_argument("--epochs", type=int, default=12)
@@ -164,13 +158,10 @@ def parse_args(argv):
     p.add_argument(
         "--results-md",
         default=os.path.join(RECIPE, "RESULTS.md"),
-        help="page to update between its ablation markers ('' for none)",
-    )
-    p.add_argument(
-        "--figure", default=os.path.join(RECIPE, "results", "ablation_det.png")
+        help="page to update between its k-fold markers ('' for none)",
     )
     p.add_argument("--report-only", action="store_true", help="no training")
-    p.add_argument("--folds", type=int, help="speaker k-fold mode: K folds")
+    p.add_argument("--folds", type=int, default=5, help="K speaker folds")
     p.add_argument("--bootstrap", type=int, default=1000, help="k-fold draws")
     p.add_argument(
         "--set",
@@ -187,9 +178,7 @@ def parse_args(argv):
         "over the --out folders DIR (the first is the reference)",
     )
     args = p.parse_args(argv)
-    kfold = "ablation_kfold" if args.folds else "ablation"
-    args.out = args.out or os.path.join(REPO, "results", kfold)
-    if args.folds is not None and args.folds < 2:
+    if args.folds < 2:
         p.error(f"--folds {args.folds}: at least 2")
     if not os.path.isdir(args.data):
         p.error(f"--data {args.data}: no such folder")
@@ -197,8 +186,8 @@ def parse_args(argv):
         for item in items or []:
             if "=" not in item or not item.split("=", 1)[0]:
                 p.error(f"{opt} {item}: KEY=VALUE expected")
-    if args.compare and not (args.folds and len(args.configs or []) == 1):
-        p.error("--compare: needs --folds and one --configs entry")
+    if args.compare and len(args.configs or []) != 1:
+        p.error("--compare: needs one --configs entry")
     args.set = {
         k: yaml.safe_load(v) for k, v in (i.split("=", 1) for i in args.set)
     }
@@ -228,26 +217,27 @@ def run_all(jobs, n_parallel):
     return failed
 
 
-def write_kfold(args, configs, run_dir):
+def score_files(args, out, config, scoring="full_cosine"):
+    """``{(fold, seed): score file or None}`` of a configuration's runs
+    in ``out`` (:func:`ablation_report.fold_scores`)."""
+    return {
+        (f, s): fold_scores(
+            run_path(out, config, f, s), config, args.folds, f, scoring
+        )
+        for f in range(args.folds)
+        for s in args.seeds
+    }
+
+
+def write_kfold(args, configs):
     """Pool each configuration's runs; print the tables, put them in the
     page between its k-fold markers."""
-    files = {
-        c: {
-            (f, s): fold_scores(run_dir[c, f, s], c, args.folds, f)
-            for f in range(args.folds)
-            for s in args.seeds
-        }
-        for c in configs
-    }
+    files = {c: score_files(args, args.out, c) for c in configs}
     rows = [{}, {}]  # the two tables' EER rows, for the figures
     tables = kfold_report(files, "all_four", LABELS, args.bootstrap, 0, rows[0])
     if "all_four" in configs:  # the scorings compared
-        runs = [(run_dir["all_four", f, s], f) for f, s in files["all_four"]]
         scorings = {
-            f"all_four/{m}": {
-                k: fold_scores(d, "all_four", args.folds, f, m)
-                for k, (d, f) in zip(files["all_four"], runs)
-            }
+            f"all_four/{m}": score_files(args, args.out, "all_four", m)
             for m in SCORINGS
         }
         names = {f"all_four/{m}": f"all four, {m}" for m in SCORINGS}
@@ -275,14 +265,13 @@ def write_kfold(args, configs, run_dir):
         "(paired); a difference > 0 means the reference is better "
         "(`recipes/VoxCeleb/ablation/kfold_stats.py` gives the scheme).\n"
     )
-    atomic_write_text(page, replace_section(text, section, MARKS["kfold"]))
+    atomic_write_text(page, replace_section(text, section))
     print(f"[run_ablation] wrote {page}", flush=True)
 
 
 def run_path(out, config, fold, seed):
-    """``<out>/<config>[/fold<fold>]/<seed>``: one run's output folder."""
-    sub = [] if fold is None else [f"fold{fold}"]
-    return os.path.join(out, config, *sub, str(seed))
+    """``<out>/<config>/fold<fold>/<seed>``: one run's output folder."""
+    return os.path.join(out, config, f"fold{fold}", str(seed))
 
 
 def compare_outs(args):
@@ -291,21 +280,14 @@ def compare_outs(args):
     config = args.configs[0]
     outs = dict(item.rsplit("=", 1) for item in args.compare)
     files = {
-        label: {
-            (f, s): fold_scores(
-                run_path(out, config, f, s), config, args.folds, f
-            )
-            for f in range(args.folds)
-            for s in args.seeds
-        }
-        for label, out in outs.items()
+        label: score_files(args, out, config) for label, out in outs.items()
     }
     print(kfold_report(files, next(iter(outs)), None, args.bootstrap))
     return 0
 
 
 def main(argv=None):
-    """Run the missing runs, then write the tables (and the figure)."""
+    """Run the missing runs, then write the tables and their figures."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.compare:
         return compare_outs(args)
@@ -315,8 +297,6 @@ def main(argv=None):
     configs[BASELINE] = {}  # the template: its own checkpoint selection
     chosen = args.configs or list(configs)
     if OFF_THE_SHELF in chosen:
-        if not args.folds:
-            raise SystemExit(f"--configs {OFF_THE_SHELF}: needs --folds")
         configs[OFF_THE_SHELF] = {
             k: v for k, v in args.set.items() if k == "test_corpora"
         }
@@ -324,14 +304,10 @@ def main(argv=None):
         raise SystemExit(f"--configs: choose from {list(configs)}")
     configs = {k: v for k, v in configs.items() if k in chosen}
     with open(ECAPA_YAML, encoding="utf-8") as f:
-        if (
-            args.folds
-            and BASELINE in configs
-            and "\nn_folds:" not in "\n" + f.read()
-        ):
+        if BASELINE in configs and "\nn_folds:" not in "\n" + f.read():
             raise SystemExit(f"--folds: {ECAPA_YAML} has no n_folds key")
     threads = max(1, args.cores // args.jobs)
-    folds = range(args.folds) if args.folds else [None]
+    folds = range(args.folds)
     run_dir = {  # seed-major: an interruption leaves whole seeds
         (c, f, s): run_path(args.out, c, f, s)
         for s in args.seeds
@@ -341,8 +317,7 @@ def main(argv=None):
     jobs, budget = [], (args.epochs, args.batches_per_epoch)
     for (c, f, s), out in run_dir.items():
         if read_run(out, c) is None:
-            ov = configs[c] if f is None else {**configs[c], "fold": f}
-            ov = ov if f is None else {**ov, "n_folds": args.folds}
+            ov = {**configs[c], "fold": f, "n_folds": args.folds}
             cmd = run_command(c, ov, s, args.data, out, *budget)
             name = os.path.relpath(out, args.out)
             jobs.append({"name": name, "out": out, "cmd": cmd})
@@ -361,17 +336,7 @@ def main(argv=None):
     failed = []
     if jobs and not args.report_only:
         failed = run_all(jobs, args.jobs)
-    if args.folds:
-        write_kfold(args, configs, run_dir)
-    else:
-        results = {
-            c: {s: read_run(run_dir[c, None, s], c) for s in args.seeds}
-            for c in configs
-        }
-        table = markdown_table(aggregate(results))
-        print(table)
-        if args.results_md:
-            write_page(args.results_md, args.figure, table, results)
+    write_kfold(args, configs)
     if failed:
         names = ", ".join(j["name"] for j in failed)
         print(f"[run_ablation] failed runs: {names}", flush=True)
