@@ -95,7 +95,7 @@ class MultiMetricLoss(MetricLoss):
                 "MultiMetricLoss: augmenter must be SpeechBrain's Augmenter "
                 f"(with replicate_labels), got {type(augmenter).__name__}"
             )
-        self.made_sources = None  # of the augmenter's last batch, unused
+        self.made_sources = None  # of the augmenter's batch, not yet taken
         if augmenter is not None:
             augmenter.register_forward_hook(
                 self._record_sources, with_kwargs=True
