@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One-command GPU check: the paper's configuration trained on
 # random audio in fp32, bf16, bf16 + channels_last (+ torch.compile), with
-# projections of a VoxCeleb2 epoch, the schedule and the Vox1-O test.
-#   tools/gpu_check.sh [--steps 200] [--out gpu_check.md] [--cpu]
+# projections of a VoxCeleb2 epoch, the schedule and the Vox1-O test, and
+# a short epoch of the recipe (loader workers, augmentation) as a ratio of
+# the bare step.
+#   tools/gpu_check.sh [--steps 200] [--workers N] [--out gpu_check.md] [--cpu]
 # At most 8 minutes: the measurements stop at --budget (420 s by default)
 # and the whole command is killed at $GPU_CHECK_TIMEOUT s (480; the CPU
 # test on a busy machine sets more).

@@ -6,7 +6,10 @@ utterance is reverberated with probability ``reverb_prob`` by its own random
 room impulse response, then gets noise with probability ``noise_prob``. A
 noise is a random crop of a random noise file, read alone (a long recording
 is never read whole). Files are drawn with torch's random generator, so each
-DataLoader worker draws its own sequence.
+DataLoader worker draws its own sequence; with both probabilities 0 nothing
+is drawn. The recipe (``recipes/VoxCeleb/train.py``) calls it on each
+training crop, as a batch of one, in the DataLoader's workers: the utterances
+of a batch are augmented independently, as in one call on the whole batch.
 
 SpeechBrain's conventions (speechbrain 1.1): ``AddNoise`` draws the SNR
 uniformly in ``[snr_low, snr_high]`` dB and returns ``(1 - a) * clean +
@@ -131,6 +134,8 @@ class FolderAugment(torch.nn.Module):
         lengths = lengths.to(wavs.device)
         n_valid = real_frames(lengths, N).tolist()
         out = wavs.clone()
+        if self.reverb_prob == 0 and self.noise_prob == 0:
+            return out, lengths  # off: no random draw at all
         for i in torch.nonzero(torch.rand(B) < self.reverb_prob)[:, 0].tolist():
             rir = load_audio(_pick(self.rirs), self.sample_rate).to(wavs)
             out[i, : n_valid[i]] = reverberate(

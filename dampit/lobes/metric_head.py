@@ -48,7 +48,9 @@ class MetricHeadLoss(nn.Module):
         The recipe's classifier.
     metric : torch.nn.Module
         A dampit loss of the embeddings (e.g. ``MultiMetricLoss``; give its
-        terms ``allow_empty=True`` for validation batches).
+        terms ``allow_empty=True`` for validation batches, and it the
+        recipe's ``wav_augment`` as ``augmenter`` so that it knows the
+        augmented copies of each utterance).
     softmax : torch.nn.Module
         The stock logit loss (``LogSoftmaxWrapper``).
     softmax_weight : float

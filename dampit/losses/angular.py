@@ -63,9 +63,9 @@ class AngularLoss(MetricLoss):
         self.tan2 = math.tan(math.radians(self.alpha)) ** 2
         self.form = check_choice(form, FORMS, "form", self)
 
-    def compute(self, emb, labels):
+    def compute(self, emb, labels, sources):
         """See :meth:`dampit.losses.base.MetricLoss.compute`."""
-        anchor_idx, positive_idx = first_two_pairs(labels)
+        anchor_idx, positive_idx = first_two_pairs(labels, sources)
         if len(anchor_idx) < 2:
             return None
         x = F.normalize(emb, dim=1, eps=NORM_EPS)

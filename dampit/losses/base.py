@@ -5,6 +5,11 @@ Every loss is called as SpeechBrain calls ``compute_cost``:
 ``[B, 1, D]`` and integer speaker labels ``[B]`` or ``[B, 1]``. ``length``
 (relative waveform lengths) is accepted and ignored, as SpeechBrain's
 ``LogSoftmaxWrapper`` ignores it: there is one embedding per utterance.
+
+``sources`` (optional, ``[B]`` integers) says which rows are copies of one
+utterance (SpeechBrain's ``wav_augment``: the batch, then augmented copies
+of it): rows of one source are neither a positive nor a negative pair for
+each other. Without it every row is its own source.
 """
 
 import torch
@@ -17,7 +22,8 @@ NORM_EPS = 1e-6  # norm floor of F.normalize: a zero vector stays zero
 class MetricLoss(nn.Module):
     """Owns ``forward``: checks, float32 arithmetic and ``last_stats``.
 
-    Subclasses implement :meth:`compute` only. It runs with autocast off on
+    Subclasses implement :meth:`compute` only, which gets every row's
+    source (see the module docstring). It runs with autocast off on
     float32 embeddings (float64 stays float64), so fp16/bf16 inputs neither
     overflow nor lose the small differences metric losses depend on. A
     batch the loss cannot use (``compute`` returns None: no anchor with a
@@ -38,7 +44,7 @@ class MetricLoss(nn.Module):
     Example
     -------
     >>> class Mean(MetricLoss):
-    ...     def compute(self, emb, labels):
+    ...     def compute(self, emb, labels, sources):
     ...         return emb.mean(), {"dtype": emb.dtype}
     >>> loss = Mean()
     >>> loss(torch.ones(2, 1, 3).half(), torch.tensor([[0], [1]]), None)
@@ -54,14 +60,15 @@ class MetricLoss(nn.Module):
         self.allow_empty = bool(allow_empty)
         self.last_stats = {}
 
-    def compute(self, emb, labels):
-        """``(loss, stats)`` of ``[B, D]`` embeddings and ``[B]`` labels.
+    def compute(self, emb, labels, sources):
+        """``(loss, stats)`` of ``[B, D]`` embeddings, ``[B]`` labels and
+        ``[B]`` sources (rows of one source are never paired).
 
         B >= 1. Returns None when the batch cannot be used.
         """
         raise NotImplementedError
 
-    def forward(self, predictions, targets, length=None):
+    def forward(self, predictions, targets, length=None, sources=None):
         """The scalar loss of one batch (float32, float64 for float64).
 
         Arguments
@@ -72,6 +79,10 @@ class MetricLoss(nn.Module):
             Integer speaker labels ``[B]`` or ``[B, 1]``.
         length : torch.Tensor, optional
             Ignored (SpeechBrain's relative lengths).
+        sources : torch.Tensor, optional
+            Integer source of each row ``[B]`` or ``[B, 1]``: rows of one
+            source (an utterance and its augmented copies, which share its
+            label) are not paired. None: every row its own source.
 
         Returns
         -------
@@ -80,9 +91,10 @@ class MetricLoss(nn.Module):
         """
         name = type(self).__name__
         emb, labels = _flatten(predictions, targets, name)
+        sources = check_sources(sources, labels, name)
         self.last_stats = {}
         with torch.autocast(emb.device.type, enabled=False):
-            out = self.compute(emb, labels) if len(labels) else None
+            out = self.compute(emb, labels, sources) if len(labels) else None
         if out is not None:
             loss, self.last_stats = out
             return loss
@@ -124,6 +136,43 @@ def _flatten(predictions, targets, name):
         )
     emb = emb if emb.dtype == torch.float64 else emb.float()
     return emb, labels.to(emb.device, torch.long)
+
+
+def check_sources(sources, labels, name):
+    """``[B]`` long sources on the labels' device (None: ``arange(B)``),
+    or a ValueError naming ``name`` when they are not B integers or one
+    source has rows of two labels.
+
+    Example
+    -------
+    >>> check_sources(None, torch.tensor([4, 4, 5]), "loss")
+    tensor([0, 1, 2])
+    """
+    if sources is None:
+        return torch.arange(len(labels), device=labels.device)
+    if not isinstance(sources, torch.Tensor):
+        raise TypeError(f"{name}: sources must be a tensor")
+    src = sources
+    if src.dim() == 2 and src.shape[1] == 1:
+        src = src.squeeze(1)
+    if (
+        src.dim() != 1
+        or src.is_floating_point()
+        or src.is_complex()
+        or len(src) != len(labels)
+    ):
+        raise ValueError(
+            f"{name}: sources must be {len(labels)} integers [B] or [B, 1], "
+            f"got {sources.dtype} of shape {list(sources.shape)}"
+        )
+    src = src.to(labels.device, torch.long)
+    one_source = src.unsqueeze(0) == src.unsqueeze(1)
+    if (one_source & (labels.unsqueeze(0) != labels.unsqueeze(1))).any():
+        raise ValueError(
+            f"{name}: rows of one source have different labels (sources "
+            "must say which rows are copies of one utterance)"
+        )
+    return src
 
 
 def check_choice(value, choices, arg, owner):
@@ -171,20 +220,29 @@ def pairwise_distance(x, distance="euclidean"):
     return torch.where(nonzero, torch.where(nonzero, sq, 1.0).sqrt(), 0.0)
 
 
-def first_two_pairs(labels):
-    """Anchor and positive rows: the first two rows of each repeated label.
+def first_two_pairs(labels, sources=None):
+    """Anchor and positive rows: the first row of each label and the first
+    later row of that label from another source.
 
-    Pairs are ordered by the anchor's row. On a speaker-major P x 2 batch
-    these are the original code's rows ``0::2`` and ``1::2``; with K > 2
-    the further utterances are not used by the pair losses.
+    Pairs are ordered by the anchor's row. Without ``sources`` (every row
+    its own source) these are the first two rows of each repeated label:
+    on a speaker-major P x 2 batch the original code's rows ``0::2`` and
+    ``1::2``; with K > 2 the further utterances are not used by the pair
+    losses.
 
     Example
     -------
     >>> first_two_pairs(torch.tensor([7, 7, 3, 5, 3, 7]))
     (tensor([0, 2]), tensor([1, 4]))
+    >>> first_two_pairs(torch.tensor([7, 3, 7, 3]), torch.tensor([0, 1, 0, 1]))
+    (tensor([], dtype=torch.int64), tensor([], dtype=torch.int64))
     """
+    if sources is None:
+        sources = torch.arange(len(labels), device=labels.device)
     same = labels.unsqueeze(0) == labels.unsqueeze(1)
-    rank = same.tril(-1).sum(1)  # earlier rows with the same label
-    anchors = ((rank == 0) & (same.sum(1) > 1)).nonzero().squeeze(1)
-    positives = (same[anchors] & (rank == 1)).int().argmax(1)
+    first = same.tril(-1).sum(1) == 0  # no earlier row with the label
+    other = sources.unsqueeze(0) != sources.unsqueeze(1)
+    candidates = (same & other).triu(1)  # later rows, other sources
+    anchors = (first & candidates.any(1)).nonzero().squeeze(1)
+    positives = candidates[anchors].int().argmax(1)
     return anchors, positives

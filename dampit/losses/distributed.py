@@ -2,13 +2,13 @@
 
 Under ``torch.distributed`` every rank holds a slice of one global batch
 (:class:`~dampit.dataio.sampler.PKSampler` gives rank r the r-th
-contiguous slice). :func:`gather_rows` returns the embeddings and labels of
-all ranks in rank order, that is the global batch. Only this rank's rows
-stay in the graph: every rank computes the same loss L on the global batch
-and back-propagates ``dL/d(own rows)``, which DDP then averages over the W
-ranks; multiplying the own rows' gradient by W makes that average
-``sum_r dL/d(rows of r) / W * W``, one process's gradient on the whole
-batch. No collective runs in the backward pass.
+contiguous slice). :func:`gather_rows` returns the embeddings, labels and
+sources of all ranks in rank order, that is the global batch. Only this
+rank's rows stay in the graph: every rank computes the same loss L on the
+global batch and back-propagates ``dL/d(own rows)``, which DDP then
+averages over the W ranks; multiplying the own rows' gradient by W makes
+that average ``sum_r dL/d(rows of r) / W * W``, one process's gradient on
+the whole batch. No collective runs in the backward pass.
 """
 
 import torch
@@ -41,12 +41,15 @@ class _ScaleGradient(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-def gather_rows(emb, labels, owner):
-    """Embeddings ``[W * B, D]`` and labels ``[W * B]`` of all ranks.
+def gather_rows(emb, labels, sources, owner):
+    """Embeddings ``[W * B, D]``, labels and sources ``[W * B]`` of all
+    ranks.
 
     This rank's rows keep their graph, with their gradient multiplied by
     the world size W (see the module docstring); the other ranks' rows
-    are constants. Every rank must hold the same number of rows, else a
+    are constants. A rank's sources s become ``s * W + rank``: the copies
+    of an utterance are on its rank, and the sources of two ranks never
+    meet. Every rank must hold the same number of rows, else a
     ValueError names ``owner`` and the sizes (on every rank alike). Without
     a process group (or with one rank) the inputs come back unchanged.
 
@@ -56,23 +59,25 @@ def gather_rows(emb, labels, owner):
         This rank's embeddings ``[B, D]``.
     labels : torch.Tensor
         This rank's labels ``[B]``.
+    sources : torch.Tensor
+        This rank's sources ``[B]`` (long).
     owner : str
         Named in the error.
 
     Returns
     -------
-    (torch.Tensor, torch.Tensor)
-        The embeddings and labels of all ranks, in rank order.
+    (torch.Tensor, torch.Tensor, torch.Tensor)
+        The embeddings, labels and sources of all ranks, in rank order.
 
     Example
     -------
     >>> emb, labels = torch.ones(4, 2), torch.tensor([0, 0, 1, 1])
-    >>> gather_rows(emb, labels, "loss")[1]
+    >>> gather_rows(emb, labels, torch.arange(4), "loss")[1]
     tensor([0, 0, 1, 1])
     """
     world = world_size()
     if world == 1:
-        return emb, labels
+        return emb, labels, sources
     size = torch.tensor([len(emb)], device=emb.device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
@@ -86,8 +91,11 @@ def gather_rows(emb, labels, owner):
     dist.all_gather(rows, emb.detach().contiguous())
     all_labels = [torch.empty_like(labels) for _ in range(world)]
     dist.all_gather(all_labels, labels.contiguous())
+    own = sources * world + dist.get_rank()
+    all_sources = [torch.empty_like(own) for _ in range(world)]
+    dist.all_gather(all_sources, own.contiguous())
     rows[dist.get_rank()] = _ScaleGradient.apply(emb, float(world))
-    return torch.cat(rows), torch.cat(all_labels)
+    return torch.cat(rows), torch.cat(all_labels), torch.cat(all_sources)
 
 
 def mean_over_ranks(value):

@@ -42,9 +42,9 @@ class NPairLoss(MetricLoss):
             raise ValueError(f"NPairLoss: l2_reg must be >= 0, got {l2_reg}")
         self.l2_reg = float(l2_reg)
 
-    def compute(self, emb, labels):
+    def compute(self, emb, labels, sources):
         """See :meth:`dampit.losses.base.MetricLoss.compute`."""
-        anchor_idx, positive_idx = first_two_pairs(labels)
+        anchor_idx, positive_idx = first_two_pairs(labels, sources)
         if len(anchor_idx) < 2:
             return None
         a, p = emb[anchor_idx], emb[positive_idx]

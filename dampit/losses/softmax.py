@@ -105,8 +105,9 @@ class SoftmaxLoss(MetricLoss):
         kwargs["out_neurons"] = n_classes
         return {"class": COSINE, "kwargs": kwargs}, self.classifier
 
-    def compute(self, emb, labels):
-        """See :meth:`dampit.losses.base.MetricLoss.compute`."""
+    def compute(self, emb, labels, sources):
+        """See :meth:`dampit.losses.base.MetricLoss.compute` (every row is
+        classified, copies too: ``sources`` is not used)."""
         weight = self.classifier.weight
         n_classes = len(weight)
         lo, hi = int(labels.min()), int(labels.max())

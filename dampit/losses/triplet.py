@@ -46,6 +46,9 @@ def semi_hard(dist, pos, neg, margin):
 class TripletLoss(MetricLoss):
     """Mean of ``relu(d(a, p) - d(a, n) + margin)`` over mined triplets.
 
+    An anchor's positives are the rows of its label from other sources
+    (see :mod:`dampit.losses.base`), its negatives the rows of other labels.
+
     ``last_stats["frac_an_gt_ap"]``: the fraction of anchors whose nearest
     negative is farther than their farthest positive.
 
@@ -84,13 +87,11 @@ class TripletLoss(MetricLoss):
         self.distance = check_choice(distance, DISTANCES, "distance", self)
         self.mining = check_choice(mining, MININGS, "mining", self)
 
-    def compute(self, emb, labels):
+    def compute(self, emb, labels, sources):
         """See :meth:`dampit.losses.base.MetricLoss.compute`."""
         dist = pairwise_distance(emb, self.distance)
         same = labels.unsqueeze(0) == labels.unsqueeze(1)
-        pos = same & ~torch.eye(
-            len(labels), dtype=torch.bool, device=same.device
-        )
+        pos = same & (sources.unsqueeze(0) != sources.unsqueeze(1))
         a, p, n = batch_hard(dist, pos, ~same)
         if not len(a):
             return None

@@ -78,11 +78,10 @@ class MultiMetricBrain(sb.Brain):
         return self.modules.embedding_model(feats, lens)
 
     def compute_forward(self, batch, stage):
-        """Augment (training only), then embed."""
+        """Embed the batch (its noise and reverberation were added by the
+        loader's workers, see ``dataio_prep``)."""
         batch = batch.to(self.device)
         wavs, lens = batch.sig
-        if stage == sb.Stage.TRAIN:
-            wavs, lens = self.modules.augment(wavs, lens)
         return self.compute_embeddings(wavs, lens, stage)
 
     def compute_objectives(self, predictions, batch, stage):
@@ -175,12 +174,15 @@ def dataio_prep(hparams, data):
     """Train and valid DynamicItemDatasets and the speaker label encoder.
 
     Training items are random crops of ``crop_samples`` (short files are
-    repeated), of the speakers made by ``speed_speakers`` too; validation
-    items one centred crop.
+    repeated), of the speakers made by ``speed_speakers`` too, each then
+    given the YAML's ``augment`` (noise and reverberation, read and added
+    per crop in the DataLoader's workers, as WeSpeaker does: the training
+    process reads no audio); validation items one centred crop.
     """
     sr, crop = int(hparams["sample_rate"]), int(hparams["crop_samples"])
     speeds = speed_list(hparams.get("speed_speakers"))
     resample = {s: Resample(orig_freq=s, new_freq=100) for s in speeds}
+    augment = hparams.get("augment")
 
     @sb.utils.data_pipeline.takes("wav", "start", "stop", "speed")
     @sb.utils.data_pipeline.provides("sig")
@@ -189,7 +191,10 @@ def dataio_prep(hparams, data):
         sig = read_crop(wav, n, sr, start=int(start), stop=int(stop))
         if speed != 100:
             sig = repeat_to_length(resample[speed](sig[None])[0], crop)
-        return sig[:crop]
+        sig = sig[:crop]
+        if augment is not None:  # a batch of one crop: [1, crop]
+            sig = augment(sig[None])[0][0]
+        return sig
 
     @sb.utils.data_pipeline.takes("wav", "start", "stop")
     @sb.utils.data_pipeline.provides("sig")

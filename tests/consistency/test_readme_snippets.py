@@ -5,7 +5,8 @@ checked.
   with the README's paths replaced by the test's (``SUBSTITUTE``) and the
   variables a snippet uses given (``wavs``, ``wav_lens``: real speech);
 - yaml: loads with ``load_hyperpyyaml`` (the references it needs from
-  ``YAML_REFS``), and a loss it builds is computed on a batch;
+  ``YAML_REFS``), and a loss it builds is computed on a batch (made by
+  ``wav_augment`` when the block names it);
 - bash: each command exists, and each ``--option`` on the line (comments
   included) is in its ``--help`` or, for a recipe script, a key of its YAML;
 - diff: applies to the file it patches (``DIFF_TARGETS``);
@@ -53,7 +54,13 @@ SUBSTITUTE = {
     '"b.wav"': "WAV_B",
 }
 #: References a README YAML block uses that the stock recipe defines.
-YAML_REFS = "out_n_neurons: 5\nseed: 1\nnum_workers: 0\n"
+YAML_REFS = """out_n_neurons: 5
+seed: 1
+num_workers: 0
+wav_augment: !new:speechbrain.augment.augmenter.Augmenter
+    concat_original: True
+    augmentations: [!new:speechbrain.augment.time_domain.AddNoise {}]
+"""
 #: Diff target file name -> the repository file it must apply to.
 DIFF_TARGETS = {
     "train_speaker_embeddings.py": REPO / "tests/recipes/sb_speaker_recipe.py"
@@ -116,6 +123,9 @@ def check_yaml(code, values):
     cost = hp["compute_cost"]
     emb = torch.randn(8, 1, 192)
     spk = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])[:, None]
+    if "wav_augment" in code:  # 2 x 2 utterances and their copies
+        hp["wav_augment"](torch.randn(4, 1600), torch.ones(4))
+        spk = hp["wav_augment"].replicate_labels(spk[:4])
     preds = hp["classifier"](emb) if "classifier" in hp else emb
     assert torch.isfinite(cost(preds, spk, torch.ones(8)))
     if "train_sampler" in hp:

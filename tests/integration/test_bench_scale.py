@@ -57,6 +57,7 @@ def test_quick_rows_and_projections(quick):
         "augment_crops_per_cpu_s",
         "crops_per_s_per_core_x16",
         "train_file_opens_per_sample",
+        "train_main_cpu_per_batch_augmented",
         "verify_loader_files_per_s_workers=2",
     }
     for r in rows.values():

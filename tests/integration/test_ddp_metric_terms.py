@@ -6,8 +6,11 @@ all ranks' rows, softmax per rank) in DistributedDataParallel and take
 their contiguous slice of one speaker-major P x K batch. Every rank's loss
 value, and the parameter gradients after DDP's averaging, must equal one
 process's on the whole batch; with ``cross_rank=False`` each rank's value
-is one process's on its own slice. Training over PKSampler's batches
-(2 processes, each its slices) ends with one process's weights.
+is one process's on its own slice. With augmented copies (each rank's
+slice, then a copy of it, the copies' sources given) every rank's value
+is one process's on all ranks' rows with those sources. Training over
+PKSampler's batches (2 processes, each its slices) ends with one
+process's weights.
 """
 
 import os
@@ -42,8 +45,8 @@ def _model_and_loss(cross_rank=True):
     return model, loss
 
 
-def _step(model, loss, x, labels):
-    value = loss(model(x), labels)
+def _step(model, loss, x, labels, sources=None):
+    value = loss(model(x), labels, sources=sources)
     value.backward()
     grads = [p.grad.clone() for p in [*model.parameters(), *loss.parameters()]]
     return value.detach(), grads
@@ -65,8 +68,21 @@ def _worker(rank, world, init_file, out_dir):
             x[rows],
             labels[rows],
         )
+    model, loss = _model_and_loss()
+    out["copies"] = _step(
+        DistributedDataParallel(model),
+        DistributedDataParallel(loss),
+        *_with_copies(x[rows], labels[rows]),
+    )
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
+
+
+def _with_copies(x, labels):
+    """The rows, then a perturbed copy of each; their sources."""
+    copy = x + 2.0 * torch.cos(torch.arange(x.numel())).reshape(x.shape)
+    sources = torch.arange(len(x)).repeat(2)
+    return torch.cat([x, copy]), labels.repeat(2), sources
 
 
 def _train(model, loss):
@@ -131,6 +147,24 @@ def test_ddp_loss_and_gradients_equal_one_process(world, tmp_path):
         rows = slice(rank * P * K // world, (rank + 1) * P * K // world)
         own_value, _ = _step(*_model_and_loss(), x[rows], labels[rows])
         torch.testing.assert_close(res[False][0], own_value)
+    # copies: one process on all ranks' rows in rank order, the sources
+    # of each rank made unique
+    xs, ls, ss = [], [], []
+    for r in range(world):
+        rows = slice(r * P * K // world, (r + 1) * P * K // world)
+        x_r, labels_r, sources_r = _with_copies(x[rows], labels[rows])
+        xs.append(x_r)
+        ls.append(labels_r)
+        ss.append(sources_r + r * P * K)
+    ref_copies, _ = _step(
+        *_model_and_loss(), torch.cat(xs), torch.cat(ls), torch.cat(ss)
+    )
+    counted, _ = _step(*_model_and_loss(), torch.cat(xs), torch.cat(ls))
+    assert abs(counted - ref_copies) > 1e-3  # the sources matter here
+    for res in results:
+        torch.testing.assert_close(
+            res["copies"][0], ref_copies, rtol=1e-5, atol=1e-5
+        )
 
 
 def test_ddp_training_ends_with_one_process_weights(tmp_path):

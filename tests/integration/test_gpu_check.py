@@ -4,7 +4,10 @@ The check must build the paper's network from multi_metric.yaml (its
 parameter count equals an SEResNet built here with the paper's settings),
 train a few steps in every CPU mode with a finite loss, and project the
 VoxCeleb2 epoch, the schedule and the Vox1-O test from its own measured
-speeds. Without ``--cpu`` on a machine without CUDA it stops with one line.
+speeds; the recipe's own epoch (its Brain, loader workers and
+augmentation) must train its batches with a finite loss and be reported
+as a ratio of the bare fp32 step. Without ``--cpu`` on a machine without
+CUDA it stops with one line.
 """
 
 import json
@@ -65,6 +68,12 @@ def test_cpu_mode_reports_every_mode(tmp_path):
         assert r["vox1o_test_min"] == pytest.approx(48740 / crops / 60)
         assert f"| {mode} | {rate:.1f} |" in report
     assert "| bf16+channels_last+compile |" in report  # listed, not run
+    recipe = res["recipe"]
+    assert recipe["finite"] and recipe["mode"] == "fp32"
+    assert recipe["batches"] == 1 + 3  # warm-up + timed, one epoch
+    assert recipe["workers"] == max(1, len(os.sched_getaffinity(0)) - 2)
+    ratio = recipe["samples_per_s"] / res["results"]["fp32"]["samples_per_s"]
+    assert f"samples/s): **{ratio:.2f}** (goal >= 0.90: " in report
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")

@@ -4,12 +4,16 @@ import csv
 
 import numpy as np
 import pytest
+import scipy.stats
+import soundfile as sf
 import torch
 from scipy.signal import correlate, fftconvolve
+from speechbrain.processing.signal_processing import reverberate
 
 from dampit.dataio.audio import load_audio
 from dampit.dataio.augment import FolderAugment, list_audio_files
 from dampit.dataio.crops import repeat_to_length
+from dampit.utils.checkpoints import AtomicCheckpointer
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +145,10 @@ def test_probabilities_padding_and_both(shared_data, speech):
         noise_prob=0.0,
         reverb_prob=0.0,
     )
+    state = torch.get_rng_state()
     y, _ = none(x)
     assert torch.equal(y, x) and y is not x
+    assert torch.equal(torch.get_rng_state(), state)  # off: nothing drawn
     torch.manual_seed(1)
     half = FolderAugment(noise_folder=shared_data / "noise", noise_prob=0.5)
     changed = []
@@ -212,3 +218,106 @@ def test_reproducible_from_torch_seed(shared_data, speech):
         outs.append(aug(speech[:4])[0])
     assert torch.equal(outs[0], outs[1])
     assert not torch.equal(outs[0], outs[2])
+
+
+def _draws(ids, out, candidates):
+    """(RIR index or -1, noise sign or 0, SNR in dB or None) of each output
+    row: of the crop's candidates (the clean crop, its reverberation by
+    each RIR), the one ``r`` for which ``out = c1 r + c2`` holds (least
+    squares, exact for the right one only). The noise files are constants
+    +-0.5, so the noise is ``+-a rms(r)`` and ``c1 = 1 - a``."""
+    found = []
+    for uid, y in zip(ids, out.double()):
+        fits = []
+        for r in candidates[uid]:
+            basis = torch.stack([r, torch.ones_like(r)], 1)
+            coef = torch.linalg.lstsq(basis, y[:, None]).solution[:, 0]
+            fits.append(((basis @ coef - y).norm() / y.norm(), coef, r))
+        k = min(range(len(fits)), key=lambda i: float(fits[i][0]))
+        err, coef, r = fits[k]
+        c1, c2 = coef.tolist()
+        assert err < 1e-4, float(err)
+        if abs(c2) < 1e-6 and abs(c1 - 1) < 1e-5:
+            found.append((k - 1, 0, None))
+            continue
+        a = 1 - c1
+        assert abs(abs(c2) / (a * float(r.pow(2).mean().sqrt())) - 1) < 1e-3
+        found.append((k - 1, int(np.sign(c2)), 20 * np.log10(c1 / a)))
+    return found
+
+
+def test_recipe_augments_each_crop_in_the_loader_workers(
+    shared_data, tmp_path, recipe
+):
+    """The recipe's training loader (one worker) gives its crops the
+    augmentation FolderAugment gives a batch in the training process:
+    reverberation and noise each with probability 0.5, the 5 RIRs and 2
+    noise files equally often, SNR uniform in [0, 15] dB. Each crop's
+    draws are read back from the audio itself (``_draws``)."""
+    train, _ = recipe
+    crop, speakers = 800, 8
+    for sign in (1, -1):
+        noise = tmp_path / "noise" / f"n{sign}.wav"
+        noise.parent.mkdir(exist_ok=True)
+        sf.write(noise, np.full(4000, 0.5 * sign), 16000, subtype="PCM_16")
+    with open(shared_data / "dspspeech" / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))  # 40 words of each speaker in turn
+    words = [w for i, w in enumerate(rows) if i % 40 in (0, 20)]
+    rows, clean = [], {}
+    for k, word in enumerate(words[: 2 * speakers]):
+        wav = load_audio(shared_data / "dspspeech" / word["path"])
+        path = tmp_path / f"{k}.wav"
+        sf.write(path, wav[len(wav) // 2 :][:crop].numpy(), 16000)
+        clean[str(k)] = load_audio(path)
+        rows.append(f"{k},0.05,{path},0,{crop},{word['speaker']}")
+    manifest = tmp_path / "train.csv"
+    manifest.write_text("ID,duration,wav,start,stop,spk_id\n" + "\n".join(rows))
+    rir_files = list_audio_files(shared_data / "rir")
+    rirs = [load_audio(p) for p in rir_files]
+
+    def augment():
+        return FolderAugment(
+            noise_folder=tmp_path / "noise",
+            rir_folder=shared_data / "rir",
+            noise_prob=0.5,
+            reverb_prob=0.5,
+        )
+
+    hp = dict(sample_rate=16000, crop_samples=crop, data_folder=tmp_path)
+    hp.update(save_folder=str(tmp_path / "save"), P=4, K=2, seed=0)
+    hp.update(batches_per_epoch=40, num_workers=1, augment=augment())
+    hp["checkpointer"] = AtomicCheckpointer(tmp_path / "save")
+    data = train.dataio_prep(hp, {"train": manifest, "dev": manifest})[0]
+    loader, _ = train.make_train_loader(hp, data)
+    ids, workers = [], []
+    for batch in loader:
+        ids += batch.id
+        workers.append(batch.sig.data)
+    candidates = {
+        uid: [x.double()] + [reverberate(x[None], h)[0].double() for h in rirs]
+        for uid, x in clean.items()
+    }
+    in_workers = _draws(ids, torch.cat(workers), candidates)
+    torch.manual_seed(0)
+    batch_aug = augment()  # the training process's call on each batch
+    x = torch.stack([clean[u] for u in ids])
+    batched = torch.cat([batch_aug(b)[0] for b in x.split(8)])
+    in_batches = _draws(ids, batched, candidates)
+    n = len(ids)
+    for found in (in_workers, in_batches):
+        rir, sign, snr = zip(*found)
+        snr = [s for s in snr if s is not None]
+        for rate in (np.mean(np.array(rir) >= 0), len(snr) / n):
+            assert abs(rate - 0.5) < 4 * np.sqrt(0.25 / n), rate
+        reverbed = [r for r in rir if r >= 0]
+        counts = np.bincount(reverbed, minlength=len(rirs))
+        assert scipy.stats.chisquare(counts).pvalue > 1e-4, counts
+        signs = [s for s in sign if s]
+        assert scipy.stats.binomtest(signs.count(1), len(signs)).pvalue > 1e-4
+        assert min(snr) > -1e-3 and max(snr) < 15 + 1e-3
+        assert scipy.stats.kstest(np.array(snr) / 15, "uniform").pvalue > 1e-4
+    # the two ways draw from the same distribution
+    snr_w = [s for _, _, s in in_workers if s is not None]
+    snr_b = [s for _, _, s in in_batches if s is not None]
+    assert scipy.stats.ks_2samp(snr_w, snr_b).pvalue > 1e-4
+    assert in_workers != in_batches  # different random streams

@@ -2,7 +2,9 @@
 
 Each reference follows the definition literally, one anchor / pair /
 triplet at a time, in float64 Python arithmetic, on random batches of
-several shapes (B up to 128) and seeds.
+several shapes (B up to 128) and seeds, and on batches that SpeechBrain's
+``Augmenter`` made with augmented copies (rows of one source: an utterance
+and its copies, neither positive nor negative for each other, or counted).
 """
 
 import math
@@ -11,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from speechbrain.augment.augmenter import Augmenter
+from speechbrain.augment.time_domain import AddNoise
 
 from dampit.losses import (
     AngularLoss,
@@ -57,13 +61,18 @@ def _dist_matrix(emb, kind):
     return np.sqrt(sq) if kind == "euclidean" else sq
 
 
-def ref_triplet(emb, labels, margin, distance, mining):
-    """Triplet loss (mean) and frac_an_gt_ap with explicit loops."""
+def ref_triplet(emb, labels, margin, distance, mining, sources=None):
+    """Triplet loss (mean) and frac_an_gt_ap with explicit loops; a
+    positive is a row of the anchor's label from another source (None:
+    every row its own)."""
     n = len(labels)
+    src = list(range(n)) if sources is None else list(sources)
     d = _dist_matrix(emb, distance).tolist()
     terms, gt = [], []
     for a in range(n):
-        pos = [j for j in range(n) if j != a and labels[j] == labels[a]]
+        pos = [
+            j for j in range(n) if src[j] != src[a] and labels[j] == labels[a]
+        ]
         neg = [j for j in range(n) if labels[j] != labels[a]]
         if not pos or not neg:
             continue
@@ -81,13 +90,16 @@ def ref_triplet(emb, labels, margin, distance, mining):
     return sum(terms) / len(terms), sum(gt) / len(gt)
 
 
-def ref_pairs(labels):
-    """First two occurrences of each repeated label, by first position."""
+def ref_pairs(labels, sources=None):
+    """Each label's first row and its next row from another source (None:
+    every row its own: the first two occurrences), by first position."""
+    src = list(range(len(labels))) if sources is None else list(sources)
     pairs = []
     for i, lab in enumerate(labels):
         idx = [j for j, other in enumerate(labels) if other == lab]
-        if len(idx) >= 2 and idx[0] == i:
-            pairs.append((idx[0], idx[1]))
+        later = [j for j in idx if j > i and src[j] != src[i]]
+        if idx[0] == i and later:
+            pairs.append((i, later[0]))
     return pairs
 
 
@@ -96,9 +108,9 @@ def _logsumexp(values):
     return m + math.log(sum(math.exp(v - m) for v in values))
 
 
-def ref_npair_eq10(emb, labels, l2_reg):
+def ref_npair_eq10(emb, labels, l2_reg, sources=None):
     """Eq. 10 (mean over anchors) plus the original code's norm penalty."""
-    pairs = ref_pairs(labels)
+    pairs = ref_pairs(labels, sources)
     anchors = [emb[a] for a, _ in pairs]
     positives = [emb[p] for _, p in pairs]
     total = 0.0
@@ -140,11 +152,11 @@ def _unit(v):
     return v / math.sqrt(float(np.dot(v, v)))
 
 
-def ref_angular(emb, labels, alpha, form):
+def ref_angular(emb, labels, alpha, form, sources=None):
     """Angular loss, one (pair, negative) at a time; the negatives of a
     pair are the other pairs' positives (the original code)."""
     t2 = math.tan(math.radians(alpha)) ** 2
-    pairs = ref_pairs(labels)
+    pairs = ref_pairs(labels, sources)
     terms_all = []
     per_pair = []
     for a_i, p_i in pairs:
@@ -314,3 +326,118 @@ def test_multi_metric_is_weighted_sum_of_references(seed):
     assert total.item() == pytest.approx(
         sum(want.values()) + 0.1 * ce, rel=1e-6
     )
+
+
+def _metric_loss(augmenter, copies):
+    """The three metric terms (paper weights) watching ``augmenter``."""
+    terms = {"npair": NPairLoss(), "triplet": TripletLoss()}
+    terms["angular"] = AngularLoss()
+    weights = {"npair": 0.5, "triplet": 1.0, "angular": 1.0}
+    return MultiMetricLoss(
+        terms, weights, augmenter=augmenter, augmented_copies=copies
+    )
+
+
+def _augment(p, k, n_copies, seed):
+    """SpeechBrain's Augmenter (the batch, then ``n_copies`` noisy copies)
+    on a speaker-major P x K batch of waveforms (a speaker's share most
+    of their samples); a fixed projection of its output as embeddings."""
+    gen = torch.Generator().manual_seed(seed)
+    wavs = torch.randn(p, 400, generator=gen).repeat_interleave(k, 0)
+    wavs += 0.3 * torch.randn(p * k, 400, generator=gen)
+    proj = torch.randn(400, 8, generator=gen, dtype=torch.float64) / 20
+    labels = 100 + torch.arange(p).repeat_interleave(k)
+    augmenter = Augmenter(
+        concat_original=True,
+        repeat_augment=n_copies,
+        augmentations=[AddNoise(snr_low=0, snr_high=5)],
+    )
+    return augmenter, wavs, labels, proj
+
+
+def _refs(emb, labels, sources):
+    return {
+        "npair": 0.5 * ref_npair_eq10(emb, labels, 0.005, sources),
+        "triplet": ref_triplet(
+            emb, labels, 0.5, "euclidean", "batch_hard", sources
+        )[0],
+        "angular": ref_angular(emb, labels, 45.0, "npair", sources),
+    }
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("n_copies", [1, 2])
+def test_augmented_copies_match_loops(seed, n_copies):
+    """Rows made by SpeechBrain's Augmenter, labels by its
+    replicate_labels (as the recipe does): with "exclude" every term
+    equals the loops where rows of one source are never paired, with
+    "count" the loops where every row is its own source."""
+    got = {}
+    for copies in ("exclude", "count"):
+        torch.manual_seed(seed)
+        augmenter, wavs, labels, proj = _augment(4, 2, n_copies, seed)
+        loss_fn = _metric_loss(augmenter, copies)
+        out, _ = augmenter(wavs, torch.ones(len(wavs)))
+        assert len(out) == len(wavs) * (1 + n_copies)
+        spk = augmenter.replicate_labels(labels)
+        emb = out.double() @ proj
+        total = loss_fn(emb.unsqueeze(1), spk.unsqueeze(1))
+        sources = None  # "count": every row its own source
+        if copies == "exclude":  # the batch, then each copy of it
+            sources = np.tile(np.arange(len(wavs)), 1 + n_copies)
+        want = _refs(emb.numpy(), spk.numpy(), sources)
+        for key, value in want.items():
+            assert loss_fn.last_terms[key].item() == pytest.approx(
+                value, rel=1e-9
+            ), (copies, key)
+        assert total.item() == pytest.approx(sum(want.values()), rel=1e-9)
+        got[copies] = loss_fn.last_terms["triplet"].item()
+    assert got["exclude"] != pytest.approx(got["count"])
+
+
+def test_augmented_copies_of_single_utterances():
+    """P x 1 batches and one copy each: "exclude" leaves no pair (the
+    terms say so), "count" pairs each utterance with its copy."""
+    for copies in ("exclude", "count"):
+        augmenter, wavs, labels, proj = _augment(4, 1, 1, 0)
+        loss_fn = _metric_loss(augmenter, copies)
+        out, _ = augmenter(wavs, torch.ones(len(wavs)))
+        spk = augmenter.replicate_labels(labels)
+        emb = out.double() @ proj
+        if copies == "exclude":
+            with pytest.raises(ValueError, match="no usable pair"):
+                loss_fn(emb, spk)
+            continue
+        loss_fn(emb, spk)
+        want = _refs(emb.numpy(), spk.numpy(), None)
+        assert ref_pairs(spk.tolist()) == [(0, 4), (1, 5), (2, 6), (3, 7)]
+        for key, value in want.items():
+            assert loss_fn.last_terms[key].item() == pytest.approx(value)
+
+
+def test_augmenter_sources_are_taken_once_and_checked():
+    """The sources of the augmenter's batch serve the next call only (a
+    batch it did not make has none); a call on another number of rows
+    is refused; the same sources given as an argument give the same
+    loss; sources that mix labels or mismatch the rows are refused."""
+    augmenter, wavs, labels, proj = _augment(4, 2, 1, 3)
+    loss_fn = _metric_loss(augmenter, "exclude")
+    plain = _metric_loss(None, "exclude")
+    out, _ = augmenter(wavs, torch.ones(len(wavs)))
+    emb, spk = out.double() @ proj, augmenter.replicate_labels(labels)
+    hooked = loss_fn(emb, spk).item()
+    sources = torch.arange(len(wavs)).repeat(2)
+    assert plain(emb, spk, sources=sources).item() == pytest.approx(hooked)
+    assert loss_fn(emb, spk).item() == pytest.approx(plain(emb, spk).item())
+    assert hooked != pytest.approx(plain(emb, spk).item())
+    augmenter(wavs, torch.ones(len(wavs)))
+    with pytest.raises(ValueError, match="last call made 16 rows, the bat"):
+        loss_fn(emb[:8], spk[:8])
+    with pytest.raises(ValueError, match="rows of one source have differ"):
+        plain(emb, spk, sources=torch.zeros(16, dtype=torch.long))
+    with pytest.raises(ValueError, match="sources must be 16 integers"):
+        plain(emb, spk, sources=torch.arange(8))
+    with pytest.raises(ValueError, match="augmented_copies must be one of"):
+        _metric_loss(None, "drop")
+    with pytest.raises(TypeError, match="Augmenter .with replicate_labels"):
+        _metric_loss(torch.nn.Linear(1, 1), "exclude")

@@ -27,7 +27,11 @@ from benchlib import DATA, HERE, isolated, row
 STAGES = HERE / "scale_stages.py"
 VOX2 = 1092009  # VoxCeleb2 dev utterances
 H100 = 3000  # training crops/s one H100 consumes
-KEY_ROWS = ("crops_per_s_per_core_x16", "train_file_opens_per_sample")
+KEY_ROWS = (
+    "crops_per_s_per_core_x16",
+    "train_file_opens_per_sample",
+    "train_main_cpu_per_batch_augmented",
+)
 SIZES = {
     "quick": dict(
         prep=[300, 600],
@@ -182,6 +186,7 @@ def bench_loader(tmp, z, sources):
     for w in (0, 1, 2):
         r = raw[w] = stage(
             "loader",
+            memory=False,  # no sampler thread in the CPU time
             manifest=csv,
             root=root,
             save=os.path.join(tmp, f"save{w}"),
@@ -200,6 +205,32 @@ def bench_loader(tmp, z, sources):
                 "loop (wall; 2 cores shared)",
             )
         )
+    noise, rir = str(DATA / "noise"), str(DATA / "rir")
+    r = raw["augmented"] = stage(
+        "loader",
+        memory=False,
+        manifest=csv,
+        root=root,
+        save=os.path.join(tmp, "save_aug"),
+        workers=1,
+        n_batches=z["batches"],
+        P=z["P"],
+        aug=[noise, rir],
+    )
+    plain, augmented = raw[1], r["main_cpu_ms_per_batch"]
+    plain = plain["main_cpu_ms_per_batch"]
+    rows.append(
+        row(
+            "train_main_cpu_per_batch_augmented",
+            augmented,
+            "ms",
+            plain,
+            "CPU time of the training process per batch (next() on the "
+            "loader, 1 worker) with FolderAugment (noise + reverberation, "
+            "probability 0.6 each, added in the worker) / without (goal: "
+            f"no growth, <= 1.1: {verdict(augmented <= 1.1 * plain)})",
+        )
+    )
     one, bare = raw[0]["crops_per_cpu_s"], raw[0]["bare"]["crops_per_cpu_s"]
     rows.append(
         row(
@@ -211,7 +242,6 @@ def bench_loader(tmp, z, sources):
             "CPU second (one core)",
         )
     )
-    noise, rir = str(DATA / "noise"), str(DATA / "rir")
     a = raw["augment"] = stage(
         "augment",
         noise=noise,
@@ -227,9 +257,9 @@ def bench_loader(tmp, z, sources):
             "crops/s",
             one,
             "FolderAugment (noise and reverberation, probability 0.6 each, as "
-            "multi_metric.yaml) on CPU in the training process / the "
-            f"loader, per CPU second; {a['opens_per_crop']:.2f} noise/RIR "
-            "file opens per crop",
+            "multi_metric.yaml) on each crop, as the loader's workers run "
+            f"it / the loader, per CPU second; {a['opens_per_crop']:.2f} "
+            "noise/RIR file opens per crop",
         )
     )
     core = 1 / (1 / one + 1 / a["crops_per_cpu_s"])
