@@ -197,7 +197,12 @@ def writing(path):
         yield
     except OSError as err:
         msg = err.strerror or str(err)
-        raise CliError(msg if path in msg else f"cannot write {path}: {msg}")
+        if path not in msg:
+            msg = f"cannot write {path}: {msg}"
+        name = err.filename
+        if isinstance(name, str) and name not in msg:
+            msg = f"{msg} ({name})"  # the file inside ``path``
+        raise CliError(msg)
 
 
 def hold_output(stack, path):
