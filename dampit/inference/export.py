@@ -1,7 +1,7 @@
 """``dampit-export RUN MODEL``: a recipe run -> a model folder.
 
 A run of dampit's recipe is exported as its verification saved it
-(:mod:`dampit.recipe.tested_model`): the modules, sample rate and
+(:mod:`dampit.training.tested_model`): the modules, sample rate and
 checkpoints of ``verification/tested_model.json`` and the weights beside
 it, copied as they are; its threshold is the EER threshold of
 ``full_cosine`` in ``verification/summary.json`` (whole-utterance cosine
@@ -64,7 +64,7 @@ from dampit.inference.extract import pad_batch
 from dampit.inference.model_files import write_model_files
 from dampit.inference.portable import export_onnx, export_torchscript
 from dampit.metrics.error_rates import compute_eer
-from dampit.recipe.tested_model import TESTED_FILE, module_spec
+from dampit.training.tested_model import TESTED_FILE, module_spec
 from dampit.utils.atomic import atomic_folder
 
 __all__ = [
