@@ -7,7 +7,7 @@
 
 Inputs are folders (searched recursively for audio files), audio files or
 list files (one path a line, or ``ID<TAB>path``). ``--out`` becomes an
-embedding store (:mod:`dampit.metrics.embedding_store`: ``embeddings.npy``
+embedding store (:mod:`dampit.inference.embedding_store`: ``embeddings.npy``
 ``[N, D]``, ``ids.txt``, ``paths.txt``), replaced as one unit; a second
 ``dampit-embed`` into the same ``--out`` while one runs is refused in one
 line, before its work. A file name with a line break is refused before

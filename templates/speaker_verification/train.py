@@ -44,8 +44,8 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from dampit.dataio.prepare_folder import prepare_folder
 from dampit.dataio.trials import read_trials
-from dampit.metrics.multicrop import cosine_scores
-from dampit.metrics.plots import write_report
+from dampit.metrics.report import write_report
+from dampit.metrics.scoring import cosine_scores
 from dampit.training.run_setup import (
     RecipeError,
     check_arguments,

@@ -23,7 +23,7 @@ import torch
 from speechbrain.dataio.dataio import load_data_csv
 
 from dampit.inference.api import load_model
-from dampit.metrics.embedding_store import EmbeddingStore
+from dampit.inference.embedding_store import EmbeddingStore
 from dampit.metrics.error_rates import compute_eer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

@@ -22,8 +22,8 @@ import pytest
 from dampit.cli import verify as verify_cli
 from dampit.dataio.trials import read_scores, utt_to_id
 from dampit.inference.api import load_model
+from dampit.inference.embedding_store import EmbeddingStore
 from dampit.inference.export import main as export_main
-from dampit.metrics.embedding_store import EmbeddingStore
 
 HERE = pathlib.Path(__file__).resolve().parent
 write_demo_model = runpy.run_path(str(HERE.parent / "model_folder.py"))[
