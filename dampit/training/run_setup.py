@@ -18,7 +18,8 @@ from speechbrain.dataio.dataio import load_data_csv
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from dampit.dataio.manifest import ManifestError, check_manifest
-from dampit.dataio.prepare_folder import DataPreparationError, prepare_folder
+from dampit.dataio.preparation import DataPreparationError
+from dampit.dataio.prepare_folder import prepare_folder
 from dampit.dataio.prepare_voxceleb import prepare_voxceleb
 from dampit.dataio.trials import TrialListError, read_trials
 from dampit.training.arguments import LISTS, ArgumentError, check_values

@@ -15,7 +15,7 @@ import textwrap
 import pytest
 import torch
 
-from dampit.dataio.prepare_folder import DataPreparationError
+from dampit.dataio.preparation import DataPreparationError
 from dampit.training.command_line import parse_command_line
 from dampit.training.run_setup import (
     RecipeError,
