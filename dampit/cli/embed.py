@@ -34,8 +34,8 @@ import warnings
 from dampit.cli import common
 from dampit.dataio.audio import AudioError, check_audio, load_audio
 from dampit.dataio.windows import header_windows
+from dampit.inference import embedding_store as store
 from dampit.inference.extract import check_windows
-from dampit.metrics import embedding_store as store
 
 PROG = "dampit-embed"
 EXAMPLES = """examples:

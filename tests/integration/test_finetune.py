@@ -81,7 +81,7 @@ def shipped(tmp_path_factory, shared_data):
             for k, (y, s) in enumerate(zip(labels, scores))
         )
     )
-    cmd = [sys.executable, "-m", "dampit.inference.export", str(run)]
+    cmd = [sys.executable, "-m", "dampit.cli.export", str(run)]
     _run(cmd + [str(model), f"--scores={score_file}"])
     return dict(
         tmp=tmp,

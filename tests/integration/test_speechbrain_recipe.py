@@ -24,8 +24,8 @@ import soundfile as sf
 import torch
 import yaml
 
+from dampit.cli.export import main as export_main
 from dampit.inference.api import load_model
-from dampit.inference.export import main as export_main
 from dampit.metrics.error_rates import compute_eer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
