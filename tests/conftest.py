@@ -211,7 +211,7 @@ def mini_brain(recipe, tmp_path):
 def mini_tree(tmp_path):
     """Factory: overrides -> the YAML of ``mini_brain`` read plainly, as
     the recipe's ``start_run`` gives it (``plain``)."""
-    from dampit.recipe.run_setup import read_values
+    from dampit.training.run_setup import read_values
     from dampit.utils.hparams import resolve_variant
 
     def make(**extra):

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from dampit.dataio.prepare_folder import scan_audio_tree  # noqa: E402
+from dampit.dataio.preparation import scan_audio_tree  # noqa: E402
 from dampit.utils.atomic import atomic_write_text  # noqa: E402
 from dampit.utils.file_lock import LockError, output_lock  # noqa: E402
 

@@ -18,10 +18,10 @@ RUN="$WORK/run"
 MODEL="$WORK/model"
 if [ ! -f "$CORPUS/manifest.csv" ]; then
     echo "[dampit] generating the built-in synthetic corpus in $CORPUS" >&2
-    python -m dampit.dataio.synthetic --out "$CORPUS" --speakers 40 \
+    python -m dampit.cli.synth --out "$CORPUS" --speakers 40 \
         --utts-per-speaker 24
 fi
 python recipes/VoxCeleb/train.py recipes/VoxCeleb/hparams/quickstart.yaml \
     --data_folder="$CORPUS" --output_folder="$RUN" "$@"
-python -m dampit.inference.export "$RUN" "$MODEL" --overwrite
-python -m dampit.inference.check_pretrained "$MODEL" "$RUN"
+python -m dampit.cli.export "$RUN" "$MODEL" --overwrite
+python -m dampit.cli.check_pretrained "$MODEL" "$RUN"

@@ -36,7 +36,7 @@ from dampit.inference.stored_threshold import (
     restore_threshold,
     write_threshold,
 )
-from dampit.metrics.multicrop import cosine_scores
+from dampit.metrics.scoring import cosine_scores
 from dampit.utils.atomic import atomic_write_text
 
 PROG = "dampit-calibrate"

@@ -18,11 +18,11 @@ from os.path import isfile
 import torch
 
 from dampit.dataio.audio import AUDIO_EXTENSIONS, AudioError
-from dampit.dataio.prepare_folder import scan_audio_tree
+from dampit.dataio.preparation import scan_audio_tree
 from dampit.dataio.trials import TrialListError, utf8_lines, utt_to_id
 from dampit.inference.api import ModelFolderError, load_model
+from dampit.inference.embedding_store import check_id
 from dampit.inference.profiles import ProfileError
-from dampit.metrics.embedding_store import check_id
 from dampit.utils.file_lock import LockError, output_lock
 
 USER_ERRORS = (

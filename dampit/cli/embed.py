@@ -7,7 +7,7 @@
 
 Inputs are folders (searched recursively for audio files), audio files or
 list files (one path a line, or ``ID<TAB>path``). ``--out`` becomes an
-embedding store (:mod:`dampit.metrics.embedding_store`: ``embeddings.npy``
+embedding store (:mod:`dampit.inference.embedding_store`: ``embeddings.npy``
 ``[N, D]``, ``ids.txt``, ``paths.txt``), replaced as one unit; a second
 ``dampit-embed`` into the same ``--out`` while one runs is refused in one
 line, before its work. A file name with a line break is refused before
@@ -34,8 +34,8 @@ import warnings
 from dampit.cli import common
 from dampit.dataio.audio import AudioError, check_audio, load_audio
 from dampit.dataio.windows import header_windows
+from dampit.inference import embedding_store as store
 from dampit.inference.extract import check_windows
-from dampit.metrics import embedding_store as store
 
 PROG = "dampit-embed"
 EXAMPLES = """examples:

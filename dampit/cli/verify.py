@@ -42,7 +42,7 @@ from dampit.dataio.audio import AUDIO_EXTENSIONS
 from dampit.inference.cohort import normalise_scores, require_cohort
 from dampit.inference.stored_threshold import read_calibration
 from dampit.metrics.error_rates import compute_eer, compute_min_dcf
-from dampit.metrics.multicrop import cosine_scores
+from dampit.metrics.scoring import cosine_scores
 
 PROG = "dampit-verify"
 NO_DECISION = (

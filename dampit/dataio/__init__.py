@@ -7,6 +7,9 @@
   ``tools/convert_voxceleb2.py`` turns VoxCeleb2's m4a into wav first;
 - ``prepare_folder``: the same for any ``<speaker>/**/<utt>.wav|flac``
   tree, with a deterministic speaker-disjoint split and generated trials;
+- ``preparation``: what both share (``scan_audio_tree``, the audio check of
+  every file, the dev split, ``DataPreparationError``); ``prepared``: the
+  prepared folder's manifests, trial lists and options file;
 - ``trials``: read, write and generate ``label enrol test`` trial lists;
 - ``synthetic``: a built-in synthetic speaker corpus (``dampit-synth``) for
   demos and tests; it is not a benchmark;

@@ -25,7 +25,7 @@ from speechbrain.augment.time_domain import AddNoise
 from speechbrain.processing.signal_processing import reverberate
 
 from dampit.dataio.audio import load_audio, read_crop
-from dampit.dataio.prepare_folder import scan_audio_tree
+from dampit.dataio.preparation import scan_audio_tree
 from dampit.lobes.pooling import real_frames
 
 

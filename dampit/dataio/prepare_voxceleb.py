@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from dampit.dataio.prepare_folder import (
+from dampit.dataio.preparation import (
     DataPreparationError,
     check_files,
     check_training_split,

@@ -13,10 +13,10 @@ offsets; then the speaker's own timbre (two peaking EQs and a tilt), the
 session's channel (band-pass, tilt, EQ) and noise at the session's SNR.
 Everything random depends only on ``(seed, speaker, utterance)``: the same
 seed gives the same bytes whatever the worker count, and a larger corpus
-extends a smaller one. Command line: ``dampit-synth OUT_DIR --speakers 40``.
+extends a smaller one. Command line: ``dampit-synth OUT_DIR --speakers 40``
+(:mod:`dampit.cli.synth`).
 """
 
-import argparse
 import contextlib
 import csv
 import json
@@ -281,45 +281,3 @@ def generate_corpus(
         os.path.join(out_dir, CONFIG_FILE), json.dumps(info) + "\n"
     )
     return manifest
-
-
-def main(argv=None):
-    """``dampit-synth OUT_DIR [--speakers N] [--utts K] ...``; returns 0.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> main([tempfile.mkdtemp(), "--speakers", "1", "--utts", "1",
-    ...       "--min-dur", "0.2", "--max-dur", "0.2", "--quiet"])
-    0
-    """
-    p = argparse.ArgumentParser(prog="dampit-synth", description=__doc__)
-    p.add_argument("out_dir", nargs="?", help="output folder")
-    p.add_argument("--out", help="output folder (instead of OUT_DIR)")
-    p.add_argument("--speakers", type=int, default=40)
-    p.add_argument("--utts", "--utts-per-speaker", type=int, default=20)
-    p.add_argument("--min-dur", type=float, default=2.0, help="seconds")
-    p.add_argument("--max-dur", type=float, default=4.0, help="seconds")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
-    if (a.out_dir is None) == (a.out is None):
-        p.error("give the output folder once: OUT_DIR or --out")
-    dur = (a.min_dur, a.max_dur)
-    path = generate_corpus(
-        a.out_dir or a.out,
-        a.speakers,
-        a.utts,
-        dur,
-        a.seed,
-        a.workers,
-        not a.quiet,
-    )
-    if not a.quiet:
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,12 +1,15 @@
-"""dampit.inference: use a trained model outside the recipe.
+"""dampit.inference: use a trained model outside the recipe (the commands
+over it are in ``dampit.cli``).
 
 - ``api``: ``load_model`` (a model folder -> SpeechBrain's
   ``SpeakerRecognition`` with the stored threshold; executes nothing);
-- ``export``: ``dampit-export``, a verified recipe run -> a model folder;
+- ``export``: a verified recipe run -> a model folder (``dampit-export``);
 - ``model_files``: the one writer of a model folder's files;
 - ``extract``: batched embedding of files and crops;
 - ``portable``: TorchScript / ONNX programs, waveform -> embedding;
-- ``check_pretrained``: the quickstart's check through ``from_hparams``;
+- ``check_pretrained``: the steps of the quickstart's check through
+  ``from_hparams``;
+- ``embedding_store``: on-disk, memory-mapped embedding stores;
 - ``calibration``: a threshold at an operating point, its error rates on
   held-out speakers, a score -> log-likelihood-ratio map;
 - ``stored_threshold``: the one writer of a model folder's threshold;

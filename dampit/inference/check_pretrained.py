@@ -1,13 +1,14 @@
 """Check an exported model through SpeechBrain's own loading path.
 
-``python -m dampit.inference.check_pretrained MODEL RUN`` is the last step
+``python -m dampit.cli.check_pretrained MODEL RUN`` is the last step
 of ``tools/quickstart.sh``: it loads MODEL with
 ``SpeakerRecognition.from_hparams`` (which executes its ``hyperparams.yaml``:
 run it on folders you trust, such as your own export), scores every trial
 of the run's held-out trial list as ``verify_files`` does (cosine of the
 whole-utterance embeddings, each utterance embedded once), prints a seeded
 random sample of trials with their decisions at the stored ``threshold``,
-then the accuracy over all trials at that threshold.
+then the accuracy over all trials at that threshold. This module holds
+the check's steps; :mod:`dampit.cli.check_pretrained` runs and prints them.
 
 The stored threshold is the EER threshold of the run's ``full_cosine``
 scores of these same trials (``verification/summary.json``), so at it the
@@ -15,18 +16,15 @@ share of wrong decisions is the EER: the accuracy must be ``1 - EER`` up to
 :func:`tolerance`. Exit status: 0 when it is, 1 when not, 2 on bad input.
 """
 
-import argparse
 import json
 import os
-import random
-import sys
 import tempfile
 
 from speechbrain.dataio.dataio import load_data_csv
 from speechbrain.inference.speaker import SpeakerRecognition
 
 from dampit.dataio.trials import read_trials
-from dampit.inference.export import ExportError, read_run_hparams
+from dampit.inference.export import read_run_hparams
 from dampit.inference.folder_checks import (
     HPARAMS_FILE,
     YAML_ERRORS,
@@ -35,7 +33,14 @@ from dampit.inference.folder_checks import (
     one_line,
 )
 
-__all__ = ["accuracy", "main", "run_eer", "tolerance"]
+__all__ = [
+    "accuracy",
+    "load_speechbrain",
+    "read_run_trials",
+    "run_eer",
+    "speechbrain_scores",
+    "tolerance",
+]
 
 SCORING = "full_cosine"
 # Scores within about 1e-5 of the stored threshold may fall on either side
@@ -141,8 +146,76 @@ def run_eer(run):
     raise ValueError(f"{path}: no {SCORING} EER in [0, 1]")
 
 
-def _score_all(model, trials, rows):
-    """Scores of ``(label, enrol, test)`` trials, each file embedded once."""
+def read_run_trials(run, trial_file=None):
+    """The run's ``full_cosine`` EER and its held-out trials.
+
+    Arguments
+    ---------
+    run : str
+        Recipe run folder (``hyperparams.yaml``, ``prepared/test.csv``,
+        ``verification/summary.json``).
+    trial_file : str, optional
+        Trial list of IDs of ``test.csv`` (default: the run's
+        ``prepared/trials.txt``).
+
+    Returns
+    -------
+    tuple
+        ``(eer, rows, trials)``: the EER, ``test.csv``'s rows by ID (paths
+        resolved) and the ``(label, enrol, test)`` trials.
+
+    Raises
+    ------
+    ExportError, ValueError, OSError
+        A run or trial list that cannot be read, or trials of one kind;
+        the message names the file.
+    """
+    prepared = os.path.join(run, "prepared")
+    trial_file = trial_file or os.path.join(prepared, "trials.txt")
+    hp = read_run_hparams(run)
+    eer = run_eer(run)
+    rows = load_data_csv(
+        os.path.join(prepared, "test.csv"),
+        replacements={"data_root": str(hp.get("data_folder"))},
+    )
+    trials = read_trials(trial_file, known_ids=set(rows))
+    n_target = sum(int(label) for label, _, _ in trials)
+    if n_target in (0, len(trials)):
+        raise ValueError(
+            f"{trial_file}: needs same- and different-speaker trials"
+        )
+    return eer, rows, trials
+
+
+def load_speechbrain(model):
+    """A model folder loaded by ``SpeakerRecognition.from_hparams`` (which
+    executes its ``hyperparams.yaml``: for folders you trust) and its
+    stored threshold.
+
+    Raises
+    ------
+    ModelFolderError
+        A folder SpeechBrain cannot load or without a usable threshold; the
+        message names ``hyperparams.yaml``.
+    """
+    where = os.path.join(model, HPARAMS_FILE)
+    try:
+        with tempfile.TemporaryDirectory(prefix="dampit-check-") as savedir:
+            loaded = SpeakerRecognition.from_hparams(
+                source=os.path.abspath(model), savedir=savedir
+            )
+        threshold = getattr(loaded.hparams, "threshold", None)
+        threshold = float(check_value(where, "threshold", threshold))
+    except YAML_ERRORS as err:  # ModelFolderError names the file
+        text = str(err) if isinstance(err, ModelFolderError) else None
+        raise ModelFolderError(text or f"{where}: {one_line(err)}") from None
+    return loaded, threshold
+
+
+def speechbrain_scores(model, trials, rows):
+    """Scores of ``(label, enrol, test)`` trials as SpeechBrain's
+    ``verify_files`` computes them (cosine of whole-utterance embeddings),
+    each file of ``rows`` (ID -> row with ``wav``) embedded once."""
     embeddings = {}
     for _, enrol, test in trials:
         for utt in (enrol, test):
@@ -153,97 +226,3 @@ def _score_all(model, trials, rows):
         float(model.similarity(embeddings[e], embeddings[t]).reshape(-1)[0])
         for _, e, t in trials
     ]
-
-
-def main(argv=None):
-    """``check_pretrained MODEL RUN [--show N] [--seed S] [--trials FILE]``.
-
-    Arguments
-    ---------
-    argv : list of str, optional
-        Arguments (default ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        0 when the accuracy is ``1 - EER`` within :func:`tolerance`, 1 when
-        not, 2 on bad input.
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m dampit.inference.check_pretrained",
-        description="Load an exported model with SpeechBrain's "
-        "SpeakerRecognition.from_hparams, decide the run's held-out trials "
-        "at its stored threshold and compare the accuracy with 1 - EER.",
-    )
-    parser.add_argument("model", help="exported model folder (trusted)")
-    parser.add_argument("run", help="the recipe run it was exported from")
-    parser.add_argument("--show", type=int, default=10, help="trials shown")
-    parser.add_argument("--seed", type=int, default=0, help="of the sample")
-    parser.add_argument("--trials", help="trial list (default: the run's)")
-    args = parser.parse_args(argv)
-    prepared = os.path.join(args.run, "prepared")
-    trial_file = args.trials or os.path.join(prepared, "trials.txt")
-    try:
-        if args.show < 0:
-            raise ValueError(f"--show must be >= 0, got {args.show}")
-        hp = read_run_hparams(args.run)
-        eer = run_eer(args.run)
-        rows = load_data_csv(
-            os.path.join(prepared, "test.csv"),
-            replacements={"data_root": str(hp.get("data_folder"))},
-        )
-        trials = read_trials(trial_file, known_ids=set(rows))
-        labels = [int(label) for label, _, _ in trials]
-        n_target = sum(labels)
-        if n_target in (0, len(labels)):
-            raise ValueError(
-                f"{trial_file}: needs same- and different-speaker trials"
-            )
-    except (ExportError, ValueError, OSError) as err:
-        print(f"check_pretrained: error: {err}", file=sys.stderr)
-        return 2
-    where = os.path.join(args.model, HPARAMS_FILE)
-    try:
-        with tempfile.TemporaryDirectory(prefix="dampit-check-") as savedir:
-            model = SpeakerRecognition.from_hparams(
-                source=os.path.abspath(args.model), savedir=savedir
-            )
-        threshold = getattr(model.hparams, "threshold", None)
-        threshold = float(check_value(where, "threshold", threshold))
-    except YAML_ERRORS as err:  # ModelFolderError names the file
-        text = str(err) if isinstance(err, ModelFolderError) else None
-        text = text or f"{where}: {one_line(err)}"
-        print(f"check_pretrained: error: {text}", file=sys.stderr)
-        return 2
-    print(f"[dampit] {args.model} loaded with SpeakerRecognition.from_hparams")
-    scores = _score_all(model, trials, rows)
-    shown = random.Random(args.seed).sample(
-        range(len(trials)), min(args.show, len(trials))
-    )
-    print(
-        f"[dampit] {len(shown)} of {len(trials)} held-out trials (seed "
-        f"{args.seed}), decided at threshold {threshold:.4f}:"
-    )
-    for k in sorted(shown):
-        label, enrol, test = trials[k]
-        truth = "same" if label else "different"
-        said = "same" if scores[k] > threshold else "different"
-        verdict = "right" if truth == said else "WRONG"
-        print(
-            f"  {truth:>9}-speaker trial {enrol} {test}: score "
-            f"{scores[k]:.4f} -> {said} speaker ({verdict})"
-        )
-    acc = accuracy(scores, labels, threshold)
-    tol = tolerance(n_target, len(labels) - n_target)
-    ok = abs(acc - (1 - eer)) <= tol
-    print(
-        f"[dampit] accuracy over all {len(trials)} trials {100 * acc:.2f} %; "
-        f"the run's {SCORING} EER {100 * eer:.2f} % gives 1 - EER "
-        f"{100 * (1 - eer):.2f} % (tolerance {100 * tol:.2f} points): "
-        f"{'OK' if ok else 'FAILED'}"
-    )
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,8 @@
-"""``dampit-export RUN MODEL``: a recipe run -> a model folder.
+"""A recipe run -> a model folder (the library of ``dampit-export``,
+:mod:`dampit.cli.export`).
 
 A run of dampit's recipe is exported as its verification saved it
-(:mod:`dampit.recipe.tested_model`): the modules, sample rate and
+(:mod:`dampit.training.tested_model`): the modules, sample rate and
 checkpoints of ``verification/tested_model.json`` and the weights beside
 it, copied as they are; its threshold is the EER threshold of
 ``full_cosine`` in ``verification/summary.json`` (whole-utterance cosine
@@ -30,12 +31,10 @@ a model folder being written is refused
 (:func:`dampit.utils.atomic.atomic_folder`).
 """
 
-import argparse
 import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import warnings
 
@@ -64,17 +63,15 @@ from dampit.inference.extract import pad_batch
 from dampit.inference.model_files import write_model_files
 from dampit.inference.portable import export_onnx, export_torchscript
 from dampit.metrics.error_rates import compute_eer
-from dampit.recipe.tested_model import TESTED_FILE, module_spec
+from dampit.training.tested_model import TESTED_FILE, module_spec
 from dampit.utils.atomic import atomic_folder
 
 __all__ = [
     "ExportError",
     "export_model",
-    "main",
     "read_run_hparams",
 ]
 
-PROG = "dampit-export"
 CHECK_TOL = 1e-5
 SCORING = "full_cosine"
 COSINE = "speechbrain.lobes.models.ECAPA_TDNN.Classifier"
@@ -397,47 +394,3 @@ def _write_card(folder, spec, results):
     )
     with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
         f.write(text)
-
-
-def _main(args):
-    with common.writing(args.model):  # a full disk...
-        spec = export_model(
-            args.run,
-            args.model,
-            args.overwrite,
-            args.torchscript,
-            args.onnx,
-            args.scores,
-            args.trials,
-            args.audio_root,
-        )
-    print(
-        f"[dampit] exported {spec['run']} -> {args.model} "
-        f"(threshold {spec['threshold']:.4f}, {spec['threshold_source']})"
-    )
-    return 0
-
-
-def main(argv=None):
-    """``dampit-export RUN MODEL [--trials PAIRS [--audio-root R] |
-    --scores F] [--overwrite] [--torchscript] [--onnx]``; returns 0, or
-    2 on a refused run or existing folder."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="A verified recipe run -> a model "
-        "folder for load_model and EncoderClassifier.from_hparams.",
-    )
-    add = parser.add_argument
-    add("run", help="the recipe's output_folder")
-    add("model", help="the model folder to write")
-    add("--trials", help="labelled trial list: threshold at the model's EER")
-    add("--audio-root", help="folder of the trial paths")
-    add("--scores", help="labelled score file: threshold at its EER")
-    for flag in ("--overwrite", "--torchscript", "--onnx", "--verbose"):
-        add(flag, action="store_true")
-    args = parser.parse_args(argv)
-    return common.run(PROG, args, lambda: _main(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from dampit.dataio.audio import load_audio
 from dampit.dataio.crops import crop_views
 from dampit.dataio.windows import check_window_hop, read_windows
-from dampit.metrics.embedding_store import window_id
+from dampit.inference.embedding_store import window_id
 
 __all__ = [
     "check_windows",
@@ -330,7 +330,7 @@ def embed_windows(
     Returns
     -------
     ids : list of str
-        ``file_id@start-end`` (:func:`dampit.metrics.embedding_store.
+        ``file_id@start-end`` (:func:`dampit.inference.embedding_store.
         window_id`), in file and time order.
     segments : list of tuple
         ``(file_id, start, end)`` of each window, in seconds.

@@ -25,7 +25,7 @@ import os
 import numpy as np
 import torch
 
-from dampit.metrics.embedding_store import (
+from dampit.inference.embedding_store import (
     EMBEDDINGS_FILE,
     IDS_FILE,
     EmbeddingStore,

@@ -149,7 +149,7 @@ def restore_threshold(folder):
     Example
     -------
     >>> import tempfile, torch
-    >>> from dampit.inference.export import write_model_files
+    >>> from dampit.inference.model_files import write_model_files
     >>> from dampit.lobes.resnet import SEResNet
     >>> kw = dict(depth=18, base_width=4, emb_dim=8)
     >>> mods = {k: {"class": f"dampit.lobes.{c}", "kwargs": {}} for k, c in [

@@ -4,6 +4,6 @@
   ``LinearClassifier``, ``load_torchvision_weights``;
 - ``gates``: the paper's spatial gate; ``pooling``: length-aware pooling;
 - ``features``: the paper's spectrogram, ``Features``, ``CropNormalization``;
-- ``metric_head``: ``MetricHead`` / ``MetricHeadLoss``, dampit's losses in a
-  stock SpeechBrain recipe's classifier slot.
+- ``metric_head``: ``MetricHead``, a stock SpeechBrain recipe's classifier
+  that keeps its input for ``dampit.losses.metric_head.MetricHeadLoss``.
 """

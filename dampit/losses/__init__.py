@@ -6,6 +6,8 @@ SpeechBrain's ``compute_cost(predictions, targets, length=None)``:
 :class:`AngularLoss` (Eqs. 11-13), :class:`SoftmaxLoss` (cross-entropy or
 SpeechBrain's AAM) and their weighted sum :class:`MultiMetricLoss`
 (Eq. 14; :func:`paper_multi_metric_loss` builds the paper's).
+:class:`~dampit.losses.metric_head.MetricHeadLoss` adds a metric loss to
+a stock SpeechBrain recipe's logit loss (its ``compute_cost``).
 """
 
 from dampit.losses.angular import AngularLoss

@@ -10,7 +10,7 @@ computed once per utterance, from chunked ``[chunk, M]`` score blocks.
 
 import numpy as np
 
-from dampit.metrics.multicrop import ScoringVectors
+from dampit.metrics.scoring import ScoringVectors
 
 __all__ = ["TOP_K", "as_norm", "cohort_statistics"]
 

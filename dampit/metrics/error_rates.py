@@ -19,7 +19,7 @@ p_target, c_fa * (1 - p_target))``, as NIST and VoxCeleb report it.
 
 import numpy as np
 
-from dampit.metrics.embedding_store import as_numpy
+from dampit.inference.embedding_store import as_numpy
 
 __all__ = ["compute_eer", "compute_min_dcf", "det_curve", "operating_points"]
 

@@ -1,7 +1,6 @@
-"""DET curves, score histograms and a one-call verification report
-(matplotlib's object API on the Agg canvas; files written atomically)."""
+"""DET curves and score histograms as PNG files (matplotlib's object API
+on the Agg canvas; files written atomically)."""
 
-import json
 import math
 import os
 
@@ -9,16 +8,15 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
-from dampit.dataio.trials import write_scores
 from dampit.metrics.error_rates import (
     compute_eer,
     compute_min_dcf,
     det_curve,
     validate_scores_labels,
 )
-from dampit.utils.atomic import atomic_path, atomic_write_text
+from dampit.utils.atomic import atomic_path
 
-__all__ = ["plot_det", "plot_score_histogram", "write_report"]
+__all__ = ["plot_det", "plot_score_histogram"]
 
 # Axis ticks of a DET plot, in percent.
 _DET_TICKS = [0.01, 0.1, 0.5, 1, 2, 5, 10, 20, 40, 60, 80]
@@ -116,52 +114,3 @@ def plot_score_histogram(scores, labels, path, title=None, bins=100):
     ax.legend(fontsize=9)
     ax.set_title(title or f"Scores (EER {100 * eer:.2f}%)")
     return _save(fig, path)
-
-
-def write_report(
-    scores,
-    labels,
-    out_dir,
-    name="scores",
-    trial_ids=None,
-    p_targets=(0.01, 0.05),
-):
-    """Write ``<name>_metrics.json``, ``_det.png``, ``_hist.png`` and, given
-    ``trial_ids`` (``(enrol, test)`` per trial), ``_scores.txt`` into
-    ``out_dir``; return the metrics (rates as fractions; minDCF normalised,
-    thresholds: accept ``score > threshold``, null for -inf) and paths.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> r = write_report([0.9, 0.4, 0.5, 0.1], [1, 1, 0, 0], tempfile.mkdtemp())
-    >>> r["eer"], r["n_target"], r["min_dcf_0.01"]
-    (0.5, 2, 0.5)
-    """
-    s, lab = validate_scores_labels(scores, labels)
-    if trial_ids is not None and len(trial_ids) != s.size:
-        raise ValueError(f"{len(trial_ids)} trial IDs for {s.size} scores")
-    os.makedirs(out_dir, exist_ok=True)
-    eer, eer_thr = compute_eer(s, lab)
-    r = {"name": name, "n_trials": int(s.size), "n_target": int(lab.sum())}
-    r.update(n_nontarget=int((~lab).sum()), eer=eer, eer_threshold=eer_thr)
-    r["eer_interp"] = compute_eer(s, lab, method="interp")[0]
-    for pt in p_targets:
-        r[f"min_dcf_{pt:g}"], r[f"min_dcf_{pt:g}_threshold"] = compute_min_dcf(
-            s, lab, p_target=pt
-        )
-    for key in r:  # JSON has no -inf
-        if isinstance(r[key], float) and not math.isfinite(r[key]):
-            r[key] = None
-    path = os.path.join(os.fspath(out_dir), name + "_{}").format
-    r["det_png"] = plot_det(s, lab, path("det.png"), f"{name}: DET", p_targets)
-    r["hist_png"] = plot_score_histogram(
-        s, lab, path("hist.png"), f"{name}: score histogram"
-    )
-    if trial_ids is not None:
-        e, t = zip(*trial_ids)
-        r["scores_txt"] = path("scores.txt")
-        write_scores(r["scores_txt"], e, t, s, lab.astype(np.int64))
-    r["metrics_json"] = path("metrics.json")
-    atomic_write_text(r["metrics_json"], json.dumps(r, indent=2))
-    return r

@@ -6,7 +6,7 @@ on the text's length), with :data:`OR_NULL` appended where None is
 allowed. :func:`within` says whether a value fits its entry and
 :func:`describe` says what fits, as a one-line error message puts it.
 The model-folder checks (:mod:`dampit.inference.folder_checks`) and the
-recipe's arguments (:mod:`dampit.recipe.arguments`) use them.
+recipe's arguments (:mod:`dampit.training.arguments`) use them.
 """
 
 __all__ = ["BOOL", "INT", "OR_NULL", "REAL", "TEXT", "describe", "within"]

@@ -3,7 +3,7 @@
 ``flock`` makes the lock exclusive and frees it however its holder ends
 (even SIGKILL); the file names the holder (``pid host``). A lock file left
 by a process that is no longer running is taken over with a warning, and
-a released lock removes its file. :class:`dampit.recipe.run_lock.RunLock`
+a released lock removes its file. :class:`dampit.training.run_lock.RunLock`
 locks a recipe's output folder with it; :func:`output_lock` locks what a
 command writes (a store, a model folder, a score file) through the hidden
 sibling ``.<name>.lock``, so that a second writer of the same output is

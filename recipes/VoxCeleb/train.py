@@ -14,7 +14,7 @@ Usage (from recipes/VoxCeleb, or with full paths from anywhere)::
         --test_corpora='[<folder name>]' --n_folds=5 --fold=0
     torchrun --nproc_per_node=2 train.py hparams/multi_metric.yaml ...
 
-The data are prepared first (``dampit.recipe.run_setup``): ``n_speakers``
+The data are prepared first (``dampit.training.run_setup``): ``n_speakers``
 is the number of training speakers, and the YAML is loaded once. Several
 speaker trees (a list) are corpora whose IDs start with the tree's base
 name; ``test_corpora`` names those split into test and training speakers.
@@ -35,11 +35,11 @@ from dampit.dataio.crops import eval_crops, repeat_to_length
 from dampit.dataio.sampler import PKSampler
 from dampit.inference.api import SPEC_FILE, ModelFolderError, load_model
 from dampit.lobes.resnet import load_torchvision_weights
-from dampit.recipe.arguments import speed_list
-from dampit.recipe.embedding_health import EmbeddingHealth
-from dampit.recipe.run_setup import RecipeError, run_script, start_run
-from dampit.recipe.validation import validation_eer
-from dampit.recipe.verification import load_test_weights, verify
+from dampit.training.arguments import speed_list
+from dampit.training.embedding_health import EmbeddingHealth
+from dampit.training.run_setup import RecipeError, run_script, start_run
+from dampit.training.validation import validation_eer
+from dampit.training.verification import load_test_weights, verify
 from dampit.utils.checkpoints import AtomicCheckpointer
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class MultiMetricBrain(sb.Brain):
     ``channels_last`` (the network's weights in NHWC order).
 
     Each epoch's log has the loss terms and the training embeddings'
-    health (:class:`~dampit.recipe.embedding_health.EmbeddingHealth`:
+    health (:class:`~dampit.training.embedding_health.EmbeddingHealth`:
     same- and different-speaker cosines, norms), with a warning when they
     have collapsed.
     """

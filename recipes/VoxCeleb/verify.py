@@ -11,7 +11,7 @@ every test utterance whole and as ``n_test_crops`` evenly spaced crops,
 and scores the trials three ways -- ``full_cosine``, and the paper's
 ``multicrop_dot`` and ``multicrop_cosine`` (the mean of the crop-pair
 scores, in closed form) -- with EER, minDCF, a DET curve and a score
-histogram under ``<output_folder>/verification`` (dampit.recipe.verification).
+histogram under ``<output_folder>/verification`` (dampit.training.verification).
 """
 
 import os
@@ -19,8 +19,8 @@ import os
 import speechbrain as sb
 import torch
 
-from dampit.recipe.run_setup import run_script, start_run
-from dampit.recipe.verification import load_test_weights, verify
+from dampit.training.run_setup import run_script, start_run
+from dampit.training.verification import load_test_weights, verify
 
 
 def main(argv):

@@ -44,16 +44,16 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from dampit.dataio.prepare_folder import prepare_folder
 from dampit.dataio.trials import read_trials
-from dampit.metrics.multicrop import cosine_scores
-from dampit.metrics.plots import write_report
-from dampit.recipe.run_setup import (
+from dampit.metrics.report import write_report
+from dampit.metrics.scoring import cosine_scores
+from dampit.training.run_setup import (
     RecipeError,
     check_arguments,
     read_values,
     run_script,
 )
-from dampit.recipe.validation import validation_eer
-from dampit.recipe.verification import embed, utterance_loader
+from dampit.training.validation import validation_eer
+from dampit.training.verification import embed, utterance_loader
 from dampit.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)

@@ -150,3 +150,114 @@ def test_checker_finds_cycles(tmp_path, files, cycles):
     _write(tmp_path, files)
     graph = import_graph(tmp_path, python_files(tmp_path))
     assert find_cycles(graph) == cycles
+
+
+# Names that say the job: commands in dampit/cli/, losses in dampit/losses/,
+# no dampit package named like a top-level folder (``dampit/recipe`` next
+# to ``recipes/``) and none of the old module names back.
+OLD_NAMES = (
+    "dampit/recipe",  # dampit/training/
+    "dampit/metrics/multicrop.py",  # dampit/metrics/scoring.py
+    "dampit/metrics/embedding_store.py",  # dampit/inference/
+    "dampit/inference/check_pretrained.py:main",  # dampit/cli/
+)
+
+
+def top_level_defs(path):
+    """Names of the functions and classes defined at a module's top."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    kinds = (ast.FunctionDef, ast.ClassDef)
+    return [n.name for n in tree.body if isinstance(n, kinds)]
+
+
+def misplaced(root):
+    """``path:name`` of each ``main`` outside ``dampit/cli/`` and each
+    ``*Loss`` class outside ``dampit/losses/``."""
+    out = []
+    for path in python_files(root, ("dampit",)):
+        rel = path.relative_to(root).as_posix()
+        for name in top_level_defs(path):
+            if name == "main" and not rel.startswith("dampit/cli/"):
+                out.append(f"{rel}:{name}")
+            if name.endswith("Loss") and not rel.startswith("dampit/losses/"):
+                out.append(f"{rel}:{name}")
+    return out
+
+
+def colliding_packages(root):
+    """dampit packages named like a top-level folder or its singular."""
+    tops = {p.name for p in root.iterdir() if p.is_dir()} - {"dampit"}
+    names = tops | {t[:-1] for t in tops if t.endswith("s")}
+    return sorted(
+        p.name
+        for p in (root / "dampit").iterdir()
+        if p.is_dir() and p.name in names
+    )
+
+
+def console_targets(root):
+    """``name = module:function`` console scripts of ``setup.cfg`` whose
+    module is not in ``dampit.cli``."""
+    text = (root / "setup.cfg").read_text(encoding="utf-8")
+    scripts = text.split("console_scripts =", 1)[1].split("\n[", 1)[0]
+    return [
+        line.strip()
+        for line in scripts.splitlines()
+        if "=" in line
+        and not line.split("=")[1].strip().startswith("dampit.cli.")
+    ]
+
+
+def old_names(root):
+    """Entries of :data:`OLD_NAMES` present under ``root``."""
+    out = []
+    for name in OLD_NAMES:
+        path, _, func = name.partition(":")
+        if (root / path).exists() and (
+            not func or func in top_level_defs(root / path)
+        ):
+            out.append(name)
+    return out
+
+
+def test_names_say_the_job():
+    """Every ``main`` is in dampit/cli/ (and so is every console script),
+    every loss in dampit/losses/; no package collides with a top-level
+    folder; no old module name is back."""
+    assert misplaced(REPO) == []
+    assert console_targets(REPO) == []
+    assert colliding_packages(REPO) == []
+    assert old_names(REPO) == []
+
+
+def test_name_checks_find_misplaced_code(tmp_path):
+    """Each check of :func:`test_names_say_the_job` fails on a tree that
+    breaks it."""
+    _write(
+        tmp_path,
+        {
+            "dampit/__init__.py": "",
+            "dampit/cli/x.py": "def main():\n    pass\n",
+            "dampit/io/y.py": "def main():\n    pass\n",
+            "dampit/lobes/h.py": "class HeadLoss:\n    pass\n",
+            "dampit/losses/t.py": "class TLoss:\n    pass\n",
+            "dampit/recipe/__init__.py": "",
+            "dampit/metrics/multicrop.py": "",
+            "dampit/inference/check_pretrained.py": "def main():\n    pass\n",
+            "recipes/x/train.py": "def main():\n    pass\n",
+            "setup.cfg": "[options.entry_points]\nconsole_scripts =\n"
+            "    a = dampit.cli.a:main\n    b = dampit.io.y:main\n",
+        },
+    )
+    assert misplaced(tmp_path) == [
+        "dampit/inference/check_pretrained.py:main",
+        "dampit/io/y.py:main",
+        "dampit/lobes/h.py:HeadLoss",
+    ]
+    assert console_targets(tmp_path) == ["b = dampit.io.y:main"]
+    assert colliding_packages(tmp_path) == ["recipe"]
+    assert old_names(tmp_path) == [
+        "dampit/recipe",
+        "dampit/metrics/multicrop.py",
+        "dampit/inference/check_pretrained.py:main",
+    ]

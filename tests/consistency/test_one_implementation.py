@@ -59,7 +59,7 @@ def test_one_path_to_id_and_speaker_rule(tmp_path):
 
 TREE_WALK = r"os\.walk\(|glob\.glob\(|\.rglob\(|\.glob\("
 NOT_AUDIO_WALKS = (
-    "dampit/dataio/prepare_folder.py",  # scan_audio_tree itself
+    "dampit/dataio/preparation.py",  # scan_audio_tree itself
     "dampit/utils/atomic.py",  # the files of its own temporary folder
     "dampit/inference/export.py",  # a run's checkpoint folders
     "dampit/utils/checkpoints.py",  # a checkpoint's parameter files

@@ -23,7 +23,7 @@ import torch
 from speechbrain.dataio.dataio import load_data_csv
 
 from dampit.inference.api import load_model
-from dampit.metrics.embedding_store import EmbeddingStore
+from dampit.inference.embedding_store import EmbeddingStore
 from dampit.metrics.error_rates import compute_eer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -81,7 +81,7 @@ def shipped(tmp_path_factory, shared_data):
             for k, (y, s) in enumerate(zip(labels, scores))
         )
     )
-    cmd = [sys.executable, "-m", "dampit.inference.export", str(run)]
+    cmd = [sys.executable, "-m", "dampit.cli.export", str(run)]
     _run(cmd + [str(model), f"--scores={score_file}"])
     return dict(
         tmp=tmp,

@@ -103,7 +103,7 @@ def run_and_model(tmp_path_factory, shared_data):
         [
             sys.executable,
             "-m",
-            "dampit.inference.export",
+            "dampit.cli.export",
             str(run),
             str(model),
             "--torchscript",
@@ -321,7 +321,8 @@ def test_torchscript_matches(run_and_model, two_files, brain_embed):
 def test_check_pretrained(run_and_model, tmp_path, capsys):
     """The quickstart's last step: the accuracy over all held-out trials at
     the stored threshold is 1 - EER; exit status from crafted summaries."""
-    from dampit.inference.check_pretrained import main, tolerance
+    from dampit.cli.check_pretrained import main
+    from dampit.inference.check_pretrained import tolerance
 
     run, model = run_and_model
     assert main([str(model), str(run), "--show", "4", "--seed", "3"]) == 0

@@ -15,9 +15,9 @@ import textwrap
 import pytest
 import torch
 
-from dampit.dataio.prepare_folder import DataPreparationError
-from dampit.recipe.command_line import parse_command_line
-from dampit.recipe.run_setup import (
+from dampit.dataio.preparation import DataPreparationError
+from dampit.training.command_line import parse_command_line
+from dampit.training.run_setup import (
     RecipeError,
     check_arguments,
     prepare_data,

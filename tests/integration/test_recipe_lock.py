@@ -14,8 +14,8 @@ import textwrap
 
 import pytest
 
-from dampit.recipe.run_lock import LOCK_NAME, RunLock, RunLockError
-from dampit.recipe.run_setup import start_run
+from dampit.training.run_lock import LOCK_NAME, RunLock, RunLockError
+from dampit.training.run_setup import start_run
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -36,7 +36,7 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path, caplog):
     holder = textwrap.dedent(
         f"""
         import sys, time
-        from dampit.recipe.run_lock import RunLock
+        from dampit.training.run_lock import RunLock
         RunLock({str(tmp_path)!r}).acquire()
         print("locked", flush=True)
         time.sleep(600)

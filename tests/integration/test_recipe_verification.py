@@ -16,7 +16,7 @@ import torch
 
 from dampit.dataio.audio import load_audio
 from dampit.dataio.crops import eval_crops
-from dampit.recipe.verification import embed, utterance_loader
+from dampit.training.verification import embed, utterance_loader
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ import soundfile as sf
 import torch
 import yaml
 
+from dampit.cli.export import main as export_main
 from dampit.inference.api import load_model
-from dampit.inference.export import main as export_main
 from dampit.metrics.error_rates import compute_eer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -70,7 +70,7 @@ def test_documented_changes_train_and_valid_error_falls(shared_data, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
     saved = (run / "hyperparams.yaml").read_text(encoding="utf-8")
-    assert "dampit.lobes.metric_head.MetricHeadLoss" in saved
+    assert "dampit.losses.metric_head.MetricHeadLoss" in saved
     assert "dampit.dataio.sampler.PKSampler.from_dataset" in saved
     log = (run / "train_log.txt").read_text(encoding="utf-8")
     errors = [float(x) for x in re.findall(r"valid ErrorRate: (\S+)", log)]

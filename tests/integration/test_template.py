@@ -181,7 +181,7 @@ def test_train_loader_follows_the_yaml(shared_data, tmp_path):
 def test_bad_value_is_refused_before_any_folder(tmp_path, override, message):
     """A value out of the bounds table is one line naming it, before the
     YAML builds anything (its checkpointer would create the folder)."""
-    from dampit.recipe.arguments import ArgumentError
+    from dampit.training.arguments import ArgumentError
 
     train = _import_train()
     (tmp_path / "data").mkdir()

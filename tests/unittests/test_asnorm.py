@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from dampit.inference.embedding_store import save_embeddings
 from dampit.metrics.asnorm import as_norm, cohort_statistics
-from dampit.metrics.embedding_store import save_embeddings
-from dampit.metrics.multicrop import ScoringVectors, score_trials
+from dampit.metrics.scoring import ScoringVectors, score_trials
 
 
 def crop_pair_mean(a, b, method):

@@ -12,9 +12,9 @@ Covered elsewhere, not repeated: corrupt / empty / duplicate files in
 ``prepare_folder`` and ``prepare_voxceleb`` (test_prepare_folder.py,
 test_prepare_voxceleb.py), malformed and unknown-ID trial lists in
 ``read_trials`` (test_trials.py) and in embedding stores
-(test_multicrop.py), NaN / inf scores and one-class labels in the EER and
+(test_scoring.py), NaN / inf scores and one-class labels in the EER and
 minDCF (test_error_rates.py), NaN embeddings in stores and scoring
-(test_multicrop.py), bad files, arguments, output folders (read-only,
+(test_scoring.py), bad files, arguments, output folders (read-only,
 full), trial lists, model folders and a 200,000-trial list through
 ``dampit-embed`` / ``dampit-verify`` (test_cli.py, test_cli_errors.py,
 test_cli_memory.py), and single-speaker, K = 1, identical, zero,

@@ -14,7 +14,7 @@ import re
 import pytest
 import torch
 
-from dampit.recipe.verification import load_test_weights
+from dampit.training.verification import load_test_weights
 from dampit.utils.checkpoint_averaging import (
     average_weights,
     select_test_checkpoints,

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from dampit.cli import embed as embed_cli
-from dampit.metrics.embedding_store import EmbeddingStore
+from dampit.inference.embedding_store import EmbeddingStore
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PRETRAINED = REPO / "pretrained" / "dampit-so762"

@@ -6,8 +6,8 @@ import pathlib
 import pytest
 from speechbrain.dataio.dataio import load_data_csv
 
-from dampit.recipe.command_line import parse_command_line
-from dampit.recipe.run_setup import USER_ERRORS, start_run
+from dampit.training.command_line import parse_command_line
+from dampit.training.run_setup import USER_ERRORS, start_run
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MINI = str(REPO / "recipes" / "VoxCeleb" / "hparams" / "mini.yaml")

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from dampit.cli import verify as verify_cli
+from dampit.cli.export import main as export_main
 from dampit.dataio.trials import read_scores, utt_to_id
 from dampit.inference.api import load_model
-from dampit.inference.export import main as export_main
-from dampit.metrics.embedding_store import EmbeddingStore
+from dampit.inference.embedding_store import EmbeddingStore
 
 HERE = pathlib.Path(__file__).resolve().parent
 write_demo_model = runpy.run_path(str(HERE.parent / "model_folder.py"))[
@@ -140,7 +140,7 @@ def test_a_score_file_being_written_is_refused(model, wavs, tmp_path, capsys):
 def test_a_model_folder_being_exported_is_refused(tmp_path, capsys):
     run, _, _ = build_run(tmp_path)
     out = tmp_path / "model"
-    first = start_holding("dampit.inference.export", [run, out], out)
+    first = start_holding("dampit.cli.export", [run, out], out)
     code = export_main([str(run), str(out), "--overwrite"])
     assert_refused(code, capsys.readouterr().err, out)
     _, err = first.communicate(timeout=300)

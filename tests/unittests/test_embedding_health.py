@@ -7,9 +7,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dampit.recipe.embedding_health import EmbeddingHealth, batch_health
+from dampit.training.embedding_health import EmbeddingHealth, batch_health
 
-LOGGER = "dampit.recipe.embedding_health"
+LOGGER = "dampit.training.embedding_health"
 
 
 def test_batch_health_matches_pair_loops():

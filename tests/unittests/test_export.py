@@ -26,9 +26,10 @@ from speechbrain.inference.classifiers import EncoderClassifier
 from speechbrain.inference.speaker import SpeakerRecognition
 from speechbrain.utils.checkpoints import Checkpointer
 
+from dampit.cli.export import main
 from dampit.inference.api import load_model
-from dampit.inference.export import ExportError, export_model, main
-from dampit.recipe.verification import load_test_weights
+from dampit.inference.export import ExportError, export_model
+from dampit.training.verification import load_test_weights
 from dampit.utils.atomic import atomic_folder, atomic_write_text
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

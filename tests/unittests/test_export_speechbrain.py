@@ -19,8 +19,9 @@ from speechbrain.core import create_experiment_directory
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.classifiers import EncoderClassifier
 
+from dampit.cli.export import main
 from dampit.inference.api import load_model
-from dampit.inference.export import ExportError, export_model, main
+from dampit.inference.export import ExportError, export_model
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 GUIDE = REPO / "templates" / "speaker_verification" / "README.md"

@@ -20,8 +20,9 @@ import pytest
 import soundfile
 import torch
 
+from dampit.cli.export import main
 from dampit.inference.api import load_model
-from dampit.inference.export import ExportError, export_model, main
+from dampit.inference.export import ExportError, export_model
 from dampit.metrics.error_rates import compute_eer
 
 HERE = pathlib.Path(__file__).resolve().parent

@@ -22,7 +22,8 @@ import pytest
 import soundfile as sf
 from speechbrain.dataio.dataio import load_data_csv
 
-from dampit.dataio.prepare_folder import DataPreparationError, prepare_folder
+from dampit.dataio.preparation import DataPreparationError
+from dampit.dataio.prepare_folder import prepare_folder
 from dampit.dataio.trials import read_scores, write_scores
 from dampit.metrics.error_rates import compute_eer, compute_min_dcf
 

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from dampit.inference.export import main
+from dampit.cli.export import main
 from dampit.utils.atomic import atomic_folder
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -29,7 +29,7 @@ build_run = runpy.run_path(str(HERE / "test_export.py"))["build_run"]
 # A real dampit-export in a child process, started once it has imported.
 CHILD = """
 import sys
-from dampit.inference.export import main
+from dampit.cli.export import main
 print("ready", flush=True)
 sys.stdin.readline()
 sys.exit(main(sys.argv[1:]))
@@ -115,7 +115,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(run, tmp_path, capsys):
 # or ONNX program does not.
 FULL_CHILD = """
 import contextlib, io, json, os, sys
-from dampit.inference.export import main
+from dampit.cli.export import main
 run, model = sys.argv[1:]
 
 def files():

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from speechbrain.dataio.dataio import load_data_csv
 
-from dampit.dataio.prepare_folder import DataPreparationError, prepare_folder
+from dampit.dataio.preparation import DataPreparationError
+from dampit.dataio.prepare_folder import prepare_folder
 from dampit.dataio.prepared import OPTS_FILE
 from dampit.dataio.trials import read_trials, speaker_of
 

@@ -12,12 +12,12 @@ from speechbrain.dataio.dataio import load_data_csv
 
 from dampit.cli.common import list_audio_inputs
 from dampit.dataio.audio import load_audio, read_crop
-from dampit.dataio.prepare_folder import (
+from dampit.dataio.preparation import (
     BAD_FILES,
     DataPreparationError,
-    prepare_folder,
     scan_audio_tree,
 )
+from dampit.dataio.prepare_folder import prepare_folder
 from dampit.dataio.prepared import CSV_FIELDS
 from dampit.dataio.trials import read_trials, speaker_of
 

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 from speechbrain.dataio.dataio import load_data_csv
 
-from dampit.dataio.prepare_folder import DataPreparationError
+from dampit.dataio.preparation import DataPreparationError
 from dampit.dataio.prepare_voxceleb import (
     OFFICIAL_TRIAL_LISTS,
     find_trial_list,

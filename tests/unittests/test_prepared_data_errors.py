@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from dampit.dataio.manifest import ManifestError, check_manifest
-from dampit.recipe.run_setup import RecipeError
+from dampit.training.run_setup import RecipeError
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 HEADER = ["ID", "duration", "wav", "start", "stop", "spk_id"]

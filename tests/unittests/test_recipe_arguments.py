@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from dampit.recipe.run_setup import check_arguments, start_run
+from dampit.training.run_setup import check_arguments, start_run
 from dampit.utils.hparams import resolve_variant
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from dampit.metrics.embedding_store import (
+from dampit.inference.embedding_store import (
     SEGMENTS_FILE,
     EmbeddingStore,
     EmbeddingStoreWriter,
@@ -114,7 +114,7 @@ KILL_CHILD = textwrap.dedent(
     """
     import os, shutil, signal, sys
     import numpy as np
-    from dampit.metrics.embedding_store import save_embeddings
+    from dampit.inference.embedding_store import save_embeddings
 
     k, calls = int(sys.argv[2]), [0]
 
@@ -171,7 +171,7 @@ FULL_CHILD = textwrap.dedent(
     """
     import resource, sys
     import numpy as np
-    from dampit.metrics.embedding_store import save_embeddings
+    from dampit.inference.embedding_store import save_embeddings
 
     if sys.argv[2] != "0":
         lim = int(sys.argv[2])

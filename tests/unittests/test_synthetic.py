@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 from speechbrain.dataio.dataio import load_data_csv
 
+from dampit.cli import synth as synth_cli
 from dampit.dataio import synthetic as syn
 from dampit.dataio.prepare_folder import prepare_folder
 from dampit.dataio.trials import read_trials
@@ -168,7 +169,7 @@ def test_bad_arguments(tmp_path):
 def test_cli_and_console_script(tmp_path, capsys):
     out = tmp_path / "cli"
     assert (
-        syn.main(
+        synth_cli.main(
             [
                 str(out),
                 "--speakers",
@@ -194,7 +195,7 @@ def test_cli_and_console_script(tmp_path, capsys):
     )
     # Long spellings; the folder must be given exactly once.
     assert (
-        syn.main(
+        synth_cli.main(
             [
                 "--out",
                 str(tmp_path / "o"),
@@ -214,12 +215,12 @@ def test_cli_and_console_script(tmp_path, capsys):
     assert len(list((tmp_path / "o" / "spk000").glob("*.wav"))) == 2
     for argv in ([], [str(out), "--out", str(out)]):
         with pytest.raises(SystemExit):
-            syn.main(argv)
+            synth_cli.main(argv)
     assert "OUT_DIR or --out" in capsys.readouterr().err
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
     scripts = cfg["options.entry_points"]["console_scripts"]
-    assert "dampit-synth = dampit.dataio.synthetic:main" in scripts
+    assert "dampit-synth = dampit.cli.synth:main" in scripts
 
 
 # --------------------------------------------------------------- learnability

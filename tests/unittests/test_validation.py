@@ -7,7 +7,7 @@ import itertools
 import torch
 
 from dampit.metrics.error_rates import compute_eer
-from dampit.recipe.validation import validation_eer
+from dampit.training.validation import validation_eer
 
 
 def test_validation_eer_is_the_exact_eer_of_all_pairs():

@@ -309,7 +309,7 @@ def bench_vload(tmp, z, sources):
                 r["files_per_s"],
                 "files/s",
                 raw[0]["serial_files_per_s"],
-                "dampit.recipe.verification's utterance_loader + embed "
+                "dampit.training.verification's utterance_loader + embed "
                 "(whole file + 10 crops of 3 s; trivial network) / a serial "
                 f"load_audio + eval_crops loop (wall; {r['files']} 8 s files)",
             )

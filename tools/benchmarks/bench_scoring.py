@@ -1,7 +1,7 @@
 """Scoring: closed-form multi-crop scores and a trial list over a store.
 
 Closed-form 10 x 10 multi-crop trial scoring (crop statistics of every
-utterance, then one dot per trial: ``dampit.metrics.multicrop``) against the
+utterance, then one dot per trial: ``dampit.metrics.scoring``) against the
 naive loop over the 100 crop pairs of every trial; then a trial list scored
 over an embedding store of growing size toward Vox1-E
 (``read_trial_indices`` + ``ScoringVectors('dot')`` + ``score_pairs`` + EER
@@ -36,9 +36,12 @@ from benchlib import (
 )
 
 from dampit.dataio.trials import read_trial_indices
-from dampit.metrics.embedding_store import EmbeddingStore, EmbeddingStoreWriter
+from dampit.inference.embedding_store import (
+    EmbeddingStore,
+    EmbeddingStoreWriter,
+)
 from dampit.metrics.error_rates import compute_eer, compute_min_dcf
-from dampit.metrics.multicrop import ScoringVectors
+from dampit.metrics.scoring import ScoringVectors
 
 N_TRIALS = 37_720
 VOX1E = (145160, 579818)  # Vox1-E cleaned: utterances, trials

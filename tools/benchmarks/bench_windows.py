@@ -17,7 +17,7 @@ import soundfile as sf
 from benchlib import DATA, REPO, isolated, row
 
 from dampit.cli.embed import main
-from dampit.dataio.prepare_folder import scan_audio_tree
+from dampit.dataio.preparation import scan_audio_tree
 
 KEY_ROWS = ("embed_by_1.5s_windows_peak_rss",)
 

@@ -15,7 +15,7 @@ import os
 import numpy as np
 import soundfile as sf
 
-from dampit.dataio.prepare_folder import scan_audio_tree
+from dampit.dataio.preparation import scan_audio_tree
 from dampit.dataio.trials import speaker_of, utt_to_id
 
 SR = 16000

@@ -20,7 +20,7 @@ from dampit.dataio.augment import FolderAugment
 from dampit.dataio.crops import eval_crops
 from dampit.dataio.prepare_voxceleb import prepare_voxceleb
 from dampit.dataio.sampler import PKSampler
-from dampit.recipe.verification import embed, utterance_loader
+from dampit.training.verification import embed, utterance_loader
 from dampit.utils.checkpoints import AtomicCheckpointer
 
 CROP = 299 * 160  # the paper's 3 s crop (300 frames), in samples

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from dampit.dataio.prepare_folder import prepare_folder
 from dampit.dataio.trials import read_trials
-from dampit.metrics.plots import write_report
+from dampit.metrics.report import write_report
 from dampit.utils.atomic import atomic_write_text
 
 try:  # optional: only this baseline needs it

@@ -18,12 +18,13 @@ from speechbrain.dataio.dataio import load_data_csv
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from dampit.dataio.manifest import ManifestError, check_manifest
-from dampit.dataio.prepare_folder import DataPreparationError, prepare_folder
+from dampit.dataio.preparation import DataPreparationError
+from dampit.dataio.prepare_folder import prepare_folder
 from dampit.dataio.prepare_voxceleb import prepare_voxceleb
 from dampit.dataio.trials import TrialListError, read_trials
-from dampit.recipe.arguments import LISTS, ArgumentError, check_values
-from dampit.recipe.command_line import CommandLineError, parse_command_line
-from dampit.recipe.run_lock import RunLock, RunLockError
+from dampit.training.arguments import LISTS, ArgumentError, check_values
+from dampit.training.command_line import CommandLineError, parse_command_line
+from dampit.training.run_lock import RunLock, RunLockError
 from dampit.utils.checkpoints import CheckpointLoadError, CheckpointSaveError
 from dampit.utils.hparams import VariantError, resolve_variant
 
@@ -51,7 +52,7 @@ USER_ERRORS = (
 
 def check_arguments(hp, hparams_file):
     """Refuse a missing data folder, a value out of
-    :data:`dampit.recipe.arguments.BOUNDS` (``ArgumentError``; a scalar
+    :data:`dampit.training.arguments.BOUNDS` (``ArgumentError``; a scalar
     list key becomes a list in ``hp``) or an output folder that cannot be
     written (one-line ``RecipeError``)."""
     check_values(hp, hparams_file)
@@ -165,7 +166,7 @@ def check_trials(data):
 
 def start_run(argv):
     """Parse ``argv`` (SpeechBrain's options; the overrides as typed, see
-    :func:`~dampit.recipe.command_line.parse_command_line`), check, lock
+    :func:`~dampit.training.command_line.parse_command_line`), check, lock
     the output folder (the main process, until exit), prepare the data,
     check the manifests and trial lists (:func:`check_trials`), and load
     the YAML once with ``n_speakers`` = the training speakers. Returns a

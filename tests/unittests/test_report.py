@@ -9,7 +9,8 @@ from matplotlib.image import imread
 
 from dampit.dataio.trials import read_scores
 from dampit.metrics.error_rates import compute_eer, compute_min_dcf
-from dampit.metrics.plots import plot_det, plot_score_histogram, write_report
+from dampit.metrics.plots import plot_det, plot_score_histogram
+from dampit.metrics.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dampit.dataio.trials import read_trial_indices
-from dampit.metrics.embedding_store import save_embeddings
-from dampit.metrics.multicrop import ScoringVectors, cosine_scores, score_trials
+from dampit.inference.embedding_store import save_embeddings
+from dampit.metrics.scoring import ScoringVectors, cosine_scores, score_trials
 
 
 def score_atol(x, eps=1e-12):

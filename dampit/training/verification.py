@@ -19,13 +19,16 @@ from tqdm import tqdm
 from dampit.dataio.audio import load_audio
 from dampit.dataio.crops import crop_views
 from dampit.dataio.trials import TrialListError, read_trials
+from dampit.inference.embedding_store import (
+    EmbeddingStore,
+    EmbeddingStoreWriter,
+)
 from dampit.inference.extract import frame_lengths
 from dampit.lobes.pooling import real_frames
-from dampit.metrics import multicrop
 from dampit.metrics.asnorm import as_norm
-from dampit.metrics.embedding_store import EmbeddingStore, EmbeddingStoreWriter
-from dampit.metrics.plots import write_report
-from dampit.recipe.tested_model import save_tested_model
+from dampit.metrics.report import write_report
+from dampit.metrics.scoring import ScoringVectors
+from dampit.training.tested_model import save_tested_model
 from dampit.utils.atomic import atomic_write_text
 from dampit.utils.checkpoint_averaging import (
     average_weights,
@@ -40,7 +43,7 @@ AVERAGED = ("embedding_model", "compute_cost")
 def load_test_weights(checkpointer, hparams, tree, out):
     """Load the tested weights, list their checkpoints in
     ``<out>/checkpoints.txt``, save the tested model for ``dampit-export``
-    (:func:`~dampit.recipe.tested_model.save_tested_model`; ``tree``: the
+    (:func:`~dampit.training.tested_model.save_tested_model`; ``tree``: the
     YAML read plainly) and return the checkpoints (none: the current
     weights).
 
@@ -159,7 +162,7 @@ def embed(embed_fn, loader, hop_length, device, stores=None, progress=True):
 
 
 def verify(embed_fn, hparams, data, device, progress=True):
-    """Embed the test set of ``data`` (:func:`~dampit.recipe.run_setup.
+    """Embed the test set of ``data`` (:func:`~dampit.training.run_setup.
     prepare_data`) with ``embed_fn(wavs, lens) -> [B, 1, D]`` (evaluation
     mode), score every trial list, write the reports and ``summary.json``;
     return ``{"<list>/<scoring>": metrics}``."""
@@ -179,10 +182,9 @@ def verify(embed_fn, hparams, data, device, progress=True):
             f"{data['test']}: the trial lists name utterances not in it: "
             f"{', '.join(missing[:3])}"
         )
-    full = multicrop.ScoringVectors.from_embeddings(full, "cosine")
+    full = ScoringVectors.from_embeddings(full, "cosine")
     crops = {
-        m: multicrop.ScoringVectors.from_embeddings(crops, m)
-        for m in ("dot", "cosine")
+        m: ScoringVectors.from_embeddings(crops, m) for m in ("dot", "cosine")
     }
     cohort = None
     if hparams.get("score_norm") == "as-norm":

@@ -18,7 +18,7 @@ import tempfile
 
 import numpy as np
 
-from dampit.metrics.embedding_store import EmbeddingStore, as_numpy
+from dampit.inference.embedding_store import EmbeddingStore, as_numpy
 
 __all__ = ["METHODS", "ScoringVectors", "cosine_scores", "score_trials"]
 
