@@ -164,6 +164,35 @@ def check_trials(data):
         read_trials(path, known_ids=test_ids)
 
 
+def set_n_speakers(overrides, plain, n_classes, where):
+    """Set ``overrides["n_speakers"]`` to ``n_classes``, the training
+    classes of the prepared data, for the YAML's one full load. When the
+    YAML's own value (``plain``: its values, :func:`read_values`) says
+    otherwise, one warning line names ``where`` (the file given on the
+    command line) and both numbers; the data's number is the one used.
+    dampit's recipe and the template recipe both call it.
+
+    Example
+    -------
+    >>> overrides = {"lr": 0.01}
+    >>> set_n_speakers(overrides, {"n_speakers": 20}, 20, "h.yaml")
+    >>> overrides
+    {'lr': 0.01, 'n_speakers': 20}
+    >>> set_n_speakers(overrides, {"n_speakers": 25}, 18, "h.yaml")
+    >>> overrides["n_speakers"]
+    18
+    """
+    overrides["n_speakers"] = n_classes
+    said = plain.get("n_speakers")
+    if said is not None and said != n_classes:
+        logger.warning(
+            "n_speakers=%d: the training classes of the data (%s says %s)",
+            n_classes,
+            where,
+            said,
+        )
+
+
 def start_run(argv):
     """Parse ``argv`` (SpeechBrain's options; the overrides as typed, see
     :func:`~dampit.training.command_line.parse_command_line`), check, lock
@@ -190,10 +219,7 @@ def start_run(argv):
     for key in ("train", "dev", "test"):
         check_manifest(data[key])
     check_trials(data)
-    merged["n_speakers"] = n = data["n_classes"]
-    if n != plain["n_speakers"]:
-        msg = "n_speakers=%d: the training classes (%s says %s)"
-        logger.info(msg, n, hparams_file, plain["n_speakers"])
+    set_n_speakers(merged, plain, data["n_classes"], hparams_file)
     with open(base_file, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f, merged)
     return types.SimpleNamespace(

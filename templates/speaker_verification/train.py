@@ -2,21 +2,25 @@
 """Template recipe: SpeechBrain ECAPA-TDNN speaker embeddings, any loss.
 
 A short SpeechBrain recipe (Fbank -> sentence mean normalisation ->
-ECAPA-TDNN) whose loss and batch sampler come from the YAML file. The
-same script trains both configurations beside it:
+ECAPA-TDNN -> classifier) whose classifier, loss and batch sampler come
+from the YAML file. The same script trains both configurations beside it:
 
 - ``hparams/ecapa_aam.yaml``: SpeechBrain's stock recipe, an ECAPA
   ``Classifier`` and ``LogSoftmaxWrapper(AdditiveAngularMargin)`` on
   shuffled batches;
-- ``hparams/ecapa_multi_metric.yaml``: dampit's ``MultiMetricLoss``
-  (triplet + n-pair + angular + AAM softmax) on P speakers x K utterances
-  batches from dampit's ``PKSampler``.
+- ``hparams/ecapa_multi_metric.yaml``: the same file with the entries of
+  the README's step 2: dampit's ``MetricHead`` classifier and
+  ``MetricHeadLoss`` (the AAM softmax of the logits + triplet, n-pair and
+  angular losses of the embeddings) on P speakers x K utterances batches
+  from dampit's ``PKSampler``.
 
-The Brain below holds no dampit code: the two YAML files differ only in the
-lines that declare the loss, the sampler and the classifier. The data
-preparation (a speaker-disjoint split of a ``<speaker>/<utt>.wav`` folder
-with a trial list) and the scoring of the held-out trials use dampit's
-helpers, identically for both files.
+The Brain below holds no dampit code: it ends ``compute_forward`` in the
+classifier and calls ``compute_cost(logits, spkid, lens)``, as
+SpeechBrain's speaker recipes do. The data preparation (a
+speaker-disjoint split of a ``<speaker>/<utt>.wav`` folder with a trial
+list), ``n_speakers`` (the training speakers of the prepared data) and
+the scoring of the held-out trials use dampit's helpers, identically for
+both files.
 
 Usage (from the repository root)::
 
@@ -35,6 +39,7 @@ import json
 import logging
 import os
 import time
+import types
 
 import numpy as np
 import speechbrain as sb
@@ -46,11 +51,12 @@ from dampit.dataio.prepare_folder import prepare_folder
 from dampit.dataio.trials import read_trials
 from dampit.metrics.report import write_report
 from dampit.metrics.scoring import cosine_scores
+from dampit.training.command_line import parse_command_line
 from dampit.training.run_setup import (
-    RecipeError,
     check_arguments,
     read_values,
     run_script,
+    set_n_speakers,
 )
 from dampit.training.validation import validation_eer
 from dampit.training.verification import embed, utterance_loader
@@ -60,13 +66,13 @@ logger = logging.getLogger(__name__)
 
 
 class SpeakerBrain(sb.core.Brain):
-    """Speaker-embedding Brain whose loss works on embeddings or logits.
+    """SpeechBrain's speaker-embedding Brain: features, ECAPA-TDNN, the
+    YAML's classifier and loss.
 
-    ``hparams.compute_cost`` is called as ``compute_cost(outputs, labels)``
-    with labels ``[B, 1]``. When the YAML's ``modules`` has a
-    ``classifier`` (SpeechBrain's recipe), ``outputs`` are its logits
-    ``[B, 1, n_speakers]``; otherwise (dampit's embedding-level losses)
-    they are the embeddings ``[B, 1, D]`` themselves.
+    ``compute_forward`` ends in ``self.modules.classifier``, and training
+    calls the YAML's ``compute_cost(logits, spkid, lens)``, as SpeechBrain's
+    speaker recipes do. Validation keeps the embeddings, for the EER of
+    all their pairs.
     """
 
     def compute_embeddings(self, wavs, lens):
@@ -76,28 +82,24 @@ class SpeakerBrain(sb.core.Brain):
         return self.modules.embedding_model(feats, lens)
 
     def compute_forward(self, batch, stage):
-        """Embed a batch (no augmentation in this template)."""
+        """The logits ``[B, 1, n_speakers]``, the embeddings ``[B, 1, D]``
+        and the relative lengths of a batch (no augmentation here)."""
         batch = batch.to(self.device)
         wavs, lens = batch.sig
-        return self.compute_embeddings(wavs, lens)
+        embeddings = self.compute_embeddings(wavs, lens)
+        return self.modules.classifier(embeddings), embeddings, lens
 
     def compute_objectives(self, predictions, batch, stage):
-        """Training: the YAML's loss. Validation: keep the embeddings."""
+        """Training: the YAML's loss of the logits. Validation: keep the
+        embeddings."""
+        logits, embeddings, lens = predictions
         spkid, _ = batch.spk_id_encoded
         if stage != sb.Stage.TRAIN:
-            self.valid_emb.append(predictions.detach().squeeze(1).cpu())
+            self.valid_emb.append(embeddings.detach().squeeze(1).cpu())
             self.valid_spk.append(spkid.detach().reshape(-1).cpu())
             return torch.zeros((), device=self.device)
-        outputs = predictions
-        if "classifier" in self.modules:  # logit-level loss (stock AAM)
-            outputs = self.modules.classifier(predictions)
-        # A loss with weights of its own is in ``modules``: call it from
-        # there, so that under DDP its gradients are synchronised too.
-        if "compute_cost" in self.modules:
-            loss = self.modules.compute_cost(outputs, spkid)
-        else:
-            loss = self.hparams.compute_cost(outputs, spkid)
-        # Optional: a loss with ``last_terms`` (dampit's MultiMetricLoss)
+        loss = self.hparams.compute_cost(logits, spkid, lens)
+        # Optional: a loss with ``last_terms`` (dampit's MetricHeadLoss)
         # gets its weighted terms logged too.
         for name, value in getattr(
             self.hparams.compute_cost, "last_terms", {}
@@ -225,47 +227,35 @@ def dataio_prep(hparams, prep):
     return datasets[0], datasets[1], label_encoder
 
 
-def make_train_set(brain, hparams, train_data):
-    """The training data for ``fit``: a dataset or a P x K DataLoader.
+def train_loader_options(hparams, train_data):
+    """The ``train_loader_kwargs`` of ``fit``: shuffled batches or the
+    YAML's batch sampler.
 
-    Without ``train_sampler`` in the YAML, SpeechBrain builds the usual
-    shuffled loader from ``train_dataloader_opts`` (and shards it under
-    DDP). With it, ``train_sampler(train_data)`` must return a batch
-    sampler (dampit's ``PKSampler.from_dataset``); the DataLoader is built
-    here and passed to ``fit`` ready-made, so SpeechBrain does not wrap the
-    sampler again under DDP (``PKSampler`` already gives each rank its
-    share of the batches), and ``brain.train_sampler`` is set so that
-    SpeechBrain calls its ``set_epoch`` at the start of every epoch.
+    Without ``train_sampler`` in the YAML: ``train_dataloader_opts``
+    (SpeechBrain's shuffled batches). With it (dampit's
+    ``PKSampler.from_dataset``): ``pk_loader_options`` with the sampler of
+    ``train_data`` as ``batch_sampler``, as the README's step 3 does in
+    SpeechBrain's recipe. SpeechBrain builds the loader; under DDP its
+    ``DistributedSamplerWrapper`` deals each rank whole P x K batches.
 
     Arguments
     ---------
-    brain : SpeakerBrain
-        The Brain (its ``train_sampler`` is set for a batch sampler).
     hparams : dict
-        Needs ``train_dataloader_opts``; ``train_sampler`` optional.
+        Needs ``train_dataloader_opts``, or ``train_sampler`` and
+        ``pk_loader_options``.
     train_data : DynamicItemDataset
         The training set.
 
     Returns
     -------
-    train_set : DynamicItemDataset or DataLoader
-        What to pass to ``fit``.
-    loader_opts : dict
+    dict
         The ``train_loader_kwargs`` for ``fit``.
     """
-    opts = dict(hparams["train_dataloader_opts"])
     make_sampler = hparams.get("train_sampler")
     if make_sampler is None:
-        return train_data, opts
+        return hparams["train_dataloader_opts"]
     sampler = make_sampler(train_data)
-    loader = torch.utils.data.DataLoader(
-        train_data,
-        batch_sampler=sampler,
-        collate_fn=sb.dataio.batch.PaddedBatch,
-        num_workers=int(opts.get("num_workers", 0)),
-    )
-    brain.train_sampler = sampler
-    return loader, {}
+    return hparams["pk_loader_options"](batch_sampler=sampler)
 
 
 def evaluate(brain, hparams, prep):
@@ -322,47 +312,73 @@ def evaluate(brain, hparams, prep):
     }
 
 
+def load_hparams(argv):
+    """Read the command line, check it, prepare the data, load the YAML.
+
+    The values are read plainly and checked first, in one line each
+    (dampit's bounds, the data and output folders): loading the YAML builds
+    its objects, and the checkpointer creates the output folder. The data
+    are prepared from those values, and the YAML is loaded once with
+    ``n_speakers`` set to the training speakers of the prepared data, as in
+    dampit's recipe (a different value in the YAML: one warning line,
+    ``dampit.training.run_setup.set_n_speakers``).
+
+    Arguments
+    ---------
+    argv : list of str
+        The command line: the YAML file, SpeechBrain's options and
+        ``--key=value`` overrides.
+
+    Returns
+    -------
+    types.SimpleNamespace
+        ``hparams`` (the loaded YAML), ``run_opts``, ``prep``
+        (:func:`prepare_data`), ``hparams_file`` and ``overrides`` (with
+        ``n_speakers``).
+    """
+    hparams_file, run_opts, overrides = parse_command_line(argv)
+    values = read_values(hparams_file, overrides, hparams_file)
+    check_arguments(values, hparams_file)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    run_on_main(prepare_data, kwargs={"hparams": values})
+    prep = prepare_data(values)  # every rank reads the saved result
+    set_n_speakers(overrides, values, prep["n_train_speakers"], hparams_file)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    return types.SimpleNamespace(
+        hparams=hparams,
+        run_opts=run_opts,
+        prep=prep,
+        hparams_file=hparams_file,
+        overrides=overrides,
+    )
+
+
 def main(argv):
     """Prepare the data, train, test on the held-out speakers."""
     start = time.time()
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    # The values first, checked in one line each (dampit's bounds, the
-    # data and output folders): loading the YAML builds its objects, and
-    # the checkpointer creates the output folder.
-    values = read_values(hparams_file, overrides, hparams_file)
-    check_arguments(values, hparams_file)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    sb.utils.distributed.ddp_init_group(run_opts)
+    run = load_hparams(argv)
+    hparams, prep = run.hparams, run.prep
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
+        hyperparams_to_save=run.hparams_file,
+        overrides=run.overrides,
     )
-    run_on_main(prepare_data, kwargs={"hparams": hparams})
-    prep = prepare_data(hparams)  # every rank reads the saved result
     train_data, valid_data, label_encoder = dataio_prep(hparams, prep)
-    if len(label_encoder) != int(hparams["n_speakers"]):
-        raise RecipeError(
-            f"{hparams_file}: n_speakers={hparams['n_speakers']}, but "
-            f"{prep['train_csv']} has {len(label_encoder)} speakers; run "
-            f"again with --n_speakers={len(label_encoder)}"
-        )
-    label_encoder.expect_len(int(hparams["n_speakers"]))
+    label_encoder.expect_len(hparams["n_speakers"])
 
     brain = SpeakerBrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
         hparams=hparams,
-        run_opts=run_opts,
+        run_opts=run.run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    train_set, train_opts = make_train_set(brain, hparams, train_data)
     brain.fit(
         brain.hparams.epoch_counter,
-        train_set,
+        train_data,
         valid_data,
-        train_loader_kwargs=train_opts,
+        train_loader_kwargs=train_loader_options(hparams, train_data),
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
     if not if_main_process():

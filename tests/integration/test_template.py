@@ -1,32 +1,46 @@
 """The speaker-verification template (templates/speaker_verification).
 
-Checks that the two YAML files are one recipe that differs only in the
-loss, sampler and classifier lines, that the stock file uses SpeechBrain
-pieces only, that the dampit file's sampler really gives P x K batches
-through train.py's loader, and that train.py runs both files end to end in
+Checks that ecapa_multi_metric.yaml is ecapa_aam.yaml with exactly the
+entries that the template's README documents for SpeechBrain's recipes
+(nothing else differs), that the stock file uses SpeechBrain pieces only,
+that the dampit file's sampler really gives P x K batches through
+SpeechBrain's loader, that ``n_speakers`` comes from the prepared data in
+the template as in dampit's recipe (one identical warning line when the
+YAML says otherwise), and that train.py runs both files end to end in
 ``--debug`` on real audio (dspspeech), on the same split, and writes a
 held-out EER.
 """
 
 import importlib.util
 import json
+import logging
 import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
+import speechbrain as sb
 import yaml
+from speechbrain.dataio.dataio import load_data_csv
+
+from dampit.dataio.sampler import PKSampler
+from dampit.training.run_setup import start_run
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "templates" / "speaker_verification"
 STOCK = TEMPLATE / "hparams" / "ecapa_aam.yaml"
 MULTI = TEMPLATE / "hparams" / "ecapa_multi_metric.yaml"
+MINI = REPO / "recipes" / "VoxCeleb" / "hparams" / "mini.yaml"
+_spec = importlib.util.spec_from_file_location(
+    "readme_snippets", REPO / "tests" / "readme_snippets.py"
+)
+snippets = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(snippets)
 
-# Top-level keys allowed to differ, and the module / checkpoint entries.
-STOCK_ONLY = {"classifier"}
-MULTI_ONLY = {"P", "K", "train_sampler"}
-BOTH_DIFFER = {"experiment", "compute_cost"}
+# Top-level keys allowed to differ: the README's step-2 entries.
+MULTI_ONLY = {"P", "K", "train_sampler", "pk_loader_options"}
+BOTH_DIFFER = {"experiment", "classifier", "compute_cost"}
 
 
 class _TaggedLoader(yaml.SafeLoader):
@@ -65,30 +79,39 @@ def _tags(node):
 def test_yaml_files_differ_only_in_the_loss_and_sampler():
     """Every shared key is identical, modules and checkpoints included."""
     stock, multi = _load_tree(STOCK), _load_tree(MULTI)
-    assert set(stock) - set(multi) == STOCK_ONLY
+    assert set(stock) - set(multi) == set()
     assert set(multi) - set(stock) == MULTI_ONLY
-    differ = [
-        k
-        for k in set(stock) & set(multi)
-        if k not in {"modules", "checkpointer"} and stock[k] != multi[k]
-    ]
+    differ = [k for k in stock if stock[k] != multi[k]]
     assert sorted(differ) == sorted(BOTH_DIFFER)
 
-    s_mod, m_mod = stock["modules"], multi["modules"]
-    assert set(s_mod) - set(m_mod) == {"classifier"}
-    assert set(m_mod) - set(s_mod) == {"compute_cost"}
-    assert {k: v for k, v in s_mod.items() if k != "classifier"} == {
-        k: v for k, v in m_mod.items() if k != "compute_cost"
-    }
-    s_rec = stock["checkpointer"]["value"]["recoverables"]
-    m_rec = multi["checkpointer"]["value"]["recoverables"]
-    assert s_rec.pop("classifier")["value"] == "<classifier>"
-    assert m_rec.pop("compute_cost")["value"] == "<compute_cost>"
-    assert s_rec == m_rec
+
+def _documented_entries():
+    """The YAML entries of the README's step 2, as a tagged tree."""
+    text = (TEMPLATE / "README.md").read_text(encoding="utf-8")
+    blocks = snippets.code_blocks(text)
+    (entries,) = [c for _, c, _ in blocks if "MetricHeadLoss" in c]
+    return yaml.load(entries, Loader=_TaggedLoader)
+
+
+def test_multi_metric_yaml_is_the_documented_change():
+    """ecapa_multi_metric.yaml = ecapa_aam.yaml + the README's step 2:
+    the same entries, the classifier's arguments kept (the template's
+    names), and no ``augmenter`` (the template has no wav_augment)."""
+    stock, multi = _load_tree(STOCK), _load_tree(MULTI)
+    doc = _documented_entries()
+    assert set(doc) == MULTI_ONLY | {"classifier", "compute_cost"}
+    metric = doc["compute_cost"]["value"]["metric"]["value"]
+    assert metric.pop("augmenter") == {"tag": "!ref", "value": "<wav_augment>"}
+    assert metric.pop("augmented_copies") == "exclude"  # the default
+    for key in sorted(MULTI_ONLY | {"compute_cost"}):
+        assert multi[key] == doc[key], key
+    assert multi["classifier"]["tag"] == doc["classifier"]["tag"]
+    assert multi["classifier"]["value"] == stock["classifier"]["value"]
 
 
 def test_stock_yaml_is_speechbrain_only_and_losses_match():
-    """No dampit object in the stock file; the AAM terms agree."""
+    """No dampit object in the stock file; its loss is the AAM term of the
+    dampit file's."""
     stock, multi = _load_tree(STOCK), _load_tree(MULTI)
     stock_tags = list(_tags(stock))
     assert stock_tags and not [t for t in stock_tags if "dampit" in t]
@@ -97,19 +120,12 @@ def test_stock_yaml_is_speechbrain_only_and_losses_match():
     assert aam["tag"] == "!new:speechbrain.nnet.losses.AdditiveAngularMargin"
 
     cost = multi["compute_cost"]
-    assert cost["tag"] == "!new:dampit.losses.MultiMetricLoss"
-    terms = cost["value"]["terms"]
-    assert set(terms) == {"triplet", "npair", "angular", "softmax"}
-    soft = terms["softmax"]["value"]
-    assert soft["kind"] == "aam"
-    assert (soft["margin"], soft["scale"]) == (
-        aam["value"]["margin"],
-        aam["value"]["scale"],
-    )
+    assert cost["tag"] == "!new:dampit.losses.metric_head.MetricHeadLoss"
+    assert cost["value"]["softmax"] == stock["compute_cost"]
+    assert cost["value"]["head"] == {"tag": "!ref", "value": "<classifier>"}
+    terms = cost["value"]["metric"]["value"]["terms"]
+    assert set(terms) == {"triplet", "npair", "angular"}
     assert multi["P"] * multi["K"] == multi["batch_size"]
-    assert multi["train_sampler"]["tag"].startswith(
-        "!name:dampit.dataio.sampler.PKSampler"
-    )
 
 
 def _import_train():
@@ -121,53 +137,93 @@ def _import_train():
     return module
 
 
-class _Holder:
-    """Stands in for the Brain: make_train_set only sets train_sampler."""
-
-    train_sampler = None
+def _speech_tree(shared_data, root, n_spk=6, n_utt=6):
+    """``root/<speaker>/`` symlinks to the first dspspeech files."""
+    src = shared_data / "dspspeech"
+    speakers = sorted(d.name for d in src.iterdir() if d.is_dir())
+    for spk in speakers[:n_spk]:
+        os.makedirs(root / spk)
+        for f in sorted((src / spk).glob("*.wav"))[:n_utt]:
+            os.symlink(f, root / spk / f.name)
+    return root
 
 
 def test_train_loader_follows_the_yaml(shared_data, tmp_path):
-    """dampit file: P x K batches and set_epoch; stock: SpeechBrain opts."""
-    from hyperpyyaml import load_hyperpyyaml
-
+    """dampit file: SpeechBrain's loader of the PKSampler gives P x K
+    batches, another draw each pass; stock file: SpeechBrain's options."""
     train = _import_train()
-    data = str(shared_data / "dspspeech")
+    data = _speech_tree(shared_data, tmp_path / "data", n_spk=6, n_utt=8)
     loaders = {}
-    for path in (STOCK, MULTI):
-        with open(path, encoding="utf-8") as f:
-            hp = load_hyperpyyaml(
-                f, {"data_folder": data, "output_folder": str(tmp_path)}
-            )
-        os.makedirs(hp["save_folder"], exist_ok=True)
-        prep = train.prepare_data(hp)
-        train_data, _, encoder = train.dataio_prep(hp, prep)
-        holder = _Holder()
-        loaders[path.stem] = (train.make_train_set(holder, hp, train_data), hp)
-        loaders[path.stem] += (holder, encoder)
+    for path, small in ((STOCK, []), (MULTI, ["--P=3"])):
+        run = train.load_hparams(
+            [str(path), f"--data_folder={data}", "--n_test_speakers=2"]
+            + [f"--output_folder={tmp_path / path.stem}", "--batch_size=6"]
+            + ["--device=cpu"]
+            + small
+        )
+        hp = run.hparams
+        train_data, _, encoder = train.dataio_prep(hp, run.prep)
+        opts = train.train_loader_options(hp, train_data)
+        brain = train.SpeakerBrain(
+            modules=hp["modules"], hparams=hp, run_opts=run.run_opts
+        )
+        loader = brain.make_dataloader(train_data, sb.Stage.TRAIN, **opts)
+        loaders[path.stem] = (loader, opts, hp, encoder)
 
-    (train_set, opts), hp, holder, _ = loaders["ecapa_aam"]
-    assert train_set.__class__.__name__ == "DynamicItemDataset"
-    assert opts["shuffle"] is True and opts["batch_size"] == hp["batch_size"]
-    assert holder.train_sampler is None
+    loader, opts, hp, _ = loaders["ecapa_aam"]
+    assert opts == {"batch_size": 6, "shuffle": True, "num_workers": 0}
+    assert loader.batch_size == 6 and "batch_sampler" not in opts
 
-    (loader, opts), hp, holder, encoder = loaders["ecapa_multi_metric"]
-    assert opts == {} and holder.train_sampler is loader.batch_sampler
+    loader, opts, hp, encoder = loaders["ecapa_multi_metric"]
+    sampler = opts["batch_sampler"]
+    assert isinstance(sampler, PKSampler) and loader.batch_sampler is sampler
+    assert (sampler.P, sampler.K, sampler.num_replicas) == (3, 2, 1)
     P, K = hp["P"], hp["K"]
-    batch = next(iter(loader))
-    labels = batch.spk_id_encoded.data.reshape(-1).tolist()
-    assert len(labels) == P * K
-    groups = [labels[k : k + K] for k in range(0, P * K, K)]
-    assert all(len(set(g)) == 1 for g in groups)  # speaker-major order
-    assert len({g[0] for g in groups}) == P
-    assert len(encoder) == hp["n_speakers"]
-    # A different epoch gives different batches; the same epoch the same.
-    holder.train_sampler.set_epoch(1)
-    first = [list(b) for b in holder.train_sampler]
-    holder.train_sampler.set_epoch(2)
-    second = [list(b) for b in holder.train_sampler]
-    holder.train_sampler.set_epoch(1)
-    assert first != second and first == [list(b) for b in holder.train_sampler]
+    passes = [
+        [b.spk_id_encoded.data.reshape(-1).tolist() for b in loader]
+        for _ in range(2)
+    ]
+    for labels in passes[0]:
+        assert len(labels) == P * K
+        groups = [labels[k : k + K] for k in range(0, P * K, K)]
+        assert all(len(set(g)) == 1 for g in groups)  # speaker-major order
+        assert len({g[0] for g in groups}) == P
+    assert passes[0] != passes[1]  # each pass draws the next epoch
+    assert len(encoder) == hp["n_speakers"] == 4
+
+
+@pytest.mark.parametrize("which", ["template", "recipe"])
+def test_n_speakers_comes_from_the_data(shared_data, tmp_path, caplog, which):
+    """A YAML n_speakers other than the prepared training speakers: the
+    data's number is used, and one warning line (the same function in
+    both) names the file and both numbers."""
+    data = _speech_tree(shared_data, tmp_path / "data")
+    argv = [f"--data_folder={data}", f"--output_folder={tmp_path / 'out'}"]
+    argv += ["--n_test_speakers=2", "--n_speakers=7", "--device=cpu"]
+    if which == "template":
+        yaml_file = MULTI
+        run = _import_train().load_hparams([str(MULTI)] + argv)
+        train_csv = run.prep["train_csv"]
+        weight = run.hparams["classifier"].weight
+    else:
+        yaml_file = MINI
+        run = start_run([str(MINI), "--P=4", "--K=2"] + argv)
+        train_csv = run.data["train"]
+        weight = run.hparams["compute_cost"].terms["softmax"].classifier.weight
+    n = len({row["spk_id"] for row in load_data_csv(train_csv).values()})
+    assert n == 4 and run.hparams["n_speakers"] == n == len(weight)
+    lines = [
+        (r.levelno, r.getMessage())
+        for r in caplog.records
+        if "n_speakers" in r.getMessage()
+    ]
+    assert lines == [
+        (
+            logging.WARNING,
+            f"n_speakers={n}: the training classes of the data "
+            f"({yaml_file} says 7)",
+        )
+    ]
 
 
 @pytest.mark.parametrize(
