@@ -1,7 +1,8 @@
 """A recipe run -> a model folder (the library of ``dampit-export``,
 :mod:`dampit.cli.export`).
 
-A run of dampit's recipe is exported as its verification saved it
+A run with a ``verification/`` folder (dampit's recipe, the template's
+``train.py``) is exported as its verification saved it
 (:mod:`dampit.training.tested_model`): the modules, sample rate and
 checkpoints of ``verification/tested_model.json`` and the weights beside
 it, copied as they are; its threshold is the EER threshold of
@@ -10,12 +11,15 @@ scores, as the folder's interface computes them; optimistic for the run's
 test trials). A run of SpeechBrain's speaker recipe has no
 ``verification/``: its modules are the ``!new:`` entries
 ``compute_features``, ``mean_var_norm``, ``embedding_model`` and an ECAPA
-``classifier`` of its ``hyperparams.yaml``, its weights those of the
-end-of-epoch checkpoint with the lowest value of the one metric they
-record (``ErrorRate``). ``--trials PAIRS`` sets the threshold at the EER
-of the exported model's cosine scores of a labelled trial list (names
-under ``--audio-root``), ``--scores F`` at the EER of a labelled score
-file. ``save/label_encoder.txt`` goes with a classifier.
+``classifier`` of its ``hyperparams.yaml``
+(:func:`~dampit.training.tested_model.speechbrain_modules`), its weights
+those of the end-of-epoch checkpoint with the lowest value of the one
+metric they record (``ErrorRate``). A ``mean_var_norm`` that is not per
+sentence is refused (its statistics are not exported). ``--trials
+PAIRS`` sets the threshold at the EER of the exported model's cosine
+scores of a labelled trial list (names under ``--audio-root``),
+``--scores F`` at the EER of a labelled score file.
+``save/label_encoder.txt`` goes with a classifier.
 
 The folder (renamed into place) holds ``dampit_export.json`` (what
 ``load_model`` reads), ``hyperparams.yaml`` (for SpeechBrain's
@@ -63,7 +67,7 @@ from dampit.inference.extract import pad_batch
 from dampit.inference.model_files import write_model_files
 from dampit.inference.portable import export_onnx, export_torchscript
 from dampit.metrics.error_rates import compute_eer
-from dampit.training.tested_model import TESTED_FILE, module_spec
+from dampit.training.tested_model import TESTED_FILE, speechbrain_modules
 from dampit.utils.atomic import atomic_folder
 
 __all__ = [
@@ -74,9 +78,6 @@ __all__ = [
 
 CHECK_TOL = 1e-5
 SCORING = "full_cosine"
-COSINE = "speechbrain.lobes.models.ECAPA_TDNN.Classifier"
-HEADS = (COSINE, "dampit.lobes.metric_head.MetricHead")
-SB_MODULES = ("compute_features", "mean_var_norm", "embedding_model")
 SB_META = ("unixtime", "end-of-epoch")  # SpeechBrain's, not metrics
 REVERIFY = (
     "re-run the verification (the recipe with the same arguments, "
@@ -137,12 +138,24 @@ def _dampit_run(run):
         raise ExportError(f"{path}: not a record of dampit's verification")
     if not tested["checkpoints"]:
         raise ExportError(f"{path}: no checkpoint (the run was not trained)")
+    _check_normalization(tested["modules"], path)
     names = [name for name in tested["modules"] if name in WEIGHTED]
     tested["weights"] = {n: os.path.join(folder, f"{n}.ckpt") for n in names}
     for file in tested["weights"].values():
         if not os.path.isfile(file):
             raise ExportError(f"{file} not found: {REVERIFY}")
     return tested
+
+
+def _check_normalization(modules, path):
+    """Refuse an ``InputNormalization`` other than per sentence: its
+    statistics are not exported."""
+    norm = modules.get("mean_var_norm")
+    kwargs = norm.get("kwargs") if isinstance(norm, dict) else None
+    if isinstance(kwargs, dict):
+        kind = kwargs.get("norm_type", "sentence")
+        if kind != "sentence":
+            raise ExportError(f"{path}: mean_var_norm norm_type {kind!r}")
 
 
 def _best_checkpoint(save):
@@ -173,25 +186,20 @@ def _speechbrain_run(run):
     a dampit one: the YAML's modules, the best checkpoint's weights."""
     path = os.path.join(run, HPARAMS_FILE)
     tree = read_run_hparams(run)
-    keys = list(SB_MODULES)
-    if "classifier" in tree:
-        keys.append("classifier")
     try:
-        modules = {k: module_spec(tree, k, path) for k in keys}
+        modules = speechbrain_modules(tree, path)
     except ValueError as err:
         raise ExportError(
             f"{err}: not SpeechBrain's speaker recipe (a dampit run is "
             "exported once verified)"
         ) from None
-    head = modules.pop("classifier", None)
     best = _best_checkpoint(os.path.join(run, "save"))
-    norm = modules["mean_var_norm"]["kwargs"].get("norm_type", "sentence")
-    if norm != "sentence":  # InputNormalization's statistics: not carried
-        raise ExportError(f"{path}: mean_var_norm norm_type {norm!r}")
+    _check_normalization(modules, path)
     weights = {"embedding_model": best.paramfiles["embedding_model"]}
-    if head and head["class"] in HEADS and "classifier" in best.paramfiles:
-        modules["classifier"] = {"class": COSINE, "kwargs": head["kwargs"]}
+    if "classifier" in best.paramfiles:
         weights["classifier"] = best.paramfiles["classifier"]
+    else:
+        modules.pop("classifier", None)
     rate = tree.get("sample_rate", 16000)
     if not isinstance(rate, int):
         raise ExportError(f"{path}: sample_rate {rate!r} is not an integer")

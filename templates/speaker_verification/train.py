@@ -32,7 +32,8 @@ Usage (from the repository root)::
         --data_folder=../shared/data/dspspeech
 
 Add ``--debug`` for a smoke test (2 epochs of 2 batches). The held-out EER
-is printed at the end and written to ``<output_folder>/results.json``.
+is printed at the end and written to ``<output_folder>/results.json``;
+``dampit-export <output_folder> <model folder>`` exports the tested model.
 """
 
 import json
@@ -59,7 +60,11 @@ from dampit.training.run_setup import (
     set_n_speakers,
 )
 from dampit.training.validation import validation_eer
-from dampit.training.verification import embed, utterance_loader
+from dampit.training.verification import (
+    embed,
+    load_test_weights,
+    utterance_loader,
+)
 from dampit.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -258,14 +263,18 @@ def train_loader_options(hparams, train_data):
     return hparams["pk_loader_options"](batch_sampler=sampler)
 
 
-def evaluate(brain, hparams, prep):
+def evaluate(brain, hparams, prep, tree):
     """Score the held-out trials with whole-utterance cosine similarity.
 
-    Loads the checkpoint with the lowest validation EER, embeds every test
-    utterance whole, scores each trial by the cosine of its two
+    Loads the checkpoint with the lowest validation EER and saves what it
+    tests for ``dampit-export`` as dampit's recipe does
+    (``dampit.training.verification.load_test_weights``:
+    ``checkpoints.txt``, ``tested_model.json`` and the weights), embeds
+    every test utterance whole, scores each trial by the cosine of its two
     embeddings, and writes EER, minDCF, a DET curve and a score histogram
-    under ``<output_folder>/verification`` and the figures in
-    ``<output_folder>/results.json``.
+    under ``<output_folder>/verification``, with the metrics in its
+    ``summary.json`` (``trials/full_cosine``, as dampit's recipe names
+    them).
 
     Arguments
     ---------
@@ -275,13 +284,16 @@ def evaluate(brain, hparams, prep):
         The recipe's hyperparameters.
     prep : dict
         Output of :func:`prepare_data`.
+    tree : dict
+        The same YAML read plainly (``!new:`` entries with their tags).
 
     Returns
     -------
     dict
         ``eer`` (%), ``min_dcf`` (p_target 0.01), ``n_trials`` and more.
     """
-    brain.checkpointer.recover_if_possible(min_key="EER")
+    out = os.path.join(hparams["output_folder"], "verification")
+    load_test_weights(brain.checkpointer, hparams, tree, out)
     brain.modules.eval()
     trials = read_trials(prep["trials"])
     needed = {u for t in trials for u in t[1:]}
@@ -298,10 +310,12 @@ def evaluate(brain, hparams, prep):
     report = write_report(
         scores,
         np.array([t[0] for t in trials]),
-        os.path.join(hparams["output_folder"], "verification"),
+        out,
         "full_cosine",
         trial_ids=[(t[1], t[2]) for t in trials],
     )
+    summary = json.dumps({"trials/full_cosine": report}, indent=2)
+    atomic_write_text(os.path.join(out, "summary.json"), summary)
     return {
         "experiment": hparams["experiment"],
         "eer": 100.0 * float(report["eer"]),
@@ -321,7 +335,8 @@ def load_hparams(argv):
     are prepared from those values, and the YAML is loaded once with
     ``n_speakers`` set to the training speakers of the prepared data, as in
     dampit's recipe (a different value in the YAML: one warning line,
-    ``dampit.training.run_setup.set_n_speakers``).
+    ``dampit.training.run_setup.set_n_speakers``), and read plainly again
+    with it (what :func:`evaluate` saves as the tested model).
 
     Arguments
     ---------
@@ -332,9 +347,9 @@ def load_hparams(argv):
     Returns
     -------
     types.SimpleNamespace
-        ``hparams`` (the loaded YAML), ``run_opts``, ``prep``
-        (:func:`prepare_data`), ``hparams_file`` and ``overrides`` (with
-        ``n_speakers``).
+        ``hparams`` (the loaded YAML), ``plain`` (its values, nothing
+        built), ``run_opts``, ``prep`` (:func:`prepare_data`),
+        ``hparams_file`` and ``overrides`` (with ``n_speakers``).
     """
     hparams_file, run_opts, overrides = parse_command_line(argv)
     values = read_values(hparams_file, overrides, hparams_file)
@@ -347,6 +362,7 @@ def load_hparams(argv):
         hparams = load_hyperpyyaml(fin, overrides)
     return types.SimpleNamespace(
         hparams=hparams,
+        plain=read_values(hparams_file, overrides, hparams_file),
         run_opts=run_opts,
         prep=prep,
         hparams_file=hparams_file,
@@ -384,7 +400,7 @@ def main(argv):
     if not if_main_process():
         return
     with torch.no_grad():
-        results = evaluate(brain, hparams, prep)
+        results = evaluate(brain, hparams, prep, run.plain)
     results["minutes"] = round((time.time() - start) / 60.0, 2)
     atomic_write_text(
         os.path.join(hparams["output_folder"], "results.json"),

@@ -8,7 +8,7 @@ SpeechBrain's loader, that ``n_speakers`` comes from the prepared data in
 the template as in dampit's recipe (one identical warning line when the
 YAML says otherwise), and that train.py runs both files end to end in
 ``--debug`` on real audio (dspspeech), on the same split, and writes a
-held-out EER.
+held-out EER and what it tested, which ``dampit-export`` exports.
 """
 
 import importlib.util
@@ -20,11 +20,16 @@ import subprocess
 import sys
 
 import pytest
+import soundfile
 import speechbrain as sb
+import torch
 import yaml
 from speechbrain.dataio.dataio import load_data_csv
+from speechbrain.inference.classifiers import EncoderClassifier
 
+from dampit.cli.export import main as export_main
 from dampit.dataio.sampler import PKSampler
+from dampit.inference.api import load_model
 from dampit.training.run_setup import start_run
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -195,8 +200,8 @@ def test_train_loader_follows_the_yaml(shared_data, tmp_path):
 @pytest.mark.parametrize("which", ["template", "recipe"])
 def test_n_speakers_comes_from_the_data(shared_data, tmp_path, caplog, which):
     """A YAML n_speakers other than the prepared training speakers: the
-    data's number is used, and one warning line (the same function in
-    both) names the file and both numbers."""
+    data's number is used (built and read plainly), and one warning line
+    (the same function in both) names the file and both numbers."""
     data = _speech_tree(shared_data, tmp_path / "data")
     argv = [f"--data_folder={data}", f"--output_folder={tmp_path / 'out'}"]
     argv += ["--n_test_speakers=2", "--n_speakers=7", "--device=cpu"]
@@ -212,6 +217,7 @@ def test_n_speakers_comes_from_the_data(shared_data, tmp_path, caplog, which):
         weight = run.hparams["compute_cost"].terms["softmax"].classifier.weight
     n = len({row["spk_id"] for row in load_data_csv(train_csv).values()})
     assert n == 4 and run.hparams["n_speakers"] == n == len(weight)
+    assert run.plain["n_speakers"] == n  # what verification saves
     lines = [
         (r.levelno, r.getMessage())
         for r in caplog.records
@@ -269,7 +275,8 @@ def test_bad_value_exits_with_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def debug_runs(shared_data, tmp_path_factory):
-    """Run train.py --debug with both YAML files (about 20 s each)."""
+    """Run train.py --debug with both YAML files (about 20 s each); the
+    checkpoints stay in the run's save folder (``--debug_persistently``)."""
     runs = {}
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for path in (STOCK, MULTI):
@@ -281,6 +288,7 @@ def debug_runs(shared_data, tmp_path_factory):
             f"--data_folder={shared_data / 'dspspeech'}",
             f"--output_folder={out}",
             "--debug",
+            "--debug_persistently",
             "--noprogressbar",
         ]
         proc = subprocess.run(
@@ -323,3 +331,61 @@ def test_debug_runs_share_the_split(debug_runs):
         assert (a / "prepared" / name).read_bytes() == (
             b / "prepared" / name
         ).read_bytes()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("path", [STOCK, MULTI], ids=lambda p: p.stem)
+def test_debug_run_exports_what_it_tested(
+    debug_runs, shared_data, tmp_path, monkeypatch, path
+):
+    """``dampit-export <run> <model>``: both loaders give the template
+    Brain's embedding and logits, with the weights of the checkpoint of
+    the lowest validation EER, for real speech; the classifier (ECAPA or
+    MetricHead) is SpeechBrain's ECAPA ``Classifier``; the threshold is the
+    EER threshold of the run's whole-utterance cosine scores."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _, out = debug_runs[path.stem]
+    model = tmp_path / "model"
+    assert export_main([str(out), str(model)]) == 0
+    spec = json.loads((model / "dampit_export.json").read_text())
+    head = spec["modules"]["classifier"]
+    assert head["class"] == "speechbrain.lobes.models.ECAPA_TDNN.Classifier"
+    metrics = out / "verification" / "full_cosine_metrics.json"
+    assert spec["threshold"] == json.loads(metrics.read_text())["eer_threshold"]
+
+    # The template's Brain, built from the YAML, with the checkpoint of
+    # the lowest validation EER (the one its evaluation tests).
+    data = shared_data / "dspspeech"
+    run = _import_train().load_hparams(
+        [str(path), f"--data_folder={data}", f"--output_folder={out}"]
+        + ["--device=cpu"]
+    )
+    hp = run.hparams
+    brain = _import_train().SpeakerBrain(
+        modules=hp["modules"], hparams=hp, run_opts=run.run_opts
+    )
+    best = min(
+        hp["checkpointer"].list_checkpoints(), key=lambda c: c.meta["EER"]
+    )
+    assert spec["checkpoints"] == [str(best.path)]
+    hp["checkpointer"].load_checkpoint(best)
+    brain.modules.eval()
+    # A held-out speaker's utterance, whole.
+    row = next(iter(load_data_csv(run.prep["test_csv"]).values()))
+    wav, _ = soundfile.read(row["wav"], dtype="float32")
+    wav = torch.from_numpy(wav)[None]
+    want = brain.compute_embeddings(wav, torch.ones(1))
+    logits = brain.modules.classifier(want)
+
+    mine = load_model(model)
+    sb_model = EncoderClassifier.from_hparams(
+        source=str(model),
+        savedir=str(tmp_path / "sb"),
+        run_opts={"device": "cpu"},
+    )
+    for loaded in (mine, sb_model):
+        torch.testing.assert_close(
+            loaded.encode_batch(wav), want, rtol=0, atol=1e-5
+        )
+        got = loaded.classify_batch(wav)[0]
+        torch.testing.assert_close(got, logits.squeeze(1), rtol=0, atol=1e-5)

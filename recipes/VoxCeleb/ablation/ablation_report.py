@@ -40,8 +40,8 @@ def read_run(run_dir, config):
     A run's ``verification/summary.json`` must have ``trials/full_cosine``;
     the multi-crop scorings are read where it has them (an encoder scored
     without training, such as an off-the-shelf one, has only the first).
-    The template's run (``BASELINE``) has ``results.json`` and
-    ``verification/full_cosine_metrics.json`` instead.
+    The template's run (``BASELINE``) is read from its ``results.json``
+    and ``verification/full_cosine_metrics.json``.
     """
     ver = os.path.join(run_dir, "verification")
     if config == BASELINE:
