@@ -11,7 +11,8 @@ import csv
 import librosa
 import numpy as np
 import torch
-from benchlib import DATA, Clock, median_time, row
+from benchclock import Clock, median_time
+from benchlib import DATA, row
 
 from dampit.dataio.audio import load_audio
 from dampit.dataio.crops import repeat_to_length
