@@ -1,21 +1,21 @@
 """tools/benchmarks/run.py runs every benchmark and writes BENCHMARKS.md.
 
 The quick sizes of all benchmarks but the scale one (test_bench_scale.py)
-run once (``main`` called here; each benchmark in its own interpreter, as
-always); the test reads the Markdown it wrote and checks that every
-section has its rows, with finite figures and ratios wherever the
-reference was run. Nothing here asserts a timing. A second test runs the
-script on stand-in benchmark files (one good, one raising, one returning
-a bad row, one killing its interpreter) to check that a failing benchmark
-is recorded in its section and does not stop the others.
+run once (``main`` called here, twice at once on two halves of them; each
+benchmark in its own interpreter, as always); the test reads the Markdown
+they wrote and checks that every section has its rows, with finite
+figures and ratios wherever the reference was run. Nothing here asserts
+a timing. A second test runs the script on stand-in benchmark files (one
+good, one raising, one returning a bad row, one killing its interpreter)
+to check that a failing benchmark is recorded in its section and does
+not stop the others.
 """
 
-import contextlib
-import io
 import json
 import math
 import pathlib
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -82,33 +82,41 @@ def parse_sections(markdown):
     return sections
 
 
+# The benchmarks of the quick run, as two runs of the runner at once (the
+# machine's 2 cores; nothing checked here depends on the time).
+RUNS = (("model", "metrics"), ("features", "scoring", "windows"))
+
+
 @pytest.fixture(scope="module")
-def quick_run(shared_data, tmp_path_factory):
-    """One ``--quick`` run of every benchmark but the scale one (tested in
-    test_bench_scale.py): (Markdown, JSON, exit status)."""
+def quick_runs(shared_data, tmp_path_factory):
+    """The ``--quick`` runs of ``RUNS``: [(Markdown, JSON, exit status)]."""
     out = tmp_path_factory.mktemp("bench")
-    args = ["--quick", "--only", ",".join(EXPECTED)]
-    args += ["--out", str(out / "B.md"), "--json", str(out / "B.json")]
+
+    def one(k):
+        md, blob = out / f"B{k}.md", out / f"B{k}.json"
+        args = ["--quick", "--only", ",".join(RUNS[k])]
+        status = runner.main(args + ["--out", str(md), "--json", str(blob)])
+        return md.read_text(), json.loads(blob.read_text()), status
+
     with pytest.MonkeyPatch.context() as env:
         env.setenv("DAMPIT_DATA", str(shared_data))
         env.setenv("OMP_NUM_THREADS", "1")
-        with contextlib.redirect_stdout(io.StringIO()):
-            status = runner.main(args)
-    md = (out / "B.md").read_text() if (out / "B.md").is_file() else ""
-    blob = json.loads((out / "B.json").read_text()) if md else None
-    return md, blob, status
+        with ThreadPoolExecutor(2) as pool:
+            return list(pool.map(one, range(len(RUNS))))
 
 
 @pytest.mark.slow
-def test_quick_run_writes_every_section(quick_run):
-    md, blob, status = quick_run
-    errors = [(r["name"], r["traceback"]) for r in blob["results"]]
-    assert status == 0, [e for e in errors if e[1]]
-    sections = parse_sections(md)
-    assert set(EXPECTED) <= set(sections), sorted(sections)
+def test_quick_run_writes_every_section(quick_runs):
+    sections, labels = {}, set()
+    for md, blob, status in quick_runs:
+        failed = [r for r in blob["results"] if r["error"]]
+        assert status == 0, [(r["name"], r["traceback"]) for r in failed]
+        assert "| cpu |" in md and "| torch |" in md
+        sections.update(parse_sections(md))
+        labels.add(blob["machine"]["label"])
+    assert set(sections) == set(EXPECTED), sorted(sections)
     machine = {r["machine"] for rows in sections.values() for r in rows}
-    assert len(machine) == 1 and blob["machine"]["label"] in machine
-    assert "| cpu |" in md and "| torch |" in md
+    assert len(machine) == 1 and machine == labels
     for name, wanted in EXPECTED.items():
         rows = {r["name"]: r for r in sections[name]}
         assert set(wanted) <= set(rows), (name, sorted(rows))
@@ -123,23 +131,28 @@ def test_quick_run_writes_every_section(quick_run):
 
 
 @pytest.mark.slow
-def test_quick_run_markdown_matches_rows(quick_run):
-    md, blob, _ = quick_run
-    sections = parse_sections(md)
-    for res in blob["results"]:
-        assert res["error"] is None, (res["name"], res["traceback"])
-        table = sections[res["name"]]
-        assert [r["name"] for r in table] == [r["name"] for r in res["rows"]]
-        for got, row in zip(table, res["rows"]):
-            for key in ("figure", "reference", "ratio"):
-                want = row[key]
-                if math.isnan(want):
-                    assert math.isnan(got[key])
-                else:
-                    assert got[key] == pytest.approx(want, rel=1e-3), key
-    # The header names the command; every key row is in the summary.
-    assert "Generated by `python tools/benchmarks/run.py --quick --only" in md
-    assert "| scoring | multicrop_closed_form_vs_pair_loop |" in md
+def test_quick_run_markdown_matches_rows(quick_runs):
+    for md, blob, _ in quick_runs:
+        sections = parse_sections(md)
+        for res in blob["results"]:
+            assert res["error"] is None, (res["name"], res["traceback"])
+            table = sections[res["name"]]
+            names = [r["name"] for r in res["rows"]]
+            assert [r["name"] for r in table] == names
+            for got, row in zip(table, res["rows"]):
+                for key in ("figure", "reference", "ratio"):
+                    want = row[key]
+                    if math.isnan(want):
+                        assert math.isnan(got[key])
+                    else:
+                        assert got[key] == pytest.approx(want, rel=1e-3)
+        # The header names the command.
+        only = ",".join(res["name"] for res in blob["results"])
+        command = f"python tools/benchmarks/run.py --quick --only {only}"
+        assert f"Generated by `{command}` on " in md
+    # Every key row is in the summary.
+    summary = "| scoring | multicrop_closed_form_vs_pair_loop |"
+    assert summary in quick_runs[1][0]
 
 
 GOOD = """

@@ -15,7 +15,7 @@ softmax over 5994 speakers, against the gated step's time per sample x
 On CPU the clock is the process's CPU time with one thread (a shared
 machine) and batches are 16; on a GPU 128, wall time. The quick sizes
 (the test's) only show that it runs: 1 s crops ``[B, 3, 161, 100]``,
-batch 2 on CPU (32 on a GPU), 2 repeats.
+batch 2 on CPU (32 on a GPU), one repeat.
 """
 
 import statistics
@@ -207,7 +207,7 @@ def run(mode):
         batch = 2 if quick else 16
     clock_kind = "wall" if on_gpu else "cpu"
     threads = torch.get_num_threads() if on_gpu else 1
-    reps = 2 if quick else 7
+    reps = 1 if quick else 7
     n_frames = 100 if quick else N_FRAMES
     torch.set_num_threads(threads)
     clock = Clock(device, clock_kind)
@@ -219,7 +219,7 @@ def run(mode):
     }
     res = compare(configs, batch, reps, device, clock_kind, n_frames=n_frames)
     rows = _rows(res, batch, reps, device, threads, clock_kind, n_frames)
-    losses = loss_times(device, clock, 2 if quick else 20)
+    losses = loss_times(device, clock, 1 if quick else 20)
     step = res["gated"]["train_s"] / batch * P * K
     where = (
         f"P={P}, K={K}, D={EMB_DIM}, softmax over {N_SPEAKERS} speakers, "
