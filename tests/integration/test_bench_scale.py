@@ -57,7 +57,7 @@ def test_quick_rows_and_projections(quick):
         "pksampler_build_and_epoch_U=110000",
         "pksampler_peak_memory_U=110000",
         "train_loader_crops_per_s_workers=0",
-        "train_loader_crops_per_s_workers=1",
+        "train_loader_crops_per_s_workers=2",
         "train_loader_crops_per_cpu_s",
         "augment_crops_per_cpu_s",
         "crops_per_s_per_core_x16",

@@ -11,8 +11,7 @@ import csv
 import librosa
 import numpy as np
 import torch
-from benchclock import Clock, median_time
-from benchlib import DATA, row
+from benchlib import DATA, Clock, median_time, row
 
 from dampit.dataio.audio import load_audio
 from dampit.dataio.crops import repeat_to_length

@@ -20,8 +20,7 @@ import tracemalloc
 
 import numpy as np
 import torch
-from benchclock import Clock, median_time
-from benchlib import isolated, row, status_mb
+from benchlib import Clock, isolated, median_time, row, status_mb
 from speechbrain.utils.metric_stats import EER, minDCF
 
 from dampit.metrics.error_rates import compute_eer, compute_min_dcf

@@ -22,8 +22,7 @@ import statistics
 
 import torch
 import torch.nn.functional as F
-from benchclock import Clock, median_time
-from benchlib import row
+from benchlib import Clock, median_time, row
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 

@@ -2,10 +2,10 @@
 
 How costs grow toward VoxCeleb: preparation at two tree sizes against
 ``soundfile.info`` of the same files (projected to 1.1 M files), PKSampler
-at VoxCeleb2 dev's size, the recipe's training loader (0, 1, 2 workers;
-quick: 0, 1) against bare soundfile crop reads, FolderAugment, file opens
-per sample, and the verification loader against a serial loop. Ratio:
-figure / reference, as each row's note says; each note states its goal.
+at VoxCeleb2 dev's size, the recipe's training loader (0, 1, 2 workers)
+against bare soundfile crop reads, FolderAugment, file opens per sample,
+and the verification loader against a serial loop. Ratio: figure /
+reference, as each row's note says; each note states its goal.
 
 Inputs (``scale_inputs.py``): a VoxCeleb-layout tree of symlinks to 8 s
 real-format wavs made from ../shared/data, synthetic manifests, labels
@@ -36,7 +36,6 @@ SIZES = {
         prep=[300, 600],
         sampler=(110000, 600),
         P=8,
-        workers=(0, 1),
         batches=3,
         aug=2,
         vload=32,
@@ -45,7 +44,6 @@ SIZES = {
         prep=[1000, 10000],
         sampler=(VOX2, 5994),
         P=64,
-        workers=(0, 1, 2),
         batches=6,
         aug=3,
         vload=400,
@@ -54,7 +52,6 @@ SIZES = {
         prep=[10000, 100000],
         sampler=(VOX2, 5994),
         P=64,
-        workers=(0, 1, 2),
         batches=10,
         aug=5,
         vload=4874,
@@ -185,7 +182,7 @@ def bench_loader(tmp, z, sources):
     csv = os.path.join(tmp, "train.csv")
     inputs.write_manifest(csv, files, 8 * inputs.SR)
     rows, raw = [], {}
-    for w in z["workers"]:
+    for w in (0, 1, 2):
         r = raw[w] = stage(
             "loader",
             memory=False,  # no sampler thread in the CPU time

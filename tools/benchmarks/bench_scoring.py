@@ -25,8 +25,15 @@ import tempfile
 
 import numpy as np
 import scale_inputs
-from benchclock import Clock, median_time
-from benchlib import AnonPeak, isolated, row, status_mb, timed
+from benchlib import (
+    AnonPeak,
+    Clock,
+    isolated,
+    median_time,
+    row,
+    status_mb,
+    timed,
+)
 
 from dampit.dataio.trials import read_trial_indices
 from dampit.inference.embedding_store import (

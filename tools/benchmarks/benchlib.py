@@ -1,10 +1,8 @@
-"""What dampit's benchmarks share: one block timer, one memory sampler,
-one subprocess isolation, and the row format (no torch: an isolated
-interpreter imports it only when its benchmark does).
+"""What dampit's benchmarks share: one timer, one memory sampler, one
+subprocess isolation, and the row format.
 
-- :func:`timed` times a block (process CPU, wall and children's CPU
-  time); ``benchclock.py`` holds the clock that synchronises CUDA and
-  repeats a call;
+- :class:`Clock` and :func:`timed` time code (process CPU time or wall
+  time; CUDA synchronised first), :func:`median_time` repeats it;
 - :class:`AnonPeak` samples the peak anonymous resident memory (RssAnon:
   heap and numpy buffers, not mapped files) in a thread; ``VmHWM`` (the
   peak resident set, mapped pages included) comes from :func:`status_mb`;
@@ -21,12 +19,15 @@ import json
 import math
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
+
+import torch
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -42,6 +43,69 @@ class BenchmarkError(RuntimeError):
     def __init__(self, message, details=""):
         super().__init__(message)
         self.details = details
+
+
+class Clock:
+    """Wall or process-CPU clock that synchronises CUDA first.
+
+    Arguments
+    ---------
+    device : str or torch.device
+        The device whose pending work must finish before a reading.
+    kind : str
+        ``"cpu"`` (process CPU time: robust on a shared machine) or
+        ``"wall"``.
+
+    Example
+    -------
+    >>> clock = Clock("cpu", "wall")
+    >>> t0 = clock.now()
+    >>> clock.now() >= t0
+    True
+    """
+
+    def __init__(self, device, kind):
+        self.device = torch.device(device)
+        self.kind = kind
+
+    def now(self):
+        """Current time in seconds on this clock."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if self.kind == "cpu":
+            return time.process_time()
+        return time.perf_counter()
+
+
+def median_time(clock, fn, reps):
+    """Median seconds of ``reps`` calls of ``fn`` after one warm-up call.
+
+    Arguments
+    ---------
+    clock : Clock
+        The clock.
+    fn : callable
+        No arguments.
+    reps : int
+        Timed calls.
+
+    Returns
+    -------
+    float
+        Median seconds.
+
+    Example
+    -------
+    >>> median_time(Clock("cpu", "wall"), lambda: sum(range(10)), 3) >= 0
+    True
+    """
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = clock.now()
+        fn()
+        times.append(clock.now() - t0)
+    return statistics.median(times)
 
 
 @contextlib.contextmanager
@@ -160,7 +224,7 @@ def isolated(path, func, memory=True, one_thread=True, **kwargs):
         the end) and ``base_anon_mb`` / ``peak_anon_mb`` where it has
         none of its own.
     one_thread : bool
-        ``OMP_NUM_THREADS=1`` and ``MKL_NUM_THREADS=1``: one torch thread.
+        ``OMP_NUM_THREADS=1`` and one torch thread.
     **kwargs
         JSON arguments of the function.
 
@@ -185,7 +249,7 @@ def isolated(path, func, memory=True, one_thread=True, **kwargs):
         args, out = os.path.join(tmp, "args.json"), os.path.join(tmp, "out")
         with open(args, "w", encoding="utf-8") as f:
             spec = dict(path=str(path), func=func, kwargs=kwargs)
-            json.dump(dict(spec, memory=memory), f)
+            json.dump(dict(spec, memory=memory, one_thread=one_thread), f)
         cmd = [sys.executable, __file__, args, out]
         proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
         if not os.path.isfile(out):
@@ -204,6 +268,8 @@ def _child(args_file, out_file):
     """The interpreter :func:`isolated` starts."""
     with open(args_file, encoding="utf-8") as f:
         spec = json.load(f)
+    if spec["one_thread"]:
+        torch.set_num_threads(1)
     base_rss, base_anon = status_mb("VmHWM"), status_mb("RssAnon")
     sampler = AnonPeak() if spec["memory"] else None
     try:
