@@ -15,11 +15,11 @@ loader with ``--workers`` loader workers, noise and reverberation, no
 validation) in the bf16 + channels_last mode (fp32 on the CPU), reported
 as a ratio of that mode's bare step (goal: at least 0.90).
 
-``--cpu`` runs on the CPU with P x K = 2 x 2 and 4-crop extraction
-batches, and the recipe epoch on 2 speakers (so that ``--cpu --steps 3``
-takes a few minutes: the test's mode); its numbers only show that the
-check runs. Memory is then the
-process's peak RSS, not GPU memory.
+``--cpu`` runs on the CPU with P x K = 2 x 2, 1 s crops and 4-crop
+extraction batches, and the recipe epoch on 2 speakers (so that ``--cpu
+--steps 1`` takes about half a minute: the test's mode); its numbers
+only show that the check runs. Memory is then the process's peak RSS,
+not GPU memory.
 
 Usage::
 
@@ -84,10 +84,12 @@ def versions(device):
     return out
 
 
-def build(tmp):
-    """The paper's modules and hyperparameters from multi_metric.yaml (the
-    batch is built here: P and K stay the paper's, for the schedule)."""
-    return load_hparams(YAML, {"data_folder": tmp, "output_folder": tmp})[0]
+def build(tmp, extra):
+    """The paper's modules and hyperparameters from multi_metric.yaml with
+    the overrides ``extra`` (the batch is built here: P and K stay the
+    paper's, for the schedule)."""
+    overrides = dict(extra, data_folder=tmp, output_folder=tmp)
+    return load_hparams(YAML, overrides)[0]
 
 
 def peak_memory_mb(device):
@@ -208,10 +210,11 @@ def render_recipe(r, bare, args):
     verdict = "met" if ratio >= RECIPE_GOAL else "NOT met"
     return lines + [
         f"recipes/VoxCeleb/train.py's Brain on its own training loader "
-        f"(loader workers: {r['workers']}; 3 s crops of {args.P} synthetic "
-        "speakers, each reverberated and given noise with probability "
-        f"0.6), {r['mode']}, no validation: {r['samples_per_s']:.1f} "
-        f"samples/s ({r['step_ms']:.1f} ms a batch, of which "
+        f"(loader workers: {r['workers']}; {args.crop_s:.0f} s crops of "
+        f"{args.P} synthetic speakers, each reverberated and given noise "
+        f"with probability 0.6), {r['mode']}, no validation: "
+        f"{r['samples_per_s']:.1f} samples/s ({r['step_ms']:.1f} ms a "
+        f"batch, of which "
         f"{r['wait_ms']:.1f} ms waiting for the loader; the training "
         f"process's CPU {r['main_cpu_ms']:.1f} ms a batch) over "
         f"{args.steps} batches after {args.warmup}, loss {r['loss']:.3f}. "
@@ -231,9 +234,9 @@ def render(info, results, recipe, args, batch):
     lines += [
         "",
         f"multi_metric.yaml's network, features and loss; batch {batch} "
-        f"(P x K = {args.P} x {args.K}) of random 3 s audio; {args.steps} "
-        f"timed steps after {args.warmup} warm-up; extraction batches of "
-        f"{args.ext_batch} crops; network parameters: "
+        f"(P x K = {args.P} x {args.K}) of random {args.crop_s:.0f} s audio; "
+        f"{args.steps} timed steps after {args.warmup} warm-up; extraction "
+        f"batches of {args.ext_batch} crops; network parameters: "
         f"{n_params:,}. Projections: one VoxCeleb2 epoch "
         f"({VOX2_UTTS:,} utterances), the YAML's schedule and the Vox1-O "
         f"test ({VOX1O_CROPS:,} crops).",
@@ -280,6 +283,7 @@ def measure_recipe(args, device, tmp):
             args.steps,
             args.warmup,
             args.workers,
+            args.hparams,
         )
     except Exception as err:  # recorded in the report
         first = str(err).splitlines()[0][:160] if str(err) else ""
@@ -322,6 +326,8 @@ def main(argv=None):
     args.ext_batch = 4 if args.cpu else 160
     args.warmup = 1 if args.cpu else 10
     args.recipe_mode = "fp32" if args.cpu else "bf16+channels_last"
+    # the YAML's 3 s crops on a GPU, 1 s (100 frames) on the CPU
+    args.hparams = {"crop_frames": 100} if args.cpu else {}
     if args.workers < 1:
         parser.error(f"--workers={args.workers}: at least 1")
     if args.budget is None:
@@ -329,7 +335,8 @@ def main(argv=None):
     start, results, recipe = time.perf_counter(), {}, None
     modes = MODES[:3] if args.cpu else MODES
     with tempfile.TemporaryDirectory() as tmp:
-        hp = build(tmp)
+        hp = build(tmp, args.hparams)
+        args.crop_s = int(hp["crop_samples"]) / int(hp["sample_rate"])
         for mode in modes:
             left = args.budget - (time.perf_counter() - start)
             last = max(

@@ -4,7 +4,7 @@
 ``MultiMetricBrain`` (SpeechBrain's ``fit``: features, network, the
 four-term loss, gradient clipping, the per-term logs and the embedding
 health) on the recipe's own training loader (``dataio_prep`` and
-``make_train_loader``: P x K batches of 3 s crops read in ``workers``
+``make_train_loader``: P x K batches of the YAML's crops read in ``workers``
 DataLoader workers, each crop reverberated and given noise with
 probability 0.6, as ``augment_prob`` does with MUSAN and RIRS_NOISES)
 for one epoch of ``warmup + steps`` batches, without validation. The
@@ -93,7 +93,7 @@ def write_train_csv(tmp, n_speakers, utts, workers):
     return path
 
 
-def recipe_epoch(yaml, tmp, device, mode, P, K, steps, warmup, workers):
+def recipe_epoch(yaml, tmp, device, mode, P, K, steps, warmup, workers, extra):
     """Samples/s of the recipe's training loop (see the module docstring).
 
     Arguments
@@ -113,6 +113,8 @@ def recipe_epoch(yaml, tmp, device, mode, P, K, steps, warmup, workers):
         Timed batches and the batches before them (``warmup >= 1``).
     workers : int
         DataLoader workers (and processes making the corpus).
+    extra : dict
+        More overrides of the YAML (the CPU mode's shorter crops).
 
     Returns
     -------
@@ -124,6 +126,7 @@ def recipe_epoch(yaml, tmp, device, mode, P, K, steps, warmup, workers):
     noise, rir = write_folders(tmp)
     train_csv = write_train_csv(tmp, P, K + 2, max(1, workers))
     overrides = dict(
+        extra,
         data_folder=tmp,
         output_folder=os.path.join(tmp, "run"),
         noise_folder=noise,

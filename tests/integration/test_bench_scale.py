@@ -12,6 +12,7 @@ every verification file came through the loaders.
 import math
 import pathlib
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -25,15 +26,19 @@ Z = bench_scale.SIZES["quick"]
 
 @pytest.fixture(scope="module")
 def quick(shared_data, tmp_path_factory):
-    """``{stage: (rows, raw)}`` of every stage at the quick sizes."""
+    """``{stage: (rows, raw)}`` of every stage at the quick sizes, two
+    stages at a time (each runs in its own processes and folders; no
+    figure checked here depends on the time)."""
     tmp = str(tmp_path_factory.mktemp("scale"))
     sources = scale_inputs.make_sources(str(shared_data), tmp + "/src")
-    return {
-        "prep": bench_scale.bench_prep(tmp, Z, sources),
-        "sampler": bench_scale.bench_sampler(Z),
-        "loader": bench_scale.bench_loader(tmp, Z, sources),
-        "vload": bench_scale.bench_vload(tmp, Z, sources),
-    }
+    with ThreadPoolExecutor(2) as pool:
+        runs = {
+            "prep": pool.submit(bench_scale.bench_prep, tmp, Z, sources),
+            "loader": pool.submit(bench_scale.bench_loader, tmp, Z, sources),
+            "vload": pool.submit(bench_scale.bench_vload, tmp, Z, sources),
+            "sampler": pool.submit(bench_scale.bench_sampler, Z),
+        }
+        return {name: run.result() for name, run in runs.items()}
 
 
 def _line(points, x):

@@ -4,9 +4,8 @@ How costs grow toward VoxCeleb: preparation at two tree sizes against
 ``soundfile.info`` of the same files (projected to 1.1 M files), PKSampler
 at VoxCeleb2 dev's size, the recipe's training loader (0, 1, 2 workers)
 against bare soundfile crop reads, FolderAugment, file opens per sample,
-``dampit-verify --trials`` at 10x more trials, and the verification loader
-against a serial loop. Ratio: figure / reference, as each row's note says;
-each note states its goal.
+and the verification loader against a serial loop. Ratio: figure /
+reference, as each row's note says; each note states its goal.
 
 Inputs (``scale_inputs.py``): a VoxCeleb-layout tree of symlinks to 8 s
 real-format wavs made from ../shared/data, synthetic manifests, labels

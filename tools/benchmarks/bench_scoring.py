@@ -46,7 +46,7 @@ from dampit.metrics.scoring import ScoringVectors
 N_TRIALS = 37_720
 VOX1E = (145160, 579818)  # Vox1-E cleaned: utterances, trials
 STORES = {  # (utterances, trials) pairs and the embedding dimension
-    "quick": ([(1000, 4000), (2000, 8000)], 256),
+    "quick": ([(2000, 8000)], 256),
     "default": ([(7258, 28991), (14516, 57982)], 2048),
     "full": ([(14516, 57982), VOX1E], 2048),
 }

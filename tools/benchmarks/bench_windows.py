@@ -5,7 +5,7 @@ on one hour of 16 kHz speech (so762 sentences end to end, a 16-bit WAV),
 and as the reference on one 1.5 s window of it: each in a fresh
 interpreter, one thread. Ratio: peak resident memory (VmHWM) of the hour /
 of the one window (near 1: the memory does not grow with the length; the
-decoded hour alone would take 230 MB as float32). Quick: one minute.
+decoded hour alone would take 230 MB as float32). Quick: 15 s.
 """
 
 import itertools

@@ -41,9 +41,7 @@ sys.path.insert(0, str(REPO))  # dampit, when not installed
 from dampit.utils.atomic import atomic_write_text  # noqa: E402
 
 # The folder of the bench_*.py files (tests point it elsewhere).
-BENCH_DIR = pathlib.Path(
-    os.environ.get("DAMPIT_BENCH_DIR") or pathlib.Path(__file__).parent
-)
+BENCH_DIR = pathlib.Path(__file__).parent
 ORDER = ("model", "features", "scoring", "metrics", "scale")
 ROW_KEYS = ("name", "figure", "unit", "reference", "ratio", "note")
 
