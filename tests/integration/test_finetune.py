@@ -12,6 +12,8 @@
 3. A model folder whose network is not the YAML's is refused in one line.
 """
 
+import contextlib
+import io
 import os
 import pathlib
 import subprocess
@@ -22,6 +24,7 @@ import pytest
 import torch
 from speechbrain.dataio.dataio import load_data_csv
 
+from dampit.cli.export import main as export_main
 from dampit.inference.api import load_model
 from dampit.inference.embedding_store import EmbeddingStore
 from dampit.metrics.error_rates import compute_eer
@@ -81,8 +84,9 @@ def shipped(tmp_path_factory, shared_data):
             for k, (y, s) in enumerate(zip(labels, scores))
         )
     )
-    cmd = [sys.executable, "-m", "dampit.cli.export", str(run)]
-    _run(cmd + [str(model), f"--scores={score_file}"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = export_main([str(run), str(model), f"--scores={score_file}"])
+    assert code == 0
     return dict(
         tmp=tmp,
         run=run,

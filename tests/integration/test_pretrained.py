@@ -23,7 +23,9 @@ two batches on 7 dspspeech speakers and verifies its test trials;
   verification (``full_cosine``).
 """
 
+import contextlib
 import csv
+import io
 import json
 import os
 import pathlib
@@ -41,6 +43,7 @@ from speechbrain.dataio.dataio import read_audio
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.speaker import EncoderClassifier
 
+from dampit.cli.export import main as export_main
 from dampit.dataio.trials import read_trials
 from dampit.metrics.error_rates import compute_eer
 
@@ -99,17 +102,10 @@ def run_and_model(tmp_path_factory, shared_data):
         ]
     )
     model = root / "model"
-    res = _run(
-        [
-            sys.executable,
-            "-m",
-            "dampit.cli.export",
-            str(run),
-            str(model),
-            "--torchscript",
-        ]
-    )
-    assert "exported" in res.stdout
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = export_main([str(run), str(model), "--torchscript"])
+    assert code == 0 and "exported" in printed.getvalue()
     return run, model
 
 
