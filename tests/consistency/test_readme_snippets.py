@@ -14,10 +14,13 @@ checked.
   beside the README prints.
 """
 
+import contextlib
 import functools
 import importlib.util
+import io
 import pathlib
 import re
+import runpy
 import shlex
 import subprocess
 import sys
@@ -141,11 +144,36 @@ def commands(code):
 
 @functools.lru_cache(maxsize=None)
 def help_text(*argv):
+    """``--help`` of a command run as a program (pip)."""
     done = subprocess.run(
         list(argv) + ["--help"], capture_output=True, text=True, cwd=REPO
     )
     assert done.returncode == 0, (argv, done.stderr[-2000:])
     return done.stdout
+
+
+@functools.lru_cache(maxsize=None)
+def run_help(target):
+    """``--help`` of a Python script (a path) or of the ``main()`` of a
+    module (a name: a console script's), run in this process as its command
+    line runs it: ``sys.argv`` is ``[target, "--help"]`` and a script's
+    folder comes first on ``sys.path``."""
+    argv, path = sys.argv, list(sys.path)
+    sys.argv = [str(target), "--help"]
+    out, code = io.StringIO(), 0
+    try:
+        with contextlib.redirect_stdout(out):
+            if isinstance(target, pathlib.Path):
+                sys.path.insert(0, str(target.parent))
+                runpy.run_path(str(target), run_name="__main__")
+            else:
+                importlib.import_module(target).main()
+    except SystemExit as end:  # argparse's --help (torchrun's returns)
+        code = end.code
+    finally:
+        sys.argv, sys.path[:] = argv, path
+    assert code in (0, None), (target, code)
+    return out.getvalue()
 
 
 def yaml_keys(path):
@@ -161,7 +189,7 @@ def check_script(cwd, args, options):
     its options are in its --help or keys of the YAML it is given."""
     script = (cwd / args[0]).resolve()
     assert script.is_file(), script
-    known = help_text(sys.executable, str(script))
+    known = run_help(script)
     yamls = [cwd / a for a in args[1:] if a.endswith(".yaml")]
     keys = set().union(*(yaml_keys(y) for y in yamls))
     for opt in options:
@@ -185,12 +213,12 @@ def check_bash(code, values):
         elif tool == "torchrun":
             n = next(i for i, a in enumerate(args) if not a.startswith("-"))
             for opt in args[:n]:
-                assert opt.split("=")[0] in help_text("torchrun"), opt
+                known = run_help("torch.distributed.run")  # torchrun
+                assert opt.split("=")[0] in known, opt
             rest = " ".join(args[n:])
             check_script(cwd, args[n:], re.findall(r"--[\w-]+", rest))
         elif tool in CONSOLE:
-            run = f"import sys; from {CONSOLE[tool]} import main; main()"
-            known = help_text(sys.executable, "-c", run)
+            known = run_help(CONSOLE[tool])
             for opt in options:
                 assert opt in known, (tool, opt)
         elif tool == "pip":

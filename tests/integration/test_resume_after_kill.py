@@ -2,9 +2,9 @@
 
 1. The mini recipe (thin ResNet-18, P x K = 4 x 2, 3 epochs of 12 batches,
    real speech, random training crops drawn in 2 DataLoader worker
-   processes) runs once uninterrupted (A). The same command runs again
-   in another folder (B) and is killed with SIGKILL in the middle of
-   epoch 2 -- after epoch 2's first batches, before its checkpoint --
+   processes) runs once uninterrupted (A). The same command runs in
+   another folder (B), beside A, and is killed with SIGKILL in the middle
+   of epoch 2 -- after epoch 2's first batches, before its checkpoint --
    then restarted with the same command. B must resume from the epoch-1
    checkpoint and end bit-identical to A: every tensor of every saved
    state (model, loss classifier, optimizer), the training log, the
@@ -73,18 +73,32 @@ def _env():
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
-def _run(cmd):
-    proc = subprocess.run(
-        cmd,
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    return proc.stdout
+def _start(cmd, log):
+    """Start ``cmd``, its output (merged) into the file ``log``."""
+    with open(log, "w") as f:
+        return subprocess.Popen(
+            cmd, cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT
+        )
+
+
+@pytest.fixture
+def background():
+    """A list for started processes; those still running at the end are
+    killed."""
+    procs = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _finish(proc, log):
+    """Wait for ``proc`` to succeed; its output."""
+    proc.wait(timeout=900)
+    text = pathlib.Path(log).read_text()
+    assert proc.returncode == 0, text[-4000:]
+    return text
 
 
 def _run_and_kill_in_epoch_2(cmd, timeout=600):
@@ -168,12 +182,13 @@ def _assert_same(a, b, where):
 
 
 def test_sigkill_mid_epoch_then_restart_equals_uninterrupted(
-    shared_data, tmp_path
+    shared_data, tmp_path, background
 ):
     """Kill -9 in epoch 2, rerun the same command: same result as no kill."""
     data = shared_data / "dspspeech"
     out_a, out_b = tmp_path / "A", tmp_path / "B"
-    _run(_recipe_cmd(data, out_a))
+    run_a = _start(_recipe_cmd(data, out_a), tmp_path / "A.txt")  # beside B
+    background.append(run_a)
 
     cmd_b = _recipe_cmd(data, out_b)
     _run_and_kill_in_epoch_2(cmd_b)
@@ -196,9 +211,10 @@ def test_sigkill_mid_epoch_then_restart_equals_uninterrupted(
                 ):
                     torch.load(f, weights_only=True)
 
-    stdout = _run(cmd_b)  # the same command again
+    stdout = _finish(_start(cmd_b, tmp_path / "B.txt"), tmp_path / "B.txt")
     assert "Going into epoch 1\n" not in stdout  # resumed, not restarted
-    assert "Going into epoch 2" in stdout
+    assert "Going into epoch 2" in stdout  # the same command again
+    _finish(run_a, tmp_path / "A.txt")
 
     assert (out_a / "train_log.txt").read_text() == (
         out_b / "train_log.txt"

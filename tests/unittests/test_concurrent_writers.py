@@ -1,19 +1,19 @@
 """Two writers, one output: the second is refused in one line.
 
-Each test runs a real dampit command in a child process, lets it go once
-it has imported, waits until it holds its output (the hidden lock file
-``.<name>.lock`` beside it) and then starts a second writer of the same
-output: a second ``dampit-embed`` process, ``dampit-verify --out`` or
-``dampit-export`` in this process. The second exits 2 with one line
-naming the output and the holder before doing any work; the output is
-the first writer's, whole (a store never holds rows of two runs).
+Each test runs a real dampit command in a child process (forked from this
+one: tests/forked_main.py), lets it go, waits until it holds its output
+(the hidden lock file ``.<name>.lock`` beside it) and then starts a
+second writer of the same output: a second ``dampit-embed`` process,
+``dampit-verify --out`` or ``dampit-export`` in this process. The second
+exits 2 with one line naming the output and the holder before doing any
+work; the output is the first writer's, whole (a store never holds rows
+of two runs).
 """
 
+import importlib.util
 import os
 import pathlib
 import runpy
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -30,14 +30,11 @@ write_demo_model = runpy.run_path(str(HERE.parent / "model_folder.py"))[
     "write_demo_model"
 ]
 build_run = runpy.run_path(str(HERE / "test_export.py"))["build_run"]
-
-CHILD = """
-import importlib, sys
-main = importlib.import_module(sys.argv[1]).main
-print("ready", flush=True)
-sys.stdin.readline()
-sys.exit(main(sys.argv[2:]))
-"""
+_spec = importlib.util.spec_from_file_location(
+    "forked_main", HERE.parent / "forked_main.py"
+)
+forked_main = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(forked_main)
 
 
 @pytest.fixture(scope="module")
@@ -53,24 +50,6 @@ def wavs(shared_data):
     return [f for s in spk for f in sorted(s.glob("*.wav"))[:3]]
 
 
-def ready(module, argv):
-    """A child that has imported ``module`` and waits to run its main."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, module, *map(str, argv)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-    return proc
-
-
-def go(proc):
-    proc.stdin.write("go\n")
-    proc.stdin.flush()
-
-
 def holds(lock):
     """Whether a process holds ``lock``: it writes its pid once locked."""
     try:
@@ -82,14 +61,14 @@ def holds(lock):
 def start_holding(module, argv, out):
     """Run ``module.main(argv)`` in a child; return it once it holds the
     output ``out`` (or has ended: a dampit without output locks)."""
-    proc = ready(module, argv)
+    child = forked_main.ForkedMain(module, argv)
     lock = out.parent / f".{out.name}.lock"
-    go(proc)
+    child.go()
     deadline = time.monotonic() + 120
-    while not holds(lock) and proc.poll() is None:
+    while not holds(lock) and child.proc.is_alive():
         assert time.monotonic() < deadline, "the first writer hangs"
         time.sleep(0.001)
-    return proc
+    return child
 
 
 def assert_refused(code, err, out):
@@ -104,13 +83,12 @@ def test_two_embeds_into_one_store(model, wavs, tmp_path):
     out = tmp_path / "emb"
     mine, theirs = wavs[:6], wavs[6:]
     base = ["--model", model, "--no-progress", "--out", out]
-    second = ready("dampit.cli.embed", [*base, *theirs])
+    second = forked_main.ForkedMain("dampit.cli.embed", [*base, *theirs])
     first = start_holding("dampit.cli.embed", [*base, *mine], out)
-    go(second)
-    _, err_second = second.communicate(timeout=300)
-    _, err_first = first.communicate(timeout=300)
-    assert first.returncode == 0, err_first
-    assert_refused(second.returncode, err_second, out)
+    second.go()
+    code, err = first.finish()
+    assert code == 0, err
+    assert_refused(*second.finish(), out)
     store = EmbeddingStore(out, mmap=False)
     paths = (out / "paths.txt").read_text().splitlines()
     assert paths == [str(p) for p in mine]
@@ -130,8 +108,8 @@ def test_a_score_file_being_written_is_refused(model, wavs, tmp_path, capsys):
     first = start_holding("dampit.cli.verify", argv, out)
     code = verify_cli.main([*map(str, argv), "--no-progress"])
     assert_refused(code, capsys.readouterr().err, out)
-    _, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err
+    code, err = first.finish()
+    assert code == 0, err
     enrol, test, scores, _ = read_scores(out)
     assert list(zip(enrol, test)) == [(str(a), str(b)) for a, b in pairs]
     assert sorted(os.listdir(tmp_path)) == ["scores.txt", "trials.txt"]
@@ -143,7 +121,7 @@ def test_a_model_folder_being_exported_is_refused(tmp_path, capsys):
     first = start_holding("dampit.cli.export", [run, out], out)
     code = export_main([str(run), str(out), "--overwrite"])
     assert_refused(code, capsys.readouterr().err, out)
-    _, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err
+    code, err = first.finish()
+    assert code == 0, err
     assert load_model(out).threshold == 0.4321
     assert sorted(os.listdir(tmp_path)) == ["model", "run"]

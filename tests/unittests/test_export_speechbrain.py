@@ -48,7 +48,9 @@ def make_run(root, head):
     run = root / "run"
     overrides = {"data_folder": str(root), "output_folder": str(run)}
     hp = load_hyperpyyaml(text, overrides)
-    create_experiment_directory(str(run), str(yaml_path), overrides)
+    create_experiment_directory(
+        str(run), str(yaml_path), overrides, save_env_desc=False
+    )
     enc = CategoricalEncoder()
     enc.update_from_iterable([f"spk{i}" for i in range(6)])
     enc.save(str(run / "save" / "label_encoder.txt"))

@@ -4,10 +4,10 @@ Every YAML trick of the table below is appended to an exported
 ``hyperparams.yaml``. (a) Loaded plainly with HyperPyYAML (what
 SpeechBrain's ``from_hparams`` does) it runs code: a marker file appears;
 the tricks that cannot run code even then say so. (b) ``load_model``,
-``dampit-verify`` and ``dampit-embed`` load the same folder, work, and no
-marker appears: they read ``dampit_export.json`` with ``json`` and build
-only the classes of a fixed registry. Malicious JSON and weights files are
-refused with one line naming the file.
+``dampit-verify`` and ``dampit-embed`` (their ``main``) load the same
+folder, work, and no marker appears: they read ``dampit_export.json``
+with ``json`` and build only the classes of a fixed registry. Malicious
+JSON and weights files are refused with one line naming the file.
 """
 
 import importlib.util
@@ -24,6 +24,8 @@ import soundfile as sf
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
+from dampit.cli import embed as embed_cli
+from dampit.cli import verify as verify_cli
 from dampit.inference.api import ModelFolderError, load_model
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -147,17 +149,9 @@ def test_trust_is_from_hparams_and_runs_the_yaml(demo, tmp_path):
     assert (marks / "issue_16").exists()
 
 
-def run_cli(*args):
-    exe = shutil.which(args[0]) or pytest.fail(f"{args[0]} not installed")
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    return subprocess.run(
-        [exe, *map(str, args[1:])], capture_output=True, text=True, env=env
-    )
-
-
-def test_console_scripts_run_no_trick(demo, tmp_path):
-    """Every trick at once: both commands work, no marker appears; the
-    same texts loaded plainly run."""
+def test_commands_run_no_trick(demo, tmp_path, capsys):
+    """Every trick at once: dampit-verify and dampit-embed (their main)
+    work, no marker appears; the same texts loaded plainly run."""
     marks = tmp_path / "marks"
     marks.mkdir()
     model = copy_model(demo, tmp_path)
@@ -174,14 +168,11 @@ def test_console_scripts_run_no_trick(demo, tmp_path):
     wavs.mkdir()
     for k in range(2):
         sf.write(wavs / f"{k}.wav", 0.1 * rng.standard_normal(16000), 16000)
-    res = run_cli(
-        "dampit-verify", "--model", model, wavs / "0.wav", wavs / "1.wav"
-    )
-    assert res.returncode == 0, res.stderr
-    res = run_cli(
-        "dampit-embed", "--model", model, wavs, "--out", tmp_path / "e"
-    )
-    assert res.returncode == 0, res.stderr
+    pair = [str(wavs / "0.wav"), str(wavs / "1.wav")]
+    assert verify_cli.main(["--model", str(model), *pair]) == 0
+    out = str(tmp_path / "e")
+    argv = ["--model", str(model), str(wavs), "--out", out, "--no-progress"]
+    assert embed_cli.main(argv) == 0, capsys.readouterr().err
     assert sorted(p.name for p in marks.iterdir() if "." not in p.name) == []
     for n in live:  # control: the same texts, loaded plainly, run
         try:

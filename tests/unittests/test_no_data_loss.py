@@ -8,6 +8,7 @@ folder. A disk that cannot take the model folder is one line, not a
 traceback.
 """
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -25,15 +26,11 @@ from dampit.utils.atomic import atomic_folder
 
 HERE = pathlib.Path(__file__).resolve().parent
 build_run = runpy.run_path(str(HERE / "test_export.py"))["build_run"]
-
-# A real dampit-export in a child process, started once it has imported.
-CHILD = """
-import sys
-from dampit.cli.export import main
-print("ready", flush=True)
-sys.stdin.readline()
-sys.exit(main(sys.argv[1:]))
-"""
+_spec = importlib.util.spec_from_file_location(
+    "forked_main", HERE.parent / "forked_main.py"
+)
+forked_main = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(forked_main)
 
 
 @pytest.fixture(scope="module")
@@ -174,37 +171,28 @@ def test_full_disk_for_torchscript_or_onnx_is_one_line(run, tmp_path):
 
 
 def start_export(run, model, *flags):
-    """A ``dampit-export run model`` process, let go once imported, and
-    the moment its temporary folder appears (its work has begun)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(run), str(model), *flags],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    """A ``dampit-export run model`` process (forked from this one), let
+    go, at the moment its temporary folder appears (its work has begun)."""
+    child = forked_main.ForkedMain("dampit.cli.export", [run, model, *flags])
     prefix = f".{model.name}.tmp-"
     before = set(os.listdir(model.parent))
-    proc.stdin.write("go\n")
-    proc.stdin.flush()
+    child.go()
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
+    while time.monotonic() < deadline and child.proc.is_alive():
         new = set(os.listdir(model.parent)) - before
         if any(n.startswith(prefix) for n in new):
-            return proc
+            return child
         time.sleep(0.002)
-    proc.kill()
-    raise AssertionError(f"no temporary folder seen: {proc.communicate()}")
+    child.proc.kill()
+    raise AssertionError(f"no temporary folder seen: {child.finish()}")
 
 
 def test_sigterm_leaves_no_temporary_folder(run, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    proc = start_export(run, out / "model")
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM
+    child = start_export(run, out / "model")
+    child.proc.terminate()  # SIGTERM
+    assert child.finish(120)[0] == 128 + signal.SIGTERM
     assert os.listdir(out) == []
 
 
@@ -212,9 +200,9 @@ def test_what_a_sigkill_left_goes_with_the_next_write(run, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / ".model.tmp-mine").mkdir()  # not a name dampit makes: kept
-    proc = start_export(run, out / "model")
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    child = start_export(run, out / "model")
+    child.proc.kill()  # SIGKILL
+    assert child.finish()[0] == -signal.SIGKILL
     left = set(os.listdir(out)) - {".model.tmp-mine", ".model.lock"}
     assert [n[:11] for n in left] == [".model.tmp-"], left
     with atomic_folder(out / "model") as tmp:  # the next write

@@ -56,10 +56,12 @@ def test_score_fold_writes_what_the_ablation_reads(tmp_path, shared_data):
         line.split(",")[0:3:2]
         for line in (prepared / "test.csv").read_text().splitlines()[1:]
     )
-    want = []
-    for _, e, t in trials:
-        a, b = embed_file(wavs[e]), embed_file(wavs[t])
-        want.append(float(torch.nn.functional.cosine_similarity(a, b, dim=0)))
+    names = {u for _, e, t in trials for u in (e, t)}
+    emb = {u: embed_file(wavs[u]) for u in names}
+    want = [
+        float(torch.nn.functional.cosine_similarity(emb[e], emb[t], dim=0))
+        for _, e, t in trials
+    ]
     enrol, test, got, labels = read_scores(report["scores_txt"])
     assert [(e, t) for _, e, t in trials] == list(zip(enrol, test))
     np.testing.assert_allclose(got, want, atol=1e-5)

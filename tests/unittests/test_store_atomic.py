@@ -2,11 +2,13 @@
 (SIGKILL at every step of a replace, a full disk); the windows' segments
 file, read back checked, and stores without one."""
 
+import multiprocessing
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -108,15 +110,20 @@ def test_inconsistent_or_missing_files_are_reported(tmp_path):
         EmbeddingStore(tmp_path)
 
 
-# A child process replaces OLD by NEW and SIGKILLs itself just before its
-# k-th file-system step (a rename, fsync, rmtree, mkdir or fallocate).
-KILL_CHILD = textwrap.dedent(
-    """
-    import os, shutil, signal, sys
-    import numpy as np
-    from dampit.inference.embedding_store import save_embeddings
+# A child process (forked: it has everything imported) replaces OLD by NEW
+# and SIGKILLs itself just before its k-th file-system step (a rename,
+# fsync, rmtree, mkdir or fallocate).
+STEPS = [
+    (os, "rename"),
+    (os, "fsync"),
+    (os, "makedirs"),
+    (os, "posix_fallocate"),
+    (shutil, "rmtree"),
+]
 
-    k, calls = int(sys.argv[2]), [0]
+
+def _replace_and_die_at_step(folder, k):
+    calls = [0]
 
     def step(fn):
         def run(*args, **kwargs):
@@ -124,32 +131,28 @@ KILL_CHILD = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)
             calls[0] += 1
             return fn(*args, **kwargs)
+
         return run
 
-    for mod, name in [(os, "rename"), (os, "fsync"), (os, "makedirs"),
-                      (os, "posix_fallocate"), (shutil, "rmtree")]:
+    for mod, name in STEPS:
         setattr(mod, name, step(getattr(mod, name)))
-    save_embeddings(sys.argv[1], ["x", "y", "z"], np.full((3, 4), 7.0),
-                    files={"paths.txt": "x.wav\\ny.wav\\nz.wav\\n"})
-    """
-)
+    _save(folder, NEW)
 
 
 def test_sigkill_at_every_step_leaves_old_or_new_store(tmp_path):
+    fork = multiprocessing.get_context("fork")
     seen = []
     for k in range(100):
         folder = tmp_path / f"k{k}" / "store"
         _save(folder, OLD)
-        r = subprocess.run(
-            [sys.executable, "-c", KILL_CHILD, str(folder), str(k)],
-            capture_output=True,
-            text=True,
-        )
-        assert r.returncode in (0, -9), r.stderr
+        child = fork.Process(target=_replace_and_die_at_step, args=(folder, k))
+        child.start()
+        child.join()
+        assert child.exitcode in (0, -signal.SIGKILL), child.exitcode
         state = "old" if _is(folder, OLD) else "new" if _is(folder, NEW) else ""
         assert state, f"killed at step {k}: neither the old nor the new store"
         seen.append(state)
-        if r.returncode == 0:
+        if child.exitcode == 0:
             break
     # Many steps before the commit point, at least one after it, then done.
     assert seen[0] == "old" and seen[-1] == "new" and len(seen) > 6, seen
@@ -159,41 +162,37 @@ def test_sigkill_at_every_step_leaves_old_or_new_store(tmp_path):
     assert os.listdir(folder.parent) == ["store"] and _is(folder, OLD)
 
 
-def _assert_full_disk_refused(r, folder):
-    assert r.returncode == 3, (r.returncode, r.stderr)  # not SIGBUS (-7)
-    assert f"embedding store {folder}" in r.stdout
-    assert "No space left" in r.stdout or "too large" in r.stdout
+def _fill_store(folder, limit, message):
+    """(A forked child.) Write a 5 MB store into ``folder`` under a file
+    size limit of ``limit`` bytes (0: none); on OSError write its message
+    to ``message`` and exit 3."""
+    if limit:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        save_embeddings(folder, ["x"], np.ones((1, 10, 2**16)))
+    except OSError as err:
+        message.write_text(str(err))
+        sys.exit(3)
+
+
+def _assert_full_disk_refused(folder, limit, message):
+    child = multiprocessing.get_context("fork").Process(
+        target=_fill_store, args=(folder, limit, message)
+    )
+    child.start()
+    child.join()
+    assert child.exitcode == 3, child.exitcode  # not SIGBUS (-7)
+    text = message.read_text()
+    assert f"embedding store {folder}" in text
+    assert "No space left" in text or "too large" in text
     assert _is(folder, OLD)
     assert os.listdir(folder.parent) == ["store"]
 
 
-FULL_CHILD = textwrap.dedent(
-    """
-    import resource, sys
-    import numpy as np
-    from dampit.inference.embedding_store import save_embeddings
-
-    if sys.argv[2] != "0":
-        lim = int(sys.argv[2])
-        resource.setrlimit(resource.RLIMIT_FSIZE, (lim, lim))
-    try:
-        save_embeddings(sys.argv[1], ["x"], np.ones((1, 10, 2**16)))
-    except OSError as err:
-        print(err)
-        sys.exit(3)
-    """
-)
-
-
 def test_file_size_limit_is_an_error_naming_the_store(tmp_path):
-    folder = tmp_path / "store"
+    folder = tmp_path / "data" / "store"
     _save(folder, OLD)
-    r = subprocess.run(
-        [sys.executable, "-c", FULL_CHILD, str(folder), str(2**20)],
-        capture_output=True,
-        text=True,
-    )
-    _assert_full_disk_refused(r, folder)
+    _assert_full_disk_refused(folder, 2**20, tmp_path / "message.txt")
 
 
 def test_full_disk_is_an_error_naming_the_store(tmp_path):
@@ -209,12 +208,7 @@ def test_full_disk_is_an_error_naming_the_store(tmp_path):
     try:
         folder = disk / "store"
         _save(folder, OLD)
-        r = subprocess.run(
-            [sys.executable, "-c", FULL_CHILD, str(folder), "0"],
-            capture_output=True,
-            text=True,
-        )
-        _assert_full_disk_refused(r, folder)
+        _assert_full_disk_refused(folder, 0, tmp_path / "message.txt")
     finally:
         subprocess.run(["umount", str(disk)], check=True)
         shutil.rmtree(disk, ignore_errors=True)

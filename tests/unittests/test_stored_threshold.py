@@ -3,12 +3,11 @@ and SpeechBrain's from_hparams, the replaced values are kept, and a folder
 it cannot update is refused with nothing changed."""
 
 import json
+import multiprocessing
 import os
 import pathlib
 import runpy
 import signal
-import subprocess
-import sys
 
 import pytest
 from speechbrain.inference.speaker import SpeakerRecognition
@@ -80,23 +79,24 @@ def test_read_calibration_checks_the_llr(tmp_path):
         read_calibration(folder)
 
 
-# write_threshold killed with SIGKILL right after its k-th rename
-# (argv: the model folder, k); the renames are those of its files.
-KILL_AFTER = """
-import os, signal, sys
-from dampit.inference.stored_threshold import write_threshold
-rename, k = os.replace, int(sys.argv[2])
-def replace(src, dst):
-    rename(src, dst)
-    if os.path.basename(dst) in ("README.md", "hyperparams.yaml",
-                                 "dampit_export.json"):
-        k_left[0] -= 1
-        if k_left[0] == 0:
-            os.kill(os.getpid(), signal.SIGKILL)
-k_left = [k]
-os.replace = replace
-write_threshold(sys.argv[1], 0.73, "killed")
-"""
+def _write_and_die_after_rename(folder, k):
+    """(A forked child.) ``write_threshold`` killed with SIGKILL right
+    after its k-th rename of one of the folder's files."""
+    rename, left = os.replace, [k]
+
+    def replace(src, dst):
+        rename(src, dst)
+        if os.path.basename(dst) in (
+            "README.md",
+            "hyperparams.yaml",
+            "dampit_export.json",
+        ):
+            left[0] -= 1
+            if left[0] == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    os.replace = replace
+    write_threshold(folder, 0.73, "killed")
 
 
 def thresholds(folder, savedir):
@@ -121,12 +121,12 @@ def test_a_writer_killed_between_its_renames(tmp_path, k):
     folder = pathlib.Path(write_demo_model(tmp_path, threshold=0.5))
     (folder / "README.md").write_text("# model\n")
     names = sorted(os.listdir(folder))
-    proc = subprocess.run(
-        [sys.executable, "-c", KILL_AFTER, str(folder), str(k)],
-        capture_output=True,
-        text=True,
+    child = multiprocessing.get_context("fork").Process(
+        target=_write_and_die_after_rename, args=(folder, k)
     )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    child.start()
+    child.join()
+    assert child.exitcode == -signal.SIGKILL, child.exitcode
     json_value = json.loads((folder / "dampit_export.json").read_text())
     ours, theirs = thresholds(folder, tmp_path / "sb1")
     assert theirs == 0.73  # the YAML is renamed first
