@@ -32,7 +32,9 @@ if [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; then
 fi
 # The editable install points at the clone it was made from: re-point it
 # when this is another clone (CI's fresh clone, say); seconds, no download.
-if ! "$DAMPIT_VENV/bin/python" - "$_dampit_root" <<'PY' 2>/dev/null
+# The check runs from / so that the current folder's dampit/ does not
+# answer for the installed one.
+if ! (cd / && "$DAMPIT_VENV/bin/python" - "$_dampit_root") <<'PY' 2>/dev/null
 import os, sys, dampit
 want = os.path.realpath(sys.argv[1])
 got = os.path.realpath(os.path.dirname(os.path.dirname(dampit.__file__)))
@@ -42,6 +44,10 @@ then
     "$DAMPIT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
         --no-deps --no-build-isolation -e "$_dampit_root"
 fi
+# Every process started from here (recipe scripts, console scripts, test
+# subprocesses) imports this clone's dampit even when another clone
+# re-points the shared editable install meanwhile.
+export PYTHONPATH="$_dampit_root${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$DAMPIT_VENV/bin:$PATH"
 export VIRTUAL_ENV="$DAMPIT_VENV"
 export DAMPIT_DATA="${DAMPIT_DATA:-$(cd "$_dampit_root/.." && pwd)/shared/data}"
