@@ -73,8 +73,9 @@ def read_values(base_file, overrides, where):
     """The values of the HyperPyYAML file ``base_file`` with
     ``overrides`` (a dict or a YAML text): references resolved, no object
     built, so nothing is created yet. A missing ``!PLACEHOLDER``, a bad
-    ``!ref`` or a syntax error is a one-line ``RecipeError`` naming
-    ``where`` (the file given on the command line).
+    ``!ref``, an override of a key the file lacks or a syntax error is a
+    one-line ``RecipeError`` naming ``where`` (the file given on the
+    command line).
 
     Example
     -------
@@ -88,13 +89,24 @@ def read_values(base_file, overrides, where):
     ... except RecipeError as err:
     ...     print(err)
     h.yaml: 'c' is a !PLACEHOLDER and must be replaced.
+    >>> try:
+    ...     read_values(path, {"c": 3, "P": 2}, "h.yaml")
+    ... except RecipeError as err:
+    ...     print(err)
+    h.yaml: --P is not a key of this YAML file
     """
     with open(base_file, encoding="utf-8") as f:
         try:  # a missing !PLACEHOLDER, a bad !ref, a syntax error
-            plain = ruamel.yaml.YAML().load(resolve_references(f, overrides))
+            text = resolve_references(f, overrides, overrides_must_match=True)
+            plain = ruamel.yaml.YAML().load(text)
         except (ValueError, ruamel.yaml.YAMLError) as err:
             text = " ".join(str(err).split())
             raise RecipeError(f"{where}: {text}") from None
+        except KeyError as err:  # hyperpyyaml: "Override 'P' not found in"
+            key = str(err.args[0]).split("'")[1]
+            raise RecipeError(
+                f"{where}: --{key} is not a key of this YAML file"
+            ) from None
     if not isinstance(plain, dict):
         raise RecipeError(f"{base_file}: not a mapping of keys")
     return plain

@@ -47,6 +47,15 @@ def test_missing_data_folder(tmp_path):
     assert not out.exists()
 
 
+def test_unknown_key_is_one_line_before_any_work(tmp_path, synthetic_corpus):
+    out = tmp_path / "run"
+    argv = [MINI, f"--data_folder={synthetic_corpus}", f"--output_folder={out}"]
+    with pytest.raises(RecipeError) as err:
+        start_run(argv + ["--bogus=3"])
+    assert str(err.value) == f"{MINI}: --bogus is not a key of this YAML file"
+    assert not out.exists()
+
+
 def test_output_inside_a_file(tmp_path, synthetic_corpus):
     (tmp_path / "file").write_text("x")
     out = tmp_path / "file" / "run"

@@ -30,7 +30,8 @@ from speechbrain.inference.classifiers import EncoderClassifier
 from dampit.cli.export import main as export_main
 from dampit.dataio.sampler import PKSampler
 from dampit.inference.api import load_model
-from dampit.training.run_setup import start_run
+from dampit.training.arguments import ArgumentError
+from dampit.training.run_setup import RecipeError, start_run
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "templates" / "speaker_verification"
@@ -238,19 +239,20 @@ def test_n_speakers_comes_from_the_data(shared_data, tmp_path, caplog, which):
         ("--lr=abc", "lr='abc' is not a number in [1e-12, 10.0]"),
         ("--seed=abc", "seed='abc' is not an integer in [0, 4294967295]"),
         ("--P=1", "P=1 is not an integer in [2, 100000]"),
+        ("--bogus=3", "--bogus is not a key of this YAML file"),
     ],
 )
 def test_bad_value_is_refused_before_any_folder(tmp_path, override, message):
-    """A value out of the bounds table is one line naming it, before the
-    YAML builds anything (its checkpointer would create the folder)."""
-    from dampit.training.arguments import ArgumentError
+    """A value out of the bounds table or a key the YAML lacks is one line
+    naming it, before the YAML builds anything (its checkpointer would
+    create the folder)."""
 
     train = _import_train()
     (tmp_path / "data").mkdir()
     out = tmp_path / "out"
     argv = [str(MULTI), f"--data_folder={tmp_path / 'data'}"]
     argv += [f"--output_folder={out}", override]
-    with pytest.raises(ArgumentError) as err:
+    with pytest.raises((ArgumentError, RecipeError)) as err:
         train.main(argv)
     assert str(err.value) == f"{MULTI}: {message}"
     assert os.listdir(tmp_path) == ["data"]
