@@ -121,7 +121,7 @@ def embed(embed_fn, loader, hop_length, device, stores=None, progress=True):
 
     def run(wavs, lens):  # a copy: the crop buffer is reused
         emb = embed_fn(wavs, lens.to(device))
-        return np.array(emb.reshape(len(wavs), -1).float().cpu())
+        return emb.reshape(len(wavs), -1).float().cpu().numpy().copy()
 
     def add(k, emb):
         if stores is None:
