@@ -326,6 +326,23 @@ def evaluate(brain, hparams, prep, tree):
     }
 
 
+def make_brain(hparams, run_opts, train_opts):
+    """The ``SpeakerBrain`` of the YAML, told the batch sampler of
+    ``train_opts`` (if any) as its ``train_sampler``: SpeechBrain then
+    calls its ``set_epoch(epoch)`` as each epoch starts, so a resumed run
+    draws the batches of the epoch it resumes at, as an unbroken run does.
+    """
+    brain = SpeakerBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.train_sampler = train_opts.get("batch_sampler")
+    return brain
+
+
 def load_hparams(argv):
     """Read the command line, check it, prepare the data, load the YAML.
 
@@ -383,18 +400,13 @@ def main(argv):
     train_data, valid_data, label_encoder = dataio_prep(hparams, prep)
     label_encoder.expect_len(hparams["n_speakers"])
 
-    brain = SpeakerBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run.run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
+    train_opts = train_loader_options(hparams, train_data)
+    brain = make_brain(hparams, run.run_opts, train_opts)
     brain.fit(
         brain.hparams.epoch_counter,
         train_data,
         valid_data,
-        train_loader_kwargs=train_loader_options(hparams, train_data),
+        train_loader_kwargs=train_opts,
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
     if not if_main_process():

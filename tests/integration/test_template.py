@@ -233,6 +233,33 @@ def test_n_speakers_comes_from_the_data(shared_data, tmp_path, caplog, which):
     ]
 
 
+def test_resumed_run_draws_the_epoch_it_resumes_at(shared_data, tmp_path):
+    """A run resumed after epoch 2 of 3 trains epoch 3 on the sampler's
+    epoch-3 batches (SpeechBrain calls ``set_epoch``), not on a redraw of
+    the first epoch's."""
+    train = _import_train()
+    data = _speech_tree(shared_data, tmp_path / "data", n_spk=6, n_utt=8)
+    run = train.load_hparams(
+        [str(MULTI), f"--data_folder={data}", "--n_test_speakers=2"]
+        + [f"--output_folder={tmp_path / 'out'}", "--P=3", "--device=cpu"]
+        + ["--number_of_epochs=3"]
+    )
+    hp = run.hparams
+    train_data, valid_data, _ = train.dataio_prep(hp, run.prep)
+    opts = train.train_loader_options(hp, train_data)
+    brain = train.make_brain(hp, run.run_opts, opts)
+    hp["epoch_counter"].current = 2  # as the checkpoint of epoch 2 says
+    brain.fit(
+        hp["epoch_counter"],
+        train_data,
+        valid_data,
+        train_loader_kwargs=opts,
+        valid_loader_kwargs=hp["valid_dataloader_opts"],
+        progressbar=False,
+    )
+    assert opts["batch_sampler"]._pass_epoch == 3
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
