@@ -205,6 +205,17 @@ def set_n_speakers(overrides, plain, n_classes, where):
         )
 
 
+def load_with_n_speakers(base_file, overrides, plain, n_classes, where):
+    """``(hparams, plain)``: the HyperPyYAML file ``base_file`` loaded
+    once with ``overrides`` and ``n_speakers`` = ``n_classes`` (the
+    training classes of the prepared data, :func:`set_n_speakers`), and
+    its values read plainly again with them (:func:`read_values`)."""
+    set_n_speakers(overrides, plain, n_classes, where)
+    with open(base_file, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f, overrides)
+    return hparams, read_values(base_file, overrides, where)
+
+
 def start_run(argv):
     """Parse ``argv`` (SpeechBrain's options; the overrides as typed, see
     :func:`~dampit.training.command_line.parse_command_line`), check, lock
@@ -231,12 +242,12 @@ def start_run(argv):
     for key in ("train", "dev", "test"):
         check_manifest(data[key])
     check_trials(data)
-    set_n_speakers(merged, plain, data["n_classes"], hparams_file)
-    with open(base_file, encoding="utf-8") as f:
-        hparams = load_hyperpyyaml(f, merged)
+    hparams, plain = load_with_n_speakers(
+        base_file, merged, plain, data["n_classes"], hparams_file
+    )
     return types.SimpleNamespace(
         hparams=hparams,
-        plain=read_values(base_file, merged, hparams_file),
+        plain=plain,
         run_opts=run_opts,
         data=data,
         hparams_file=hparams_file,

@@ -45,7 +45,6 @@ import types
 import numpy as np
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from dampit.dataio.prepare_folder import prepare_folder
@@ -55,9 +54,9 @@ from dampit.metrics.scoring import cosine_scores
 from dampit.training.command_line import parse_command_line
 from dampit.training.run_setup import (
     check_arguments,
+    load_with_n_speakers,
     read_values,
     run_script,
-    set_n_speakers,
 )
 from dampit.training.validation import validation_eer
 from dampit.training.verification import (
@@ -374,12 +373,12 @@ def load_hparams(argv):
     sb.utils.distributed.ddp_init_group(run_opts)
     run_on_main(prepare_data, kwargs={"hparams": values})
     prep = prepare_data(values)  # every rank reads the saved result
-    set_n_speakers(overrides, values, prep["n_train_speakers"], hparams_file)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
+    hparams, plain = load_with_n_speakers(
+        hparams_file, overrides, values, prep["n_train_speakers"], hparams_file
+    )
     return types.SimpleNamespace(
         hparams=hparams,
-        plain=read_values(hparams_file, overrides, hparams_file),
+        plain=plain,
         run_opts=run_opts,
         prep=prep,
         hparams_file=hparams_file,
