@@ -4,8 +4,10 @@
 - no user-facing file speaks of work history (stops, issue numbers,
   agents): README.md, docs/, recipes/, templates/, dampit/, tools/ and
   BENCHMARKS.md describe the code and its measurements as they are;
-- every relative link of README.md and docs/*.md resolves to a file
-  (and its `#anchor` to a heading).
+- every relative link (figures included) of README.md, docs/*.md, the
+  recipe's RESULTS.md, BENCHMARKS.md, the template's README and the
+  shipped model's card resolves to a file (and its `#anchor` to a
+  heading).
 """
 
 import pathlib
@@ -16,6 +18,11 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
+#: Every Markdown page a user reads, for the link check.
+PAGES = [README, *DOCS, REPO / "BENCHMARKS.md"]
+PAGES += [REPO / "recipes/VoxCeleb/RESULTS.md"]
+PAGES += [REPO / "templates/speaker_verification/README.md"]
+PAGES += sorted((REPO / "pretrained").glob("*/README.md"))
 #: What a user-facing file must not say (the history of the work).
 HISTORY = re.compile(r"stop[ -][0-9]|issue ?#?[0-9]|agent", re.I)
 #: Where HISTORY is looked for: files and folders of user-facing text.
@@ -59,9 +66,13 @@ def anchors(path):
 def broken_links(path):
     """The relative link targets of a Markdown file that name no file, or
     an ``#anchor`` that no heading of a Markdown target has (web and mail
-    links are not checked)."""
+    links, and code, are not checked)."""
+    text = re.sub(
+        r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S
+    )
+    text = re.sub(r"`[^`\n]*`", "", text)  # code is not a link
     broken = []
-    for target in LINK.findall(path.read_text(encoding="utf-8")):
+    for target in LINK.findall(text):
         if re.match(r"[a-z]+:", target):
             continue
         file_part, _, anchor = target.partition("#")
@@ -93,7 +104,7 @@ def test_readme_links_every_doc_page():
     assert [d.name for d in DOCS if d.resolve() not in targets] == []
 
 
-@pytest.mark.parametrize("path", [README] + DOCS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: str(p.relative_to(REPO)))
 def test_relative_links_resolve(path):
     assert broken_links(path) == []
 
@@ -105,8 +116,10 @@ def test_the_checks_catch_drift(tmp_path):
         "# Top\n\nSee [it](other.md#a-b), [web](https://x.org) and "
         "[here](#top), [not here](#bottom).\n"
         "Fixed after stop 21 (issue #20), by an agent.\n"
+        '`f(x)` and\n```\nhp["s"](data)\n```\n![plot](fig.png)\n'
     )
-    assert broken_links(page) == ["other.md#a-b", "#bottom"]
+    assert broken_links(page) == ["other.md#a-b", "#bottom", "fig.png"]
     assert len(history_lines([page])) == 1
     (tmp_path / "other.md").write_text("# x\n\n## A, b\n")
+    (tmp_path / "fig.png").write_bytes(b"")
     assert broken_links(page) == ["#bottom"]
