@@ -7,8 +7,6 @@ crops of the two utterances)::
 
     mean_ij <e_i, t_j>      = <mean_i e_i, mean_j t_j>                 "dot"
     mean_ij cos(e_i, t_j)   = <mean_i e_i/|e_i|, mean_j t_j/|t_j|>   "cosine"
-    -mean_ij |e_i - t_j|^2  = 2 <mean e, mean t> - mean|e|^2 - mean|t|^2
-                                                               "sqeuclidean"
 
 so a trial costs one dot product, not 100. ``[U, D]`` embeddings (one per
 utterance) are scored the same way: ``"cosine"`` is the plain cosine.
@@ -20,15 +18,15 @@ import numpy as np
 
 from dampit.inference.embedding_store import EmbeddingStore, as_numpy
 
-__all__ = ["METHODS", "ScoringVectors", "cosine_scores", "score_trials"]
+__all__ = ["METHODS", "ScoringVectors", "cosine_scores"]
 
-METHODS = ("cosine", "dot", "sqeuclidean")
+METHODS = ("cosine", "dot")
 _CHUNK_BYTES = 2**26  # float64 work memory of one chunk
 
 
 class ScoringVectors:
-    """Utterances ready for scoring: ``score(i, j) = weight * scale[i] *
-    scale[j] * <vectors[i], vectors[j]> + offset[i] + offset[j]``.
+    """Utterances ready for scoring: ``score(i, j) = scale[i] * scale[j] *
+    <vectors[i], vectors[j]>``.
 
     Build it with :meth:`from_embeddings`; reuse it for several trial lists
     and for AS-norm (``dampit.metrics.asnorm``).
@@ -40,11 +38,9 @@ class ScoringVectors:
     [0.6]
     """
 
-    def __init__(self, vectors, method, weight=1, scale=1, offset=0, ids=None):
-        self.vectors, self.method = vectors, method
-        self.weight, self.ids = weight, ids
+    def __init__(self, vectors, method, scale=1, ids=None):
+        self.vectors, self.method, self.ids = vectors, method, ids
         self.scale = np.broadcast_to(scale, len(vectors))
-        self.offset = np.broadcast_to(offset, len(vectors))
 
     def __len__(self):
         """The number of utterances (scoring vectors)."""
@@ -60,7 +56,7 @@ class ScoringVectors:
         embeddings : array-like, torch.Tensor or EmbeddingStore
             Memory maps are read in chunks; ``[U, D]`` is not copied.
         method : str
-            ``"cosine"``, ``"dot"`` or ``"sqeuclidean"``.
+            ``"cosine"`` or ``"dot"``.
         chunk_size : int, optional
             Utterances per chunk (default: about 64 MB of work memory).
 
@@ -102,18 +98,8 @@ class ScoringVectors:
             elif crops:
                 vec[s : s + step] = c.mean(axis=1)
             sq[s : s + step] = q.mean(axis=1)
-        sqe = method == "sqeuclidean"
         scale = 1 / np.sqrt(sq) if method == "cosine" and not crops else 1
-        return cls(
-            vec, method, 2.0 if sqe else 1.0, scale, -sq if sqe else 0, ids
-        )
-
-    def _finish(self, dots, i, other, j, outer=False):
-        a = (lambda x: x[:, None]) if outer else (lambda x: x)
-        m = np.asarray(dots, dtype=np.float64) * self.weight
-        return m * a(self.scale[i]) * other.scale[j] + (
-            a(self.offset[i]) + other.offset[j]
-        )
+        return cls(vec, method, scale, ids)
 
     def score_pairs(self, enrol_idx, test_idx, chunk_size=None):
         """Scores of trials given as row indices (float64 [T], chunked).
@@ -144,7 +130,8 @@ class ScoringVectors:
             sel = order[s : s + step]
             a, b = self.vectors[ie[sel]], self.vectors[it[sel]]
             dots = np.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]
-            out[sel] = self._finish(dots, ie[sel], self, it[sel])
+            dots = np.asarray(dots, dtype=np.float64)
+            out[sel] = dots * self.scale[ie[sel]] * self.scale[it[sel]]
         return out
 
     def score_block(self, rows, other):
@@ -163,7 +150,8 @@ class ScoringVectors:
             raise ValueError(f"cannot score {a} vectors against {b} ones")
         rows = np.asarray(rows, dtype=np.int64)
         dots = self.vectors[rows] @ np.asarray(other.vectors).T
-        return self._finish(dots, rows, other, slice(None), outer=True)
+        dots = np.asarray(dots, dtype=np.float64)
+        return dots * self.scale[rows][:, None] * other.scale
 
 
 def _disk_array(shape, dtype):
@@ -172,42 +160,6 @@ def _disk_array(shape, dtype):
     means of Vox1-E (1.1 GB) must not take RAM."""
     with tempfile.TemporaryFile(prefix="dampit_vectors_") as f:
         return np.memmap(f, dtype, "w+", shape=shape)
-
-
-def score_trials(
-    embeddings, enrol_idx, test_idx, method="cosine", chunk_size=None
-):
-    """Scores of trials given as row indices.
-
-    Arguments
-    ---------
-    embeddings : array-like, torch.Tensor, EmbeddingStore or ScoringVectors
-        ``[U, D]`` (whole utterances), ``[U, n_crops, D]`` (the mean over
-        the crop pairs) or vectors already built for ``method``.
-    enrol_idx, test_idx : array-like of int
-        [T] rows of each side.
-    method : str
-        ``"cosine"``, ``"dot"`` or ``"sqeuclidean"``.
-    chunk_size : int, optional
-        Trials per chunk.
-
-    Returns
-    -------
-    numpy.ndarray
-        float64 [T].
-
-    Example
-    -------
-    >>> crops = [[[1.0, 0.0], [0.0, 1.0]], [[2.0, 2.0], [0.0, 2.0]]]
-    >>> score_trials(crops, [0], [1], "dot").tolist()  # (.5, .5).(1, 2)
-    [1.5]
-    """
-    sv = embeddings
-    if not isinstance(sv, ScoringVectors):
-        sv = ScoringVectors.from_embeddings(embeddings, method)
-    if sv.method != method:
-        raise ValueError(f"vectors built for {sv.method!r}, not {method!r}")
-    return sv.score_pairs(enrol_idx, test_idx, chunk_size)
 
 
 def cosine_scores(embeddings, enrol_idx, test_idx, chunk_size=None):
@@ -230,4 +182,5 @@ def cosine_scores(embeddings, enrol_idx, test_idx, chunk_size=None):
     emb = as_numpy(getattr(embeddings, "embeddings", embeddings))
     if emb.ndim == 3 and emb.shape[1] != 1:
         raise ValueError("cosine_scores takes [U, D] embeddings, not crops")
-    return score_trials(embeddings, enrol_idx, test_idx, "cosine", chunk_size)
+    sv = ScoringVectors.from_embeddings(embeddings, "cosine")
+    return sv.score_pairs(enrol_idx, test_idx, chunk_size)

@@ -9,7 +9,7 @@ import torch
 
 from dampit.inference.embedding_store import save_embeddings
 from dampit.metrics.asnorm import as_norm, cohort_statistics
-from dampit.metrics.scoring import ScoringVectors, score_trials
+from dampit.metrics.scoring import ScoringVectors
 
 
 def crop_pair_mean(a, b, method):
@@ -19,8 +19,8 @@ def crop_pair_mean(a, b, method):
         for y in b:
             if method == "cosine":
                 total += float(x @ y) / math.sqrt(float(x @ x) * float(y @ y))
-            else:  # sqeuclidean
-                total -= float((x - y) @ (x - y))
+            else:  # dot
+                total += float(x @ y)
     return total / (len(a) * len(b))
 
 
@@ -62,7 +62,7 @@ def data():
     return crops, cohort, trials
 
 
-@pytest.mark.parametrize("method", ["cosine", "sqeuclidean"])
+@pytest.mark.parametrize("method", ["cosine", "dot"])
 @pytest.mark.parametrize("top_k", [5, 15, None])
 def test_as_norm_equals_plain_loop(data, method, top_k):
     crops, cohort, trials = data
@@ -137,24 +137,23 @@ def test_as_norm_errors(data):
         ValueError, match=r"row 0: its top-3 .*\(standard deviation 0\)"
     ):
         as_norm([0.1], [0], [1], two, flat)
-    sq = ScoringVectors.from_embeddings(cohort, "sqeuclidean")
+    dot = ScoringVectors.from_embeddings(cohort, "dot")
     with pytest.raises(
-        ValueError,
-        match=r"cannot score cosine \[8\] vectors against sqeuclidean",
+        ValueError, match=r"cannot score cosine \[8\] vectors against dot"
     ):
-        as_norm([0.1], [0], [1], sv, sq)
+        as_norm([0.1], [0], [1], sv, dot)
 
 
 def test_as_norm_accepts_raw_embeddings(data):
     crops, cohort, trials = data
     ie, it = np.array(trials).T
     ref = loop_asnorm(crops, cohort, trials, "cosine", 5)
-    raw = score_trials(crops, ie, it, "cosine")
+    raw = ScoringVectors.from_embeddings(crops, "cosine").score_pairs(ie, it)
     # Crop embeddings and the cohort's crop embeddings, cosine by default.
     got = as_norm(raw, ie, it, crops, cohort, top_k=5)
     np.testing.assert_allclose(got, ref, rtol=1e-10, atol=ATOL64)
-    ref_sq = loop_asnorm(crops, cohort, trials, "sqeuclidean", 5)
-    sv = ScoringVectors.from_embeddings(crops, "sqeuclidean")
-    raw_sq = sv.score_pairs(ie, it)
-    got = as_norm(raw_sq, ie, it, sv, cohort, top_k=5)
-    np.testing.assert_allclose(got, ref_sq, rtol=1e-10, atol=ATOL64)
+    # Raw cohort embeddings are scored by the vectors' method.
+    ref_dot = loop_asnorm(crops, cohort, trials, "dot", 5)
+    sv = ScoringVectors.from_embeddings(crops, "dot")
+    got = as_norm(sv.score_pairs(ie, it), ie, it, sv, cohort, top_k=5)
+    np.testing.assert_allclose(got, ref_dot, rtol=1e-10, atol=ATOL64)

@@ -11,7 +11,7 @@ import torch
 
 from dampit.dataio.trials import read_trial_indices
 from dampit.inference.embedding_store import save_embeddings
-from dampit.metrics.scoring import ScoringVectors, cosine_scores, score_trials
+from dampit.metrics.scoring import ScoringVectors, cosine_scores
 
 
 def score_atol(x, eps=1e-12):
@@ -19,8 +19,7 @@ def score_atol(x, eps=1e-12):
 
     Rounding of a D-term sum of products is a few ulps of D * m^2 (about
     1e-12 * D * m^2 in float64, ``eps=1e-6`` for float32 stores), whatever
-    the BLAS' summation order; a score near 0 (a self-trial under
-    ``sqeuclidean``) only has this absolute error.
+    the BLAS' summation order; a score near 0 only has this absolute error.
     """
     x = np.asarray(x, dtype=np.float64)
     return eps * x.shape[-1] * float(np.abs(x).max()) ** 2
@@ -31,11 +30,15 @@ def pair_score(a, b, method):
     dot = sum(x * y for x, y in zip(a, b))
     if method == "dot":
         return dot
-    if method == "cosine":
-        na = math.sqrt(sum(x * x for x in a))
-        nb = math.sqrt(sum(y * y for y in b))
-        return dot / (na * nb)
-    return -sum((x - y) ** 2 for x, y in zip(a, b))
+    na = math.sqrt(sum(x * x for x in a))
+    nb = math.sqrt(sum(y * y for y in b))
+    return dot / (na * nb)
+
+
+def score(embeddings, ie, it, method="cosine", chunk_size=None):
+    """Scores of trials by :class:`ScoringVectors`."""
+    sv = ScoringVectors.from_embeddings(embeddings, method)
+    return sv.score_pairs(ie, it, chunk_size)
 
 
 def naive_trial_score(crops_e, crops_t, method):
@@ -58,22 +61,22 @@ def crops():
 def trials():
     rng = np.random.default_rng(1)
     ie, it = rng.integers(0, 12, size=40), rng.integers(0, 12, size=40)
-    it[:3] = ie[:3]  # self-trials: sqeuclidean score 0
+    it[:3] = ie[:3]  # self-trials
     return ie, it
 
 
-@pytest.mark.parametrize("method", ["dot", "cosine", "sqeuclidean"])
+@pytest.mark.parametrize("method", ["dot", "cosine"])
 def test_closed_form_equals_naive_100_pair_loop(crops, trials, method):
     ie, it = trials
     ref = [
         naive_trial_score(crops[e], crops[t], method) for e, t in zip(ie, it)
     ]
     tol = {"rtol": 1e-12, "atol": score_atol(crops)}
-    np.testing.assert_allclose(score_trials(crops, ie, it, method), ref, **tol)
-    got = score_trials(torch.from_numpy(crops), ie, it, method, chunk_size=3)
+    np.testing.assert_allclose(score(crops, ie, it, method), ref, **tol)
+    got = score(torch.from_numpy(crops), ie, it, method, chunk_size=3)
     np.testing.assert_allclose(got, ref, **tol)
     sv = ScoringVectors.from_embeddings(crops, method, chunk_size=5)
-    np.testing.assert_allclose(score_trials(sv, ie, it, method), ref, **tol)
+    np.testing.assert_allclose(sv.score_pairs(ie, it), ref, **tol)
     sv32 = ScoringVectors.from_embeddings(crops.astype(np.float32), method)
     assert sv32.vectors.dtype == np.float32
     np.testing.assert_allclose(
@@ -99,7 +102,7 @@ def test_crop_means_live_in_a_temporary_file_left_nowhere(
     )
 
 
-@pytest.mark.parametrize("method", ["dot", "cosine", "sqeuclidean"])
+@pytest.mark.parametrize("method", ["dot", "cosine"])
 def test_single_embeddings_full_utterance_scores(method):
     rng = np.random.default_rng(2)
     emb = rng.normal(size=(9, 16))
@@ -113,7 +116,7 @@ def test_single_embeddings_full_utterance_scores(method):
     # SpeechBrain's [U, 1, D] and a torch tensor give the same.
     t = torch.from_numpy(emb)[:, None]
     np.testing.assert_allclose(
-        score_trials(t, ie, it, method, chunk_size=4), ref, **tol
+        score(t, ie, it, method, chunk_size=4), ref, **tol
     )
 
 
@@ -131,29 +134,32 @@ def test_cosine_scores_are_torch_cosine_similarity():
 
 def test_chunking_does_not_change_scores(crops, trials):
     ie, it = trials
-    ref = score_trials(crops, ie, it, "sqeuclidean")
-    for chunk in (1, 3, 1000):
-        sv = ScoringVectors.from_embeddings(crops, "sqeuclidean", chunk)
-        np.testing.assert_array_equal(sv.score_pairs(ie, it, chunk), ref)
+    for method in ("dot", "cosine"):
+        ref = score(crops, ie, it, method)
+        for chunk in (1, 3, 1000):
+            sv = ScoringVectors.from_embeddings(crops, method, chunk)
+            np.testing.assert_array_equal(sv.score_pairs(ie, it, chunk), ref)
 
 
 def test_score_block_matches_loop(crops):
-    sv = ScoringVectors.from_embeddings(crops[:5], "sqeuclidean")
-    other = ScoringVectors.from_embeddings(crops[5:], "sqeuclidean")
-    block = sv.score_block([0, 3], other)
-    assert block.shape == (2, 7)
-    for r, row in enumerate([0, 3]):
-        ref = [
-            naive_trial_score(crops[row], crops[5 + j], "sqeuclidean")
-            for j in range(7)
-        ]
-        np.testing.assert_allclose(
-            block[r], ref, rtol=1e-12, atol=score_atol(crops)
-        )
+    # Crops and whole utterances ([U, D]: cosine by its scale).
+    for emb in (crops, crops[:, :1]):
+        sv = ScoringVectors.from_embeddings(emb[:5], "cosine")
+        other = ScoringVectors.from_embeddings(emb[5:], "cosine")
+        block = sv.score_block([0, 3], other)
+        assert block.shape == (2, 7)
+        for r, row in enumerate([0, 3]):
+            ref = [
+                naive_trial_score(emb[row], emb[5 + j], "cosine")
+                for j in range(7)
+            ]
+            np.testing.assert_allclose(
+                block[r], ref, rtol=1e-12, atol=score_atol(emb)
+            )
     dot = ScoringVectors.from_embeddings(crops, "dot")
     with pytest.raises(
         ValueError,
-        match=r"cannot score sqeuclidean \[16\] vectors against dot \[16\]",
+        match=r"cannot score cosine \[16\] vectors against dot \[16\]",
     ):
         sv.score_block([0], dot)
 
@@ -165,36 +171,33 @@ def test_store_scoring_names_bad_utterances(tmp_path, crops, trials):
     c32 = crops.astype(np.float32)
     ref = [naive_trial_score(c32[e], c32[t], "cosine") for e, t in zip(ie, it)]
     np.testing.assert_allclose(
-        score_trials(store, ie, it, "cosine"), ref, rtol=1e-5, atol=1e-6
+        score(store, ie, it, "cosine"), ref, rtol=1e-5, atol=1e-6
     )
     c = crops.copy()
     c[4, 2] = 0.0
     bad = save_embeddings(tmp_path / "z", ids, c)
     with pytest.raises(ValueError, match="utterance u4, crop 2"):
-        score_trials(bad, ie, it, "cosine")
-    score_trials(bad, ie, it, "dot")  # an all-zero crop is fine for dot
+        score(bad, ie, it, "cosine")
+    score(bad, ie, it, "dot")  # an all-zero crop is fine for dot
     c[1, 0, 0] = np.inf
     with pytest.raises(ValueError, match="utterance 1, crop 0"):
-        score_trials(c, ie, it, "dot")
+        score(c, ie, it, "dot")
 
 
 def test_errors(crops):
     with pytest.raises(ValueError, match="method must be one of"):
-        score_trials(crops, [0], [1], "euclidean")
+        score(crops, [0], [1], "sqeuclidean")
     with pytest.raises(ValueError, match=r"\[U, D\] or \[U, n_crops, D\]"):
-        score_trials(np.ones(3), [0], [1])
+        score(np.ones(3), [0], [1])
     with pytest.raises(IndexError, match="trial 2: test row 12 is not"):
-        score_trials(crops, [0, 1], [1, 12])
+        score(crops, [0, 1], [1, 12])
     with pytest.raises(ValueError, match="2 enrol but 1 test"):
-        score_trials(crops, [0, 1], [1])
-    sv = ScoringVectors.from_embeddings(crops, "dot")
-    with pytest.raises(ValueError, match="built for 'dot', not 'cosine'"):
-        score_trials(sv, [0], [1], "cosine")
+        score(crops, [0, 1], [1])
 
 
 def test_half_precision_and_integer_inputs():
     emb = torch.randn(4, 3, 8)
-    ref = score_trials(emb.double(), [0, 1], [2, 3])
+    ref = score(emb.double(), [0, 1], [2, 3])
     for x in (emb.bfloat16(), emb.half()):
         sv = ScoringVectors.from_embeddings(x, "cosine")
         assert sv.vectors.dtype == np.float32
@@ -203,20 +206,19 @@ def test_half_precision_and_integer_inputs():
             sv.score_pairs([0, 1], [2, 3]), ref, atol=2e-2
         )
     ints = np.arange(6).reshape(2, 3)
-    assert score_trials(ints, [0], [1], "dot").tolist() == [14.0]
+    assert score(ints, [0], [1], "dot").tolist() == [14.0]
 
 
 def test_hand_worked_crop_pair_means():
     # Crops (3, 4), (0, 2) against (1, 1): dots 7 and 2, cosines
-    # 7 / (5 sqrt 2) and 2 / (2 sqrt 2), squared distances 13 and 2.
+    # 7 / (5 sqrt 2) and 2 / (2 sqrt 2).
     crops = [[[3.0, 4.0], [0.0, 2.0]], [[1.0, 1.0], [1.0, 1.0]]]
     want = {
         "dot": 4.5,
         "cosine": (7 / (5 * math.sqrt(2)) + 1 / math.sqrt(2)) / 2,
-        "sqeuclidean": -7.5,
     }
     for method, ref in want.items():
-        got = score_trials(crops, [0], [1], method)
+        got = score(crops, [0], [1], method)
         np.testing.assert_allclose(got, [ref], rtol=1e-15, atol=1e-14)
 
 
@@ -231,7 +233,7 @@ def test_trial_file_to_store_scores(tmp_path, crops):
     assert labels.tolist() == [(a + b) % 2 for a, b in rows]
     ref = [naive_trial_score(crops[a], crops[b], "dot") for a, b in rows]
     np.testing.assert_allclose(
-        score_trials(store, ie, it, "dot"),
+        score(store, ie, it, "dot"),
         ref,
         rtol=1e-12,
         atol=score_atol(crops),
