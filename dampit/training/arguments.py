@@ -4,15 +4,18 @@
 resolved hyperparameters (command-line overrides included), that K >= 2
 when a pair-based loss term is on, that the paths of :data:`PATHS`
 exist, and turns a scalar given for a key of :data:`LISTS`
-(``--speed_speakers=90``) into a one-element list; anything else is one
-line naming the key.
+(``--speed_speakers=90``) into a one-element list (a speed of 100, the
+original, is refused); anything else is one line naming the key. A
+``fold`` beyond ``n_folds`` is refused by the data preparation
+(:func:`dampit.dataio.prepare_folder.prepare_folder`), before it reads
+the data.
 """
 
 import os
 
 from dampit.utils.bounds import INT, OR_NULL, REAL, TEXT, describe, within
 
-__all__ = ["BOUNDS", "LISTS", "ArgumentError", "check_values", "speed_list"]
+__all__ = ["BOUNDS", "LISTS", "ArgumentError", "check_values"]
 
 #: key -> (kind, lower, upper), as :mod:`dampit.utils.bounds` reads them.
 BOUNDS = {
@@ -63,26 +66,6 @@ class ArgumentError(ValueError):
     """A recipe value out of bounds; one line naming the key."""
 
 
-def speed_list(value):
-    """``speed_speakers`` as a list of percentages other than 100.
-
-    Example
-    -------
-    >>> speed_list(90), speed_list([90, 110]), speed_list(None)
-    ([90], [90, 110], [])
-    """
-    items = [] if value is None else value
-    items = list(items) if isinstance(items, (list, tuple)) else [items]
-    kind, lower, upper = LISTS["speed_speakers"]
-    for s in items:
-        if not within(kind, s, lower, upper) or s == 100:
-            raise ArgumentError(
-                f"speed_speakers={value}: {s!r} is not a percentage in "
-                f"{lower}..{upper} other than 100"
-            )
-    return [int(s) for s in items]
-
-
 def check_values(hp, where):
     """Check ``hp``'s keys of :data:`BOUNDS` and :data:`LISTS` in place
     (a scalar of a list key becomes a list); ``where`` names the file.
@@ -102,11 +85,6 @@ def check_values(hp, where):
         if key in hp and not within(kind, hp[key], lower, upper):
             what = describe(kind, lower, upper)
             raise ArgumentError(f"{where}: {key}={hp[key]!r} is not {what}")
-    folds = hp.get("n_folds")
-    if isinstance(folds, int) and hp.get("fold", 0) >= folds:
-        raise ArgumentError(
-            f"{where}: fold={hp['fold']} is not in 0..n_folds-1 ({folds})"
-        )
     pairs = [k for k in PAIR_TERMS if hp.get(k)]
     if pairs and hp.get("K", 2) < 2:
         raise ArgumentError(
@@ -118,16 +96,17 @@ def check_values(hp, where):
         is_kind = os.path.isfile if kind == "file" else os.path.isdir
         if path is not None and not (isinstance(path, str) and is_kind(path)):
             raise ArgumentError(f"{where}: {key}={path}: no such {kind}")
-    if "speed_speakers" in hp:
-        hp["speed_speakers"] = speed_list(hp["speed_speakers"])
     for key, (kind, lower, upper) in LISTS.items():
         value = hp.get(key)
-        if key == "speed_speakers" or key not in hp or value is None:
+        if value is None:
             continue
         items = list(value) if isinstance(value, (list, tuple)) else [value]
+        what = describe(kind, lower, upper)
+        speeds = key == "speed_speakers"  # 100: the original, always used
+        if speeds:
+            what += " other than 100"
         for item in items:
-            if not within(kind, item, lower, upper):
-                what = describe(kind, lower, upper)
+            if not within(kind, item, lower, upper) or (speeds and item == 100):
                 raise ArgumentError(
                     f"{where}: {key}={value!r}: {item!r} is not {what}"
                 )

@@ -35,7 +35,6 @@ from dampit.dataio.crops import eval_crops, repeat_to_length
 from dampit.dataio.sampler import PKSampler
 from dampit.inference.api import SPEC_FILE, ModelFolderError, load_model
 from dampit.lobes.resnet import load_torchvision_weights
-from dampit.training.arguments import speed_list
 from dampit.training.embedding_health import EmbeddingHealth
 from dampit.training.run_setup import RecipeError, run_script, start_run
 from dampit.training.validation import validation_eer
@@ -180,7 +179,7 @@ def dataio_prep(hparams, data):
     process reads no audio); validation items one centred crop.
     """
     sr, crop = int(hparams["sample_rate"]), int(hparams["crop_samples"])
-    speeds = speed_list(hparams.get("speed_speakers"))
+    speeds = hparams["speed_speakers"] or []  # checked by start_run
     resample = {s: Resample(orig_freq=s, new_freq=100) for s in speeds}
     augment = hparams.get("augment")
 

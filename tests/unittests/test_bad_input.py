@@ -293,6 +293,7 @@ def _datasets(recipe_train, tmp_path, train_rows, dev_rows, crop=16000, **hp):
         "crop_samples": crop,
         "data_folder": str(tmp_path),
         "save_folder": str(tmp_path / "save"),
+        "speed_speakers": [],
         **hp,
     }
     os.makedirs(hparams["save_folder"], exist_ok=True)
@@ -378,8 +379,6 @@ def test_speed_speakers_are_new_speakers_at_the_new_pitch(
         peak = np.argmax(np.abs(np.fft.rfft(sig * np.hanning(16000))))
         assert abs(peak - 10 * speed) <= 1, (speed, peak)  # 1 Hz bins
         assert enc.decode_ndim(train[item]["spk_id_encoded"][0]) == f"s{k}{tag}"
-    with pytest.raises(ValueError, match=r"speed_speakers=\[90, 100\]: 100"):
-        _datasets(recipe_train, tmp_path, rows, rows, speed_speakers=[90, 100])
 
 
 # ---------------------------------------------------- degenerate losses

@@ -47,7 +47,8 @@ def _hp(tmp_path, **values):
         ("batches_per_epoch", 0, "batches_per_epoch=0 is not an integer"),
         ("average_checkpoints", 0, "average_checkpoints=0 is not an"),
         ("num_workers", -1, "num_workers=-1 is not an integer"),
-        ("speed_speakers", "abc", "speed_speakers=abc: 'abc' is not a"),
+        ("speed_speakers", "abc", "speed_speakers='abc': 'abc' is not an"),
+        ("speed_speakers", 40, "40 is not an integer in [50, 200] other"),
         ("speed_speakers", [90, 100], "speed_speakers=[90, 100]: 100 is"),
         ("trial_lists", [3], "trial_lists=[3]: 3 is not text"),
         ("torchvision_init", "/nonexistent.pth", "no such file"),
@@ -63,9 +64,16 @@ def test_bad_value_is_one_line_naming_the_key(key, value, message, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_fold_beyond_n_folds(tmp_path):
-    with pytest.raises(ValueError, match="fold=5 is not in 0..n_folds-1"):
-        check_arguments(_hp(tmp_path, n_folds=5, fold=5), "mini.yaml")
+def test_fold_beyond_n_folds_is_refused_before_reading_the_data(tmp_path):
+    """start_run with mini.yaml (data_layout folder): the data preparation
+    refuses the fold in one line before it reads or writes anything."""
+    data, out = tmp_path / "data", tmp_path / "r"
+    data.mkdir()
+    argv = [str(MINI), f"--data_folder={data}", f"--output_folder={out}"]
+    with pytest.raises(ValueError) as err:
+        start_run([*argv, "--n_folds=5", "--fold=5"])
+    assert str(err.value) == f"{data}: fold=5 must be in 0..n_folds-1 (5)"
+    assert not (out / "prepared").exists()
 
 
 @pytest.mark.parametrize(
@@ -73,7 +81,7 @@ def test_fold_beyond_n_folds(tmp_path):
     [
         ("speed_speakers", 90, [90]),
         ("speed_speakers", [90, 110], [90, 110]),
-        ("speed_speakers", None, []),
+        ("speed_speakers", None, None),
         ("trial_lists", "veri_test.txt", ["veri_test.txt"]),
         ("train_sets", "vox2", ["vox2"]),
         ("init_modules", "embedding_model", ["embedding_model"]),
