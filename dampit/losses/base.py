@@ -114,28 +114,34 @@ def _flatten(predictions, targets, name):
         targets, torch.Tensor
     ):
         raise TypeError(f"{name}: predictions and targets must be tensors")
-    emb, labels = predictions, targets
+    emb = predictions
     if emb.dim() == 3 and emb.shape[1] == 1:
         emb = emb.squeeze(1)
-    if labels.dim() == 2 and labels.shape[1] == 1:
-        labels = labels.squeeze(1)
     if emb.dim() != 2 or not emb.is_floating_point():
         raise ValueError(
             f"{name}: predictions must be float [B, D] or [B, 1, D], got "
             f"{emb.dtype} of shape {list(predictions.shape)}"
         )
-    if (
-        labels.dim() != 1
-        or labels.is_floating_point()
-        or labels.is_complex()
-        or len(labels) != len(emb)
-    ):
-        raise ValueError(
-            f"{name}: targets must be {len(emb)} integer labels [B] or "
-            f"[B, 1], got {labels.dtype} of shape {list(targets.shape)}"
-        )
+    what = f"{name}: targets must be {len(emb)} integer labels"
+    labels = _integer_rows(targets, len(emb), what)
     emb = emb if emb.dtype == torch.float64 else emb.float()
     return emb, labels.to(emb.device, torch.long)
+
+
+def _integer_rows(x, n, what):
+    """``x`` (``n`` integers, ``[B]`` or ``[B, 1]``) as ``[B]``, or a
+    ValueError: ``what``, then the shapes accepted and ``x``'s."""
+    rows = x.squeeze(1) if x.dim() == 2 and x.shape[1] == 1 else x
+    if (
+        rows.dim() != 1
+        or rows.is_floating_point()
+        or rows.is_complex()
+        or len(rows) != n
+    ):
+        raise ValueError(
+            f"{what} [B] or [B, 1], got {x.dtype} of shape {list(x.shape)}"
+        )
+    return rows
 
 
 def check_sources(sources, labels, name):
@@ -152,19 +158,8 @@ def check_sources(sources, labels, name):
         return torch.arange(len(labels), device=labels.device)
     if not isinstance(sources, torch.Tensor):
         raise TypeError(f"{name}: sources must be a tensor")
-    src = sources
-    if src.dim() == 2 and src.shape[1] == 1:
-        src = src.squeeze(1)
-    if (
-        src.dim() != 1
-        or src.is_floating_point()
-        or src.is_complex()
-        or len(src) != len(labels)
-    ):
-        raise ValueError(
-            f"{name}: sources must be {len(labels)} integers [B] or [B, 1], "
-            f"got {sources.dtype} of shape {list(sources.shape)}"
-        )
+    what = f"{name}: sources must be {len(labels)} integers"
+    src = _integer_rows(sources, len(labels), what)
     src = src.to(labels.device, torch.long)
     one_source = src.unsqueeze(0) == src.unsqueeze(1)
     if (one_source & (labels.unsqueeze(0) != labels.unsqueeze(1))).any():
