@@ -48,9 +48,6 @@ def average_weights(checkpoints, name):
     >>> average_weights(ckpt.list_checkpoints(), "bn")["num_batches_tracked"]
     tensor(3)
     """
-    checkpoints = list(checkpoints)
-    if not checkpoints:
-        raise ValueError("no checkpoints to average")
     for ckpt in checkpoints:
         if name not in ckpt.paramfiles:
             raise KeyError(f"checkpoint {ckpt.path} has no '{name}' file")
@@ -60,9 +57,9 @@ def average_weights(checkpoints, name):
 
 
 def select_test_checkpoints(checkpointer, n, min_key="EER"):
-    """The checkpoints a run is tested with, newest first: ``n == 1``, the
-    lowest ``min_key`` (else the newest); ``n > 1``, the ``n`` newest that
-    record ``min_key`` (end-of-epoch ones; fewer: a warning).
+    """The checkpoints averaged for the test (``n`` > 1, ``n == 1`` is
+    the recipe's best checkpoint): the ``n`` newest that record
+    ``min_key`` (end-of-epoch ones; fewer: a warning), newest first.
 
     Example
     -------
@@ -72,16 +69,9 @@ def select_test_checkpoints(checkpointer, n, min_key="EER"):
     >>> for eer in (0.3, 0.1, 0.2):
     ...     _ = ckpt.save_checkpoint(meta={"EER": eer})
     >>> _ = ckpt.save_checkpoint(meta={"intra": True})  # no EER: skipped
-    >>> [[c.meta["EER"] for c in select_test_checkpoints(ckpt, n)]
-    ...  for n in (1, 2)]
-    [[0.1], [0.2, 0.1]]
+    >>> [c.meta["EER"] for c in select_test_checkpoints(ckpt, 2)]
+    [0.2, 0.1]
     """
-    if int(n) < 1:
-        raise ValueError(f"average_checkpoints must be >= 1, got {n}")
-    if int(n) == 1:
-        best = checkpointer.find_checkpoint(min_key=min_key)
-        best = best or checkpointer.find_checkpoint()
-        return [best] if best is not None else []
     found = checkpointer.find_checkpoints(
         ckpt_predicate=lambda c: min_key in c.meta,
         max_num_checkpoints=int(n),

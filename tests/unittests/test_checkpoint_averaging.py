@@ -77,7 +77,7 @@ def saved(mini_brain):
 
 def test_average_equals_a_loop_over_the_saved_states(saved):
     hp, states = saved
-    for n in (2, 3, 4):  # (n = 1 tests the best one: see below)
+    for n in (2, 3, 4):  # (n = 1 tests the best one: load_test_weights)
         ckpts = select_test_checkpoints(hp["checkpointer"], n)
         assert [c.meta["EER"] for c in ckpts] == [20.0, 25.0, 10.0, 30.0][:n]
         got = average_weights(ckpts, "embedding_model")
@@ -93,8 +93,6 @@ def test_average_equals_a_loop_over_the_saved_states(saved):
 def test_selection_for_the_test(saved, caplog):
     hp, _ = saved
     ckpt = hp["checkpointer"]
-    # n == 1: the lowest validation EER, as the paper's recipe.
-    assert [c.meta["EER"] for c in select_test_checkpoints(ckpt, 1)] == [10.0]
     assert [c.meta["EER"] for c in select_test_checkpoints(ckpt, 3)] == [
         20.0,
         25.0,
@@ -110,8 +108,6 @@ def test_selection_for_the_test(saved, caplog):
         found = select_test_checkpoints(ckpt, 9)
     assert len(found) == 4
     assert "average_checkpoints=9" in caplog.text
-    with pytest.raises(ValueError, match="average_checkpoints must be >= 1"):
-        select_test_checkpoints(ckpt, 0)
 
 
 def test_missing_recoverable_names_the_checkpoint(saved):
@@ -119,8 +115,6 @@ def test_missing_recoverable_names_the_checkpoint(saved):
     ckpts = select_test_checkpoints(hp["checkpointer"], 2)
     with pytest.raises(KeyError, match=re.escape(ckpts[0].path.name)):
         average_weights(ckpts, "no_such_module")
-    with pytest.raises(ValueError, match="no checkpoints"):
-        average_weights([], "embedding_model")
 
 
 def test_training_keeps_the_best_and_the_last_n(mini_brain):
