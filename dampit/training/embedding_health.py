@@ -5,8 +5,8 @@ the loss stops falling and the EER goes to 50 %. :class:`EmbeddingHealth`
 averages, over an epoch's batches, the mean cosine of same-speaker and of
 different-speaker pairs and the mean and standard deviation of the
 embedding norms, and warns once per epoch when the embeddings have
-collapsed: different speakers' mean cosine at least ``max_cos_diff``
-(all directions alike) or a mean norm under ``min_norm``.
+collapsed: different speakers' mean cosine at least :data:`MAX_COS_DIFF`
+(all directions alike) or a mean norm under :data:`MIN_NORM`.
 """
 
 import logging
@@ -20,6 +20,10 @@ from dampit.losses.base import NORM_EPS
 logger = logging.getLogger(__name__)
 
 STATS = ("cos_same", "cos_diff", "norm_mean", "norm_std")
+#: A collapse: different speakers' mean cosine at least this ...
+MAX_COS_DIFF = 0.99
+#: ... or a mean embedding norm below this.
+MIN_NORM = 1e-6
 
 
 def batch_health(emb, labels):
@@ -69,25 +73,16 @@ def _mean(values):
 class EmbeddingHealth:
     """Epoch means of :func:`batch_health` and the collapse warning.
 
-    Arguments
-    ---------
-    max_cos_diff : float
-        Warn when different speakers' mean cosine reaches this.
-    min_norm : float
-        Warn when the mean embedding norm is below this.
-
     Example
     -------
     >>> health = EmbeddingHealth()
     >>> health.update(torch.ones(4, 3), torch.tensor([0, 0, 1, 1]))
     >>> stats = health.summarize(epoch=1)  # logs the collapse warning
-    >>> round(stats["cos_diff"], 4), health.collapsed(stats)
-    (1.0, True)
+    >>> round(stats["cos_diff"], 4), stats["norm_mean"]
+    (1.0, 1.732...)
     """
 
-    def __init__(self, max_cos_diff=0.99, min_norm=1e-6):
-        self.max_cos_diff = float(max_cos_diff)
-        self.min_norm = float(min_norm)
+    def __init__(self):
         self.sums, self.counts = {}, {}
 
     def update(self, emb, labels):
@@ -96,12 +91,6 @@ class EmbeddingHealth:
             if not math.isnan(value):
                 self.sums[name] = self.sums.get(name, 0.0) + value
                 self.counts[name] = self.counts.get(name, 0) + 1
-
-    def collapsed(self, stats):
-        """Whether the statistics of :meth:`summarize` show a collapse."""
-        return stats["cos_diff"] >= self.max_cos_diff or (
-            stats["norm_mean"] < self.min_norm
-        )
 
     def summarize(self, epoch):
         """The epoch's mean statistics (NaN when never seen); warns once
@@ -113,7 +102,8 @@ class EmbeddingHealth:
                 self.sums.get(name, 0.0) / count if count else math.nan
             )
         self.sums, self.counts = {}, {}
-        if self.collapsed(stats):
+        # NaN (no batch) compares False: no warning.
+        if stats["cos_diff"] >= MAX_COS_DIFF or stats["norm_mean"] < MIN_NORM:
             logger.warning(
                 "epoch %s: the training embeddings have collapsed (mean "
                 "cosine of different speakers %.4f, of the same speaker "

@@ -83,3 +83,11 @@ def test_zero_embeddings_are_a_collapse(caplog):
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         stats = health.summarize(epoch=3)
     assert stats["norm_mean"] == 0.0 and len(caplog.records) == 1
+
+
+def test_an_epoch_without_batches_is_nan_and_no_warning(caplog):
+    health = EmbeddingHealth()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        stats = health.summarize(epoch=1)
+    assert all(math.isnan(stats[name]) for name in stats) and len(stats) == 4
+    assert not caplog.records
