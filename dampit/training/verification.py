@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from dampit.dataio.audio import load_audio
 from dampit.dataio.crops import crop_views
-from dampit.dataio.trials import TrialListError, read_trials
+from dampit.dataio.trials import read_trials
 from dampit.inference.embedding_store import (
     EmbeddingStore,
     EmbeddingStoreWriter,
@@ -125,7 +125,8 @@ def embed(embed_fn, loader, hop_length, device, stores=None, progress=True):
 
     def add(k, emb):
         if stores is None:
-            return rows[k].append(emb)
+            rows[k].append(emb)
+            return
         if writers[k] is None:
             n, shape = len(loader.dataset), emb.shape[1:]
             writers[k] = EmbeddingStoreWriter(stores[k], n, shape)
@@ -163,9 +164,10 @@ def embed(embed_fn, loader, hop_length, device, stores=None, progress=True):
 
 def verify(embed_fn, hparams, data, device, progress=True):
     """Embed the test set of ``data`` (:func:`~dampit.training.run_setup.
-    prepare_data`) with ``embed_fn(wavs, lens) -> [B, 1, D]`` (evaluation
-    mode), score every trial list, write the reports and ``summary.json``;
-    return ``{"<list>/<scoring>": metrics}``."""
+    prepare_data`, its trial lists checked by ``check_trials``) with
+    ``embed_fn(wavs, lens) -> [B, 1, D]`` (evaluation mode), score every
+    trial list, write the reports and ``summary.json``; return
+    ``{"<list>/<scoring>": metrics}``."""
     out = os.path.join(hparams["output_folder"], "verification")
     trial_sets = {
         name: read_trials(path) for name, path in data["trials"].items()
@@ -176,12 +178,6 @@ def verify(embed_fn, hparams, data, device, progress=True):
     loader = utterance_loader(hparams, data["test"], needed, n_crops)
     stores = [os.path.join(out, f"embeddings_{k}") for k in ("full", "crops")]
     ids, full, crops = embed(embed_fn, loader, hop, device, stores, progress)
-    missing = sorted(needed - set(ids))
-    if missing:  # start_run's check_trials refuses them before training
-        raise TrialListError(
-            f"{data['test']}: the trial lists name utterances not in it: "
-            f"{', '.join(missing[:3])}"
-        )
     full = ScoringVectors.from_embeddings(full, "cosine")
     crops = {
         m: ScoringVectors.from_embeddings(crops, m) for m in ("dot", "cosine")
