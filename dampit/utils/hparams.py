@@ -40,7 +40,7 @@ def _load_yaml(loader, text, where):
 def resolve_variant(hparams_file, overrides=None):
     """``(base_file, merged)``: the HyperPyYAML file at the end of the
     ``extends:`` chain, and the overrides to load it with (the variants'
-    keys, outermost last, then ``overrides``: a YAML string or a dict).
+    keys, outermost last, then the dict ``overrides``).
 
     Example
     -------
@@ -49,7 +49,7 @@ def resolve_variant(hparams_file, overrides=None):
     >>> _ = open(os.path.join(d, "base.yaml"), "w").write("a: 1\\nb: 2\\n")
     >>> _ = open(os.path.join(d, "v.yaml"), "w").write(
     ...     "extends: base.yaml\\na: !ref <b>\\n")
-    >>> base, merged = resolve_variant(os.path.join(d, "v.yaml"), "b: 3")
+    >>> base, merged = resolve_variant(os.path.join(d, "v.yaml"), {"b": 3})
     >>> os.path.basename(base), merged["a"].tag.value, merged["b"]
     ('base.yaml', '!ref', 3)
     """
@@ -82,10 +82,6 @@ def resolve_variant(hparams_file, overrides=None):
     merged = {}
     for variant in reversed(chain):
         recursive_update(merged, variant)
-    if isinstance(overrides, str):
-        overrides = _load_yaml(loader, overrides, "command-line overrides")
-    if overrides is not None and not isinstance(overrides, dict):
-        raise VariantError(f"command-line overrides: {overrides!r}")
     recursive_update(merged, overrides or {})
     return current, merged
 

@@ -137,13 +137,6 @@ def test_variant_with_a_yaml_syntax_error_names_file_and_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_override_with_a_yaml_syntax_error(tmp_path):
-    with pytest.raises(
-        ValueError, match="^command-line overrides:2: not valid"
-    ):
-        resolve_variant(MINI, "lr: [0.1\n")
-
-
 def test_base_with_a_yaml_syntax_error(tmp_path):
     """The file at the end of the chain is read by start_run."""
     _write(tmp_path / "base.yaml", "lr: [0.1\nP: 16\n")
