@@ -28,6 +28,7 @@ __all__ = [
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_text",
+    "fsync",
     "recover_folder",
     "remove_stale_files",
 ]
@@ -130,8 +131,7 @@ def atomic_path(path):
         os.close(fd)
         try:
             yield tmp
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+            fsync(tmp)
             os.chmod(tmp, _umask_mode(0o666))
             os.replace(tmp, path)
         except BaseException:
@@ -195,8 +195,13 @@ def atomic_torch_save(obj, path):
         torch.save(obj, tmp)
 
 
-def _fsync(path):
-    """fsync a file or folder."""
+def fsync(path):
+    """fsync a file or folder: its data (a folder: its entries) on disk.
+
+    Example
+    -------
+    >>> fsync(tempfile.mkdtemp())
+    """
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -318,13 +323,13 @@ def atomic_folder(target, overwrite=False, holds=()):
             yield tmp
             for base, _, files in os.walk(tmp):
                 for file in files:
-                    _fsync(os.path.join(base, file))
-            _fsync(tmp)
+                    fsync(os.path.join(base, file))
+            fsync(tmp)
             os.chmod(tmp, _umask_mode(0o777))
             if os.path.exists(target):
                 os.rename(target, old)
             os.rename(tmp, target)  # the commit point
-            _fsync(parent)
+            fsync(parent)
             shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             if os.path.isdir(old) and not os.path.lexists(target):

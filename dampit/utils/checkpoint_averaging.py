@@ -10,13 +10,10 @@ import itertools
 import logging
 
 import speechbrain.utils.checkpoints as sbc
-import torch
+
+from dampit.utils.checkpoints import load_weights
 
 logger = logging.getLogger(__name__)
-
-
-def _load(path, map_location="cpu"):
-    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def _average_keep_dtypes(state_dicts):
@@ -38,7 +35,7 @@ def average_weights(checkpoints, name):
 
     Example
     -------
-    >>> import tempfile
+    >>> import tempfile, torch
     >>> from speechbrain.utils.checkpoints import Checkpointer
     >>> bn = torch.nn.BatchNorm1d(1)
     >>> ckpt = Checkpointer(tempfile.mkdtemp(), {"bn": bn})
@@ -52,7 +49,10 @@ def average_weights(checkpoints, name):
         if name not in ckpt.paramfiles:
             raise KeyError(f"checkpoint {ckpt.path} has no '{name}' file")
     return sbc.average_checkpoints(
-        checkpoints, name, parameter_loader=_load, averager=_average_keep_dtypes
+        checkpoints,
+        name,
+        parameter_loader=load_weights,
+        averager=_average_keep_dtypes,
     )
 
 
@@ -63,7 +63,7 @@ def select_test_checkpoints(checkpointer, n, min_key="EER"):
 
     Example
     -------
-    >>> import tempfile
+    >>> import tempfile, torch
     >>> from speechbrain.utils.checkpoints import Checkpointer
     >>> ckpt = Checkpointer(tempfile.mkdtemp(), {"lin": torch.nn.Linear(1, 1)})
     >>> for eer in (0.3, 0.1, 0.2):

@@ -18,6 +18,8 @@ import torch
 import yaml
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
+from dampit.utils.atomic import fsync
+
 logger = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
@@ -32,20 +34,20 @@ class CheckpointSaveError(RuntimeError):
     """A checkpoint could not be written (full disk, no permission)."""
 
 
+def load_weights(path, map_location="cpu"):
+    """A checkpoint file's tensors: ``torch.load`` with
+    ``weights_only=True`` (a checkpoint runs no pickled code)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def _recovery_weights_only(obj, path, end_of_epoch):
     """SpeechBrain's ``torch_recovery`` with ``weights_only=True``."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights(path)
     state = sbc.hook_on_loading_state_dict_checkpoint(state)
     try:
         obj.load_state_dict(state, strict=True)
     except TypeError:  # optimizers and schedulers take no ``strict``
         obj.load_state_dict(state)
-
-
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
 
 
 def check_checkpoint_dir(path):
@@ -107,9 +109,10 @@ class AtomicCheckpointer(sbc.Checkpointer):
         leftovers = self.checkpoints_dir.glob(
             TMP_PREFIX + sbc.CKPT_PREFIX + "*"
         )
-        for old in leftovers if if_main_process() else ():
-            logger.warning("removing %s, left by a killed save", old)
-            shutil.rmtree(old, ignore_errors=True)
+        if if_main_process():
+            for old in leftovers:
+                logger.warning("removing %s, left by a killed save", old)
+                shutil.rmtree(old, ignore_errors=True)
         try:
             ckpt = super().save_checkpoint(meta, end_of_epoch, name, 0)
             ddp_barrier()
@@ -124,11 +127,11 @@ class AtomicCheckpointer(sbc.Checkpointer):
                 tmp / sbc.METAFNAME, meta, end_of_epoch
             )
             for f in tmp.iterdir():
-                _fsync(f)
+                fsync(f)
             final = tmp.with_name(tmp.name[len(TMP_PREFIX) :])
             shutil.rmtree(final, ignore_errors=True)  # a custom name again
             os.rename(tmp, final)
-            _fsync(self.checkpoints_dir)
+            fsync(self.checkpoints_dir)
             # Every rank lists the same checkpoints afterwards (the
             # deletions of save_and_keep_only are one collective each).
             ddp_barrier()
@@ -151,7 +154,8 @@ class AtomicCheckpointer(sbc.Checkpointer):
         found = []
         for path in self._list_checkpoint_dirs():
             ckpt, problem = check_checkpoint_dir(path)
-            found += [ckpt] if ckpt else []
+            if ckpt:
+                found.append(ckpt)
             if problem:  # warned once per folder
                 self._report(path, f"ignoring checkpoint {path}: {problem}")
         return found
