@@ -48,12 +48,9 @@ def validation_eer(embeddings, labels, max_pairs=None, seed=0):
         i, j = torch.randint(0, n, (2, int(max_pairs)), generator=gen)
         i, j = i[i != j], j[i != j]
     scores = (emb[i] * emb[j]).sum(1)
-    same = labels[i] == labels[j]
-    if same.all() or not same.any():
-        logger.warning("validation pairs are all of one kind: EER set to 100")
+    try:
+        eer, _ = compute_eer(scores, labels[i] == labels[j])
+    except ValueError as err:  # pairs of one kind, or not finite scores
+        logger.warning("validation EER set to 100: %s", err)
         return 100.0
-    if not torch.isfinite(scores).all():
-        logger.warning("validation embeddings are not finite: EER set to 100")
-        return 100.0
-    eer, _ = compute_eer(scores, same)
     return 100.0 * float(eer)

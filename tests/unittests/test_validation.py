@@ -28,7 +28,9 @@ def test_validation_eer_is_the_exact_eer_of_all_pairs():
 def test_one_kind_of_pair_or_a_nan_embedding_gives_100(caplog):
     emb = torch.eye(4)
     assert validation_eer(emb, torch.zeros(4, dtype=torch.long)) == 100.0
-    assert "all of one kind" in caplog.text
+    assert "no non-target trials among 6" in caplog.text
+    assert validation_eer(emb[:1], torch.zeros(1, dtype=torch.long)) == 100.0
+    assert "no non-target trials among 0" in caplog.text
     emb[2, 0] = float("nan")
     assert validation_eer(emb, torch.tensor([0, 0, 1, 1])) == 100.0
-    assert "not finite" in caplog.text
+    assert "scores must be finite" in caplog.text
