@@ -24,24 +24,26 @@ def write_report(
     scores,
     labels,
     out_dir,
-    name="scores",
-    trial_ids=None,
+    name,
+    trial_ids,
     p_targets=(0.01, 0.05),
 ):
-    """Write ``<name>_metrics.json``, ``_det.png``, ``_hist.png`` and, given
-    ``trial_ids`` (``(enrol, test)`` per trial), ``_scores.txt`` into
+    """Write ``<name>_metrics.json``, ``_det.png``, ``_hist.png`` and
+    ``_scores.txt`` (``trial_ids``: ``(enrol, test)`` per trial) into
     ``out_dir``; return the metrics (rates as fractions; minDCF normalised,
     thresholds: accept ``score > threshold``, null for -inf) and paths.
 
     Example
     -------
     >>> import tempfile
-    >>> r = write_report([0.9, 0.4, 0.5, 0.1], [1, 1, 0, 0], tempfile.mkdtemp())
+    >>> ids = [("e1", "t1"), ("e1", "t2"), ("e2", "t1"), ("e2", "t3")]
+    >>> s, lab = [0.9, 0.4, 0.5, 0.1], [1, 1, 0, 0]
+    >>> r = write_report(s, lab, tempfile.mkdtemp(), "full_cosine", ids)
     >>> r["eer"], r["n_target"], r["min_dcf_0.01"]
     (0.5, 2, 0.5)
     """
     s, lab = validate_scores_labels(scores, labels)
-    if trial_ids is not None and len(trial_ids) != s.size:
+    if len(trial_ids) != s.size:
         raise ValueError(f"{len(trial_ids)} trial IDs for {s.size} scores")
     os.makedirs(out_dir, exist_ok=True)
     eer, eer_thr = compute_eer(s, lab)
@@ -60,10 +62,9 @@ def write_report(
     r["hist_png"] = plot_score_histogram(
         s, lab, path("hist.png"), f"{name}: score histogram"
     )
-    if trial_ids is not None:
-        e, t = zip(*trial_ids)
-        r["scores_txt"] = path("scores.txt")
-        write_scores(r["scores_txt"], e, t, s, lab.astype(np.int64))
+    e, t = zip(*trial_ids)
+    r["scores_txt"] = path("scores.txt")
+    write_scores(r["scores_txt"], e, t, s, lab.astype(np.int64))
     r["metrics_json"] = path("metrics.json")
     atomic_write_text(r["metrics_json"], json.dumps(r, indent=2))
     return r

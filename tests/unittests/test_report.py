@@ -25,7 +25,8 @@ def scores_labels():
 
 def test_write_report_values_files_and_json(tmp_path, scores_labels):
     s, lab = scores_labels
-    r = write_report(s, lab, tmp_path / "out", name="vox1")
+    ids = [(f"e{k}", f"t{k}") for k in range(lab.size)]
+    r = write_report(s, lab, tmp_path / "out", "vox1", ids)
     assert (r["n_trials"], r["n_target"], r["n_nontarget"]) == (3000, 300, 2700)
     assert (r["eer"], r["eer_threshold"]) == compute_eer(s, lab)
     assert r["eer_interp"] == compute_eer(s, lab, method="interp")[0]
@@ -39,6 +40,7 @@ def test_write_report_values_files_and_json(tmp_path, scores_labels):
         "vox1_det.png",
         "vox1_hist.png",
         "vox1_metrics.json",
+        "vox1_scores.txt",
     ]
     for key in ("det_png", "hist_png"):
         with open(r[key], "rb") as f:
@@ -53,11 +55,12 @@ def test_write_report_values_files_and_json(tmp_path, scores_labels):
 
 def test_report_with_ties_and_accept_all_threshold(tmp_path):
     # Accept-all is cheapest at p_target 0.9 -> threshold -inf -> JSON null.
+    ids = [("e", "a"), ("e", "b"), ("e", "c"), ("e", "d")]
     r = write_report(
-        [0.1, 0.2, 0.2, 0.5], [1, 0, 1, 0], tmp_path, p_targets=(0.9,)
+        [0.1, 0.2, 0.2, 0.5], [1, 0, 1, 0], tmp_path, "s", ids, (0.9,)
     )
     assert r["min_dcf_0.9_threshold"] is None
-    assert json.loads((tmp_path / "scores_metrics.json").read_text()) == r
+    assert json.loads((tmp_path / "s_metrics.json").read_text()) == r
 
 
 def test_plots_overwrite_atomically(tmp_path, scores_labels):
@@ -74,17 +77,17 @@ def test_plot_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="no target"):
         plot_det([0.1, 0.2], [0, 0], tmp_path / "d.png")
     with pytest.raises(ValueError, match="finite"):
-        write_report([0.1, float("nan")], [0, 1], tmp_path)
+        write_report([0.1, float("nan")], [0, 1], tmp_path, "s", [(1, 2)] * 2)
     assert not os.listdir(tmp_path)
 
 
 def test_report_writes_the_score_file(tmp_path):
     ids = [("e1", "t1"), ("e1", "t2"), ("e2", "t1"), ("e2", "t3")]
     s, lab = [0.9, 0.4, 0.5, 0.1], [1, 1, 0, 0]
-    r = write_report(s, lab, tmp_path, "full_cosine", trial_ids=ids)
+    r = write_report(s, lab, tmp_path, "full_cosine", ids)
     enrol, test, got, got_lab = read_scores(r["scores_txt"])
     assert list(zip(enrol, test)) == ids
     assert got.tolist() == s and got_lab.tolist() == lab
     with pytest.raises(ValueError, match="3 trial IDs for 4 scores"):
-        write_report(s, lab, tmp_path / "x", trial_ids=ids[:3])
+        write_report(s, lab, tmp_path / "x", "full_cosine", ids[:3])
     assert not (tmp_path / "x").exists()
