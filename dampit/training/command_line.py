@@ -116,7 +116,6 @@ def parse_command_line(argv):
     ('h.yaml', 'cpu', '/d/a=b', 3)
     """
     hparams_file, run_opts, _ = sb.parse_arguments(argv)
-    overrides = {}
-    for key, text in override_texts(argv):
-        overrides[key] = read_override(key, text)
+    texts = override_texts(argv)
+    overrides = {key: read_override(key, text) for key, text in texts}
     return hparams_file, run_opts, overrides

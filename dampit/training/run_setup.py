@@ -176,23 +176,25 @@ def check_trials(data):
         read_trials(path, known_ids=test_ids)
 
 
-def set_n_speakers(overrides, plain, n_classes, where):
-    """Set ``overrides["n_speakers"]`` to ``n_classes``, the training
-    classes of the prepared data, for the YAML's one full load. When the
-    YAML's own value (``plain``: its values, :func:`read_values`) says
-    otherwise, one warning line names ``where`` (the file given on the
-    command line) and both numbers; the data's number is the one used.
-    dampit's recipe and the template recipe both call it.
+def load_with_n_speakers(base_file, overrides, plain, n_classes, where):
+    """``(hparams, plain)``: the HyperPyYAML file ``base_file`` loaded
+    once with ``overrides`` and ``n_speakers`` = ``n_classes`` (the
+    training classes of the prepared data, set in ``overrides``), and its
+    values read plainly again with them (:func:`read_values`). When the
+    YAML's own value (``plain``: its values) says otherwise, one warning
+    line names ``where`` (the file given on the command line) and both
+    numbers; the data's number is the one used. dampit's recipe and the
+    template recipe both call it.
 
     Example
     -------
-    >>> overrides = {"lr": 0.01}
-    >>> set_n_speakers(overrides, {"n_speakers": 20}, 20, "h.yaml")
-    >>> overrides
-    {'lr': 0.01, 'n_speakers': 20}
-    >>> set_n_speakers(overrides, {"n_speakers": 25}, 18, "h.yaml")
-    >>> overrides["n_speakers"]
-    18
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "h.yaml")
+    >>> _ = open(path, "w").write("n_speakers: 25\\nout: !ref <n_speakers>\\n")
+    >>> plain = {"n_speakers": 25}
+    >>> hparams, plain = load_with_n_speakers(path, {}, plain, 18, "h.yaml")
+    >>> hparams["out"], plain["n_speakers"]
+    (18, 18)
     """
     overrides["n_speakers"] = n_classes
     said = plain.get("n_speakers")
@@ -203,14 +205,6 @@ def set_n_speakers(overrides, plain, n_classes, where):
             where,
             said,
         )
-
-
-def load_with_n_speakers(base_file, overrides, plain, n_classes, where):
-    """``(hparams, plain)``: the HyperPyYAML file ``base_file`` loaded
-    once with ``overrides`` and ``n_speakers`` = ``n_classes`` (the
-    training classes of the prepared data, :func:`set_n_speakers`), and
-    its values read plainly again with them (:func:`read_values`)."""
-    set_n_speakers(overrides, plain, n_classes, where)
     with open(base_file, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f, overrides)
     return hparams, read_values(base_file, overrides, where)

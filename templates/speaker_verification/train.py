@@ -351,8 +351,8 @@ def load_hparams(argv):
     are prepared from those values, and the YAML is loaded once with
     ``n_speakers`` set to the training speakers of the prepared data, as in
     dampit's recipe (a different value in the YAML: one warning line,
-    ``dampit.training.run_setup.set_n_speakers``), and read plainly again
-    with it (what :func:`evaluate` saves as the tested model).
+    ``dampit.training.run_setup.load_with_n_speakers``), and read plainly
+    again with it (what :func:`evaluate` saves as the tested model).
 
     Arguments
     ---------
