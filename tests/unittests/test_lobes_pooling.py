@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from dampit.lobes.pooling import GlobalAvgPool, TemporalStatsPool
+from dampit.lobes.pooling import GlobalAvgPool, TemporalStatsPool, time_mask
 
 
 def test_avg_pool_matches_plain_computation():
@@ -44,3 +44,12 @@ def test_temporal_stats_pool_gradient_finite_on_constant_input():
     x = torch.ones(2, 3, 2, 5, requires_grad=True)
     TemporalStatsPool(2)(x).sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_time_mask_is_one_on_the_real_frames():
+    n = torch.tensor([0, 1, 4, 6, 9])  # none, some, all and more than all
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        got = time_mask(n, 6, dtype)
+        assert got.shape == (5, 1, 1, 6) and got.dtype == dtype
+        want = [[1.0 if t < k else 0.0 for t in range(6)] for k in n.tolist()]
+        assert got.flatten(1).tolist() == want
