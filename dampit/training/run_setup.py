@@ -57,7 +57,9 @@ def check_arguments(hp, hparams_file):
     written (one-line ``RecipeError``)."""
     check_values(hp, hparams_file)
     folders = hp.get("data_folder")
-    for folder in folders if isinstance(folders, list) else [folders]:
+    if not isinstance(folders, list):
+        folders = [folders]
+    for folder in folders:
         if not isinstance(folder, str) or not os.path.isdir(folder):
             raise RecipeError(f"data_folder={folder}: no such folder")
     out = parent = os.path.abspath(hp["output_folder"])
