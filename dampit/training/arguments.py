@@ -5,10 +5,7 @@ resolved hyperparameters (command-line overrides included), that K >= 2
 when a pair-based loss term is on, that the paths of :data:`PATHS`
 exist, and turns a scalar given for a key of :data:`LISTS`
 (``--speed_speakers=90``) into a one-element list (a speed of 100, the
-original, is refused); anything else is one line naming the key. A
-``fold`` beyond ``n_folds`` is refused by the data preparation
-(:func:`dampit.dataio.prepare_folder.prepare_folder`), before it reads
-the data.
+original, is refused); anything else is one line naming the key.
 """
 
 import os
@@ -85,6 +82,11 @@ def check_values(hp, where):
         if key in hp and not within(kind, hp[key], lower, upper):
             what = describe(kind, lower, upper)
             raise ArgumentError(f"{where}: {key}={hp[key]!r} is not {what}")
+    folds = hp.get("n_folds")
+    if isinstance(folds, int) and hp.get("fold", 0) >= folds:
+        raise ArgumentError(
+            f"{where}: fold={hp['fold']} is not in 0..n_folds-1 ({folds})"
+        )
     pairs = [k for k in PAIR_TERMS if hp.get(k)]
     if pairs and hp.get("K", 2) < 2:
         raise ArgumentError(

@@ -179,7 +179,7 @@ def dataio_prep(hparams, data):
     process reads no audio); validation items one centred crop.
     """
     sr, crop = int(hparams["sample_rate"]), int(hparams["crop_samples"])
-    speeds = hparams["speed_speakers"] or []  # checked by start_run
+    speeds = hparams.get("speed_speakers") or []  # checked by start_run
     resample = {s: Resample(orig_freq=s, new_freq=100) for s in speeds}
     augment = hparams.get("augment")
 

@@ -293,7 +293,6 @@ def _datasets(recipe_train, tmp_path, train_rows, dev_rows, crop=16000, **hp):
         "crop_samples": crop,
         "data_folder": str(tmp_path),
         "save_folder": str(tmp_path / "save"),
-        "speed_speakers": [],
         **hp,
     }
     os.makedirs(hparams["save_folder"], exist_ok=True)

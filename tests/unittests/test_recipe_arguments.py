@@ -64,16 +64,9 @@ def test_bad_value_is_one_line_naming_the_key(key, value, message, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_fold_beyond_n_folds_is_refused_before_reading_the_data(tmp_path):
-    """start_run with mini.yaml (data_layout folder): the data preparation
-    refuses the fold in one line before it reads or writes anything."""
-    data, out = tmp_path / "data", tmp_path / "r"
-    data.mkdir()
-    argv = [str(MINI), f"--data_folder={data}", f"--output_folder={out}"]
-    with pytest.raises(ValueError) as err:
-        start_run([*argv, "--n_folds=5", "--fold=5"])
-    assert str(err.value) == f"{data}: fold=5 must be in 0..n_folds-1 (5)"
-    assert not (out / "prepared").exists()
+def test_fold_beyond_n_folds(tmp_path):
+    with pytest.raises(ValueError, match="fold=5 is not in 0..n_folds-1"):
+        check_arguments(_hp(tmp_path, n_folds=5, fold=5), "mini.yaml")
 
 
 @pytest.mark.parametrize(
