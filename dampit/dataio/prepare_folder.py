@@ -130,7 +130,9 @@ def scan_corpora(folders, names):
     several folders IDs and speakers start with the corpus name and a
     colon (``so762:0001/u1``, speaker ``so762:0001``: an ID's first path
     component is its speaker). A path with ``$name`` in it (a variable to
-    SpeechBrain's CSV reader) is refused."""
+    SpeechBrain's CSV reader) and an ID with white space or a leading ``#``
+    (trial lists and score files split on white space and skip ``#``
+    lines) are refused, before any file is read."""
     ids, paths, speakers = [], [], []
     for folder, name in zip(folders, names):
         rel_paths = scan_audio_tree(folder)
@@ -151,10 +153,21 @@ def scan_corpora(folders, names):
                 f"folder ({len(named)} such path(s))"
             )
         prefix = f"{name}:" if len(folders) > 1 else ""
-        for i, rel in zip(unique_ids(rel_paths, folder), rel_paths):
-            ids.append(prefix + i)
+        own = [prefix + i for i in unique_ids(rel_paths, folder)]
+        unfit = [
+            k for k, i in enumerate(own) if i.split() != [i] or i[0] == "#"
+        ]
+        if unfit:
+            raise DataPreparationError(
+                f"{os.path.join(folder, rel_paths[unfit[0]])}: its ID "
+                f"{own[unfit[0]]!r} has white space or a leading '#', which "
+                "trial lists and score files cannot hold: rename the file or "
+                f"folder ({len(unfit)} such path(s))"
+            )
+        for i, rel in zip(own, rel_paths):
+            ids.append(i)
             paths.append(os.path.join(folder, *rel.split("/")))
-            speakers.append(speaker_of(prefix + i))
+            speakers.append(speaker_of(i))
     return ids, paths, speakers
 
 
