@@ -224,6 +224,8 @@ def _tree(root, utts_per_speaker):
         ("flat", "no <speaker>/ sub-folders"),
         ("one_speaker", "1 speaker(s) found"),
         ("too_few_test", "n_test_speakers=1"),
+        ("too_many_test", "n_test_speakers=5 must be at least 2 and at most 4"),
+        ("no_one_left", "1 training speaker(s) left by the test speakers"),
         ("one_utt_each", "dev.csv would be empty"),
         ("fewer_than_P", "4 training speaker(s) with 2 or more"),
     ],
@@ -244,6 +246,12 @@ def test_data_errors_are_one_line_and_write_nothing(case, match, tmp_path):
     elif case == "too_few_test":
         _tree(data, [6] * 4)
         kwargs = {"n_test_speakers": 1}
+    elif case == "too_many_test":
+        _tree(data, [6] * 4)
+        kwargs = {"n_test_speakers": 5}
+    elif case == "no_one_left":
+        _tree(data, [6] * 4)
+        kwargs = {"n_test_speakers": 3}
     elif case == "one_utt_each":
         _tree(data, [1] * 6)
     elif case == "fewer_than_P":
