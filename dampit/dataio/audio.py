@@ -21,6 +21,7 @@ offset of any size (1e-30 included). A quiet but varying signal (speech at
 channels are, so an inverted stereo pair (``L = -R``) is not.
 """
 
+import contextlib
 import math
 import os
 import warnings
@@ -89,43 +90,46 @@ def _read_blocks(f, n):
     return np.concatenate(blocks)
 
 
+@contextlib.contextmanager
+def _opened(path):
+    """``path`` open as a ``soundfile.SoundFile``; a failure to open or
+    read it in the block raises AudioError naming the file (the checks
+    that need a stat call run only then)."""
+    try:
+        with sf.SoundFile(path) as f:
+            yield f
+    except AudioError:
+        raise
+    except (RuntimeError, sf.LibsndfileError, ValueError, OSError) as err:
+        if not os.path.isfile(path):
+            raise AudioError(f"audio file not found: {path}") from err
+        if os.path.getsize(path) == 0:
+            raise AudioError(f"audio file is empty (0 bytes): {path}") from err
+        raise AudioError(f"cannot read audio file {path}: {err}") from err
+
+
 def _read(path, sample_rate, start=0, stop=None, crop=None):
     """Open ``path`` once: ``(data [N, C] float32, rate, frames)``; with
     ``crop`` (samples at ``sample_rate``) a random crop of ``[start, stop)``.
     """
     path = os.fspath(path)
-    try:
-        with sf.SoundFile(path) as f:
-            sr, frames = f.samplerate, f.frames
-            _check_rate(path, sr, sample_rate)
-            stop = frames if stop is None else min(int(stop), frames)
-            start = int(start)
-            if crop is not None:
-                n = -(-crop * sr // sample_rate)  # the crop at the file's rate
-                if stop - start > n:
-                    start += int(torch.randint(0, stop - start - n + 1, (1,)))
-                    stop = start + n
-            f.seek(start)
-            data = _read_blocks(f, stop - start)
-    except AudioError:
-        raise
-    except (RuntimeError, sf.LibsndfileError, ValueError, OSError) as err:
-        raise _open_error(path, err) from err
+    with _opened(path) as f:
+        sr, frames = f.samplerate, f.frames
+        _check_rate(path, sr, sample_rate)
+        stop = frames if stop is None else min(int(stop), frames)
+        start = int(start)
+        if crop is not None:
+            n = -(-crop * sr // sample_rate)  # the crop at the file's rate
+            if stop - start > n:
+                start += int(torch.randint(0, stop - start - n + 1, (1,)))
+                stop = start + n
+        f.seek(start)
+        data = _read_blocks(f, stop - start)
     if data.size == 0:
         raise AudioError(f"audio file has no samples: {path}")
     if not np.isfinite(data).all():
         raise AudioError(f"audio file holds NaN or inf samples: {path}")
     return data, sr, frames
-
-
-def _open_error(path, err):
-    """The AudioError of a file soundfile could not open or read (the
-    checks that need a stat call run only then)."""
-    if not os.path.isfile(path):
-        return AudioError(f"audio file not found: {path}")
-    if os.path.getsize(path) == 0:
-        return AudioError(f"audio file is empty (0 bytes): {path}")
-    return AudioError(f"cannot read audio file {path}: {err}")
 
 
 def _constant(lo, hi):
@@ -183,14 +187,7 @@ def resample(wav, orig_freq, new_freq):
     return torch.from_numpy(out.astype(np.float32))
 
 
-def load_audio(
-    path,
-    sample_rate=16000,
-    start=0,
-    stop=None,
-    min_samples=1,
-    allow_silent=False,
-):
+def load_audio(path, sample_rate=16000, start=0, stop=None, min_samples=1):
     """Read ``path[start:stop]`` as a mono float32 tensor at ``sample_rate``.
 
     Arguments
@@ -203,8 +200,6 @@ def load_audio(
         Sample range at the file's own rate (``stop`` None: to the end).
     min_samples : int
         Fewest samples accepted (after resampling).
-    allow_silent : bool
-        Accept silent audio.
 
     Returns
     -------
@@ -226,7 +221,7 @@ def load_audio(
             f"audio file too short: {path} has {wav.numel()} samples at "
             f"{sample_rate} Hz, at least {min_samples} needed"
         )
-    if not allow_silent and _silent(data):
+    if _silent(data):
         raise AudioError(f"audio file is silent: {path}")
     return wav
 
@@ -271,23 +266,16 @@ def mono_blocks(path, sample_rate=16000):
     """
     path = os.fspath(path)
     lo = hi = None
-    try:
-        with sf.SoundFile(path) as f:
-            _check_rate(path, f.samplerate, sample_rate)
-            step = max(1024, 2**20 // f.channels)
-            while len(data := _read_blocks(f, step)):
-                if not np.isfinite(data).all():
-                    raise AudioError(
-                        f"audio file holds NaN or inf samples: {path}"
-                    )
-                b_lo, b_hi = data.min(axis=0), data.max(axis=0)
-                lo = b_lo if lo is None else np.minimum(lo, b_lo)
-                hi = b_hi if hi is None else np.maximum(hi, b_hi)
-                yield f.samplerate, _downmix(data)
-    except AudioError:
-        raise
-    except (RuntimeError, sf.LibsndfileError, ValueError, OSError) as err:
-        raise _open_error(path, err) from err
+    with _opened(path) as f:
+        _check_rate(path, f.samplerate, sample_rate)
+        step = max(1024, 2**20 // f.channels)
+        while len(data := _read_blocks(f, step)):
+            if not np.isfinite(data).all():
+                raise AudioError(f"audio file holds NaN or inf samples: {path}")
+            b_lo, b_hi = data.min(axis=0), data.max(axis=0)
+            lo = b_lo if lo is None else np.minimum(lo, b_lo)
+            hi = b_hi if hi is None else np.maximum(hi, b_hi)
+            yield f.samplerate, _downmix(data)
     if lo is None:
         raise AudioError(f"audio file has no samples: {path}")
     if _constant(lo, hi):
@@ -318,33 +306,28 @@ def check_audio(path, min_duration=MIN_DURATION, sample_rate=16000):
     audio file is silent:
     """
     path = os.fspath(path)
-    try:
-        with sf.SoundFile(path) as f:
-            sr, frames, channels = f.samplerate, f.frames, f.channels
-            _check_rate(path, sr, sample_rate)
-            dtype = _INT_DTYPES.get(f.subtype, "float32")
-            plain = f.format in _PLAIN and dtype in _FULL_SCALE
-            loud = SILENCE * _FULL_SCALE[dtype] if plain else np.inf
-            lo = hi = None
-            n, sound, finite = 4096, False, True
-            while not sound:  # per channel: reducing [N, C] is slow
-                block = np.frombuffer(f.buffer_read(n, dtype), dtype)
-                if len(block) == 0:
-                    break
-                block = block.reshape(-1, channels).T
-                b_lo = [float(c.min()) for c in block]
-                b_hi = [float(c.max()) for c in block]
-                finite = finite and all(map(math.isfinite, b_lo + b_hi))
-                lo = b_lo if lo is None else list(map(min, lo, b_lo))
-                hi = b_hi if hi is None else list(map(max, hi, b_hi))
-                sound = any(h - low > loud for low, h in zip(lo, hi))
-                if block.shape[1] < n:
-                    break
-                n = min(2 * n, _BLOCK)
-    except AudioError:
-        raise
-    except (RuntimeError, sf.LibsndfileError, ValueError, OSError) as err:
-        raise _open_error(path, err) from err
+    with _opened(path) as f:
+        sr, frames, channels = f.samplerate, f.frames, f.channels
+        _check_rate(path, sr, sample_rate)
+        dtype = _INT_DTYPES.get(f.subtype, "float32")
+        plain = f.format in _PLAIN and dtype in _FULL_SCALE
+        loud = SILENCE * _FULL_SCALE[dtype] if plain else np.inf
+        lo = hi = None
+        n, sound, finite = 4096, False, True
+        while not sound:  # per channel: reducing [N, C] is slow
+            block = np.frombuffer(f.buffer_read(n, dtype), dtype)
+            if len(block) == 0:
+                break
+            block = block.reshape(-1, channels).T
+            b_lo = [float(c.min()) for c in block]
+            b_hi = [float(c.max()) for c in block]
+            finite = finite and all(map(math.isfinite, b_lo + b_hi))
+            lo = b_lo if lo is None else list(map(min, lo, b_lo))
+            hi = b_hi if hi is None else list(map(max, hi, b_hi))
+            sound = any(h - low > loud for low, h in zip(lo, hi))
+            if block.shape[1] < n:
+                break
+            n = min(2 * n, _BLOCK)
     if lo is None:
         raise AudioError(f"audio file has no samples: {path}")
     if frames < min_duration * sr:

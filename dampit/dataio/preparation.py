@@ -141,9 +141,7 @@ def check_training_split(train, dev, where, min_speakers):
             f"{where}: dev.csv would be empty: no training speaker has the 6 "
             f"or more utterances needed to hold {DEV_FRACTION:.0%} out"
         )
-    counts = {}
-    for row in train:
-        counts[row[-1]] = counts.get(row[-1], 0) + 1
+    counts = Counter(row[-1] for row in train)
     usable = sum(c >= 2 for c in counts.values())
     if usable < max(2, min_speakers):
         raise DataPreparationError(

@@ -92,18 +92,17 @@ def corpus_names(folders):
     return names
 
 
-def held_out(speakers, n_test_speakers, n_folds, fold, rng, keep, where):
+def held_out(speakers, n_test_speakers, n_folds, fold, rng, where):
     """The test speakers drawn from ``speakers`` (sorted): the first
     ``n_test_speakers`` (None: 20 %, at least 2; 0: none, every speaker
-    trains) of ``rng``'s permutation, or its part ``fold`` of ``n_folds``;
-    ``keep`` speakers must remain.
+    trains) of ``rng``'s permutation, or its part ``fold`` of ``n_folds``.
 
     Example
     -------
     >>> rng = np.random.default_rng(0)
-    >>> held_out(list("abcdef"), 2, None, 0, rng, 2, "x")
+    >>> held_out(list("abcdef"), 2, None, 0, rng, "x")
     ['c', 'd']
-    >>> held_out(list("abcdef"), 0, None, 0, rng, 2, "x")
+    >>> held_out(list("abcdef"), 0, None, 0, rng, "x")
     []
     """
     if n_test_speakers == 0 and not n_folds:  # every speaker trains
@@ -113,12 +112,11 @@ def held_out(speakers, n_test_speakers, n_folds, fold, rng, keep, where):
         n_test = max(2, round(0.2 * len(speakers)))
     if n_folds:  # the size of np.array_split's part number `fold`
         n_test = len(speakers) // n_folds + (fold < len(speakers) % n_folds)
-    if not 2 <= n_test <= len(speakers) - keep:
+    if not 2 <= n_test <= len(speakers):
         at = f" (fold {fold} of n_folds={n_folds})" if n_folds else ""
         raise DataPreparationError(
             f"{where}: {len(speakers)} speaker(s) found; n_test_speakers"
-            f"={n_test}{at} must be at least 2"
-            + (f" and leave {keep} for training and validation" if keep else "")
+            f"={n_test}{at} must be at least 2 and at most {len(speakers)}"
         )
     perm = rng.permutation(len(speakers))
     held = np.array_split(perm, n_folds)[fold] if n_folds else perm[:n_test]
@@ -130,7 +128,9 @@ def scan_corpora(folders, names):
     several folders IDs and speakers start with the corpus name and a
     colon (``so762:0001/u1``, speaker ``so762:0001``: an ID's first path
     component is its speaker). A path with ``$name`` in it (a variable to
-    SpeechBrain's CSV reader) is refused."""
+    SpeechBrain's CSV reader) and an ID with white space or a leading ``#``
+    (trial lists and score files split on white space and skip ``#``
+    lines) are refused, before any file is read."""
     ids, paths, speakers = [], [], []
     for folder, name in zip(folders, names):
         rel_paths = scan_audio_tree(folder)
@@ -151,10 +151,21 @@ def scan_corpora(folders, names):
                 f"folder ({len(named)} such path(s))"
             )
         prefix = f"{name}:" if len(folders) > 1 else ""
-        for i, rel in zip(unique_ids(rel_paths, folder), rel_paths):
-            ids.append(prefix + i)
+        own = [prefix + i for i in unique_ids(rel_paths, folder)]
+        unfit = [
+            k for k, i in enumerate(own) if i.split() != [i] or i[0] == "#"
+        ]
+        if unfit:
+            raise DataPreparationError(
+                f"{os.path.join(folder, rel_paths[unfit[0]])}: its ID "
+                f"{own[unfit[0]]!r} has white space or a leading '#', which "
+                "trial lists and score files cannot hold: rename the file or "
+                f"folder ({len(unfit)} such path(s))"
+            )
+        for i, rel in zip(own, rel_paths):
+            ids.append(i)
             paths.append(os.path.join(folder, *rel.split("/")))
-            speakers.append(speaker_of(prefix + i))
+            speakers.append(speaker_of(i))
     return ids, paths, speakers
 
 
@@ -275,15 +286,14 @@ def prepare_folder(
     rng = np.random.default_rng(seed)
     split = (n_test_speakers, n_folds, fold)
     if test_corpora is None:
-        keep = 2 + n_valid_speakers
-        groups = [held_out(speakers, *split, rng, keep, where)]
+        groups = [held_out(speakers, *split, rng, where)]
     else:
         groups = []
         for name, folder in zip(names, folders):
             if name in test_corpora:
                 own = [s for s in speakers if s.startswith(f"{name}:")]
                 own_rng = np.random.default_rng(seed)
-                groups.append(held_out(own, *split, own_rng, 0, folder))
+                groups.append(held_out(own, *split, own_rng, folder))
     test_spk = sorted(s for group in groups for s in group)
     train_spk = [s for s in speakers if s not in test_spk]
     if len(train_spk) < 2 + n_valid_speakers:

@@ -2,12 +2,14 @@
 
 :func:`write_outputs` writes the SpeechBrain CSV manifests (``ID,
 duration, wav, start, stop, spk_id``), the trial lists and, last,
-``prepare_opts.json`` (the options and a summary); :func:`cached` reads
-the summary back when the options are the same. The summary names its
+``prepare_opts.json`` (the options and a summary, deleted before the
+other files are replaced); :func:`cached` reads the summary back when the
+options are the same. The summary names its
 output files, which lie directly in the folder: a copied or moved
 prepared folder reads its own files.
 """
 
+import contextlib
 import csv
 import json
 import os
@@ -66,8 +68,14 @@ def write_outputs(save_folder, opts, tables, trial_lists, **summary):
     """Write ``<name>.csv`` for ``tables`` (name -> rows ``(ID, path,
     frames, rate, speaker)``), the trial lists (file -> trials) and, last,
     the options with the summary (file names and counts added); return
-    the summary with the files' paths (:func:`in_folder`)."""
+    the summary with the files' paths (:func:`in_folder`).
+
+    The old options file is deleted first: when a write fails half-way,
+    no options file describes the outputs and the next call prepares
+    again."""
     os.makedirs(save_folder, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(save_folder, OPTS_FILE))
     for name, rows in tables.items():
         summary[f"{name}_csv"] = name + ".csv"
         path = os.path.join(save_folder, name + ".csv")

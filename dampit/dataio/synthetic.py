@@ -17,7 +17,6 @@ extends a smaller one. Command line: ``dampit-synth OUT_DIR --speakers 40``
 (:mod:`dampit.cli.synth`).
 """
 
-import contextlib
 import csv
 import json
 import multiprocessing
@@ -261,14 +260,12 @@ def generate_corpus(
     if _complete(out_dir, opts):
         return manifest
     jobs = [(out_dir, i, opts) for i in range(n_speakers)]
-    pool = (
-        multiprocessing.get_context("spawn").Pool(workers)
-        if workers > 1
-        else None
-    )
-    with pool or contextlib.nullcontext():
-        done = pool.imap(_speaker, jobs) if pool else map(_speaker, jobs)
-        results = list(tqdm(done, total=n_speakers, disable=not progress))
+    bar = {"total": n_speakers, "disable": not progress}
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            results = list(tqdm(pool.imap(_speaker, jobs), **bar))
+    else:
+        results = list(tqdm(map(_speaker, jobs), **bar))
     with atomic_path(manifest) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)

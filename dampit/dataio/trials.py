@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 from array import array
-from collections import Counter
 
 import numpy as np
 
@@ -172,12 +171,12 @@ def read_trials(path, known_ids=None, as_ids=True):
     return trials
 
 
-def read_trial_indices(path, index=None, as_ids=False):
+def read_trial_indices(path, as_ids=False):
     """Stream a trial list into integer arrays (bounded memory).
 
-    No string is kept per trial (10^6 trials: 17 MB). ``index`` maps names
-    to rows (an ``EmbeddingStore.index``; an unknown name is an error
-    naming the line); None gives rows to names in order of appearance.
+    No string is kept per trial (10^6 trials: 17 MB): every name gets a
+    row, in order of first appearance (a caller maps the names to its own
+    rows, an ``EmbeddingStore.index`` say).
 
     Returns
     -------
@@ -185,8 +184,8 @@ def read_trial_indices(path, index=None, as_ids=False):
         int64 [T] rows.
     labels : numpy.ndarray or None
         int64 [T], None for an unlabelled list.
-    names : list of str or None
-        With ``index=None``: the name of every row; else None.
+    names : list of str
+        The name of every row.
 
     Example
     -------
@@ -197,39 +196,29 @@ def read_trial_indices(path, index=None, as_ids=False):
     >>> e.tolist(), t.tolist(), lab, names
     ([0, 1], [1, 2], None, ['a.wav', 'b.wav', 'c.wav'])
     """
-    grow = index is None
-    index = {} if grow else index
-    rows, labels = array("q"), array("b")
-    for n, lab, e, t in iter_trials(path, as_ids):
+    index, rows, labels = {}, array("q"), array("b")
+    for _, lab, e, t in iter_trials(path, as_ids):
         for name in (e, t):
-            j = index.get(name)
-            if j is None:
-                if not grow:
-                    raise TrialListError(
-                        f"{path}:{n}: utterance {name!r} is not among the "
-                        f"{len(index)} embedded ones"
-                    )
-                j = index[name] = len(index)
-            rows.append(j)
+            rows.append(index.setdefault(name, len(index)))
         if lab is not None:
             labels.append(lab)
     pairs = np.frombuffer(rows, dtype=np.int64).reshape(-1, 2)
-    key = pairs[:, 0] * max(len(index), 1) + pairs[:, 1]
+    key = pairs[:, 0] * len(index) + pairs[:, 1]
     _warn_duplicates(path, len(key) - len(np.unique(key)))
     lab = (
         np.frombuffer(labels, dtype=np.int8).astype(np.int64)
         if labels
         else None
     )
-    names = list(index) if grow else None
-    return pairs[:, 0].copy(), pairs[:, 1].copy(), lab, names
+    return pairs[:, 0].copy(), pairs[:, 1].copy(), lab, list(index)
 
 
 def write_trials(path, trials):
     """Write ``(label, enrol, test)`` trials atomically, one a line.
 
     A bad label or a name that could not be read back (empty, white
-    space, a leading ``#``) raises TrialListError naming the trial.
+    space) raises TrialListError naming the trial; a name may start with
+    ``#``: a line starts with its label, never a comment.
 
     Example
     -------
@@ -240,21 +229,15 @@ def write_trials(path, trials):
     '1 a/1 a/2\\n0 a/1 b/1\\n'
     """
     lines = []
-    for i, t in enumerate(trials):
-        names = isinstance(t, (tuple, list)) and len(t) == 3 and t[1:]
-        if (
-            not names
-            or t[0] not in (0, 1, "0", "1")
-            or not all(
-                isinstance(u, str) and [u] == u.split() and u[0] != "#"
-                for u in names
-            )
+    for i, (label, enrol, test) in enumerate(trials):
+        if label not in (0, 1) or not all(
+            isinstance(u, str) and u.split() == [u] for u in (enrol, test)
         ):
             raise TrialListError(
-                f"trial {i}: {t!r} must be (label, enrol, test): label must "
-                "be 0 or 1, names free of white space and a leading #"
+                f"trial {i}: {(label, enrol, test)!r}: the label must be 0 "
+                "or 1, the names free of white space"
             )
-        lines.append(f"{int(t[0])} {t[1]} {t[2]}\n")
+        lines.append(f"{int(label)} {enrol} {test}\n")
     atomic_write_text(path, "".join(lines))
 
 
@@ -277,27 +260,21 @@ def trial_summary(trials):
     }
 
 
-def make_trials(utt_ids, spk_ids, max_target=None, nontarget_ratio=1.0, seed=0):
-    """A deterministic trial list: target pairs, then non-target pairs.
+def make_trials(utt_ids, spk_ids, seed=0):
+    """A deterministic trial list: target pairs, then as many non-target
+    pairs.
 
     Targets are all same-speaker pairs ``(i, j)``, ``i < j`` in sorted ID
-    order (or ``max_target`` of them drawn); non-targets are
-    ``round(nontarget_ratio * n_target)`` distinct different-speaker pairs
-    drawn with ``seed`` (all of them when fewer exist).
+    order; non-targets are as many distinct different-speaker pairs drawn
+    with ``seed`` (all of them when fewer exist). The IDs are unique, with
+    one speaker each (as :func:`~dampit.dataio.prepare_folder.prepare_folder`
+    gives them).
 
     Example
     -------
-    >>> make_trials(["a/1", "a/2", "b/1"], ["a", "a", "b"], seed=0)[0]
-    (1, 'a/1', 'a/2')
+    >>> make_trials(["a/1", "a/2", "b/1"], ["a", "a", "b"], seed=0)
+    [(1, 'a/1', 'a/2'), (0, 'a/2', 'b/1')]
     """
-    if len(utt_ids) != len(spk_ids):
-        raise ValueError(
-            f"make_trials: {len(utt_ids)} utterances but {len(spk_ids)} "
-            "speaker labels"
-        )
-    dup = sorted(u for u, n in Counter(utt_ids).items() if n > 1)
-    if dup:
-        raise ValueError(f"make_trials: duplicate utterance IDs: {dup[:10]}")
     by_id = sorted(zip(utt_ids, spk_ids))
     ids = [u for u, _ in by_id]
     spk = [s for _, s in by_id]
@@ -307,17 +284,8 @@ def make_trials(utt_ids, spk_ids, max_target=None, nontarget_ratio=1.0, seed=0):
     pairs = itertools.combinations
     target = [p for s in sorted(by_spk) for p in pairs(by_spk[s], 2)]
     n, rng = len(ids), np.random.default_rng(seed)
-    n_non = n * (n - 1) // 2 - len(target)
-    if max_target is not None and max_target < len(target):
-        pick = rng.choice(len(target), size=int(max_target), replace=False)
-        target = [target[k] for k in sorted(pick)]
-    want = int(round(nontarget_ratio * len(target)))
-    if want > 0 and n_non == 0:
-        raise ValueError(
-            "make_trials: non-target trials need at least two speakers, got "
-            f"{len(by_spk)}"
-        )
-    if want >= n_non:
+    want = len(target)
+    if want >= n * (n - 1) // 2 - want:  # as many as there are, or fewer
         chosen = {(a, b) for a, b in pairs(range(n), 2) if spk[a] != spk[b]}
     else:  # rejection sampling: non-target pairs are the large majority
         chosen = set()

@@ -42,7 +42,6 @@ __all__ = [
     "frame_levels",
     "header_windows",
     "read_windows",
-    "window_count",
 ]
 
 #: Length of the frames whose levels the trim compares, in seconds.
@@ -74,31 +73,29 @@ def check_window_hop(window, hop):
         raise ValueError(f"hop {hop} s is longer than the window {window} s")
 
 
-def window_count(frames, rate, window, hop):
-    """How many windows :func:`read_windows` cuts from ``frames`` at
-    ``rate`` (before any trim).
+def header_windows(path, window, hop):
+    """How many windows :func:`read_windows` cuts from a file (before any
+    trim), by its header (0 when unreadable: reading it reports why).
 
     Example
     -------
-    >>> window_count(16000 * 10, 16000, 1.5, 1.5)  # 6 whole + 1 s
+    >>> import tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.wav")
+    >>> sf.write(p, np.zeros(16000 * 10), 16000)  # 10 s
+    >>> header_windows(p, 1.5, 1.5)  # 6 whole + 1 s
     7
-    >>> window_count(16000 * 10, 16000, 3.0, 3.0)  # 3 whole + 1 s
+    >>> header_windows(p, 3.0, 3.0)  # 3 whole + 1 s (too short: dropped)
     3
     """
     check_window_hop(window, hop)
-    w, h = max(1, round(window * rate)), max(1, round(hop * rate))
-    half = -(-w // 2)
-    return 0 if frames < half else (frames - half) // h + 1
-
-
-def header_windows(path, window, hop):
-    """:func:`window_count` of a file by its header (0 when unreadable:
-    reading it reports why)."""
     try:
         info = sf.info(os.fspath(path))
     except (RuntimeError, sf.LibsndfileError, ValueError, OSError):
         return 0
-    return window_count(info.frames, info.samplerate, window, hop)
+    rate = info.samplerate
+    w, h = max(1, round(window * rate)), max(1, round(hop * rate))
+    half = -(-w // 2)
+    return 0 if info.frames < half else (info.frames - half) // h + 1
 
 
 def frame_levels(path, sample_rate=16000):

@@ -127,13 +127,6 @@ def test_bad_file_is_an_audio_error_naming_it(case, speech, tmp_path):
     assert reason in str(err.value)
 
 
-def test_silent_audio_allowed_when_asked(tmp_path):
-    """allow_silent=True returns the zeros (for callers that want them)."""
-    path = _write(tmp_path / "zero.wav", np.zeros(800))
-    wav = load_audio(path, allow_silent=True)
-    assert wav.shape == (800,) and not wav.any()
-
-
 def test_clip_shorter_than_a_frame(speech, tmp_path):
     """Below min_samples: an error with the file and both counts."""
     wav, _ = speech

@@ -4,6 +4,7 @@
 import itertools
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import soundfile as sf
 from speechbrain.dataio.dataio import load_data_csv
 
 from dampit.cli.common import list_audio_inputs
+from dampit.dataio import preparation
 from dampit.dataio.audio import load_audio, read_crop
 from dampit.dataio.preparation import (
     BAD_FILES,
@@ -222,6 +224,8 @@ def _tree(root, utts_per_speaker):
         ("flat", "no <speaker>/ sub-folders"),
         ("one_speaker", "1 speaker(s) found"),
         ("too_few_test", "n_test_speakers=1"),
+        ("too_many_test", "n_test_speakers=5 must be at least 2 and at most 4"),
+        ("no_one_left", "1 training speaker(s) left by the test speakers"),
         ("one_utt_each", "dev.csv would be empty"),
         ("fewer_than_P", "4 training speaker(s) with 2 or more"),
     ],
@@ -242,6 +246,12 @@ def test_data_errors_are_one_line_and_write_nothing(case, match, tmp_path):
     elif case == "too_few_test":
         _tree(data, [6] * 4)
         kwargs = {"n_test_speakers": 1}
+    elif case == "too_many_test":
+        _tree(data, [6] * 4)
+        kwargs = {"n_test_speakers": 5}
+    elif case == "no_one_left":
+        _tree(data, [6] * 4)
+        kwargs = {"n_test_speakers": 3}
     elif case == "one_utt_each":
         _tree(data, [1] * 6)
     elif case == "fewer_than_P":
@@ -380,3 +390,73 @@ def test_one_id_for_a_file_in_preparation_trials_and_cli(tmp_path):
     assert got == [(0, csv_id[a], csv_id[b]), (1, csv_id[a], csv_id[rels[1]])]
     cli = dict(list_audio_inputs([str(data)]))
     assert {os.path.relpath(p, data): i for i, p in cli.items()} == csv_id
+
+
+def _real_tree(shared_data, root, names, n_utt=6):
+    """Speaker folders ``names``, each with ``n_utt`` dspspeech recordings
+    of one real speaker (copied, never linked into the repository)."""
+    sources = sorted((shared_data / "dspspeech").iterdir())
+    sources = [s for s in sources if s.is_dir()]
+    for name, src in zip(names, sources):
+        (root / name).mkdir(parents=True)
+        for wav in sorted(src.glob("*.wav"))[:n_utt]:
+            shutil.copyfile(wav, root / name / wav.name)
+    return root
+
+
+@pytest.mark.parametrize("name", ["s 0", "s\t0", "#s0"])
+def test_id_trial_lists_cannot_hold_refused_at_the_scan(
+    name, shared_data, tmp_path, monkeypatch
+):
+    """A speaker folder whose name would break trial lists or score files
+    (white space, a leading '#') is refused by the scan, whatever the seed
+    (with seed 0 the speaker only trains, with seed 1 it is tested): one
+    line naming the path, before any file is checked or output written."""
+    data, out = tmp_path / "data", tmp_path / "prep"
+    _real_tree(shared_data, data, [name, "s1", "s2", "s3", "s4"])
+    old = prepare_folder(_tree(tmp_path / "ok", [6] * 6), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    checked, check_audio = [], preparation.check_audio
+
+    def spy(path):
+        checked.append(path)
+        return check_audio(path)
+
+    monkeypatch.setattr(preparation, "check_audio", spy)
+    for seed in (0, 1, 0):
+        with pytest.raises(DataPreparationError) as err:
+            prepare_folder(data, out, seed=seed)
+        msg = str(err.value)
+        assert "\n" not in msg and str(data / name) in msg
+        assert checked == []
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.undo()
+    assert prepare_folder(tmp_path / "ok", out) == old
+
+
+def test_failed_write_leaves_no_matching_options(
+    shared_data, tmp_path, monkeypatch
+):
+    """A preparation that fails once it started replacing the outputs (a
+    full disk while the trial list is written) leaves no options record
+    that matches: the earlier options prepare again, and the summary they
+    return describes the files in the folder."""
+    data, out = tmp_path / "data", tmp_path / "prep"
+    _real_tree(shared_data, data, ["s0", "s1", "s2", "s3", "s4"])
+    first = prepare_folder(data, out, seed=0)
+    assert first["test_speakers"] == ["s2", "s4"]
+
+    def full_disk(path, trials):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr("dampit.dataio.prepared.write_trials", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        prepare_folder(data, out, seed=1)  # test speakers s0 and s4
+    assert _spk(csv_rows(out / "test.csv")) == {"s0", "s4"}
+    monkeypatch.undo()
+    again = prepare_folder(data, out, seed=0)
+    assert again == first
+    assert _spk(csv_rows(out / "test.csv")) == {"s2", "s4"}
+    assert {
+        speaker_of(u) for t in read_trials(out / "trials.txt") for u in t[1:]
+    } == {"s2", "s4"}

@@ -229,7 +229,9 @@ def test_trial_file_to_store_scores(tmp_path, crops):
     rows = rng.integers(0, 12, size=(25, 2))
     lines = [f"{(a + b) % 2} {ids[a]} {ids[b]}\n" for a, b in rows]
     (tmp_path / "t.txt").write_text("".join(lines))
-    ie, it, labels, _ = read_trial_indices(tmp_path / "t.txt", store.index)
+    ie, it, labels, names = read_trial_indices(tmp_path / "t.txt")
+    in_store = np.array([store.index[n] for n in names])
+    ie, it = in_store[ie], in_store[it]
     assert labels.tolist() == [(a + b) % 2 for a, b in rows]
     ref = [naive_trial_score(crops[a], crops[b], "dot") for a, b in rows]
     np.testing.assert_allclose(

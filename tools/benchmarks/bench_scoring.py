@@ -134,7 +134,9 @@ def store_scoring(folder, trials, n_utts, n_crops, dim):
     out["base_anon_mb"], peak = status_mb("RssAnon"), AnonPeak()
     with timed(out):
         store = EmbeddingStore(folder)
-        enrol, test, labels, _ = read_trial_indices(trials, store.index)
+        enrol, test, labels, names = read_trial_indices(trials)
+        rows = np.array([store.index[n] for n in names])
+        enrol, test = rows[enrol], rows[test]
         vectors = ScoringVectors.from_embeddings(store, "dot")
         scores = vectors.score_pairs(enrol, test)
         out["eer"] = compute_eer(scores, labels)[0]
