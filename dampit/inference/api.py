@@ -370,8 +370,7 @@ class DampitSpeakerRecognition(SpeakerRecognition):
         Arguments
         ---------
         items : list
-            Paths, ``(id, path[, start, stop])`` tuples or CSV-row dicts
-            (see :func:`dampit.inference.extract.embed_utterances`).
+            Paths, or ``(id, path)`` pairs.
         batch_size : int
             Most files per forward pass.
         progress : bool
@@ -384,7 +383,7 @@ class DampitSpeakerRecognition(SpeakerRecognition):
         embeddings : numpy.ndarray
             ``[N, D]`` float32.
         """
-        ids, emb, _ = embed_utterances(
+        return embed_utterances(
             self.encode_batch,
             items,
             sample_rate=self.sample_rate,
@@ -393,7 +392,6 @@ class DampitSpeakerRecognition(SpeakerRecognition):
             progress=progress,
             hop_length=self._hop_length(),
         )
-        return ids, emb
 
     def embed_windows(
         self, items, window, hop=None, trim=False, batch_size=16, progress=True
