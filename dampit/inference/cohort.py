@@ -7,7 +7,7 @@ asnorm.TOP_K` (300) cohort scores of each side (all of them when the
 cohort is smaller: S-norm). A model folder can hold such a cohort: one
 vector per speaker, the mean of the speaker's unit-length embeddings
 scaled to unit length (:func:`speaker_means`), made with the folder's own
-model by :func:`compute_cohort` (``dampit-cohort``).
+model by ``dampit-cohort``.
 
 :func:`write_cohort` stores it as ``cohort.npy`` (NumPy's format, version
 1.0, little-endian float16 ``[n, D]``) and records it in
@@ -47,12 +47,11 @@ from dampit.inference.folder_checks import (
 )
 from dampit.inference.profiles import model_fingerprint
 from dampit.metrics.asnorm import TOP_K, as_norm
-from dampit.utils.atomic import atomic_path
+from dampit.utils.atomic import atomic_write_bytes, atomic_write_text
 from dampit.utils.file_lock import output_lock
 
 __all__ = [
     "check_target",
-    "compute_cohort",
     "normalise_scores",
     "read_cohort",
     "require_cohort",
@@ -112,36 +111,6 @@ def speaker_means(embeddings, speakers):
         bad = names[np.flatnonzero(lengths[:, 0] == 0)[0]]
         raise ValueError(f"speaker {bad}: the embeddings' mean is zero")
     return names.tolist(), (sums / lengths).astype(np.float32)
-
-
-def compute_cohort(model, items, speakers, batch_size=16, progress=False):
-    """Embed labelled audio with ``model`` and average it per speaker.
-
-    Arguments
-    ---------
-    model : DampitSpeakerRecognition
-        From :func:`dampit.inference.api.load_model`.
-    items : list
-        Audio paths or ``(id, path)`` items (as ``embed_files`` takes them).
-    speakers : list of str
-        The speaker of each item; at least 2 speakers.
-    batch_size : int
-        Files per forward pass.
-    progress : bool
-        Show a progress bar.
-
-    Returns
-    -------
-    names, vectors
-        As :func:`speaker_means`.
-    """
-    if len(items) != len(speakers) or len(set(speakers)) < 2:
-        raise ValueError(
-            f"a cohort needs 2 or more speakers ({len(set(speakers))} for "
-            f"{len(items)} files)"
-        )
-    _, emb = model.embed_files(list(items), batch_size, progress)
-    return speaker_means(emb, speakers)
 
 
 def _npy_bytes(vectors, model):
@@ -256,13 +225,9 @@ def write_cohort(model, vectors, source):
     path = os.path.join(folder, COHORT_FILE)
     with output_lock(folder):  # one writer from the read to the write
         spec = check_target(folder)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(data)
+        atomic_write_bytes(path, data)
         spec[RECORD] = record
-        with atomic_path(spec_path) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(spec, f, indent=2)
+        atomic_write_text(spec_path, json.dumps(spec, indent=2))
     return record
 
 

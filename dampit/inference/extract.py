@@ -217,7 +217,8 @@ def embed_utterances(
     ids = [uid for uid, _ in items]
     rows = [None] * len(items)
     seconds = [header_duration(path) for _, path in items]
-    for group in tqdm(length_batches(seconds, batch_size), disable=not progress):
+    groups = length_batches(seconds, batch_size)
+    for group in tqdm(groups, disable=not progress):
         wavs = [
             load_audio(items[k][1], sample_rate, min_samples=MIN_SAMPLES)
             for k in group
