@@ -13,8 +13,7 @@ test trials). A run of SpeechBrain's speaker recipe has no
 ``compute_features``, ``mean_var_norm``, ``embedding_model`` and an ECAPA
 ``classifier`` of its ``hyperparams.yaml``
 (:func:`~dampit.training.tested_model.speechbrain_modules`), its weights
-those of the end-of-epoch checkpoint with the lowest value of the one
-metric they record (``ErrorRate``). A ``mean_var_norm`` that is not per
+those of the end-of-epoch checkpoint with the lowest ``ErrorRate``. A ``mean_var_norm`` that is not per
 sentence is refused (its statistics are not exported). ``--trials
 PAIRS`` sets the threshold at the EER of the exported model's cosine
 scores of a labelled trial list (names under ``--audio-root``),
@@ -78,7 +77,6 @@ __all__ = [
 
 CHECK_TOL = 1e-5
 SCORING = "full_cosine"
-SB_META = ("unixtime", "end-of-epoch")  # SpeechBrain's, not metrics
 REVERIFY = (
     "re-run the verification (the recipe with the same arguments, "
     "number_of_epochs unchanged: it resumes and only verifies)"
@@ -159,23 +157,21 @@ def _check_normalization(modules, path):
 
 
 def _best_checkpoint(save):
-    """The end-of-epoch checkpoint of ``save`` with the lowest value of
-    the one metric they all record."""
+    """The end-of-epoch checkpoint of ``save`` with the lowest
+    ``ErrorRate`` (SpeechBrain's ``find_checkpoint``)."""
     if not os.path.isdir(save):  # (the Checkpointer would make it)
         raise ExportError(f"{save} not found: not a recipe run")
     try:
-        found = Checkpointer(save).list_checkpoints()
-    except (OSError, yaml.YAMLError) as err:
-        raise ExportError(f"{save}: {str(err).splitlines()[0]}") from None
-    ends = [c for c in found if c.meta.get("end-of-epoch")]
-    keys = set.intersection(*(set(c.meta) for c in ends)) if ends else set()
-    keys = sorted(keys - set(SB_META))
-    if len(keys) != 1:
-        raise ExportError(
-            f"the checkpoints in {save} record {keys or 'no metric'}: the "
-            "best one is the lowest of one metric (ErrorRate)"
+        best = Checkpointer(save).find_checkpoint(
+            min_key="ErrorRate",
+            ckpt_predicate=lambda c: c.meta.get("end-of-epoch"),
         )
-    best = min(ends, key=lambda c: c.meta[keys[0]])
+    except (OSError, TypeError, yaml.YAMLError) as err:
+        raise ExportError(f"{save}: {str(err).splitlines()[0]}") from None
+    if best is None:
+        raise ExportError(
+            f"{save}: no end-of-epoch checkpoint records an ErrorRate"
+        )
     if "embedding_model" not in best.paramfiles:
         raise ExportError(f"{best.path}: no embedding_model.ckpt")
     return best
