@@ -13,11 +13,12 @@ test trials). A run of SpeechBrain's speaker recipe has no
 ``compute_features``, ``mean_var_norm``, ``embedding_model`` and an ECAPA
 ``classifier`` of its ``hyperparams.yaml``
 (:func:`~dampit.training.tested_model.speechbrain_modules`), its weights
-those of the end-of-epoch checkpoint with the lowest ``ErrorRate``. A ``mean_var_norm`` that is not per
-sentence is refused (its statistics are not exported). ``--trials
-PAIRS`` sets the threshold at the EER of the exported model's cosine
-scores of a labelled trial list (names under ``--audio-root``),
-``--scores F`` at the EER of a labelled score file.
+those of the end-of-epoch checkpoint with the lowest ``ErrorRate``. A
+``mean_var_norm`` that is not per sentence is refused (its statistics
+are not exported). ``--trials PAIRS`` sets the threshold at the EER of
+the exported model's cosine scores of a labelled trial list (names
+under ``--audio-root``), ``--scores F`` at the EER of a labelled score
+file.
 ``save/label_encoder.txt`` goes with a classifier.
 
 The folder (renamed into place) holds ``dampit_export.json`` (what
@@ -73,6 +74,7 @@ __all__ = [
     "ExportError",
     "export_model",
     "read_run_hparams",
+    "read_summary",
 ]
 
 CHECK_TOL = 1e-5
@@ -245,18 +247,39 @@ def _eer_threshold(scores, labels, source):
     return float(threshold), {source: {"eer": float(eer)}}
 
 
-def _summary_threshold(run):
-    """``(threshold, source, summary)``: ``full_cosine`` of the run's
-    verification summary."""
+def read_summary(run, what):
+    """``(path, summary, key)``: a run's ``verification/summary.json`` and
+    the key of its first ``full_cosine`` entry (an object); else one line
+    naming the file (``what``: what to do when it is missing).
+
+    Example
+    -------
+    >>> run = tempfile.mkdtemp()
+    >>> os.mkdir(os.path.join(run, "verification"))
+    >>> path = os.path.join(run, "verification", "summary.json")
+    >>> _ = open(path, "w").write('{"t/full_cosine": {"eer": 0.1}}')
+    >>> read_summary(run, "verify the run")[1:]
+    ({'t/full_cosine': {'eer': 0.1}}, 't/full_cosine')
+    """
     path = os.path.join(run, "verification", "summary.json")
-    what = "verify the run first, or give --scores or --trials"
     summary = _read(path, what, json.load)
-    for key, res in summary.items():
-        thr = res.get("eer_threshold") if isinstance(res, dict) else None
-        if key.split("/")[-1] == SCORING and isinstance(thr, (int, float)):
-            if math.isfinite(thr):
-                return float(thr), f"{path}: {key}", summary
-    raise ExportError(f"{path}: no finite eer_threshold for {SCORING}")
+    if not isinstance(summary, dict):
+        raise ExportError(f"{path}: not a JSON object")
+    for key, entry in summary.items():
+        if key.split("/")[-1] == SCORING and isinstance(entry, dict):
+            return path, summary, key
+    raise ExportError(f"{path}: no {SCORING} entry")
+
+
+def _summary_threshold(run):
+    """``(threshold, source, summary)``: the EER threshold of
+    ``full_cosine`` in the run's verification summary."""
+    what = "verify the run first, or give --scores or --trials"
+    path, summary, key = read_summary(run, what)
+    thr = summary[key].get("eer_threshold")
+    if not isinstance(thr, (int, float)) or not math.isfinite(thr):
+        raise ExportError(f"{path}: no finite eer_threshold for {SCORING}")
+    return float(thr), f"{path}: {key}", summary
 
 
 @torch.no_grad()
