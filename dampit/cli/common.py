@@ -128,10 +128,6 @@ def check_args(args, out_folder):
         raise CliError(f"--model {args.model}: folder not found")
 
 
-def _is_audio(path):
-    return os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS
-
-
 def _list_file(path):
     """``(id, path, origin)`` of a list file's lines (UTF-8, BOM or not)."""
     items, base = [], os.path.dirname(os.path.abspath(path))
@@ -172,7 +168,7 @@ def list_audio_inputs(inputs):
             found += tree
         elif not isfile(arg):
             raise CliError(f"input not found: {arg}")
-        elif _is_audio(arg):
+        elif os.path.splitext(arg)[1].lower() in AUDIO_EXTENSIONS:
             found.append((utt_to_id(arg), arg, arg))
         elif not (listed := _list_file(arg)):
             raise CliError(f"{arg}: lists no audio files")

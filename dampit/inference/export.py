@@ -298,8 +298,7 @@ def _check(folder, target):
     gen = torch.Generator().manual_seed(0)
     n = (int(1.3 * model.sample_rate), int(0.9 * model.sample_rate))
     wavs = [0.1 * torch.randn(k, generator=gen) for k in n]
-    hop = getattr(model.mods.compute_features, "hop_length", None)
-    batch, lens = pad_batch(wavs, hop if isinstance(hop, int) else None)
+    batch, lens = pad_batch(wavs, model.hop_length())
     got, want = model.encode_batch(batch, lens), sb.encode_batch(batch, lens)
     diff = float((got - want).abs().max()) / max(1.0, float(want.abs().max()))
     if not diff <= CHECK_TOL:
