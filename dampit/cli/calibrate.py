@@ -29,7 +29,6 @@ import warnings
 import numpy as np
 
 from dampit.cli import common
-from dampit.cli.verify import resolve_audio
 from dampit.dataio import trials
 from dampit.inference import calibration as cal
 from dampit.inference.stored_threshold import (
@@ -124,7 +123,7 @@ def _calibrate(args):
     enrol, test, labels, names, spk_e, spk_t = _speakers(args)
     _check_counts(labels, point, rate, args.force)
     folds_ok = _check_folds(labels, spk_e, spk_t, args)
-    paths = resolve_audio(
+    paths = trials.resolve_audio(
         names, args.trials, args.audio_root, args.csv, args.data_root
     )
     model = common.open_model(args)

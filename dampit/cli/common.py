@@ -22,11 +22,13 @@ from dampit.dataio.preparation import scan_audio_tree
 from dampit.dataio.trials import TrialListError, utf8_lines, utt_to_id
 from dampit.inference.api import ModelFolderError, load_model
 from dampit.inference.embedding_store import check_id
+from dampit.inference.export import ExportError
 from dampit.inference.profiles import ProfileError
 from dampit.utils.file_lock import LockError, output_lock
 
 USER_ERRORS = (
     AudioError,
+    ExportError,
     LockError,
     ModelFolderError,
     ProfileError,

@@ -48,12 +48,11 @@ import yaml
 from speechbrain.inference.classifiers import EncoderClassifier
 from speechbrain.utils.checkpoints import Checkpointer
 
-from dampit.cli import common
-from dampit.cli.verify import resolve_audio
 from dampit.dataio.trials import (
     TrialListError,
     read_scores,
     read_trial_indices,
+    resolve_audio,
 )
 from dampit.inference.api import (
     HPARAMS_FILE,
@@ -100,7 +99,7 @@ Equal error rates ({source}):
 """
 
 
-class ExportError(common.CliError):
+class ExportError(ValueError):
     """A run that cannot be exported; the message names the file."""
 
 
@@ -221,7 +220,7 @@ def _read_pairs(trials, audio_root):
         enrol, test, labels, names = read_trial_indices(trials)
         _labels_of_both_kinds(trials, labels)
         paths = resolve_audio(names, trials, audio_root)
-    except (TrialListError, common.CliError) as err:
+    except TrialListError as err:
         raise ExportError(str(err)) from None
     return labels, [(paths[e], paths[t]) for e, t in zip(enrol, test)]
 
