@@ -80,14 +80,11 @@ class Parser(argparse.ArgumentParser):
     """
 
     def __init__(self, prog, description, examples=None):
-        formatter = argparse.HelpFormatter
-        if examples is not None:
-            formatter = argparse.RawDescriptionHelpFormatter
         super().__init__(
             prog=prog,
             description=description,
             epilog=examples,
-            formatter_class=formatter,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         add = self.add_argument
         add("--model", required=True, help="model folder (dampit-export)")

@@ -36,6 +36,7 @@ import numpy as np
 
 from dampit.cli import common
 from dampit.dataio import trials
+from dampit.inference.calibration import error_rates_at
 from dampit.inference.cohort import normalise_scores, require_cohort
 from dampit.inference.stored_threshold import read_calibration
 from dampit.metrics.error_rates import compute_eer, compute_min_dcf
@@ -69,10 +70,10 @@ def _report(scores, labels, threshold):
             f"minDCF(0.01) {dcf:.4f}"
         )
         if threshold is not None:
+            miss, fa = error_rates_at(scores, y, threshold)
             text += (
-                f"; at {threshold:.4f}: miss "
-                f"{100 * (~accept[y]).mean():.2f}%, false alarm "
-                f"{100 * accept[~y].mean():.2f}%"
+                f"; at {threshold:.4f}: miss {100 * miss:.2f}%, false "
+                f"alarm {100 * fa:.2f}%"
             )
         print(f"{text} ({y.sum()} target / {(~y).sum()} non-target)")
 
