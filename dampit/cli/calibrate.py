@@ -29,7 +29,6 @@ import warnings
 import numpy as np
 
 from dampit.cli import common
-from dampit.cli.verify import resolve_audio
 from dampit.dataio import trials
 from dampit.inference import calibration as cal
 from dampit.inference.stored_threshold import (
@@ -91,10 +90,6 @@ def _check_counts(labels, point, rate, force):
     warnings.warn(f"{msg}: the threshold is unreliable", stacklevel=1)
 
 
-def _n_speakers(spk_e, spk_t):
-    return len(set(spk_e) | set(spk_t))
-
-
 def _check_folds(labels, spk_e, spk_t, args):
     """Whether the speakers make ``--folds`` folds to cross-validate on;
     if not, an error (a warning with ``--force``)."""
@@ -128,7 +123,7 @@ def _calibrate(args):
     enrol, test, labels, names, spk_e, spk_t = _speakers(args)
     _check_counts(labels, point, rate, args.force)
     folds_ok = _check_folds(labels, spk_e, spk_t, args)
-    paths = resolve_audio(
+    paths = trials.resolve_audio(
         names, args.trials, args.audio_root, args.csv, args.data_root
     )
     model = common.open_model(args)
@@ -160,9 +155,10 @@ def _calibrate(args):
     if args.llr:
         scale, offset = cal.fit_llr(scores, labels)
         record["llr"] = {"scale": scale, "offset": offset}
+    n_speakers = len(set(spk_e) | set(spk_t))
     print(
         f"[dampit] {record['target']} target / {record['nontarget']} "
-        f"non-target trials of {_n_speakers(spk_e, spk_t)} speakers; threshold "
+        f"non-target trials of {n_speakers} speakers; threshold "
         f"{threshold:.4f} at {words} (on these trials: FRR "
         f"{100 * frr:.2f}%, FAR {100 * far:.2f}%)"
     )

@@ -28,16 +28,19 @@ from dampit.inference.export import ExportError
 from dampit.inference.folder_checks import ModelFolderError
 
 PROG = "check_pretrained"
+#: Trials printed, drawn with this seed.
+SHOW, SEED = 10, 0
 
 
-def _print_sample(trials, scores, threshold, show, seed):
-    """Print ``show`` trials drawn with ``seed`` and their decisions."""
-    shown = random.Random(seed).sample(
-        range(len(trials)), min(show, len(trials))
+def _print_sample(trials, scores, threshold):
+    """Print :data:`SHOW` trials drawn with :data:`SEED` and their
+    decisions."""
+    shown = random.Random(SEED).sample(
+        range(len(trials)), min(SHOW, len(trials))
     )
     print(
         f"[dampit] {len(shown)} of {len(trials)} held-out trials (seed "
-        f"{seed}), decided at threshold {threshold:.4f}:"
+        f"{SEED}), decided at threshold {threshold:.4f}:"
     )
     for k in sorted(shown):
         label, enrol, test = trials[k]
@@ -51,7 +54,7 @@ def _print_sample(trials, scores, threshold, show, seed):
 
 
 def main(argv=None):
-    """``check_pretrained MODEL RUN [--show N] [--seed S] [--trials FILE]``.
+    """``check_pretrained MODEL RUN [--trials FILE]``.
 
     Arguments
     ---------
@@ -78,13 +81,9 @@ def main(argv=None):
     )
     parser.add_argument("model", help="exported model folder (trusted)")
     parser.add_argument("run", help="the recipe run it was exported from")
-    parser.add_argument("--show", type=int, default=10, help="trials shown")
-    parser.add_argument("--seed", type=int, default=0, help="of the sample")
     parser.add_argument("--trials", help="trial list (default: the run's)")
     args = parser.parse_args(argv)
     try:
-        if args.show < 0:
-            raise ValueError(f"--show must be >= 0, got {args.show}")
         eer, rows, trials = read_run_trials(args.run, args.trials)
         model, threshold = load_speechbrain(args.model)
     except (ExportError, ModelFolderError, ValueError, OSError) as err:
@@ -92,7 +91,7 @@ def main(argv=None):
         return 2
     print(f"[dampit] {args.model} loaded with SpeakerRecognition.from_hparams")
     scores = speechbrain_scores(model, trials, rows)
-    _print_sample(trials, scores, threshold, args.show, args.seed)
+    _print_sample(trials, scores, threshold)
     labels = [int(label) for label, _, _ in trials]
     acc = accuracy(scores, labels, threshold)
     n_target = sum(labels)

@@ -21,11 +21,7 @@ import sys
 
 from dampit.cli import common
 from dampit.dataio.trials import speaker_of
-from dampit.inference.cohort import (
-    check_target,
-    compute_cohort,
-    write_cohort,
-)
+from dampit.inference.cohort import check_target, speaker_means, write_cohort
 
 PROG = "dampit-cohort"
 EXAMPLES = """examples:
@@ -52,9 +48,8 @@ def _cohort(args):
     with common.writing(args.model):
         check_target(args.model)  # before any embedding
         model = common.open_model(args)
-        _, vectors = compute_cohort(
-            model, items, speakers, args.batch_size, not args.no_progress
-        )
+        _, emb = common.embed(model, items, args)
+        _, vectors = speaker_means(emb, speakers)
         source = ", ".join(os.path.abspath(p) for p in args.inputs)
         record = write_cohort(model, vectors, f"dampit-cohort on {source}")
     print(

@@ -22,11 +22,13 @@ from dampit.dataio.preparation import scan_audio_tree
 from dampit.dataio.trials import TrialListError, utf8_lines, utt_to_id
 from dampit.inference.api import ModelFolderError, load_model
 from dampit.inference.embedding_store import check_id
+from dampit.inference.export import ExportError
 from dampit.inference.profiles import ProfileError
 from dampit.utils.file_lock import LockError, output_lock
 
 USER_ERRORS = (
     AudioError,
+    ExportError,
     LockError,
     ModelFolderError,
     ProfileError,
@@ -78,14 +80,11 @@ class Parser(argparse.ArgumentParser):
     """
 
     def __init__(self, prog, description, examples=None):
-        formatter = argparse.HelpFormatter
-        if examples is not None:
-            formatter = argparse.RawDescriptionHelpFormatter
         super().__init__(
             prog=prog,
             description=description,
             epilog=examples,
-            formatter_class=formatter,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         add = self.add_argument
         add("--model", required=True, help="model folder (dampit-export)")
@@ -128,10 +127,6 @@ def check_args(args, out_folder):
         raise CliError(f"--model {args.model}: folder not found")
 
 
-def _is_audio(path):
-    return os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS
-
-
 def _list_file(path):
     """``(id, path, origin)`` of a list file's lines (UTF-8, BOM or not)."""
     items, base = [], os.path.dirname(os.path.abspath(path))
@@ -172,7 +167,7 @@ def list_audio_inputs(inputs):
             found += tree
         elif not isfile(arg):
             raise CliError(f"input not found: {arg}")
-        elif _is_audio(arg):
+        elif os.path.splitext(arg)[1].lower() in AUDIO_EXTENSIONS:
             found.append((utt_to_id(arg), arg, arg))
         elif not (listed := _list_file(arg)):
             raise CliError(f"{arg}: lists no audio files")

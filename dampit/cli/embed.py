@@ -112,11 +112,9 @@ def _embed_into(args, items):
     warnings.filterwarnings("ignore", ".*threshold")  # embed decides nothing
     model = common.open_model(args)
     _check_window_args(args, model.sample_rate)
-    items, bad = (
-        _drop_bad(items, model.sample_rate, args.window)
-        if args.skip_bad
-        else (items, "")
-    )
+    bad = ""
+    if args.skip_bad:
+        items, bad = _drop_bad(items, model.sample_rate, args.window)
     if args.window is None:
         ids, emb = common.embed(model, items, args)
         files = {"paths.txt": "".join(f"{p}\n" for _, p in items)}

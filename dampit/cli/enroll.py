@@ -90,15 +90,13 @@ def main(argv=None):
     add = parser.add_argument
     add("inputs", nargs="*", help="folders, list files, audio files")
     add("--profiles", required=True, help="profile store folder")
-    add("--speaker", help="the speaker the inputs are enrolled as")
-    add("--by-folder", action="store_true", help="a speaker per subfolder")
+    mode = parser.add_mutually_exclusive_group(required=True).add_argument
+    mode("--speaker", help="the speaker the inputs are enrolled as")
+    mode("--by-folder", action="store_true", help="a speaker per subfolder")
+    mode("--remove", metavar="NAME", help="remove this speaker's profile")
     add("--replace", action="store_true", help="start profiles afresh")
-    add("--remove", metavar="NAME", help="remove this speaker's profile")
     parser.set_defaults(out=None)
     args = parser.parse_args(argv)
-    modes = [args.speaker is not None, args.by_folder, args.remove is not None]
-    if sum(modes) != 1:
-        parser.error("give one of --speaker NAME, --by-folder, --remove NAME")
     if args.remove is None and not args.inputs:
         parser.error("no files or folders to enrol")
     if args.remove is not None and (args.inputs or args.replace):

@@ -1,8 +1,8 @@
-"""``dampit-synth OUT_DIR``: write the built-in synthetic speaker corpus.
+"""``dampit-synth --out DIR``: write the built-in synthetic speaker corpus.
 
 ::
 
-    dampit-synth corpus/ --speakers 40 --utts 20 --workers 2
+    dampit-synth --out corpus/ --speakers 40 --utts-per-speaker 20
 
 A demo and test corpus, not a benchmark: EERs on it say that the pipeline
 learns, not how good a model is. The corpus and its files are
@@ -15,13 +15,15 @@ from dampit.dataio.synthetic import generate_corpus
 
 
 def main(argv=None):
-    """``dampit-synth OUT_DIR [--speakers N] [--utts K] ...``; returns 0.
+    """``dampit-synth --out DIR [--speakers N] [--utts-per-speaker K]
+    ...``; returns 0.
 
     Example
     -------
     >>> import tempfile
-    >>> main([tempfile.mkdtemp(), "--speakers", "1", "--utts", "1",
-    ...       "--min-dur", "0.2", "--max-dur", "0.2", "--quiet"])
+    >>> main(["--out", tempfile.mkdtemp(), "--speakers", "1",
+    ...       "--utts-per-speaker", "1", "--min-dur", "0.2", "--max-dur",
+    ...       "0.2", "--quiet"])
     0
     """
     p = argparse.ArgumentParser(
@@ -30,23 +32,20 @@ def main(argv=None):
         "tests, not a benchmark): <out>/<spk>/<spk>-<k>.wav, manifest.csv "
         "and corpus.json.",
     )
-    p.add_argument("out_dir", nargs="?", help="output folder")
-    p.add_argument("--out", help="output folder (instead of OUT_DIR)")
+    p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--speakers", type=int, default=40)
-    p.add_argument("--utts", "--utts-per-speaker", type=int, default=20)
+    p.add_argument("--utts-per-speaker", type=int, default=20)
     p.add_argument("--min-dur", type=float, default=2.0, help="seconds")
     p.add_argument("--max-dur", type=float, default=4.0, help="seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    if (a.out_dir is None) == (a.out is None):
-        p.error("give the output folder once: OUT_DIR or --out")
     dur = (a.min_dur, a.max_dur)
     path = generate_corpus(
-        a.out_dir or a.out,
+        a.out,
         a.speakers,
-        a.utts,
+        a.utts_per_speaker,
         dur,
         a.seed,
         a.workers,

@@ -28,17 +28,15 @@ and decisions only at a ``--threshold`` you give.
 """
 
 import contextlib
-import csv
 import os
 import sys
 import warnings
 
 import numpy as np
-from speechbrain.dataio.dataio import load_data_csv
 
 from dampit.cli import common
 from dampit.dataio import trials
-from dampit.dataio.audio import AUDIO_EXTENSIONS
+from dampit.inference.calibration import error_rates_at
 from dampit.inference.cohort import normalise_scores, require_cohort
 from dampit.inference.stored_threshold import read_calibration
 from dampit.metrics.error_rates import compute_eer, compute_min_dcf
@@ -49,53 +47,6 @@ NO_DECISION = (
     "not decided: the stored threshold is for cosines, not AS-norm "
     "scores (give --threshold)"
 )
-
-
-def _read_csv(path, data_root):
-    """SpeechBrain's ``load_data_csv`` of ``--csv``, its rows checked
-    first: each has as many fields as the header."""
-    repl = {"data_root": data_root} if data_root else None
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.reader(f, skipinitialspace=True)
-            header = next(reader, [])
-            bad = [(reader.line_num, len(row)) for row in reader if row]
-            bad = [(n, k) for n, k in bad if k != len(header)]
-        rows = {} if bad else load_data_csv(path, repl)
-    except (OSError, KeyError, ValueError, csv.Error) as err:
-        raise common.CliError(f"--csv {path}: {err}") from None
-    if bad:
-        line, n_fields = bad[0]
-        raise common.CliError(
-            f"--csv {path}:{line}: {n_fields} fields, the header has "
-            f"{len(header)}"
-        )
-    return rows
-
-
-def resolve_audio(names, trial_file, audio_root=None, csv=None, data_root=None):
-    """Audio file of each name of ``trial_file``: under ``audio_root``
-    (default: the list's folder) or the ``wav`` of its row in ``csv``."""
-    root = audio_root or os.path.dirname(trial_file)
-    rows = _read_csv(csv, data_root) if csv else {}
-    paths = []
-    for name in names:
-        path = os.path.join(root, name)
-        if csv:
-            row = rows.get(name) or rows.get(trials.utt_to_id(name)) or {}
-            path = row.get("wav", f"{name} (not an ID of {csv})")
-        elif not os.path.splitext(path)[1]:
-            found = [path + e for e in AUDIO_EXTENSIONS]
-            path = next(filter(os.path.isfile, found), path)
-        if not os.path.isfile(path):
-            where = next(
-                n for n, _, *et in trials.iter_trials(trial_file) if name in et
-            )
-            raise common.CliError(
-                f"{trial_file}:{where}: {name}: audio file not found: {path}"
-            )
-        paths.append(path)
-    return paths
 
 
 def _report(scores, labels, threshold):
@@ -119,10 +70,10 @@ def _report(scores, labels, threshold):
             f"minDCF(0.01) {dcf:.4f}"
         )
         if threshold is not None:
+            miss, fa = error_rates_at(scores, y, threshold)
             text += (
-                f"; at {threshold:.4f}: miss "
-                f"{100 * (~accept[y]).mean():.2f}%, false alarm "
-                f"{100 * accept[~y].mean():.2f}%"
+                f"; at {threshold:.4f}: miss {100 * miss:.2f}%, false "
+                f"alarm {100 * fa:.2f}%"
             )
         print(f"{text} ({y.sum()} target / {(~y).sum()} non-target)")
 
@@ -140,20 +91,6 @@ def _print_pair(args, score, threshold):
     print(f"score {score:.4f}  threshold {threshold:.4f}  -> {word}{extra}")
 
 
-def _is_score_line(fields):
-    """Whether ``fields`` (a split line) read as ``enrol test [label]
-    score``."""
-    if len(fields) not in (3, 4):
-        return False
-    if len(fields) == 4 and fields[2] not in ("0", "1"):
-        return False
-    try:
-        float(fields[-1])
-    except ValueError:
-        return False
-    return True
-
-
 def check_out(args):
     """``--out`` is none of the command's inputs, and a file it would
     replace is a score file (its first line), so that nothing else is
@@ -165,7 +102,7 @@ def check_out(args):
     if os.path.isfile(out) and os.path.getsize(out) > 0:
         with open(out, "rb") as f:
             first = f.readline(4096).decode("utf-8", "replace").split()
-        if not _is_score_line(first):
+        if not trials.is_score_line(first):
             raise common.CliError(
                 f"--out {args.out} exists and is not a score file (enrol "
                 "test [label] score): nothing replaced"
@@ -185,7 +122,7 @@ def _verify(args):
 def _verify_locked(args):
     if args.trials:
         enrol, test, labels, names = trials.read_trial_indices(args.trials)
-        paths = resolve_audio(
+        paths = trials.resolve_audio(
             names, args.trials, args.audio_root, args.csv, args.data_root
         )
     elif missing := [f for f in args.files if not os.path.isfile(f)]:

@@ -13,7 +13,7 @@ offsets; then the speaker's own timbre (two peaking EQs and a tilt), the
 session's channel (band-pass, tilt, EQ) and noise at the session's SNR.
 Everything random depends only on ``(seed, speaker, utterance)``: the same
 seed gives the same bytes whatever the worker count, and a larger corpus
-extends a smaller one. Command line: ``dampit-synth OUT_DIR --speakers 40``
+extends a smaller one. Command line: ``dampit-synth --out DIR --speakers 40``
 (:mod:`dampit.cli.synth`).
 """
 

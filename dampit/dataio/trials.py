@@ -9,6 +9,7 @@ utterances by path (``id10270/x6uYqmx31kE/00001.wav``); dataset CSV IDs are
 the same paths without the extension (:func:`utt_to_id`).
 """
 
+import csv
 import itertools
 import logging
 import os
@@ -16,6 +17,7 @@ import sys
 from array import array
 
 import numpy as np
+from speechbrain.dataio.dataio import load_data_csv
 
 from dampit.dataio.audio import AUDIO_EXTENSIONS
 from dampit.utils.atomic import atomic_path, atomic_write_text
@@ -355,14 +357,81 @@ def read_scores(path):
                 "test score' on every line"
             )
         width = len(f)
-        try:
-            cols[2].append(float(f[-1]))
-            if len(f) == 4 and f[2] not in ("0", "1"):
-                raise ValueError
-        except ValueError:
-            raise TrialListError(f"{path}:{n}: bad number in {f!r}") from None
+        if not is_score_line(f):
+            raise TrialListError(f"{path}:{n}: bad number in {f!r}")
         cols[0].append(f[0])
         cols[1].append(f[1])
+        cols[2].append(float(f[-1]))
         cols[3].extend(f[2:3] if len(f) == 4 else [])
     lab = np.asarray(cols[3], dtype=np.int64) if cols[3] else None
     return cols[0], cols[1], np.asarray(cols[2], dtype=np.float64), lab
+
+
+def is_score_line(fields):
+    """Whether ``fields`` (a split line) read as ``enrol test [label]
+    score``: the label 0 or 1, the score a number.
+
+    Example
+    -------
+    >>> is_score_line(["a", "b", "1", "0.5"]), is_score_line(["a", "b", "x"])
+    (True, False)
+    """
+    if len(fields) not in (3, 4):
+        return False
+    if len(fields) == 4 and fields[2] not in ("0", "1"):
+        return False
+    try:
+        float(fields[-1])
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path, data_root):
+    """SpeechBrain's ``load_data_csv`` of ``--csv``, its rows checked
+    first: each has as many fields as the header."""
+    repl = {"data_root": data_root} if data_root else None
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f, skipinitialspace=True)
+            header = next(reader, [])
+            bad = [(reader.line_num, len(row)) for row in reader if row]
+            bad = [(n, k) for n, k in bad if k != len(header)]
+        rows = {} if bad else load_data_csv(path, repl)
+    except (OSError, KeyError, ValueError, csv.Error) as err:
+        raise TrialListError(f"--csv {path}: {err}") from None
+    if bad:
+        line, n_fields = bad[0]
+        raise TrialListError(
+            f"--csv {path}:{line}: {n_fields} fields, the header has "
+            f"{len(header)}"
+        )
+    return rows
+
+
+def resolve_audio(names, trial_file, audio_root=None, csv=None, data_root=None):
+    """Audio file of each name of ``trial_file``: under ``audio_root``
+    (default: the list's folder; a name without extension is tried with
+    each audio extension) or the ``wav`` of its row in the SpeechBrain CSV
+    ``csv`` (``$data_root`` replaced by ``data_root``); a name without a
+    file raises TrialListError naming its line."""
+    root = audio_root or os.path.dirname(trial_file)
+    rows = _read_csv(csv, data_root) if csv else {}
+    paths = []
+    for name in names:
+        path = os.path.join(root, name)
+        if csv:
+            row = rows.get(name) or rows.get(utt_to_id(name)) or {}
+            path = row.get("wav", f"{name} (not an ID of {csv})")
+        elif not os.path.splitext(path)[1]:
+            found = [path + e for e in AUDIO_EXTENSIONS]
+            path = next(filter(os.path.isfile, found), path)
+        if not os.path.isfile(path):
+            where = next(
+                n for n, _, *et in iter_trials(trial_file) if name in et
+            )
+            raise TrialListError(
+                f"{trial_file}:{where}: {name}: audio file not found: {path}"
+            )
+        paths.append(path)
+    return paths

@@ -5,7 +5,7 @@ over it are in ``dampit.cli``).
   ``SpeakerRecognition`` with the stored threshold; executes nothing);
 - ``export``: a verified recipe run -> a model folder (``dampit-export``);
 - ``model_files``: the one writer of a model folder's files;
-- ``extract``: batched embedding of files and crops;
+- ``extract``: batched embedding of files and of windows of long files;
 - ``portable``: TorchScript / ONNX programs, waveform -> embedding;
 - ``check_pretrained``: the steps of the quickstart's check through
   ``from_hparams``;

@@ -152,9 +152,13 @@ def _load_labels(folder, n_expected):
     return check_labels(path, encoder, n_expected)
 
 
-def _probe(model):
-    """Embed :data:`PROBE_SECONDS` of fixed noise (an error or NaN / inf:
-    one line naming the folder); sets ``model.embedding_size``."""
+def _probe(model, folder):
+    """``model`` of ``folder`` in eval mode, once it embedded
+    :data:`PROBE_SECONDS` of fixed noise (an error or NaN / inf: one line
+    naming the folder; sets ``model.embedding_size``), with its checked
+    cohort."""
+    model.folder = folder
+    model.eval()
     gen = torch.Generator().manual_seed(0)
     n = int(PROBE_SECONDS * model.sample_rate)
     wav = 0.1 * torch.randn(1, n, generator=gen)
@@ -169,6 +173,7 @@ def _probe(model):
             f"of audio: {one_line(err)}"
         ) from None
     model.embedding_size = int(emb.shape[-1])
+    model.cohort = cohort.read_cohort(model)
     return model
 
 
@@ -235,10 +240,7 @@ def load_model(source, device="cpu", trust=False):
     model = DampitSpeakerRecognition(
         modules=mods, hparams=hparams, run_opts={"device": device}
     )
-    model.folder = folder
-    _probe(model.eval())
-    model.cohort = cohort.read_cohort(model)
-    return model
+    return _probe(model, folder)
 
 
 def _load_trusted(folder, device):
@@ -259,10 +261,7 @@ def _load_trusted(folder, device):
     rate = getattr(model.hparams, "sample_rate", None)
     if rate is not None:
         check_value(where, "sample_rate", rate)
-    model.folder = folder
-    _probe(model.eval())
-    model.cohort = cohort.read_cohort(model)
-    return model
+    return _probe(model, folder)
 
 
 class DampitSpeakerRecognition(SpeakerRecognition):
@@ -370,8 +369,7 @@ class DampitSpeakerRecognition(SpeakerRecognition):
         Arguments
         ---------
         items : list
-            Paths, ``(id, path[, start, stop])`` tuples or CSV-row dicts
-            (see :func:`dampit.inference.extract.embed_utterances`).
+            Paths, or ``(id, path)`` pairs.
         batch_size : int
             Most files per forward pass.
         progress : bool
@@ -384,16 +382,15 @@ class DampitSpeakerRecognition(SpeakerRecognition):
         embeddings : numpy.ndarray
             ``[N, D]`` float32.
         """
-        ids, emb, _ = embed_utterances(
+        return embed_utterances(
             self.encode_batch,
             items,
             sample_rate=self.sample_rate,
             batch_size=batch_size,
             device=self.device,
             progress=progress,
-            hop_length=self._hop_length(),
+            hop_length=self.hop_length(),
         )
-        return ids, emb
 
     def embed_windows(
         self, items, window, hop=None, trim=False, batch_size=16, progress=True
@@ -435,12 +432,12 @@ class DampitSpeakerRecognition(SpeakerRecognition):
             batch_size=batch_size,
             device=self.device,
             progress=progress,
-            hop_length=self._hop_length(),
+            hop_length=self.hop_length(),
         )
 
-    def _hop_length(self):
+    def hop_length(self):
         """The features' STFT hop, when they have one (frame-exact
-        relative lengths in padded batches)."""
+        relative lengths in padded batches), else None."""
         hop = getattr(self.mods.compute_features, "hop_length", None)
         return hop if isinstance(hop, int) else None
 

@@ -16,7 +16,6 @@ share of wrong decisions is the EER: the accuracy must be ``1 - EER`` up to
 :func:`tolerance`. Exit status: 0 when it is, 1 when not, 2 on bad input.
 """
 
-import json
 import os
 import tempfile
 
@@ -24,7 +23,12 @@ from speechbrain.dataio.dataio import load_data_csv
 from speechbrain.inference.speaker import SpeakerRecognition
 
 from dampit.dataio.trials import read_trials
-from dampit.inference.export import read_run_hparams
+from dampit.inference.export import (
+    SCORING,
+    ExportError,
+    read_run_hparams,
+    read_summary,
+)
 from dampit.inference.folder_checks import (
     HPARAMS_FILE,
     YAML_ERRORS,
@@ -42,7 +46,6 @@ __all__ = [
     "tolerance",
 ]
 
-SCORING = "full_cosine"
 # Scores within about 1e-5 of the stored threshold may fall on either side
 # of it: from_hparams and the training-side embeddings agree to 1e-5, not
 # exactly (the export checks that). One trial in a hundred is allowed.
@@ -118,7 +121,7 @@ def run_eer(run):
 
     Raises
     ------
-    ValueError
+    ExportError
         When the file is missing, unreadable or has no such EER.
 
     Example
@@ -131,19 +134,11 @@ def run_eer(run):
     >>> run_eer(run)
     0.125
     """
-    path = os.path.join(run, "verification", "summary.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            summary = json.load(f)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: {err}") from None
-    if isinstance(summary, dict):
-        for key, res in summary.items():
-            eer = res.get("eer") if isinstance(res, dict) else None
-            if key.split("/")[-1] == SCORING and isinstance(eer, float):
-                if 0 <= eer <= 1:
-                    return eer
-    raise ValueError(f"{path}: no {SCORING} EER in [0, 1]")
+    path, summary, key = read_summary(run, "verify the run first")
+    eer = summary[key].get("eer")
+    if not isinstance(eer, float) or not 0 <= eer <= 1:
+        raise ExportError(f"{path}: no {SCORING} EER in [0, 1]")
+    return eer
 
 
 def read_run_trials(run, trial_file=None):

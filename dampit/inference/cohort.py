@@ -7,7 +7,7 @@ asnorm.TOP_K` (300) cohort scores of each side (all of them when the
 cohort is smaller: S-norm). A model folder can hold such a cohort: one
 vector per speaker, the mean of the speaker's unit-length embeddings
 scaled to unit length (:func:`speaker_means`), made with the folder's own
-model by :func:`compute_cohort` (``dampit-cohort``).
+model by ``dampit-cohort``.
 
 :func:`write_cohort` stores it as ``cohort.npy`` (NumPy's format, version
 1.0, little-endian float16 ``[n, D]``) and records it in
@@ -22,9 +22,9 @@ old one.
 refusal one line naming the file: the record's values within
 :data:`dampit.inference.folder_checks.BOUNDS`, ``emb_dim`` the model's
 embedding size, the fingerprint the loaded model's, the file at most
-:data:`~dampit.inference.folder_checks.MAX_COHORT_BYTES` with a float16
-``(speakers, emb_dim)`` header, read without pickles, its sha256 the
-recorded one and every value finite. :func:`normalise_scores`
+:data:`~dampit.inference.folder_checks.MAX_COHORT_BYTES`, its sha256 the
+recorded one, read without pickles, a C-ordered float16
+``(speakers, emb_dim)`` array of finite values. :func:`normalise_scores`
 AS-normalises trial scores with the loaded cohort.
 """
 
@@ -47,12 +47,11 @@ from dampit.inference.folder_checks import (
 )
 from dampit.inference.profiles import model_fingerprint
 from dampit.metrics.asnorm import TOP_K, as_norm
-from dampit.utils.atomic import atomic_path
+from dampit.utils.atomic import atomic_write_bytes, atomic_write_text
 from dampit.utils.file_lock import output_lock
 
 __all__ = [
     "check_target",
-    "compute_cohort",
     "normalise_scores",
     "read_cohort",
     "require_cohort",
@@ -112,36 +111,6 @@ def speaker_means(embeddings, speakers):
         bad = names[np.flatnonzero(lengths[:, 0] == 0)[0]]
         raise ValueError(f"speaker {bad}: the embeddings' mean is zero")
     return names.tolist(), (sums / lengths).astype(np.float32)
-
-
-def compute_cohort(model, items, speakers, batch_size=16, progress=False):
-    """Embed labelled audio with ``model`` and average it per speaker.
-
-    Arguments
-    ---------
-    model : DampitSpeakerRecognition
-        From :func:`dampit.inference.api.load_model`.
-    items : list
-        Audio paths or ``(id, path)`` items (as ``embed_files`` takes them).
-    speakers : list of str
-        The speaker of each item; at least 2 speakers.
-    batch_size : int
-        Files per forward pass.
-    progress : bool
-        Show a progress bar.
-
-    Returns
-    -------
-    names, vectors
-        As :func:`speaker_means`.
-    """
-    if len(items) != len(speakers) or len(set(speakers)) < 2:
-        raise ValueError(
-            f"a cohort needs 2 or more speakers ({len(set(speakers))} for "
-            f"{len(items)} files)"
-        )
-    _, emb = model.embed_files(list(items), batch_size, progress)
-    return speaker_means(emb, speakers)
 
 
 def _npy_bytes(vectors, model):
@@ -256,13 +225,9 @@ def write_cohort(model, vectors, source):
     path = os.path.join(folder, COHORT_FILE)
     with output_lock(folder):  # one writer from the read to the write
         spec = check_target(folder)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(data)
+        atomic_write_bytes(path, data)
         spec[RECORD] = record
-        with atomic_path(spec_path) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(spec, f, indent=2)
+        atomic_write_text(spec_path, json.dumps(spec, indent=2))
     return record
 
 
@@ -301,36 +266,33 @@ def _check_record(where, record, model):
 
 
 def _read_npy(path, n, dim, sha):
-    """The ``[n, dim]`` float16 array of ``path``, checked before and
-    after it is read."""
+    """The ``[n, dim]`` float16 array of ``path``: size-limited, its
+    sha256 the recorded one, read without pickles, checked."""
     try:
         size = os.path.getsize(path)
         if size > MAX_COHORT_BYTES:
             raise ModelFolderError(f"{path}: {size} bytes, more than a cohort")
         with open(path, "rb") as f:
             data = f.read()
-        head = io.BytesIO(data)
-        version = np.lib.format.read_magic(head)
-        if version != (1, 0):
-            raise ValueError(f"NumPy format version {version}, not (1, 0)")
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
-    except (OSError, ValueError) as err:
-        if isinstance(err, ModelFolderError):
-            raise
+    except OSError as err:
         raise ModelFolderError(
             f"{path}: not a cohort file: {one_line(err)}"
         ) from None
-    if dtype.str != STORED_DTYPE or fortran or shape != (n, dim):
-        raise ModelFolderError(
-            f"{path}: holds {dtype.str} {shape}; the record says float16 "
-            f"{STORED_DTYPE} ({n}, {dim})"
-        )
     if hashlib.sha256(data).hexdigest() != sha:
         raise ModelFolderError(f"{path}: its sha256 is not the recorded one")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as err:
+    except (OSError, ValueError) as err:
         raise ModelFolderError(f"{path}: {one_line(err)}") from None
+    if not isinstance(array, np.ndarray):
+        raise ModelFolderError(f"{path}: not a .npy file")
+    kind, ordered = array.dtype.str, array.flags.c_contiguous
+    if kind != STORED_DTYPE or not ordered or array.shape != (n, dim):
+        order = "" if ordered else " in Fortran order"
+        raise ModelFolderError(
+            f"{path}: holds {kind} {array.shape}{order}; the record says "
+            f"float16 {STORED_DTYPE} ({n}, {dim})"
+        )
     if not np.isfinite(array).all():
         raise ModelFolderError(f"{path}: NaN or inf in the cohort")
     return array.astype(np.float32)

@@ -13,12 +13,12 @@ test trials). A run of SpeechBrain's speaker recipe has no
 ``compute_features``, ``mean_var_norm``, ``embedding_model`` and an ECAPA
 ``classifier`` of its ``hyperparams.yaml``
 (:func:`~dampit.training.tested_model.speechbrain_modules`), its weights
-those of the end-of-epoch checkpoint with the lowest value of the one
-metric they record (``ErrorRate``). A ``mean_var_norm`` that is not per
-sentence is refused (its statistics are not exported). ``--trials
-PAIRS`` sets the threshold at the EER of the exported model's cosine
-scores of a labelled trial list (names under ``--audio-root``),
-``--scores F`` at the EER of a labelled score file.
+those of the end-of-epoch checkpoint with the lowest ``ErrorRate``. A
+``mean_var_norm`` that is not per sentence is refused (its statistics
+are not exported). ``--trials PAIRS`` sets the threshold at the EER of
+the exported model's cosine scores of a labelled trial list (names
+under ``--audio-root``), ``--scores F`` at the EER of a labelled score
+file.
 ``save/label_encoder.txt`` goes with a classifier.
 
 The folder (renamed into place) holds ``dampit_export.json`` (what
@@ -48,12 +48,11 @@ import yaml
 from speechbrain.inference.classifiers import EncoderClassifier
 from speechbrain.utils.checkpoints import Checkpointer
 
-from dampit.cli import common
-from dampit.cli.verify import resolve_audio
 from dampit.dataio.trials import (
     TrialListError,
     read_scores,
     read_trial_indices,
+    resolve_audio,
 )
 from dampit.inference.api import (
     HPARAMS_FILE,
@@ -74,11 +73,11 @@ __all__ = [
     "ExportError",
     "export_model",
     "read_run_hparams",
+    "read_summary",
 ]
 
 CHECK_TOL = 1e-5
 SCORING = "full_cosine"
-SB_META = ("unixtime", "end-of-epoch")  # SpeechBrain's, not metrics
 REVERIFY = (
     "re-run the verification (the recipe with the same arguments, "
     "number_of_epochs unchanged: it resumes and only verifies)"
@@ -100,7 +99,7 @@ Equal error rates ({source}):
 """
 
 
-class ExportError(common.CliError):
+class ExportError(ValueError):
     """A run that cannot be exported; the message names the file."""
 
 
@@ -159,23 +158,21 @@ def _check_normalization(modules, path):
 
 
 def _best_checkpoint(save):
-    """The end-of-epoch checkpoint of ``save`` with the lowest value of
-    the one metric they all record."""
+    """The end-of-epoch checkpoint of ``save`` with the lowest
+    ``ErrorRate`` (SpeechBrain's ``find_checkpoint``)."""
     if not os.path.isdir(save):  # (the Checkpointer would make it)
         raise ExportError(f"{save} not found: not a recipe run")
     try:
-        found = Checkpointer(save).list_checkpoints()
-    except (OSError, yaml.YAMLError) as err:
-        raise ExportError(f"{save}: {str(err).splitlines()[0]}") from None
-    ends = [c for c in found if c.meta.get("end-of-epoch")]
-    keys = set.intersection(*(set(c.meta) for c in ends)) if ends else set()
-    keys = sorted(keys - set(SB_META))
-    if len(keys) != 1:
-        raise ExportError(
-            f"the checkpoints in {save} record {keys or 'no metric'}: the "
-            "best one is the lowest of one metric (ErrorRate)"
+        best = Checkpointer(save).find_checkpoint(
+            min_key="ErrorRate",
+            ckpt_predicate=lambda c: c.meta.get("end-of-epoch"),
         )
-    best = min(ends, key=lambda c: c.meta[keys[0]])
+    except (OSError, TypeError, yaml.YAMLError) as err:
+        raise ExportError(f"{save}: {str(err).splitlines()[0]}") from None
+    if best is None:
+        raise ExportError(
+            f"{save}: no end-of-epoch checkpoint records an ErrorRate"
+        )
     if "embedding_model" not in best.paramfiles:
         raise ExportError(f"{best.path}: no embedding_model.ckpt")
     return best
@@ -223,7 +220,7 @@ def _read_pairs(trials, audio_root):
         enrol, test, labels, names = read_trial_indices(trials)
         _labels_of_both_kinds(trials, labels)
         paths = resolve_audio(names, trials, audio_root)
-    except (TrialListError, common.CliError) as err:
+    except TrialListError as err:
         raise ExportError(str(err)) from None
     return labels, [(paths[e], paths[t]) for e, t in zip(enrol, test)]
 
@@ -249,18 +246,39 @@ def _eer_threshold(scores, labels, source):
     return float(threshold), {source: {"eer": float(eer)}}
 
 
-def _summary_threshold(run):
-    """``(threshold, source, summary)``: ``full_cosine`` of the run's
-    verification summary."""
+def read_summary(run, what):
+    """``(path, summary, key)``: a run's ``verification/summary.json`` and
+    the key of its first ``full_cosine`` entry (an object); else one line
+    naming the file (``what``: what to do when it is missing).
+
+    Example
+    -------
+    >>> run = tempfile.mkdtemp()
+    >>> os.mkdir(os.path.join(run, "verification"))
+    >>> path = os.path.join(run, "verification", "summary.json")
+    >>> _ = open(path, "w").write('{"t/full_cosine": {"eer": 0.1}}')
+    >>> read_summary(run, "verify the run")[1:]
+    ({'t/full_cosine': {'eer': 0.1}}, 't/full_cosine')
+    """
     path = os.path.join(run, "verification", "summary.json")
-    what = "verify the run first, or give --scores or --trials"
     summary = _read(path, what, json.load)
-    for key, res in summary.items():
-        thr = res.get("eer_threshold") if isinstance(res, dict) else None
-        if key.split("/")[-1] == SCORING and isinstance(thr, (int, float)):
-            if math.isfinite(thr):
-                return float(thr), f"{path}: {key}", summary
-    raise ExportError(f"{path}: no finite eer_threshold for {SCORING}")
+    if not isinstance(summary, dict):
+        raise ExportError(f"{path}: not a JSON object")
+    for key, entry in summary.items():
+        if key.split("/")[-1] == SCORING and isinstance(entry, dict):
+            return path, summary, key
+    raise ExportError(f"{path}: no {SCORING} entry")
+
+
+def _summary_threshold(run):
+    """``(threshold, source, summary)``: the EER threshold of
+    ``full_cosine`` in the run's verification summary."""
+    what = "verify the run first, or give --scores or --trials"
+    path, summary, key = read_summary(run, what)
+    thr = summary[key].get("eer_threshold")
+    if not isinstance(thr, (int, float)) or not math.isfinite(thr):
+        raise ExportError(f"{path}: no finite eer_threshold for {SCORING}")
+    return float(thr), f"{path}: {key}", summary
 
 
 @torch.no_grad()
@@ -279,8 +297,7 @@ def _check(folder, target):
     gen = torch.Generator().manual_seed(0)
     n = (int(1.3 * model.sample_rate), int(0.9 * model.sample_rate))
     wavs = [0.1 * torch.randn(k, generator=gen) for k in n]
-    hop = getattr(model.mods.compute_features, "hop_length", None)
-    batch, lens = pad_batch(wavs, hop if isinstance(hop, int) else None)
+    batch, lens = pad_batch(wavs, model.hop_length())
     got, want = model.encode_batch(batch, lens), sb.encode_batch(batch, lens)
     diff = float((got - want).abs().max()) / max(1.0, float(want.abs().max()))
     if not diff <= CHECK_TOL:

@@ -1,5 +1,5 @@
-"""Embedding extraction for lists of audio files: whole files, crops,
-and windows of long files.
+"""Embedding extraction for lists of audio files: whole files and
+windows of long files.
 
 Used by ``load_model(...).embed_files`` / ``embed_windows``
 (``dampit-embed``, ``dampit-verify``). An ``embed_fn`` maps a
@@ -26,7 +26,6 @@ import torch
 from tqdm import tqdm
 
 from dampit.dataio.audio import load_audio
-from dampit.dataio.crops import crop_views
 from dampit.dataio.windows import check_window_hop, read_windows
 from dampit.inference.embedding_store import window_id
 
@@ -167,15 +166,12 @@ def embed_utterances(
     embed_fn,
     items,
     sample_rate=16000,
-    n_crops=0,
-    crop_samples=None,
     batch_size=16,
     device="cpu",
-    full=True,
     progress=True,
     hop_length=None,
 ):
-    """Embed whole files and/or ``n_crops`` evenly spaced crops of each.
+    """Embed whole files, in padded batches formed by length.
 
     Arguments
     ---------
@@ -185,17 +181,11 @@ def embed_utterances(
         Paths, or ``(id, path)`` pairs.
     sample_rate : int
         Rate the model expects; other rates are resampled.
-    n_crops : int
-        Crops per file (0: none).
-    crop_samples : int or None
-        Length of each crop, in samples.
     batch_size : int
-        Most files per forward pass (crops: files x n_crops); files are
-        batched by length (:func:`length_batches`).
+        Most files per forward pass; files are batched by length
+        (:func:`length_batches`).
     device : str or torch.device
         Where the batches go.
-    full : bool
-        Also embed the whole files.
     progress : bool
         Show a tqdm progress bar.
     hop_length : int, optional
@@ -206,10 +196,8 @@ def embed_utterances(
     -------
     ids : list of str
         Item IDs (the paths, for plain paths), in input order.
-    full_emb : numpy.ndarray or None
-        ``[N, D]`` whole-file embeddings.
-    crop_emb : numpy.ndarray or None
-        ``[N, n_crops, D]`` crop embeddings.
+    embeddings : numpy.ndarray
+        ``[N, D]`` whole-file embeddings (``[0, 0]`` when no item).
 
     Example
     -------
@@ -221,18 +209,13 @@ def embed_utterances(
     >>> paths = sorted(os.path.join(d, f) for f in os.listdir(d))
     >>> def energy(w, lens):  # a toy embedding: mean power
     ...     return (w ** 2).sum(1, keepdim=True) / (lens * w.shape[1])[:, None]
-    >>> ids, full, crops = embed_utterances(
-    ...     energy, paths, n_crops=2, crop_samples=800, progress=False)
-    >>> full.shape, crops.shape
-    ((3, 1), (3, 2, 1))
+    >>> ids, emb = embed_utterances(energy, paths, progress=False)
+    >>> emb.shape
+    (3, 1)
     """
     items = _id_path_pairs(items)
     ids = [uid for uid, _ in items]
-
-    def run(wavs):
-        return embed_batch(embed_fn, wavs, device, hop_length)
-
-    rows, crop_rows = [None] * len(items), [None] * len(items)
+    rows = [None] * len(items)
     seconds = [header_duration(path) for _, path in items]
     groups = length_batches(seconds, batch_size)
     for group in tqdm(groups, disable=not progress):
@@ -240,20 +223,16 @@ def embed_utterances(
             load_audio(items[k][1], sample_rate, min_samples=MIN_SAMPLES)
             for k in group
         ]
-        if full:  # the headers may lie: batch by the decoded lengths
-            sizes = [w.numel() for w in wavs]
-            for part in length_batches(sizes, batch_size):
-                emb = run([wavs[j] for j in part])
-                for j, row in zip(part, emb):
-                    rows[group[j]] = row
-        if n_crops:
-            crops = [crop_views(w, n_crops, crop_samples) for w in wavs]
-            emb = run([c for views in crops for c in views])
-            for k, row in zip(group, emb.reshape(len(wavs), n_crops, -1)):
-                crop_rows[k] = row
-    full_emb = np.stack(rows) if full and rows else None
-    crop_emb = np.stack(crop_rows) if n_crops and crop_rows else None
-    return ids, full_emb, crop_emb
+        # the headers may lie: batch by the decoded lengths
+        sizes = [w.numel() for w in wavs]
+        for part in length_batches(sizes, batch_size):
+            batch = [wavs[j] for j in part]
+            emb = embed_batch(embed_fn, batch, device, hop_length)
+            for j, row in zip(part, emb):
+                rows[group[j]] = row
+    if not rows:
+        return ids, np.zeros((0, 0), np.float32)
+    return ids, np.stack(rows)
 
 
 def check_windows(window, hop, sample_rate=None):

@@ -174,6 +174,23 @@ def _no_duplicates(pairs):
     return out
 
 
+def _read_text(path, what=""):
+    """The UTF-8 text of a file of at most :data:`MAX_JSON_BYTES`; else
+    one line naming ``path`` (``what`` before the reason)."""
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_JSON_BYTES:
+            raise ModelFolderError(
+                f"{path}: {size} bytes, more than {MAX_JSON_BYTES}"
+            )
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, ValueError) as err:
+        if isinstance(err, ModelFolderError):
+            raise
+        raise ModelFolderError(f"{path}: {what}{one_line(err)}") from None
+
+
 def read_json(path):
     """A model folder's JSON file: at most :data:`MAX_JSON_BYTES`, UTF-8,
     valid, no key twice in an object, not nested past Python's stack.
@@ -189,19 +206,12 @@ def read_json(path):
     ...     print(str(err).replace(path, "PATH"))
     PATH: not valid JSON: duplicate key 'format'
     """
+    text = _read_text(path, "not valid JSON: ")
     try:
-        size = os.path.getsize(path)
-        if size > MAX_JSON_BYTES:
-            raise ModelFolderError(
-                f"{path}: {size} bytes, more than {MAX_JSON_BYTES}"
-            )
-        with open(path, encoding="utf-8") as f:
-            return json.load(f, object_pairs_hook=_no_duplicates)
+        return json.loads(text, object_pairs_hook=_no_duplicates)
     except RecursionError:
         raise ModelFolderError(f"{path}: JSON nested too deeply") from None
-    except (OSError, ValueError) as err:
-        if isinstance(err, ModelFolderError):
-            raise
+    except ValueError as err:
         raise ModelFolderError(
             f"{path}: not valid JSON: {one_line(err)}"
         ) from None
@@ -221,18 +231,7 @@ def read_yaml_threshold(path):
     >>> read_yaml_threshold(path)[1]
     0.25
     """
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_JSON_BYTES:
-            raise ModelFolderError(
-                f"{path}: {size} bytes, more than {MAX_JSON_BYTES}"
-            )
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, ValueError) as err:
-        if isinstance(err, ModelFolderError):
-            raise
-        raise ModelFolderError(f"{path}: {one_line(err)}") from None
+    text = _read_text(path)
     lines = YAML_THRESHOLD.findall(text)
     if len(lines) != 1:
         raise ModelFolderError(

@@ -89,15 +89,15 @@ class EmbeddingPipeline(torch.nn.Module):
 
 
 def _pipeline_and_inputs(model):
-    """The export pipeline and a padded batch of two lengths."""
-    if not isinstance(model, EmbeddingPipeline):
-        model = EmbeddingPipeline.from_model(model)
-    feats = model.eval().compute_features
+    """The export pipeline of a loaded model and a padded batch of two
+    lengths."""
+    pipe = EmbeddingPipeline.from_model(model)
+    feats = pipe.compute_features
     rate = int(getattr(feats, "sample_rate", 16000))
     gen = torch.Generator().manual_seed(0)
     wavs = [0.1 * torch.randn(int(s * rate), generator=gen) for s in (1, 0.6)]
     hop = getattr(feats, "hop_length", None)
-    return (model, *pad_batch(wavs, hop if isinstance(hop, int) else None))
+    return (pipe, *pad_batch(wavs, hop if isinstance(hop, int) else None))
 
 
 @torch.no_grad()
@@ -107,8 +107,8 @@ def export_torchscript(model, path):
 
     Arguments
     ---------
-    model : EncoderClassifier or EmbeddingPipeline
-        A loaded model (or a pipeline).
+    model : EncoderClassifier
+        A loaded model (left untouched).
     path : str or os.PathLike
         Output file (``torch.jit.save`` format).
 
@@ -134,8 +134,8 @@ def export_onnx(model, path, opset=18):
 
     Arguments
     ---------
-    model : EncoderClassifier or EmbeddingPipeline
-        A loaded model (or a pipeline).
+    model : EncoderClassifier
+        A loaded model (left untouched).
     path : str or os.PathLike
         Output ``.onnx`` file (weights inside).
     opset : int

@@ -226,13 +226,6 @@ def _update(folder, fingerprint, change):
     return profiles
 
 
-def _embed(model, files, batch_size, progress):
-    _, emb = model.embed_files(list(files), batch_size, progress)
-    if not np.isfinite(emb).all():
-        raise ProfileError("the model gives NaN/inf embeddings")
-    return emb
-
-
 def enroll_files(
     model, folder, speakers, replace=False, batch_size=16, progress=False
 ):
@@ -291,7 +284,7 @@ def enroll_files(
             raise ProfileError(f"{name}: no files to enrol")
     names = [name for name, files in speakers.items() for _ in files]
     items = [item for files in speakers.values() for item in files]
-    emb = _embed(model, items, batch_size, progress)
+    _, emb = model.embed_files(items, batch_size, progress)
     rows = np.array(names)
 
     def change(profiles):
@@ -368,8 +361,6 @@ def identify_files(
     profiles.check_model(model_fingerprint(model))
     threshold = model.threshold if threshold is None else float(threshold)
     ids, emb = model.embed_files(list(files), batch_size, progress)
-    if not np.isfinite(emb).all():
-        raise ProfileError("the model gives NaN/inf embeddings")
     scores = scores_against(profiles.means(), emb)
     results = []
     for uid, row in zip(ids, scores):

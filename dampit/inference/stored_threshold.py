@@ -31,7 +31,7 @@ from dampit.inference.api import (
     read_spec,
 )
 from dampit.inference.folder_checks import YAML_THRESHOLD, read_yaml_threshold
-from dampit.utils.atomic import atomic_path
+from dampit.utils.atomic import atomic_write_text
 from dampit.utils.file_lock import output_lock
 
 __all__ = [
@@ -119,16 +119,11 @@ def _write_files(folder, spec, text, note):
     """Write ``hyperparams.yaml``, then ``dampit_export.json`` (the commit
     point), then the README note (None: none), each through a temporary
     file renamed over the old one."""
-    with atomic_path(os.path.join(folder, HPARAMS_FILE)) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    with atomic_path(os.path.join(folder, SPEC_FILE)) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(spec, f, indent=2)
+    atomic_write_text(os.path.join(folder, HPARAMS_FILE), text)
+    spec_text = json.dumps(spec, indent=2)
+    atomic_write_text(os.path.join(folder, SPEC_FILE), spec_text)
     if note is not None:
-        with atomic_path(os.path.join(folder, README_FILE)) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(note)
+        atomic_write_text(os.path.join(folder, README_FILE), note)
 
 
 def restore_threshold(folder):
@@ -232,18 +227,14 @@ def write_threshold(folder, threshold, source, calibration=None):
         raise ModelFolderError(f"threshold {threshold!r} is not finite")
     folder = os.path.abspath(os.fspath(folder))
     with output_lock(folder):  # one writer from the read to the write
-        return _write_threshold(folder, threshold, source, calibration)
-
-
-def _write_threshold(folder, threshold, source, calibration):
-    """:func:`write_threshold` once the folder's lock is held."""
-    spec, text, _ = check_folder(folder)
-    history = spec.get("threshold_history", [])
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
-    old = {k: spec[k] for k in ("threshold", "threshold_source") if k in spec}
-    old.update(calibration=spec.get("calibration"), replaced=now)
-    spec.update(threshold=float(threshold), threshold_source=source)
-    spec.update(calibration=calibration, threshold_history=[*history, old])
-    note = _readme_note(folder, float(threshold), source)
-    _write_files(folder, spec, _yaml_text(text, float(threshold)), note)
+        spec, text, _ = check_folder(folder)
+        history = spec.get("threshold_history", [])
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        keys = ("threshold", "threshold_source")
+        old = {k: spec[k] for k in keys if k in spec}
+        old.update(calibration=spec.get("calibration"), replaced=now)
+        spec.update(threshold=float(threshold), threshold_source=source)
+        spec.update(calibration=calibration, threshold_history=[*history, old])
+        note = _readme_note(folder, float(threshold), source)
+        _write_files(folder, spec, _yaml_text(text, float(threshold)), note)
     return spec

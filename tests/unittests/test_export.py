@@ -277,6 +277,10 @@ def _edit_tested(run, emb_dim=None, **values):
             "summary.json: Expecting",
         ),
         (
+            lambda r: (r / "verification/summary.json").write_text("[]"),
+            "summary.json: not a JSON object",
+        ),
+        (
             lambda r: (r / "verification/tested_model.json").write_text("["),
             "tested_model.json: Expecting",
         ),

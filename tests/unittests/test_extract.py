@@ -1,4 +1,4 @@
-"""embed_utterances: batching, order, crops, streaming to a store;
+"""embed_utterances: batching, order, bad files, padding;
 embed_windows: windows of real speech against the model on each slice."""
 
 import pathlib
@@ -44,30 +44,16 @@ def wav_files(tmp_path):
 
 def test_batched_equals_one_at_a_time(wav_files):
     """Any batch size gives the per-file result, in input order."""
-    ids, one, _ = embed_utterances(
+    ids, one = embed_utterances(
         _stats_embed, wav_files, batch_size=1, progress=False
     )
-    _, many, _ = embed_utterances(
+    _, many = embed_utterances(
         _stats_embed, wav_files, batch_size=3, progress=False
     )
     assert ids == wav_files
     np.testing.assert_allclose(many, one, rtol=1e-5)
     lengths = [sf.info(p).frames for p in wav_files]
     assert many[:, 3].tolist() == lengths
-
-
-def test_crops_are_evenly_spaced_and_fixed_length(wav_files):
-    """Each crop has the requested length; short files are repeated."""
-    _, _, crops = embed_utterances(
-        _stats_embed,
-        wav_files,
-        n_crops=3,
-        crop_samples=3000,
-        full=False,
-        progress=False,
-    )
-    assert crops.shape == (5, 3, 4)
-    assert (crops[..., 3] == 3000).all()
 
 
 def test_bad_file_is_named(wav_files, tmp_path):
@@ -106,10 +92,10 @@ def test_frame_exact_lengths_make_padding_invisible(wav_files):
     def embed(wavs, lens):
         return net(norm(feats(wavs), lens), lens)
 
-    _, one, _ = embed_utterances(
+    _, one = embed_utterances(
         embed, wav_files, batch_size=1, progress=False, hop_length=160
     )
-    _, many, _ = embed_utterances(
+    _, many = embed_utterances(
         embed, wav_files, batch_size=5, progress=False, hop_length=160
     )
     np.testing.assert_allclose(many, one, atol=1e-5, rtol=1e-4)

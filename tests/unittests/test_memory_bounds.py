@@ -173,7 +173,7 @@ def test_one_long_file_does_not_pad_the_batch(shared_data, tmp_path):
         seen.append((batch.shape[1], lens.tolist()))
         return model.encode_batch(batch, lens)
 
-    ids, emb, _ = embed_utterances(
+    ids, emb = embed_utterances(
         encode, items, batch_size=16, progress=False, hop_length=hop
     )
     assert ids == items
