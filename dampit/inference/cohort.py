@@ -62,8 +62,15 @@ __all__ = [
 COHORT_FILE = "cohort.npy"
 #: The key of ``dampit_export.json`` that records the cohort.
 RECORD = "cohort"
-RECORD_KEYS = ("speakers", "emb_dim", "dtype", "sha256")
-RECORD_KEYS += ("model_fingerprint", "source", "created")
+RECORD_KEYS = (
+    "speakers",
+    "emb_dim",
+    "dtype",
+    "sha256",
+    "model_fingerprint",
+    "source",
+    "created",
+)
 #: How the vectors are stored (NumPy's ``dtype.str``).
 STORED_DTYPE = "<f2"
 _SHA256 = re.compile(r"[0-9a-f]{64}")

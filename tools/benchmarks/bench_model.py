@@ -136,9 +136,11 @@ def compare(
                 calls[name] = lambda m=model: _infer(m, x)
             out[name][f"{phase}_flops"] = _count_flops(calls[name])
         times = {name: [] for name in configs}
-        order = list(configs)
         for r in tqdm(range(reps), desc=f"bench_model {phase}", disable=None):
-            for name in order if r % 2 == 0 else order[::-1]:
+            order = list(configs)
+            if r % 2 == 1:  # alternate the order: no config always goes first
+                order.reverse()
+            for name in order:
                 t0 = clock.now()
                 calls[name]()
                 times[name].append(clock.now() - t0)

@@ -206,7 +206,8 @@ def run_all(jobs, n_parallel):
         ):
             job, rc, secs = fut.result()
             ok = rc == 0 and read_run(job["out"], job["config"])
-            failed += [] if ok else [job]
+            if not ok:
+                failed.append(job)
             print(
                 f"[run_ablation] {job['name']}: "
                 f"{'done' if ok else f'FAILED (rc {rc})'} in "
