@@ -74,7 +74,9 @@ def check_files(paths, skip_bad, save_folder, where, bad=()):
     double the CPU time); return ``path -> (frames, rate)`` of the
     usable ones. Unusable files (and ``bad``, ``(path, reason)`` found
     before) go to ``<save_folder>/bad_files.txt`` and are skipped with a
-    warning (``skip_bad``) or refused in one error.
+    warning (``skip_bad``) or refused in one error; with none, a
+    ``bad_files.txt`` already there is emptied (it lists this check's
+    files).
 
     Example
     -------
@@ -93,8 +95,10 @@ def check_files(paths, skip_bad, save_folder, where, bad=()):
         except AudioError as err:
             results.append((path, str(err)))
     bad = list(bad) + [(p, r) for p, r in results if isinstance(r, str)]
+    listing = os.path.join(save_folder, BAD_FILES)
+    if not bad and os.path.isfile(listing):  # an earlier preparation's
+        atomic_write_text(listing, "")
     if bad:
-        listing = os.path.join(save_folder, BAD_FILES)
         os.makedirs(save_folder, exist_ok=True)
         atomic_write_text(listing, "".join(f"{p}\t{r}\n" for p, r in bad))
         shown = "; ".join(r for _, r in bad[:5])

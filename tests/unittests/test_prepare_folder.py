@@ -198,6 +198,13 @@ def test_unusable_files_all_listed_or_skipped(shared_data, tmp_path):
     crop = read_crop(str(tail), 16000, start=n + 8000, stop=n + 5 * 16000)
     assert crop.shape == (16000,) and not crop.any()
 
+    # Without the bad files, a new preparation leaves no stale listing.
+    for rel in bad:
+        os.remove(data / rel)
+    res = prepare_folder(data, out, n_test_speakers=2, seed=1)
+    assert res["n_bad_skipped"] == 0
+    assert (out / BAD_FILES).read_text() == ""
+
 
 def test_duplicate_ids_named(tmp_path):
     data = tmp_path / "data"
