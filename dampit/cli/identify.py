@@ -33,6 +33,8 @@ the best score is not above the threshold)"""
 def _identify(args):
     common.check_args(args, out_folder=False)
     store = profiles.Profiles(args.profiles)
+    if not store.names:  # before the model loads
+        raise common.CliError(f"--profiles {args.profiles}: no profiles")
     items = common.list_audio_inputs(args.inputs)
     if args.threshold is not None:  # no "no threshold stored" warning
         warnings.filterwarnings("ignore", ".*threshold")

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from array import array
+from collections import Counter
 
 import numpy as np
 from speechbrain.dataio.dataio import load_data_csv
@@ -218,26 +219,33 @@ def read_trial_indices(path, as_ids=False):
 def write_trials(path, trials):
     """Write ``(label, enrol, test)`` trials atomically, one a line.
 
-    A bad label or a name that could not be read back (empty, white
-    space) raises TrialListError naming the trial; a name may start with
-    ``#``: a line starts with its label, never a comment.
+    A trial that is not three items, a label other than 0 or 1, or a name
+    that could not be read back (empty, white space, a leading ``#``:
+    score files skip such lines) raises TrialListError naming the trial.
 
     Example
     -------
-    >>> import os, tempfile
+    >>> import tempfile
     >>> p = os.path.join(tempfile.mkdtemp(), "t.txt")
     >>> write_trials(p, [(1, "a/1", "a/2"), (0, "a/1", "b/1")])
     >>> open(p).read()
     '1 a/1 a/2\\n0 a/1 b/1\\n'
     """
     lines = []
-    for i, (label, enrol, test) in enumerate(trials):
-        if label not in (0, 1) or not all(
-            isinstance(u, str) and u.split() == [u] for u in (enrol, test)
-        ):
+    for i, trial in enumerate(trials):
+        if not isinstance(trial, (tuple, list)) or len(trial) != 3:
             raise TrialListError(
-                f"trial {i}: {(label, enrol, test)!r}: the label must be 0 "
-                "or 1, the names free of white space"
+                f"trial {i}: {trial!r} is not (label, enrol, test)"
+            )
+        label, enrol, test = trial
+        names_ok = all(
+            isinstance(u, str) and u.split() == [u] and not u.startswith("#")
+            for u in (enrol, test)
+        )
+        if label not in (0, 1) or not names_ok:
+            raise TrialListError(
+                f"trial {i}: {trial!r}: the label must be 0 or 1, the names "
+                "free of white space and a leading #"
             )
         lines.append(f"{int(label)} {enrol} {test}\n")
     atomic_write_text(path, "".join(lines))
@@ -268,15 +276,27 @@ def make_trials(utt_ids, spk_ids, seed=0):
 
     Targets are all same-speaker pairs ``(i, j)``, ``i < j`` in sorted ID
     order; non-targets are as many distinct different-speaker pairs drawn
-    with ``seed`` (all of them when fewer exist). The IDs are unique, with
-    one speaker each (as :func:`~dampit.dataio.prepare_folder.prepare_folder`
-    gives them).
+    with ``seed`` (all of them when fewer exist). The IDs must be unique,
+    with two speakers or more.
 
     Example
     -------
     >>> make_trials(["a/1", "a/2", "b/1"], ["a", "a", "b"], seed=0)
     [(1, 'a/1', 'a/2'), (0, 'a/2', 'b/1')]
     """
+    if len(utt_ids) != len(spk_ids):
+        raise ValueError(
+            f"make_trials: {len(utt_ids)} utterances but {len(spk_ids)} "
+            "speaker labels"
+        )
+    dup = sorted(u for u, n in Counter(utt_ids).items() if n > 1)
+    if dup:
+        raise ValueError(f"make_trials: duplicate utterance IDs: {dup[:10]}")
+    if len(set(spk_ids)) < 2:
+        raise ValueError(
+            "make_trials: non-target trials need at least two speakers, got "
+            f"{len(set(spk_ids))}"
+        )
     by_id = sorted(zip(utt_ids, spk_ids))
     ids = [u for u, _ in by_id]
     spk = [s for _, s in by_id]

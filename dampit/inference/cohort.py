@@ -273,33 +273,36 @@ def _check_record(where, record, model):
 
 
 def _read_npy(path, n, dim, sha):
-    """The ``[n, dim]`` float16 array of ``path``: size-limited, its
-    sha256 the recorded one, read without pickles, checked."""
+    """The ``[n, dim]`` float16 array of ``path``, checked before and
+    after it is read."""
     try:
         size = os.path.getsize(path)
         if size > MAX_COHORT_BYTES:
             raise ModelFolderError(f"{path}: {size} bytes, more than a cohort")
         with open(path, "rb") as f:
             data = f.read()
-    except OSError as err:
+        head = io.BytesIO(data)
+        version = np.lib.format.read_magic(head)
+        if version != (1, 0):
+            raise ValueError(f"NumPy format version {version}, not (1, 0)")
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
+    except (OSError, ValueError) as err:
+        if isinstance(err, ModelFolderError):
+            raise
         raise ModelFolderError(
             f"{path}: not a cohort file: {one_line(err)}"
         ) from None
+    if dtype.str != STORED_DTYPE or fortran or shape != (n, dim):
+        raise ModelFolderError(
+            f"{path}: holds {dtype.str} {shape}; the record says float16 "
+            f"{STORED_DTYPE} ({n}, {dim})"
+        )
     if hashlib.sha256(data).hexdigest() != sha:
         raise ModelFolderError(f"{path}: its sha256 is not the recorded one")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except ValueError as err:
         raise ModelFolderError(f"{path}: {one_line(err)}") from None
-    if not isinstance(array, np.ndarray):
-        raise ModelFolderError(f"{path}: not a .npy file")
-    kind, ordered = array.dtype.str, array.flags.c_contiguous
-    if kind != STORED_DTYPE or not ordered or array.shape != (n, dim):
-        order = "" if ordered else " in Fortran order"
-        raise ModelFolderError(
-            f"{path}: holds {kind} {array.shape}{order}; the record says "
-            f"float16 {STORED_DTYPE} ({n}, {dim})"
-        )
     if not np.isfinite(array).all():
         raise ModelFolderError(f"{path}: NaN or inf in the cohort")
     return array.astype(np.float32)

@@ -200,8 +200,8 @@ BAD = {  # name: (array, record edits, message)
     "NaN": (NAN, {}, "NaN or inf in the cohort"),
     "float32": (GOOD.astype(np.float32), {}, "holds <f4"),
     "big-endian": (GOOD.astype(">f2"), {}, "holds >f2"),
-    "Fortran": (np.asfortranarray(GOOD), {}, r"16\) in Fortran order"),
-    "pickle": (np.array([[{"a": 1}] * 16] * 4), {}, "Object arrays cannot"),
+    "Fortran": (np.asfortranarray(GOOD), {}, r"holds <f2 \(4, 16\); the"),
+    "pickle": (np.array([[{"a": 1}] * 16] * 4), {}, r"holds \|O"),
     "huge n": (GOOD, {"speakers": 10**9}, "speakers 1000000000 is not"),
     "n not the file's": (GOOD, {"speakers": 90000}, r"the record says"),
     "one speaker": (GOOD[:1], {}, "speakers 1 is not an integer"),
@@ -217,6 +217,49 @@ def test_bad_cohort_is_one_line_naming_the_file(name, with_cohort, tmp_path):
     folder = pathlib.Path(shutil.copytree(with_cohort, tmp_path / "m"))
     array, record, match = BAD[name]
     plant(folder, array, **record)
+    with pytest.raises(ModelFolderError, match=match) as err:
+        load_model(folder)
+    assert "\n" not in str(err.value) and str(folder) in str(err.value)
+
+
+def _header(version, shape):
+    """A .npy header of float16 ``shape`` in NumPy format ``version``."""
+    head = io.BytesIO()
+    write = {
+        (1, 0): np.lib.format.write_array_header_1_0,
+        (2, 0): np.lib.format.write_array_header_2_0,
+    }[version]
+    write(head, {"descr": "<f2", "fortran_order": False, "shape": shape})
+    return head.getvalue()
+
+
+RAW = {  # name: (file bytes, message); the record matches the bytes' sha
+    "header of 10**12 values": (
+        _header((1, 0), (10**12,)) + bytes(64),
+        r"holds <f2 \(1000000000000,\)",
+    ),
+    "empty": (b"", "not a cohort file"),
+    "zip": (b"PK\x03\x04garbage", "not a cohort file"),
+    "format 2.0": (
+        _header((2, 0), (4, 16)) + GOOD.tobytes(),
+        r"version \(2, 0\), not \(1, 0\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RAW))
+def test_hostile_cohort_bytes_refused_before_loading(
+    name, with_cohort, tmp_path
+):
+    """The header is checked before numpy reads the array: no allocation
+    of what the header claims, no exception other than one line."""
+    folder = pathlib.Path(shutil.copytree(with_cohort, tmp_path / "m"))
+    plant(folder, GOOD)
+    data, match = RAW[name]
+    (folder / "cohort.npy").write_bytes(data)
+    spec = json.loads((folder / "dampit_export.json").read_text())
+    spec["cohort"]["sha256"] = hashlib.sha256(data).hexdigest()
+    (folder / "dampit_export.json").write_text(json.dumps(spec))
     with pytest.raises(ModelFolderError, match=match) as err:
         load_model(folder)
     assert "\n" not in str(err.value) and str(folder) in str(err.value)

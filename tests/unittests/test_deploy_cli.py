@@ -344,3 +344,10 @@ def test_enroll_more_files_remove_and_refusals(model, corpus, ref, capsys):
         identify_cli, ["--model", model, "--profiles", store, files[0]], capsys
     )
     assert code == 2 and "no profiles" in err
+    broken = corpus / "broken_model"  # refused before the model loads
+    shutil.copytree(model, broken)
+    (broken / "dampit_export.json").write_text("{")
+    code, _, err = run(
+        identify_cli, ["--model", broken, "--profiles", store, files[0]], capsys
+    )
+    assert code == 2 and "no profiles" in err, err

@@ -82,14 +82,14 @@ def test_read_missing_file(tmp_path):
 
 
 def test_write_read_roundtrip_and_format(tmp_path):
-    trials = [(1, "s1/u1", "s1/u2"), (0, "s1/u1", "s2/u1"), (True, "#x", "y")]
+    trials = [(1, "s1/u1", "s1/u2"), (0, "s1/u1", "s2/u1"), (True, "x", "y")]
     p = tmp_path / "out" / "t.txt"
     write_trials(p, trials)
-    assert p.read_text() == "1 s1/u1 s1/u2\n0 s1/u1 s2/u1\n1 #x y\n"
-    assert read_trials(p) == [  # a line starts with its label: '#x' reads
+    assert p.read_text() == "1 s1/u1 s1/u2\n0 s1/u1 s2/u1\n1 x y\n"
+    assert read_trials(p) == [
         (1, "s1/u1", "s1/u2"),
         (0, "s1/u1", "s2/u1"),
-        (1, "#x", "y"),
+        (1, "x", "y"),
     ]
 
 
@@ -102,6 +102,9 @@ def test_write_read_roundtrip_and_format(tmp_path):
         ((1, "a", "b\u00a0c"), "white space"),
         ((1, "", "c"), "white space"),
         ((1, "a", None), "white space"),
+        ((1, "#a", "b"), "a leading #"),
+        ((1, "a"), r"is not \(label, enrol, test\)"),
+        (None, r"is not \(label, enrol, test\)"),
     ],
 )
 def test_write_rejects_bad_trials_and_keeps_old_file(tmp_path, bad, match):
@@ -197,6 +200,17 @@ def test_make_trials_dspspeech_sized_split():
         "utterances": 200,
         "speakers": 5,
     }
+
+
+def test_make_trials_errors():
+    with pytest.raises(
+        ValueError, match="duplicate utterance IDs: \\['a/1'\\]"
+    ):
+        make_trials(["a/1", "a/1", "b/1"], ["a", "a", "b"])
+    with pytest.raises(ValueError, match="at least two speakers"):
+        make_trials(["a/1", "a/2"], ["a", "a"])
+    with pytest.raises(ValueError, match="2 utterances but 1"):
+        make_trials(["a/1", "a/2"], ["a"])
 
 
 def test_trial_summary_counts_by_hand():
