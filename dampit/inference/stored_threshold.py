@@ -21,6 +21,7 @@ import datetime
 import json
 import math
 import os
+import re
 
 import yaml
 
@@ -43,6 +44,10 @@ __all__ = [
 
 README_FILE = "README.md"
 NOTE_HEADING = "## Calibrated threshold"
+#: dampit's section of README.md: up to the next # or ## heading, or the end
+NOTE_SECTION = re.compile(
+    rf"^{NOTE_HEADING}$.*?(\n*)(?=^##? |\Z)", re.MULTILINE | re.DOTALL
+)
 
 
 def read_calibration(folder):
@@ -78,13 +83,35 @@ def read_calibration(folder):
 
 
 def _note(text, threshold, source):
-    """``README.md`` with its calibration section set to this threshold."""
-    head = text.split(f"\n{NOTE_HEADING}\n")[0].rstrip("\n")
-    return (
-        f"{head}\n\n{NOTE_HEADING}\n\nThe decision threshold is now "
-        f"{threshold:.6g} ({source}); `dampit_export.json` keeps the "
-        "values it replaced in `threshold_history`.\n"
+    """``README.md`` with its calibration section set to this threshold:
+    the section (its heading up to the next ``#`` or ``##`` heading, or
+    the end) replaced, or appended when there is none; the rest kept as
+    it is.
+
+    Example
+    -------
+    >>> text = "# M\\n\\n## Calibrated threshold\\n\\nold\\n\\n## Mine\\nkeep"
+    >>> print(_note(text, 0.5, "by hand"))
+    # M
+    <BLANKLINE>
+    ## Calibrated threshold
+    <BLANKLINE>
+    The decision threshold is now 0.5 (by hand); `dampit_export.json`
+    keeps the values it replaced in `threshold_history`.
+    <BLANKLINE>
+    ## Mine
+    keep
+    """
+    section = (
+        f"{NOTE_HEADING}\n\nThe decision threshold is now {threshold:.6g} "
+        f"({source}); `dampit_export.json` keeps the values it replaced in "
+        "`threshold_history`."
     )
+    found = NOTE_SECTION.search(text)
+    if found is None:
+        return f"{text.rstrip(chr(10))}\n\n{section}\n"
+    # group 1: the line breaks that end the section, kept as they are
+    return f"{text[: found.start()]}{section}{found[1]}{text[found.end() :]}"
 
 
 def check_folder(folder):

@@ -144,3 +144,26 @@ def test_a_writer_killed_between_its_renames(tmp_path, k):
     assert thresholds(folder, tmp_path / "sb3") == (0.42, 0.42)
     assert sorted(os.listdir(folder)) == names
     assert not [n for n in os.listdir(folder.parent) if n.startswith(".")]
+
+
+def test_a_new_threshold_keeps_the_users_readme_sections(tmp_path):
+    """Only dampit's section (up to the next heading of its level or
+    higher) is replaced: what the user wrote after it stays byte for byte,
+    through a calibration and through a restore."""
+    folder = pathlib.Path(write_demo_model(tmp_path, threshold=0.5))
+    readme = folder / "README.md"
+    readme.write_text("# model\n\nthreshold 0.5\n")
+    write_threshold(folder, 0.61, "first")
+    first = readme.read_text()
+    mine = "## Deployment notes (mine)\ntext\n\n### Sub\nmore\n"
+    readme.write_text(first + mine)
+    write_threshold(folder, 0.73, "second")
+    second = first.replace("0.61 (first)", "0.73 (second)")
+    assert second != first
+    assert readme.read_text() == second + mine
+    yaml_path = folder / "hyperparams.yaml"  # a stopped update: YAML ahead
+    yaml_path.write_text(
+        yaml_path.read_text().replace("threshold: 0.73", "threshold: 0.9")
+    )
+    assert restore_threshold(folder)
+    assert readme.read_text() == second + mine
