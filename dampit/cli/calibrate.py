@@ -16,7 +16,9 @@ calibration`), with 95% bootstrap intervals. ``--llr`` also fits ``llr =
 scale * score + offset``. The threshold is then written into the model
 folder (:func:`dampit.inference.stored_threshold.write_threshold`: JSON
 and YAML, the previous values kept in ``threshold_history``) unless
-``--dry-run``; ``--out`` writes the record as JSON. Fewer trials than
+``--dry-run``; ``--out`` writes the record as JSON, replacing only a
+report of ``dampit-calibrate`` (never the trial list, the CSV or a file in
+the model folder). Fewer trials than
 :func:`~dampit.inference.calibration.minimum_trials` are refused unless
 ``--force``.
 """
@@ -104,12 +106,34 @@ def _check_folds(labels, spk_e, spk_t, args):
     return False
 
 
+def _is_report(path):
+    """Whether ``path`` holds a report of ``dampit-calibrate --out``: a
+    JSON object with its ``threshold``, ``operating_point`` and
+    ``cross_validated``."""
+    with open(path, "rb") as f:
+        text = f.read(1 << 20)
+    try:
+        report = json.loads(text)
+    except ValueError:
+        return False
+    keys = {"threshold", "operating_point", "cross_validated"}
+    return isinstance(report, dict) and keys <= set(report)
+
+
 def _pct(x, ci):
     return f"{100 * x:.2f}% [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
 
 
 def _calibrate(args):
     common.check_args(args, out_folder=False)
+    if args.out:
+        common.check_out_file(
+            args.out,
+            [("--trials", args.trials), ("--csv", args.csv)],
+            [("--model", args.model)],
+            _is_report,
+            f"a report of {PROG}",
+        )
     point, rate, words = _point(args)
     if not args.dry_run:  # a folder write_threshold can update, whole
         with common.writing(args.model):
@@ -209,7 +233,7 @@ def main(argv=None):
     add("--seed", type=int, default=0, help="of the folds and bootstrap")
     add("--force", action="store_true", help="calibrate on too few trials")
     add("--dry-run", action="store_true", help="report, write nothing")
-    add("--out", help="JSON report to write")
+    add("--out", help="JSON report to write (replaces only a report)")
     args = parser.parse_args(argv)
     return common.run(PROG, args, lambda: _calibrate(args))
 

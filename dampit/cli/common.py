@@ -127,6 +127,48 @@ def check_args(args, out_folder):
         raise CliError(f"--model {args.model}: folder not found")
 
 
+def first_line(path):
+    """The first line of a file (at most 4096 bytes), read as UTF-8."""
+    with open(path, "rb") as f:
+        return f.readline(4096).decode("utf-8", "replace")
+
+
+def check_out_file(out, inputs, folders, own, what):
+    """Before any work: the ``--out`` file replaces only what the command
+    wrote. Refused in one line: one of ``inputs`` (``(name, path)``
+    pairs; a None path is skipped), a path inside one of ``folders``
+    (``(argument, folder)`` pairs), an existing non-empty file for which
+    ``own(path)`` is false (``what`` names the command's output).
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> notes = os.path.join(d, "notes.txt")
+    >>> _ = open(notes, "w").write("mine\\n")
+    >>> check_out_file(notes, [], [], lambda p: False, "a report")
+    Traceback (most recent call last):
+    ...
+    dampit.cli.common.CliError: --out ... is not a report: nothing replaced
+    >>> check_out_file(notes, [], [("--model", d)], None, "a report")
+    Traceback (most recent call last):
+    ...
+    dampit.cli.common.CliError: --out ... inside --model ...: nothing replaced
+    """
+    real = os.path.realpath(out)
+    for name, path in inputs:
+        if path and os.path.realpath(path) == real:
+            raise CliError(f"--out {out} is the {name} file: nothing replaced")
+    for flag, folder in folders:
+        folder = os.path.realpath(folder)
+        if os.path.commonpath([real, folder]) == folder:
+            raise CliError(
+                f"--out {out} is inside {flag} {folder}: nothing replaced"
+            )
+    if os.path.isfile(real) and os.path.getsize(real) > 0 and not own(real):
+        raise CliError(f"--out {out} is not {what}: nothing replaced")
+
+
 def _list_file(path):
     """``(id, path, origin)`` of a list file's lines (UTF-8, BOM or not)."""
     items, base = [], os.path.dirname(os.path.abspath(path))

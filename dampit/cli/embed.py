@@ -8,7 +8,9 @@
 Inputs are folders (searched recursively for audio files), audio files or
 list files (one path a line, or ``ID<TAB>path``). ``--out`` becomes an
 embedding store (:mod:`dampit.inference.embedding_store`: ``embeddings.npy``
-``[N, D]``, ``ids.txt``, ``paths.txt``), replaced as one unit; a second
+``[N, D]``, ``ids.txt``, ``paths.txt``), replaced as one unit (a folder
+that is not an embedding store, or is a profile store of
+``dampit-enroll``, is refused before the work); a second
 ``dampit-embed`` into the same ``--out`` while one runs is refused in one
 line, before its work. A file name with a line break is refused before
 the work too. A bad file
@@ -35,6 +37,7 @@ from dampit.cli import common
 from dampit.dataio.audio import AudioError, check_audio, load_audio
 from dampit.dataio.windows import header_windows
 from dampit.inference import embedding_store as store
+from dampit.inference import profiles
 from dampit.inference.extract import check_windows
 
 PROG = "dampit-embed"
@@ -95,6 +98,11 @@ def _embed(args):
     names = os.listdir(args.out) if os.path.isdir(args.out) else []
     if names and not {store.EMBEDDINGS_FILE, store.IDS_FILE} <= set(names):
         raise common.CliError(f"--out {args.out} is not an embedding store")
+    if profiles.META_FILE in names:
+        raise common.CliError(
+            f"--out {args.out} is a profile store (dampit-enroll): nothing "
+            "replaced"
+        )
     items = common.list_audio_inputs(args.inputs)
     if args.window is not None:
         for uid, path in items:

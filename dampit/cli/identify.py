@@ -11,7 +11,10 @@ gets one tab-separated line: its ID, the decision (the best speaker, or
 then the ``--top-k`` speakers with their scores, best first. The scores
 are cosines with the profiles (:mod:`dampit.inference.profiles`); the
 threshold is the model's (``dampit-calibrate``) unless ``--threshold``.
-``--out`` writes the lines to a file instead of the standard output.
+``--out`` writes the lines to a file instead of the standard output; an
+existing file is replaced only when it is an output of ``dampit-identify``
+(its first line), never when it is an input or inside ``--profiles`` or
+``--model``.
 """
 
 import sys
@@ -30,12 +33,36 @@ output: ID<TAB>decision<TAB>speaker<TAB>score... (decision 'unknown' when
 the best score is not above the threshold)"""
 
 
+def _is_output(path):
+    """Whether the first line of ``path`` reads as this command's output:
+    ``ID decision speaker score...`` tab-separated, the scores numbers."""
+    fields = common.first_line(path).rstrip("\r\n").split("\t")
+    if len(fields) < 4 or len(fields) % 2 == 1:
+        return False
+    for score in fields[3::2]:
+        try:
+            float(score)
+        except ValueError:
+            return False
+    return True
+
+
 def _identify(args):
     common.check_args(args, out_folder=False)
     store = profiles.Profiles(args.profiles)
     if not store.names:  # before the model loads
         raise common.CliError(f"--profiles {args.profiles}: no profiles")
     items = common.list_audio_inputs(args.inputs)
+    if args.out:
+        inputs = [("input", path) for path in args.inputs]
+        inputs += [("input", path) for _, path in items]
+        common.check_out_file(
+            args.out,
+            inputs,
+            [("--profiles", args.profiles), ("--model", args.model)],
+            _is_output,
+            f"an output of {PROG}",
+        )
     if args.threshold is not None:  # no "no threshold stored" warning
         warnings.filterwarnings("ignore", ".*threshold")
     model = common.open_model(args)

@@ -10,9 +10,10 @@ A trial list (:mod:`dampit.dataio.trials`) names audio files relative to
 ``--audio-root`` (default: the list's folder; a name without extension is
 tried with each audio extension) or IDs of the SpeechBrain CSV given with
 ``--csv``. Each file is embedded once, the trials are streamed and scored
-in chunks; ``--out`` gets a score file (``enrol test [label] score``); an
-existing ``--out`` is replaced only when it is a score file, never when
-it is the trial list or the CSV.
+in chunks; ``--out`` gets a score file (``enrol test [label] score``),
+with ``--trials`` only (two files: the score is printed); an existing
+``--out`` is replaced only when it is a score file, never when it is the
+trial list, the CSV or inside the model folder.
 The threshold (``score > threshold``: same speaker) is the model's
 calibrated one unless ``--threshold`` is given (for two files, the
 log-likelihood ratio of ``dampit-calibrate --llr`` follows when it was
@@ -91,28 +92,20 @@ def _print_pair(args, score, threshold):
     print(f"score {score:.4f}  threshold {threshold:.4f}  -> {word}{extra}")
 
 
-def check_out(args):
-    """``--out`` is none of the command's inputs, and a file it would
-    replace is a score file (its first line), so that nothing else is
-    overwritten."""
-    out = os.path.realpath(args.out)
-    for flag, path in (("--trials", args.trials), ("--csv", args.csv)):
-        if path and os.path.realpath(path) == out:
-            raise common.CliError(f"--out {args.out} is the {flag} file")
-    if os.path.isfile(out) and os.path.getsize(out) > 0:
-        with open(out, "rb") as f:
-            first = f.readline(4096).decode("utf-8", "replace").split()
-        if not trials.is_score_line(first):
-            raise common.CliError(
-                f"--out {args.out} exists and is not a score file (enrol "
-                "test [label] score): nothing replaced"
-            )
+def _is_score_file(path):
+    return trials.is_score_line(common.first_line(path).split())
 
 
 def _verify(args):
     common.check_args(args, out_folder=False)
     if args.out:
-        check_out(args)
+        common.check_out_file(
+            args.out,
+            [("--trials", args.trials), ("--csv", args.csv)],
+            [("--model", args.model)],
+            _is_score_file,
+            "a score file (enrol test [label] score)",
+        )
     with contextlib.ExitStack() as stack:
         if args.out:  # a second writer of --out: refused before the work
             common.hold_output(stack, args.out)
@@ -165,12 +158,14 @@ def main(argv=None):
     add("--audio-root", help="folder of the trial paths")
     add("--csv", help="SpeechBrain CSV mapping trial IDs")
     add("--data-root", help="$data_root of the CSV")
-    add("--out", help="score file to write (default: standard output)")
+    add("--out", help="score file of --trials (default: standard output)")
     add("--threshold", type=common.FINITE, help="instead of the model's")
     add("--asnorm", action="store_true", help="AS-norm with the cohort")
     args = parser.parse_args(argv)
     if bool(args.trials) == bool(args.files) or len(args.files) not in (0, 2):
         parser.error("give either two audio files or --trials FILE")
+    if args.out and not args.trials:
+        parser.error("--out needs --trials (two files: the score is printed)")
     args.no_progress |= not args.trials
     return common.run(PROG, args, lambda: _verify(args))
 

@@ -1,4 +1,5 @@
-"""User errors of dampit-embed and dampit-verify: one line, exit 2.
+"""User errors of dampit-embed and dampit-verify (and dampit-enroll given
+an embedding store): one line, exit 2.
 
 Every bad argument, output path, trial list and model folder gives one
 line on stderr naming the argument, file or row, and exit status 2,
@@ -23,6 +24,7 @@ import pytest
 import torch
 
 from dampit.cli import embed as embed_cli
+from dampit.cli import enroll as enroll_cli
 from dampit.cli import verify as verify_cli
 from dampit.cli.common import CliError
 from dampit.dataio.trials import read_scores
@@ -135,6 +137,34 @@ def test_out_checked_before_any_work(model, wavs, tmp_path, capsys):
     trials.write_text(f"1 {wavs[0]} {wavs[1]}\n")
     argv = ["--model", str(model), "--trials", str(trials), "--out"]
     refused(verify_cli.main, argv + [str(tmp_path)], capsys, "--out", "folder")
+
+
+def test_verify_out_needs_a_trial_list(model, wavs, tmp_path, capsys):
+    """Two files print their score: ``--out`` is refused, not ignored."""
+    out = tmp_path / "score.txt"
+    argv = verify_args(model, wavs, "--out", str(out))
+    refused(verify_cli.main, argv, capsys, "--out needs --trials")
+    assert not out.exists()
+
+
+def test_embed_and_enroll_never_replace_the_other_store(
+    model, wavs, tmp_path, capsys
+):
+    """A profile store as dampit-embed's ``--out``, an embedding store as
+    dampit-enroll's ``--profiles``: refused in one line, both intact."""
+    store, emb = tmp_path / "profiles", tmp_path / "emb"
+    base = ["--model", str(model), "--no-progress"]
+    argv = [*base, "--profiles", str(store), "--speaker", "a", str(wavs[0])]
+    assert enroll_cli.main(argv) == 0
+    assert embed_cli.main([*base, str(wavs[1]), "--out", str(emb)]) == 0
+    capsys.readouterr()
+    before = {f: f.read_bytes() for d in (store, emb) for f in d.iterdir()}
+    argv = [*base, str(wavs[2]), "--out", str(store)]
+    refused(embed_cli.main, argv, capsys, store, "is a profile store")
+    argv = [*base, "--profiles", str(emb), "--speaker", "b", str(wavs[2])]
+    refused(enroll_cli.main, argv, capsys, emb, "is not a profile store")
+    after = {f: f.read_bytes() for d in (store, emb) for f in d.iterdir()}
+    assert after == before
 
 
 def test_missing_model_folder_before_the_trials(model, wavs, tmp_path, capsys):
@@ -480,6 +510,9 @@ def test_out_replaces_only_a_score_file(model, wavs, tmp_path, capsys):
     argv = ["--model", str(model), "--trials", str(trials), "--out"]
     refused(verify_cli.main, argv + [str(trials)], capsys, "--trials")
     refused(verify_cli.main, argv + [str(notes)], capsys, notes, "not a score")
+    inside = model / "scores.txt"
+    refused(verify_cli.main, argv + [str(inside)], capsys, inside, "--model")
+    assert not inside.exists()
     assert trials.read_text() == f"1 {wavs[0]} {wavs[1]}\n"
     assert notes.read_text() == "my notes\n"
     scores = tmp_path / "scores.txt"

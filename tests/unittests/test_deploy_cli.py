@@ -351,3 +351,89 @@ def test_enroll_more_files_remove_and_refusals(model, corpus, ref, capsys):
         identify_cli, ["--model", broken, "--profiles", store, files[0]], capsys
     )
     assert code == 2 and "no profiles" in err, err
+
+
+def test_calibrate_out_replaces_only_its_report(model, corpus, capsys):
+    """``--out`` naming the trial list, the CSV, a file in (or a new path
+    inside) the model folder, or a file that is not a report: refused in
+    one line before any embedding, nothing changed; a report of an
+    earlier run is replaced."""
+    pairs = corpus / "cal" / "pairs.txt"
+    notes = corpus / "notes.txt"
+    notes.write_text('{"mine": 1}\n')
+    files = [pairs, notes, *sorted(model.iterdir())]
+    before = {f: f.read_bytes() for f in files}
+    args = ["--model", model, "--trials", pairs, "--eer", "--dry-run"]
+    cases = [
+        (pairs, [], "is the --trials file"),
+        (notes, ["--csv", notes], "is the --csv file"),
+        (notes, [], "is not a report of dampit-calibrate"),
+        (model / "dampit_export.json", [], "inside --model"),
+        (model / "hyperparams.yaml", [], "inside --model"),
+        (model / "report.json", [], "inside --model"),
+    ]
+    for out, extra, msg in cases:
+        code, out_text, err = run(
+            calibrate_cli, [*args, *extra, "--out", out], capsys
+        )
+        assert code == 2 and out_text == "", (out, err)
+        assert msg in err and len(err.splitlines()) == 1, err
+    assert {f: f.read_bytes() for f in files} == before
+    assert sorted(model.iterdir()) == files[2:]
+    report = corpus / "cal_report.json"
+    assert run(calibrate_cli, [*args, "--out", report], capsys)[0] == 0
+    assert json.loads(report.read_text())["operating_point"] == "eer"
+    args[args.index("--eer")] = "--target-far"
+    args.insert(args.index("--target-far") + 1, "0.05")
+    code, _, err = run(calibrate_cli, [*args, "--out", report], capsys)
+    assert code == 0, err
+    assert json.loads(report.read_text())["operating_point"] == "far"
+
+
+def test_identify_out_replaces_only_its_output(model, corpus, capsys):
+    """``--out`` naming an input audio or list file, a file in the profile
+    store or the model folder, or a file that is not an output of
+    dampit-identify: refused in one line before the model loads, nothing
+    changed; an earlier output is replaced."""
+    store = corpus / "profiles_out"
+    wav = sorted((corpus / "enrol").iterdir())[0]
+    wav = sorted(wav.iterdir())[0]
+    base = ["--model", model, "--profiles", store]
+    assert run(enroll_cli, [*base, "--speaker", "a", wav], capsys)[0] == 0
+    probe = corpus / "probe" / "stranger.wav"
+    listed = corpus / "probes.txt"
+    listed.write_text(f"{probe}\n")
+    notes = corpus / "ids_notes.txt"
+    notes.write_text("alice\tbob\n")
+    files = [probe, listed, notes, *store.iterdir(), *model.iterdir()]
+    before = {f: f.read_bytes() for f in files}
+    broken = corpus / "broken_for_out"  # refused before the model loads
+    shutil.copytree(model, broken)
+    (broken / "dampit_export.json").write_text("{")
+    cases = [
+        (base, [probe], probe, "is the input file"),
+        (base, [listed], probe, "is the input file"),
+        (base, [listed], listed, "is the input file"),
+        (base, [probe], store / "ids.txt", "inside --profiles"),
+        (base, [probe], model / "ids.tsv", "inside --model"),
+        (base, [probe], notes, "is not an output of dampit-identify"),
+        (["--model", broken, "--profiles", store], [probe], notes, "not an"),
+    ]
+    for argv, inputs, out, msg in cases:
+        code, out_text, err = run(
+            identify_cli, [*argv, *inputs, "--out", out], capsys
+        )
+        assert code == 2 and out_text == "", (out, err)
+        assert msg in err and len(err.splitlines()) == 1, err
+    assert {f: f.read_bytes() for f in files} == before
+    ids = corpus / "ids.tsv"
+    for threshold in (-1, 1):  # a new file, then its own output replaced
+        code, _, err = run(
+            identify_cli,
+            [*base, probe, "--threshold", threshold, "--out", ids],
+            capsys,
+        )
+        assert code == 0, err
+        decision = "a" if threshold == -1 else "unknown"
+        first = ids.read_text().split("\t")[:3]
+        assert first == [str(probe.with_suffix("")), decision, "a"]
