@@ -42,6 +42,18 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture()
+def forward_calls():
+    """The names of the torch modules run forward during the test, in
+    order (a real global forward hook)."""
+    calls = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, output: calls.append(type(module).__name__)
+    )
+    yield calls
+    hook.remove()
+
+
 def _lazy_modules_safe_for_hypothesis():
     """Hypothesis (at collection and per example) reads ``__file__`` of
     every module in ``sys.modules``; on SpeechBrain's not-yet-loaded lazy

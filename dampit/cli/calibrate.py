@@ -151,8 +151,8 @@ def _calibrate(args):
         names, args.trials, args.audio_root, args.csv, args.data_root
     )
     model = common.open_model(args)
-    _, emb = common.embed(model, paths, args)
-    scores = cosine_scores(emb, enrol, test)
+    emb, row = common.embed_paths(model, paths, args)
+    scores = cosine_scores(emb, row[enrol], row[test])
     cv = None
     if folds_ok:
         cv = cal.cross_validate(

@@ -15,6 +15,7 @@ import tempfile
 import warnings
 from os.path import isfile
 
+import numpy as np
 import torch
 
 from dampit.dataio.audio import AUDIO_EXTENSIONS, AudioError
@@ -170,24 +171,31 @@ def check_out_file(out, inputs, folders, own, what):
 
 
 def _list_file(path):
-    """``(id, path, origin)`` of a list file's lines (UTF-8, BOM or not)."""
+    """``(id, path, origin)`` of a list file's lines (UTF-8, BOM or not);
+    a line ``ID<TAB>`` without a path is refused naming it."""
     items, base = [], os.path.dirname(os.path.abspath(path))
     for n, text in utf8_lines(path):
+        if not text.strip() or text.lstrip().startswith("#"):
+            continue
         uid, _, wav = (s.strip() for s in text.rpartition("\t"))
-        if wav and not text.lstrip().startswith("#"):
-            if not isfile(full := os.path.join(base, wav)):
-                raise CliError(f"{path}:{n}: audio file not found: {wav}")
-            items.append((uid or utt_to_id(wav), full, f"{path}:{n}"))
+        if not wav:
+            raise CliError(f"{path}:{n}: no audio path after the tab")
+        if not isfile(full := os.path.join(base, wav)):
+            raise CliError(f"{path}:{n}: audio file not found: {wav}")
+        items.append((uid or utt_to_id(wav), full, f"{path}:{n}"))
     return items
 
 
-def list_audio_inputs(inputs):
+def list_audio_inputs(inputs, ids=True):
     """``(id, path)`` of audio files, folders (``scan_audio_tree``: searched
     recursively, hidden names skipped; ID: ``utt_to_id`` of the relative
     path) and list files (a path, relative to the list, or ``ID<TAB>path``
-    a line). A file name with a line break,
-    an ID that ``ids.txt`` cannot hold or a duplicate ID is refused here,
-    before any work.
+    a line). A file name with a line break or an ID that ``ids.txt``
+    cannot hold is refused here, before any work. The same file (its real
+    path) under the same ID again (a file, folder or list line given
+    twice) is kept once; an ID of two different files is refused. With
+    ``ids`` False (enrolment: IDs name nothing), each file's ID is its real
+    path, so that only repeats of one file are dropped.
 
     Example
     -------
@@ -197,8 +205,10 @@ def list_audio_inputs(inputs):
     >>> open(os.path.join(d, "spk1", "a.wav"), "wb").close()
     >>> list_audio_inputs([d]) == [("spk1/a", os.path.join(d, "spk1", "a.wav"))]
     True
+    >>> len(list_audio_inputs([d, d]))
+    1
     """
-    found, seen = [], {}
+    found, seen, kept = [], {}, []
     for arg in inputs:
         if os.path.isdir(arg):
             tree = scan_audio_tree(arg, min_depth=1)
@@ -218,13 +228,21 @@ def list_audio_inputs(inputs):
     for uid, path, origin in found:
         if path.splitlines() != [path]:
             raise CliError(f"{origin!r}: the file name has a line break")
+        real = os.path.realpath(path)
+        if not ids:
+            uid = real
         try:
             check_id(uid)
         except ValueError as err:
             raise CliError(f"{origin}: {err}") from None
-        if seen.setdefault(uid, origin) != origin:
-            raise CliError(f"{origin}: duplicate ID {uid!r} (also {seen[uid]})")
-    return [(uid, path) for uid, path, _ in found]
+        if uid not in seen:
+            seen[uid] = (real, origin)
+            kept.append((uid, path))
+        elif seen[uid][0] != real:
+            raise CliError(
+                f"{origin}: duplicate ID {uid!r} (also {seen[uid][1]})"
+            )
+    return kept
 
 
 @contextlib.contextmanager
@@ -260,6 +278,15 @@ def embed(model, items, args):
     """``(ids, [N, D] embeddings)`` of ``items``; the model refuses
     non-finite ones (``ModelFolderError``, as in the Python API)."""
     return model.embed_files(items, args.batch_size, not args.no_progress)
+
+
+def embed_paths(model, paths, args):
+    """``(embeddings, rows)`` of audio ``paths`` (a trial list's files):
+    each distinct path embedded once, ``embeddings[rows[k]]`` that of
+    ``paths[k]``."""
+    files = {p: k for k, p in enumerate(dict.fromkeys(paths))}
+    _, emb = embed(model, list(files), args)
+    return emb, np.array([files[p] for p in paths])
 
 
 def _exit_on_sigterm(signum, frame):

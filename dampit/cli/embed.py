@@ -13,7 +13,9 @@ that is not an embedding store, or is a profile store of
 ``dampit-enroll``, is refused before the work); a second
 ``dampit-embed`` into the same ``--out`` while one runs is refused in one
 line, before its work. A file name with a line break is refused before
-the work too. A bad file
+the work too, and so is an ID of two different files (the same file
+given twice is embedded once); a file whose header cannot be read is
+refused before the first forward pass. A bad file
 (missing, not audio, empty, silent, shorter than 400 samples) stops the
 run naming it, unless ``--skip-bad`` leaves it out (listed in
 ``bad_files.txt``). Other sample rates are resampled, channels averaged.

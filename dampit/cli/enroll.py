@@ -32,9 +32,11 @@ EXAMPLES = """examples:
 
 
 def _speakers(args):
-    """Speaker name -> ``(id, path)`` items of the inputs."""
+    """Speaker name -> ``(id, path)`` items of the inputs; a file given
+    twice is enrolled once, and files may share names (IDs name nothing
+    in a profile: ``list_audio_inputs`` with ``ids`` False)."""
     if not args.by_folder:
-        return {args.speaker: common.list_audio_inputs(args.inputs)}
+        return {args.speaker: common.list_audio_inputs(args.inputs, False)}
     found = {}
     for arg in args.inputs:
         if not os.path.isdir(arg):
@@ -48,7 +50,7 @@ def _speakers(args):
                 raise common.CliError(
                     f"--by-folder: speaker {sub.name!r} twice ({sub.path})"
                 )
-            found[sub.name] = common.list_audio_inputs([sub.path])
+            found[sub.name] = common.list_audio_inputs([sub.path], False)
     return found
 
 

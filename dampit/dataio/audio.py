@@ -91,7 +91,7 @@ def _read_blocks(f, n):
 
 
 @contextlib.contextmanager
-def _opened(path):
+def open_audio(path):
     """``path`` open as a ``soundfile.SoundFile``; a failure to open or
     read it in the block raises AudioError naming the file (the checks
     that need a stat call run only then)."""
@@ -113,7 +113,7 @@ def _read(path, sample_rate, start=0, stop=None, crop=None):
     ``crop`` (samples at ``sample_rate``) a random crop of ``[start, stop)``.
     """
     path = os.fspath(path)
-    with _opened(path) as f:
+    with open_audio(path) as f:
         sr, frames = f.samplerate, f.frames
         _check_rate(path, sr, sample_rate)
         stop = frames if stop is None else min(int(stop), frames)
@@ -266,7 +266,7 @@ def mono_blocks(path, sample_rate=16000):
     """
     path = os.fspath(path)
     lo = hi = None
-    with _opened(path) as f:
+    with open_audio(path) as f:
         _check_rate(path, f.samplerate, sample_rate)
         step = max(1024, 2**20 // f.channels)
         while len(data := _read_blocks(f, step)):
@@ -306,7 +306,7 @@ def check_audio(path, min_duration=MIN_DURATION, sample_rate=16000):
     audio file is silent:
     """
     path = os.fspath(path)
-    with _opened(path) as f:
+    with open_audio(path) as f:
         sr, frames, channels = f.samplerate, f.frames, f.channels
         _check_rate(path, sr, sample_rate)
         dtype = _INT_DTYPES.get(f.subtype, "float32")

@@ -21,11 +21,10 @@ Windows (:func:`embed_windows`) are read block by block and embedded
 import os
 
 import numpy as np
-import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from dampit.dataio.audio import load_audio
+from dampit.dataio.audio import load_audio, open_audio
 from dampit.dataio.windows import check_window_hop, read_windows
 from dampit.inference.embedding_store import window_id
 
@@ -83,19 +82,18 @@ def pad_batch(wavs, hop_length=None):
 
 
 def header_duration(path):
-    """A file's duration in seconds by its header (0.0 when unreadable:
-    reading it reports why).
+    """A file's duration in seconds by its header; a file that cannot be
+    opened (missing, empty, not audio) raises ``AudioError`` naming it.
 
     Example
     -------
     >>> header_duration("no-such-file.wav")
-    0.0
+    Traceback (most recent call last):
+    ...
+    dampit.dataio.audio.AudioError: audio file not found: no-such-file.wav
     """
-    try:
-        info = sf.info(os.fspath(path))
-    except (RuntimeError, sf.LibsndfileError, ValueError, OSError):
-        return 0.0
-    return info.frames / info.samplerate if info.samplerate > 0 else 0.0
+    with open_audio(os.fspath(path)) as f:
+        return f.frames / f.samplerate if f.samplerate > 0 else 0.0
 
 
 def length_batches(lengths, batch_size, max_padding=MAX_PADDING):
@@ -198,6 +196,12 @@ def embed_utterances(
         Item IDs (the paths, for plain paths), in input order.
     embeddings : numpy.ndarray
         ``[N, D]`` whole-file embeddings (``[0, 0]`` when no item).
+
+    Raises
+    ------
+    AudioError
+        For a file that cannot be used; one whose header cannot be read,
+        before any forward pass (the headers give the batches).
 
     Example
     -------

@@ -18,6 +18,7 @@ verification). Every change goes through :func:`_update`, which reads the
 store, applies the change and writes the store back.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ from dampit.inference.embedding_store import (
     IDS_FILE,
     EmbeddingStore,
     EmbeddingStoreWriter,
+    check_id,
 )
 from dampit.utils.file_lock import output_lock
 
@@ -82,12 +84,17 @@ def model_fingerprint(model):
 
 
 def _check_name(name):
-    ok = isinstance(name, str) and name.strip() == name and name != ""
-    if not ok or any(c in name for c in "\t\r\n") or name == UNKNOWN:
-        raise ProfileError(
-            f"speaker name {name!r}: needs a non-empty name without tabs, "
-            f"line breaks or outer spaces, other than {UNKNOWN!r}"
-        )
+    """Refuse a name that ``ids.txt`` cannot hold (:func:`check_id`: one
+    line, not padded), with a tab (identification's output is
+    tab-separated), or :data:`UNKNOWN`."""
+    with contextlib.suppress(ValueError):
+        check_id(name)
+        if "\t" not in name and name != UNKNOWN:
+            return
+    raise ProfileError(
+        f"speaker name {name!r}: needs a non-empty name without tabs, "
+        f"line breaks or outer spaces, other than {UNKNOWN!r}"
+    )
 
 
 class Profiles:
@@ -239,7 +246,8 @@ def enroll_files(
         The profile store (created when missing).
     speakers : dict
         Speaker name -> list of audio paths or ``(id, path)`` items (as
-        ``embed_files`` takes them).
+        ``embed_files`` takes them; the IDs are not used, so that two
+        speakers' files may share names).
     replace : bool
         Start each named profile afresh instead of adding to it.
     batch_size : int
@@ -283,7 +291,10 @@ def enroll_files(
         if not files:
             raise ProfileError(f"{name}: no files to enrol")
     names = [name for name, files in speakers.items() for _ in files]
-    items = [item for files in speakers.values() for item in files]
+    paths = [item for files in speakers.values() for item in files]
+    paths = [p if isinstance(p, (str, os.PathLike)) else p[1] for p in paths]
+    # IDs name nothing in a profile: the row numbers, unique
+    items = [(str(k), path) for k, path in enumerate(paths)]
     _, emb = model.embed_files(items, batch_size, progress)
     rows = np.array(names)
 

@@ -24,6 +24,7 @@ from dampit.cli import embed as embed_cli
 from dampit.cli import verify as verify_cli
 from dampit.cli.common import CliError, list_audio_inputs
 from dampit.dataio.trials import read_scores
+from dampit.inference.api import load_model
 from dampit.metrics.error_rates import compute_eer
 
 # The test-only model writer (tests/ is not a package).
@@ -112,6 +113,21 @@ def test_embed_folder(model, sb, wavs, tmp_path, capsys):
     assert "6 embeddings of size 16" in cap.out
 
 
+def test_embed_inputs_given_twice(model, sb, wavs, tmp_path, capsys):
+    """A folder and a file given twice: each file embedded once."""
+    tree = tree_of(tmp_path / "data", wavs)
+    one = tree / sorted(wavs)[0] / next(iter(wavs.values()))[0].name
+    out = tmp_path / "emb"
+    args = ["--model", str(model), str(tree), str(tree), str(one), str(one)]
+    code, cap = run_embed([*args, "--out", str(out), "--no-progress"], capsys)
+    assert code == 0, cap.err
+    ids = (out / "ids.txt").read_text().splitlines()
+    want_ids = [f"{s}/{f.stem}" for s, fs in sorted(wavs.items()) for f in fs]
+    assert ids == [*want_ids, str(one).removesuffix(".wav")]
+    emb = np.load(out / "embeddings.npy")
+    assert close(emb[-1], reference(sb, one)) and close(emb[0], emb[-1])
+
+
 def test_embed_progress_bar(model, wavs, tmp_path, capsys):
     files = [str(f) for fs in wavs.values() for f in fs][:2]
     code, cap = run_embed(
@@ -151,8 +167,12 @@ def test_list_file_errors(tmp_path):
     (tmp_path / "a.wav").write_bytes(b"")
     with pytest.raises(CliError, match=r"list.txt:3: .*missing/b.wav"):
         list_audio_inputs([str(lst)])
-    lst.write_text("a.wav\nx\t a.wav\nx\ta.wav\n")
+    (tmp_path / "b.wav").write_bytes(b"")
+    lst.write_text("a.wav\nx\t a.wav\nx\tb.wav\n")
     with pytest.raises(CliError, match="list.txt:3: duplicate ID 'x'"):
+        list_audio_inputs([str(lst)])
+    lst.write_text("a.wav\nx\t\nb.wav\n")
+    with pytest.raises(CliError, match="list.txt:2: no audio path after"):
         list_audio_inputs([str(lst)])
     with pytest.raises(CliError, match="input not found"):
         list_audio_inputs([str(tmp_path / "nothing")])
@@ -163,6 +183,31 @@ def test_list_file_errors(tmp_path):
     (tmp_path / "empty" / "notes.txt").write_text("x")
     with pytest.raises(CliError, match="no .wav/.flac.* under"):
         list_audio_inputs([str(tmp_path / "empty")])
+
+
+def test_inputs_given_twice(tmp_path):
+    """The same file under the same ID again is kept once (a file, a
+    folder or a list line given twice, a link to it); one ID of two
+    different files is refused naming the input."""
+    (tmp_path / "d" / "s").mkdir(parents=True)
+    a, b = tmp_path / "d" / "s" / "a.wav", tmp_path / "b" / "s" / "a.wav"
+    a.write_bytes(b"")
+    (tmp_path / "link").mkdir()
+    (tmp_path / "link" / "s").symlink_to(a.parent)
+    lst = tmp_path / "list.txt"
+    lst.write_text("x\td/s/a.wav\nx\td/s/a.wav\n")
+    inputs = [a, a, tmp_path / "d", tmp_path / "d", tmp_path / "link", lst]
+    got = list_audio_inputs([str(p) for p in inputs])
+    assert got == [
+        (str(a).removesuffix(".wav"), str(a)),
+        ("s/a", str(a)),
+        ("x", str(a)),
+    ]
+    b.parent.mkdir(parents=True)
+    b.write_bytes(b"")
+    dup = f"{tmp_path / 'b'}.* duplicate ID 's/a'"
+    with pytest.raises(CliError, match=dup):
+        list_audio_inputs([str(tmp_path / "d"), str(tmp_path / "b")])
 
 
 def write_bad(kind, path):
@@ -220,6 +265,37 @@ def test_embed_bad_file_is_a_clear_error(model, wavs, tmp_path, capsys, kind):
     assert expected in cap.err and str(bad) in cap.err
     assert len(cap.err.strip().splitlines()) == 1
     assert not out.exists()  # nothing half-written
+
+
+def test_unreadable_file_is_refused_before_any_forward_pass(
+    model, wavs, tmp_path, capsys, forward_calls
+):
+    """Ten good files and one of random bytes: the header pass refuses
+    it, naming it, before any forward pass but the one of loading the
+    model (its probe); --skip-bad leaves it out."""
+    load_model(model)
+    probe = list(forward_calls)
+    assert probe
+    good = [str(f) for fs in wavs.values() for f in fs]
+    good = [*good, *good[:4]]
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for k, f in enumerate(good):
+        (folder / f"{k:02d}.wav").symlink_to(f)
+    bad = folder / "00_noise.wav"
+    bad.write_bytes(np.random.default_rng(0).bytes(50_000))
+    out = tmp_path / "e"
+    args = ["--model", str(model), str(folder), "--out", str(out)]
+    forward_calls.clear()
+    code, cap = run_embed([*args, "--no-progress"], capsys)
+    assert code == 2 and cap.out == ""
+    assert cap.err.startswith("dampit-embed: error: cannot read audio file")
+    assert str(bad) in cap.err and len(cap.err.strip().splitlines()) == 1
+    assert forward_calls == probe and not out.exists()
+    forward_calls.clear()
+    code, cap = run_embed([*args, "--no-progress", "--skip-bad"], capsys)
+    assert code == 0 and len(forward_calls) > len(probe)
+    assert len((out / "ids.txt").read_text().splitlines()) == 10
 
 
 def test_embed_skip_bad(model, wavs, tmp_path, capsys):

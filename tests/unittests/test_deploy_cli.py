@@ -224,6 +224,89 @@ def test_calibrate_refuses_bad_input_before_the_work(model, corpus, capsys):
     assert load_model(model).threshold != 0.5
 
 
+def test_calibrate_names_with_and_without_extension(model, corpus, ref, capsys):
+    """A trial name written with and without ``.wav`` is one file: the
+    same threshold as by hand, nothing written (--dry-run)."""
+    pairs = (corpus / "cal" / "pairs.txt").read_text().splitlines()
+    mixed = corpus / "cal" / "pairs_noext.txt"
+    rows = [line.split() for line in pairs]
+    mixed.write_text(
+        "".join(
+            f"{lab} {a.removesuffix('.wav') if k % 2 else a} {b}\n"
+            for k, (lab, a, b) in enumerate(rows)
+        )
+    )
+    report = corpus / "report_noext.json"
+    args = ["--model", model, "--trials", mixed, "--target-far", 0.05]
+    code, out, err = run(
+        calibrate_cli,
+        [*args, "--folds", 4, "--dry-run", "--out", report],
+        capsys,
+    )
+    assert code == 0, err
+    scores, labels, _ = ref_trials(corpus, ref)
+    got = json.loads(report.read_text())
+    want = far_threshold(scores, labels, 0.05)
+    assert got["threshold"] == pytest.approx(want, abs=TOL)
+    assert (got["target"], got["nontarget"]) == (60, 720)
+    assert load_model(model).threshold == 0.5
+
+
+def test_enroll_subfolders_with_the_same_file_names(model, corpus, ref, capsys):
+    """enrol/{alice,bob}/1.wav, 2.wav: IDs name nothing in a profile, so
+    by folder, both folders as one speaker and a folder given twice
+    enrol every file once."""
+    spk = sorted((corpus / "enrol").iterdir())[:2]
+    same = corpus / "same"
+    for name, d in zip(["alice", "bob"], spk):
+        (same / name).mkdir(parents=True)
+        for k, f in enumerate(sorted(d.iterdir())[:2], 1):
+            (same / name / f"{k}.wav").symlink_to(f)
+    store = corpus / "profiles_same"
+    base = ["--model", model, "--profiles", store]
+    code, out, err = run(enroll_cli, [*base, "--by-folder", same], capsys)
+    assert code == 0 and "2 profiles in" in out, err
+    both = [same / "alice", same / "bob"]
+    code, _, err = run(enroll_cli, [*base, "--speaker", "carol", *both], capsys)
+    assert code == 0, err
+    twice = [same / "alice", same / "alice", same / "alice" / "1.wav"]
+    base += ["--speaker", "dave"]
+    code, out, err = run(enroll_cli, [*base, *twice], capsys)
+    assert code == 0 and "'dave': 2 file(s) enrolled" in out, err
+    p = Profiles(store)
+    assert p.names == ["alice", "bob", "carol", "dave"]
+    assert p.counts.tolist() == [2, 2, 4, 2]
+
+    def mean(files):
+        return np.mean([ref(f) / np.linalg.norm(ref(f)) for f in files], 0)
+
+    files = {n: sorted((same / n).iterdir()) for n in ("alice", "bob")}
+    want = [
+        mean(files["alice"]),
+        mean(files["bob"]),
+        mean(files["alice"] + files["bob"]),
+        mean(files["alice"]),
+    ]
+    np.testing.assert_allclose(p.means(), want, atol=TOL)
+
+
+def test_enroll_refuses_a_name_ids_cannot_hold(
+    model, corpus, capsys, forward_calls
+):
+    """A vertical tab splits ``ids.txt``'s line: refused in one line
+    before any forward pass but the model's load probe."""
+    load_model(model)
+    probe = list(forward_calls)
+    forward_calls.clear()
+    store = corpus / "profiles_vt"
+    wav = sorted(sorted((corpus / "enrol").iterdir())[0].iterdir())[0]
+    args = ["--model", model, "--profiles", store, "--speaker", "a\x0bb", wav]
+    code, out, err = run(enroll_cli, args, capsys)
+    assert code == 2 and out == "", err
+    assert "speaker name 'a\\x0bb'" in err and len(err.splitlines()) == 1
+    assert forward_calls == probe and not store.exists()
+
+
 def test_enroll_ten_speakers_and_identify(model, corpus, ref, capsys):
     store = corpus / "profiles"
     enrol = sorted((corpus / "enrol").iterdir())
