@@ -127,7 +127,7 @@ def _calibrate(args):
         names, args.trials, args.audio_root, args.csv, args.data_root
     )
     model = common.open_model(args)
-    _, emb = common.embed(model, paths, args)
+    emb = common.embed_paths(model, paths, args)
     scores = cosine_scores(emb, enrol, test)
     cv = None
     if folds_ok:

@@ -18,7 +18,7 @@ from os.path import isfile
 import torch
 
 from dampit.dataio.audio import AUDIO_EXTENSIONS, AudioError
-from dampit.dataio.preparation import scan_audio_tree
+from dampit.dataio.preparation import DataPreparationError, scan_audio_tree
 from dampit.dataio.trials import TrialListError, utf8_lines, utt_to_id
 from dampit.inference.api import ModelFolderError, load_model
 from dampit.inference.embedding_store import check_id
@@ -28,6 +28,7 @@ from dampit.utils.file_lock import LockError, output_lock
 
 USER_ERRORS = (
     AudioError,
+    DataPreparationError,
     ExportError,
     LockError,
     ModelFolderError,
@@ -218,6 +219,14 @@ def embed(model, items, args):
     """``(ids, [N, D] embeddings)`` of ``items``; the model refuses
     non-finite ones (``ModelFolderError``, as in the Python API)."""
     return model.embed_files(items, args.batch_size, not args.no_progress)
+
+
+def embed_paths(model, paths, args):
+    """``[N, D]`` embeddings of ``paths``, a row each; a file named twice
+    (two trial IDs of one file) is embedded once."""
+    files = {p: k for k, p in enumerate(dict.fromkeys(paths))}
+    _, emb = embed(model, list(files), args)
+    return emb[[files[p] for p in paths]]
 
 
 def _exit_on_sigterm(signum, frame):

@@ -138,12 +138,10 @@ def _verify_locked(args):
     threshold = model.threshold if args.threshold is None else args.threshold
     if args.asnorm and args.threshold is None:
         threshold = None
-    files = {p: k for k, p in enumerate(dict.fromkeys(paths))}
-    _, emb = common.embed(model, list(files), args)
-    row = np.array([files[p] for p in paths])
-    scores = cosine_scores(emb, row[enrol], row[test])
+    emb = common.embed_paths(model, paths, args)
+    scores = cosine_scores(emb, enrol, test)
     if args.asnorm:
-        scores = normalise_scores(model, scores, emb, row[enrol], row[test])
+        scores = normalise_scores(model, scores, emb, enrol, test)
     if not args.trials:
         _print_pair(args, scores[0], threshold)
         return 0
