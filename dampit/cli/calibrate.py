@@ -230,7 +230,9 @@ def main(argv=None):
     point.add_argument("--target-frr", type=rate, help="false-reject rate")
     add("--llr", action="store_true", help="fit score -> LLR too")
     add("--folds", type=common.POSITIVE, default=5, help="speaker folds")
-    add("--seed", type=int, default=0, help="of the folds and bootstrap")
+    add(
+        "--seed", type=common.SEED, default=0, help="of the folds and bootstrap"
+    )
     add("--force", action="store_true", help="calibrate on too few trials")
     add("--dry-run", action="store_true", help="report, write nothing")
     add("--out", help="JSON report to write (replaces only a report)")

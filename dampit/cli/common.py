@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from dampit.dataio.audio import AUDIO_EXTENSIONS, AudioError
-from dampit.dataio.preparation import scan_audio_tree
+from dampit.dataio.preparation import DataPreparationError, scan_audio_tree
 from dampit.dataio.trials import TrialListError, utf8_lines, utt_to_id
 from dampit.inference.api import ModelFolderError, load_model
 from dampit.inference.embedding_store import check_id
@@ -29,6 +29,7 @@ from dampit.utils.file_lock import LockError, output_lock
 
 USER_ERRORS = (
     AudioError,
+    DataPreparationError,
     ExportError,
     LockError,
     ModelFolderError,
@@ -61,6 +62,7 @@ def _device_ok(text):
 FINITE = _checked(float, math.isfinite, "need a finite number")
 DEVICE = _checked(str, _device_ok, "not an available cpu or cuda:N device")
 POSITIVE = _checked(int, lambda n: n >= 1, "need an integer >= 1")
+SEED = _checked(int, lambda n: n >= 0, "need an integer >= 0")
 RATE = _checked(float, lambda x: 0 < x < 1, "need a rate between 0 and 1")
 SECONDS = _checked(
     float, lambda x: math.isfinite(x) and x > 0, "need seconds > 0"
@@ -68,8 +70,9 @@ SECONDS = _checked(
 
 
 class Parser(argparse.ArgumentParser):
-    """dampit's parser: model arguments, one-line errors (exit 2), and
-    ``examples`` (text as written) after the options in ``--help``.
+    """dampit's parser: model arguments (unless not ``model``),
+    ``--verbose``, one-line errors (exit 2), and ``examples`` (text as
+    written) after the options in ``--help``.
 
     Example
     -------
@@ -80,7 +83,7 @@ class Parser(argparse.ArgumentParser):
     '  dampit-x --model m'
     """
 
-    def __init__(self, prog, description, examples=None):
+    def __init__(self, prog, description, examples=None, model=True):
         super().__init__(
             prog=prog,
             description=description,
@@ -88,11 +91,17 @@ class Parser(argparse.ArgumentParser):
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         add = self.add_argument
-        add("--model", required=True, help="model folder (dampit-export)")
-        add("--device", default="cpu", type=DEVICE, help="cpu, cuda:0...")
-        add("--trust", action="store_true", help="from_hparams: runs YAML")
-        add("--batch-size", default=16, type=POSITIVE, help="files per batch")
-        add("--no-progress", action="store_true")
+        if model:
+            add("--model", required=True, help="model folder (dampit-export)")
+            add("--device", default="cpu", type=DEVICE, help="cpu, cuda:0...")
+            add("--trust", action="store_true", help="from_hparams: runs YAML")
+            add(
+                "--batch-size",
+                default=16,
+                type=POSITIVE,
+                help="files per batch",
+            )
+            add("--no-progress", action="store_true")
         add("--verbose", action="store_true", help="show error tracebacks")
 
     def error(self, message):

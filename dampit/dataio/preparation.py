@@ -27,6 +27,9 @@ class DataPreparationError(ValueError):
 def scan_audio_tree(root, exts=AUDIO_EXTENSIONS, min_depth=2):
     """Audio files under ``root`` at least ``min_depth`` components deep, as
     sorted relative POSIX paths; hidden names are skipped, links followed.
+    A folder reached twice (a link loop, a folder linked twice) raises
+    DataPreparationError naming both paths: its files would be listed
+    twice.
 
     Example
     -------
@@ -41,8 +44,14 @@ def scan_audio_tree(root, exts=AUDIO_EXTENSIONS, min_depth=2):
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise DataPreparationError(f"data folder not found: {root}")
-    found = []
+    found, seen = [], {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        first = seen.setdefault(os.path.realpath(dirpath), dirpath)
+        if first != dirpath:
+            raise DataPreparationError(
+                f"{dirpath} and {first} are one folder (a link loop or a "
+                "folder linked twice): its files would be listed twice"
+            )
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = os.path.relpath(dirpath, root)
         parts = [] if rel == "." else rel.split(os.sep)

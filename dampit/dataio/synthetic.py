@@ -28,9 +28,11 @@ import soundfile as sf
 from scipy.signal import istft, stft
 from tqdm import tqdm
 
+from dampit.dataio.preparation import DataPreparationError
 from dampit.utils.atomic import atomic_path, atomic_write_text
 
 MANIFEST, CONFIG_FILE = "manifest.csv", "corpus.json"
+NOTE = "synthetic speech for demos and tests; not a benchmark"
 HOP, NFFT, SESSIONS = 128, 512, 4
 # F1-F3 (Hz, adult male; Hillenbrand et al. 1995) of 12 vowels.
 VOWELS = np.array(
@@ -212,6 +214,29 @@ def _speaker(job):
     return spk, traits, rows
 
 
+def _check_out_dir(out_dir):
+    """Refuse, before anything is written, an ``out_dir`` that is neither
+    new, nor empty, nor a corpus of this module (its ``corpus.json``
+    holds :data:`NOTE`): its files would be replaced or mixed with
+    synthetic ones."""
+    if not os.path.exists(out_dir) or (
+        os.path.isdir(out_dir) and not os.listdir(out_dir)
+    ):
+        return
+    if not os.path.isdir(out_dir):
+        raise DataPreparationError(f"{out_dir} exists and is not a folder")
+    try:
+        with open(os.path.join(out_dir, CONFIG_FILE), encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        info = None
+    if not isinstance(info, dict) or info.get("note") != NOTE:
+        raise DataPreparationError(
+            f"{out_dir} is not empty and no synthetic corpus (no {CONFIG_FILE}"
+            " of dampit-synth): nothing written (give a new or empty folder)"
+        )
+
+
 def _complete(out_dir, opts):
     """Whether ``out_dir`` holds every file of a corpus made with ``opts``."""
     try:
@@ -239,6 +264,10 @@ def generate_corpus(
     path of ``manifest.csv`` (``path,speaker,duration_s,session``; a speaker
     has 4 sessions, utterance ``k`` in session ``k % 4``).
 
+    ``out_dir`` is new, empty or a corpus written here (another size or
+    seed is written over it); any other folder raises
+    DataPreparationError before anything is written.
+
     Example
     -------
     >>> import tempfile
@@ -257,8 +286,12 @@ def generate_corpus(
     opts = {"n_speakers": n_speakers, "utts_per_speaker": utts_per_speaker}
     opts.update(duration=list(map(float, duration)), seed=seed, version=2)
     out_dir, manifest = os.fspath(out_dir), os.path.join(out_dir, MANIFEST)
+    _check_out_dir(out_dir)
     if _complete(out_dir, opts):
         return manifest
+    # Marks the folder as this module's, and incomplete until the end.
+    info = {"options": None, "note": NOTE}
+    atomic_write_text(os.path.join(out_dir, CONFIG_FILE), json.dumps(info))
     jobs = [(out_dir, i, opts) for i in range(n_speakers)]
     bar = {"total": n_speakers, "disable": not progress}
     if workers > 1:
@@ -271,8 +304,7 @@ def generate_corpus(
             w = csv.writer(f)
             w.writerow(["path", "speaker", "duration_s", "session"])
             w.writerows(row for _, _, rows in results for row in rows)
-    info = {"options": opts, "note": "synthetic speech for demos and tests; "}
-    info["note"] += "not a benchmark"
+    info["options"] = opts
     info["speakers"] = {s: t for s, t, _ in results}
     atomic_write_text(
         os.path.join(out_dir, CONFIG_FILE), json.dumps(info) + "\n"

@@ -18,6 +18,7 @@ from array import array
 from collections import Counter
 
 import numpy as np
+import soundfile as sf
 from speechbrain.dataio.dataio import load_data_csv
 
 from dampit.dataio.audio import AUDIO_EXTENSIONS
@@ -429,20 +430,43 @@ def _read_csv(path, data_root):
     return rows
 
 
+def _check_whole_file(csv, uid, row, path):
+    """Refuse a CSV row whose ``start``/``stop`` (samples) are a segment of
+    its file: the commands embed whole files. Whole: start ``0`` (or
+    empty), stop the file's frame count (read from its header), or empty
+    or ``None`` (a missing column: empty)."""
+    start, stop = (str(row.get(k, "")).strip() for k in ("start", "stop"))
+    if start in ("", "0") and stop in ("", "None"):
+        return
+    try:
+        frames = sf.info(path).frames
+    except (RuntimeError, OSError) as err:
+        raise TrialListError(
+            f"--csv {csv}: row {uid}: cannot read the header of {path}: {err}"
+        ) from None
+    if start not in ("", "0") or stop != str(frames):
+        raise TrialListError(
+            f"--csv {csv}: row {uid}: start {start or 0}, stop "
+            f"{stop or None} is not the whole of {path} ({frames} frames): "
+            f"the commands embed whole files (start 0, stop {frames} or empty)"
+        )
+
+
 def resolve_audio(names, trial_file, audio_root=None, csv=None, data_root=None):
     """Audio file of each name of ``trial_file``: under ``audio_root``
     (default: the list's folder; a name without extension is tried with
     each audio extension) or the ``wav`` of its row in the SpeechBrain CSV
     ``csv`` (``$data_root`` replaced by ``data_root``); a name without a
-    file raises TrialListError naming its line."""
+    file raises TrialListError naming its line, a CSV row whose
+    ``start``/``stop`` are a segment of its file one naming the row."""
     root = audio_root or os.path.dirname(trial_file)
     rows = _read_csv(csv, data_root) if csv else {}
     paths = []
     for name in names:
         path = os.path.join(root, name)
+        uid = name if name in rows else utt_to_id(name)
         if csv:
-            row = rows.get(name) or rows.get(utt_to_id(name)) or {}
-            path = row.get("wav", f"{name} (not an ID of {csv})")
+            path = rows.get(uid, {}).get("wav", f"{name} (not an ID of {csv})")
         elif not os.path.splitext(path)[1]:
             found = [path + e for e in AUDIO_EXTENSIONS]
             path = next(filter(os.path.isfile, found), path)
@@ -453,5 +477,7 @@ def resolve_audio(names, trial_file, audio_root=None, csv=None, data_root=None):
             raise TrialListError(
                 f"{trial_file}:{where}: {name}: audio file not found: {path}"
             )
+        if csv:
+            _check_whole_file(csv, uid, rows[uid], path)
         paths.append(path)
     return paths

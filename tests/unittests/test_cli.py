@@ -397,8 +397,9 @@ def test_verify_csv_ids(model, sb, wavs, tmp_path, capsys):
     files = [f for fs in wavs.values() for f in fs]
     csv_path = tmp_path / "test.csv"
     rows = ["ID,duration,wav,start,stop,spk_id"]
-    for k, f in enumerate(files):
-        rows.append(f"u{k},2.0,$data_root/{f.parent.name}/{f.name},0,1,s")
+    for k, f in enumerate(files):  # whole files: stop is the frame count
+        stop = sf.info(f).frames if k % 2 else ""
+        rows.append(f"u{k},2.0,$data_root/{f.parent.name}/{f.name},0,{stop},s")
     csv_path.write_text("\n".join(rows) + "\n")
     tl = tmp_path / "t.txt"
     tl.write_text("u0 u1\nu0 u4\n")

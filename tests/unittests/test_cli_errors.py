@@ -21,8 +21,10 @@ import sys
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
+from dampit.cli import calibrate as calibrate_cli
 from dampit.cli import embed as embed_cli
 from dampit.cli import enroll as enroll_cli
 from dampit.cli import verify as verify_cli
@@ -475,6 +477,22 @@ def test_file_name_with_a_line_break_is_refused_first(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "list.txt"]
 
 
+def test_a_link_loop_in_an_input_folder_is_refused_first(
+    model, wavs, tmp_path, capsys
+):
+    """``alice/up -> ..`` would list every file again and again: one line
+    naming both paths of the folder, before any audio is read, nothing
+    written."""
+    data = tmp_path / "loop"
+    (data / "alice").mkdir(parents=True)
+    shutil.copy(wavs[0], data / "alice" / "1.wav")
+    (data / "alice" / "up").symlink_to("..")
+    out = tmp_path / "e"
+    argv = ["--model", str(model), str(data), "--out", str(out)]
+    refused(embed_cli.main, argv, capsys, data / "alice" / "up", "one folder")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("row", ["a,1.0,{wav},extra", "a,1.0"])
 def test_csv_row_of_the_wrong_length_names_the_line(
     model, wavs, tmp_path, capsys, row
@@ -488,6 +506,51 @@ def test_csv_row_of_the_wrong_length_names_the_line(
     argv = ["--model", str(model), "--trials", str(trials), "--csv", str(csv)]
     line = refused(verify_cli.main, argv, capsys, f"{csv}:3")
     assert f"{row.count(',') + 1} fields, the header has 3" in line
+
+
+def test_csv_segments_of_one_file_are_refused(model, wavs, tmp_path, capsys):
+    """Two CSV rows naming segments of one file (two speakers' recordings
+    joined): the commands embed whole files, so each is refused in one
+    line naming the CSV and the row, before any embedding (no progress
+    bar); dampit-calibrate the same. Rows covering their file are fine,
+    two IDs of one file too."""
+    a, rate = sf.read(wavs[0], dtype="int16")
+    b, _ = sf.read(wavs[2], dtype="int16")
+    joined = tmp_path / "long.wav"
+    sf.write(joined, np.concatenate([a, b]), rate, subtype="PCM_16")
+    n = len(a) + len(b)
+    csv = tmp_path / "data.csv"
+    csv.write_text(
+        "ID,duration,wav,start,stop,spk_id\n"
+        f"s1/seg1,1.0,{joined},0,{len(a)},s1\n"
+        f"s2/seg2,1.0,{joined},{len(a)},{n},s2\n"
+        f"s1/all,1.0,{joined},0,{n},s1\n"
+        f"s2/one,1.0,{wavs[2]},0,{len(b)},s2\n"
+        f"s1/again,1.0,{joined},,None,s1\n"
+    )
+    trials = tmp_path / "t.txt"
+    argv = ["--model", str(model), "--trials", str(trials), "--csv", str(csv)]
+    for text, row, span in [
+        ("s1/seg1 s2/seg2\n", "s1/seg1", f"start 0, stop {len(a)}"),
+        ("s1/all s2/seg2\n", "s2/seg2", f"start {len(a)}, stop {n}"),
+    ]:
+        trials.write_text(text)
+        line = refused(verify_cli.main, argv, capsys, csv, f"row {row}", span)
+        assert f"({n} frames)" in line
+    trials.write_text("1 s1/all s1/seg1\n0 s1/all s2/one\n")
+    code = calibrate_cli.main(argv + ["--eer", "--force", "--dry-run"])
+    cap = capsys.readouterr()
+    assert code == 2 and "Traceback" not in cap.err, cap.err
+    one_line_error(cap.err, csv, "row s1/seg1", alone=False)
+    # Whole files, one of them under two IDs (embedded once).
+    trials.write_text("1 s1/all s1/again\n0 s1/again s2/one\n")
+    out = tmp_path / "scores.txt"
+    assert verify_cli.main(argv + ["--out", str(out)]) == 0
+    enrol, test, scores, _ = read_scores(out)
+    assert (enrol, test) == (["s1/all", "s1/again"], ["s1/again", "s2/one"])
+    assert scores[0] == pytest.approx(1.0, abs=1e-6)
+    code = calibrate_cli.main(argv + ["--eer", "--force", "--dry-run"])
+    assert code == 0, capsys.readouterr().err
 
 
 def test_a_pipe_as_score_file_is_not_replaced(model, wavs, tmp_path, capsys):

@@ -304,6 +304,52 @@ def test_scan_audio_tree_skips_hidden_and_root_files(tmp_path):
     ]
 
 
+def _copied_speakers(shared_data, root, names):
+    """Two real dspspeech files for each of ``names`` under ``root``."""
+    speakers = sorted(p for p in (shared_data / "dspspeech").iterdir())
+    for name, spk in zip(names, [p for p in speakers if p.is_dir()]):
+        (root / name).mkdir(parents=True)
+        for f in sorted(spk.glob("*.wav"))[:2]:
+            shutil.copy(f, root / name / f.name)
+    return root
+
+
+def test_a_folder_reached_twice_is_refused(shared_data, tmp_path):
+    """A link loop (``alice/up -> ..``) or one folder linked twice would
+    list its files twice: one line naming both paths, from the scan and
+    from prepare_folder, nothing written; a linked folder reached once is
+    scanned like any other."""
+    data = _copied_speakers(shared_data, tmp_path / "loop", ["alice", "bob"])
+    elsewhere = _copied_speakers(shared_data, tmp_path / "kept", ["carol"])
+    (data / "carol").symlink_to(elsewhere / "carol")
+    files = sorted(
+        f"{s}/{f.name}"
+        for s in ("alice", "bob", "carol")
+        for f in (data / s).iterdir()
+    )
+    assert scan_audio_tree(data) == files
+    assert [i for i, _ in list_audio_inputs([str(data)])] == [
+        os.path.splitext(f)[0] for f in files
+    ]
+    out = tmp_path / "prep"
+    for link, target, other in [
+        (data / "alice" / "up", "..", data),
+        (data / "bob" / "again", elsewhere / "carol", data / "carol"),
+    ]:
+        link.symlink_to(target)
+        with pytest.raises(DataPreparationError) as err:
+            scan_audio_tree(data)
+        msg = str(err.value)
+        assert "\n" not in msg and "one folder" in msg, msg
+        assert {str(link), str(other)} == set(
+            msg.split(" are one folder")[0].split(" and ")
+        )
+        with pytest.raises(DataPreparationError, match="one folder"):
+            prepare_folder(data, out)
+        assert not out.exists()
+        link.unlink()
+
+
 def test_dspspeech_defaults_and_speechbrain_loading(shared_data, tmp_path):
     import speechbrain as sb
     import torch

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -164,6 +165,78 @@ def test_bad_arguments(tmp_path):
         syn.generate_corpus(tmp_path, n_speakers=0)
     with pytest.raises(ValueError, match="duration"):
         syn.generate_corpus(tmp_path, duration=(2.0, 1.0))
+
+
+def _files(folder):
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(pathlib.Path(folder).rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_out_is_new_empty_or_a_synthetic_corpus(shared_data, tmp_path, capsys):
+    """A folder of real data (its own manifest.csv and speaker folders) or
+    a regular file as --out: one line, exit 2, nothing written; an empty
+    folder, a corpus written here and one whose writing stopped half-way
+    (its corpus.json marks it) are fine."""
+    data = tmp_path / "data"
+    (data / "spk000").mkdir(parents=True)
+    real = sorted((shared_data / "dspspeech").glob("*/*.wav"))[:2]
+    for f in real:
+        shutil.copy(f, data / "spk000" / f.name)
+    shutil.copy(shared_data / "dspspeech" / "manifest.csv", data)
+    plain = tmp_path / "notes.txt"
+    plain.write_text("my notes\n")
+    before = _files(tmp_path)
+    small = ["--speakers", "2", "--utts-per-speaker", "1", "--quiet"]
+    small += ["--min-dur", "0.3", "--max-dur", "0.3"]
+    for out, words in [
+        (data, ["not empty", "corpus.json"]),
+        (plain, ["not a folder"]),
+    ]:
+        assert synth_cli.main(["--out", str(out), *small]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert all(w in err for w in [str(out), *words]), err
+        assert _files(tmp_path) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert synth_cli.main(["--out", str(empty), *small]) == 0
+    assert synth_cli.main(["--out", str(empty), *small, "--seed", "3"]) == 0
+    (empty / "manifest.csv").unlink()  # as if stopped half-way, rewritten
+    (empty / "corpus.json").write_text(
+        '{"options": null, "note": "%s"}' % (syn.NOTE)
+    )
+    assert synth_cli.main(["--out", str(empty), *small, "--seed", "3"]) == 0
+    assert (
+        json.loads((empty / "corpus.json").read_text())["options"]["seed"] == 3
+    )
+    assert len(_digest(empty)) == 2
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--speakers", "0"], ["--speakers", "'0'"]),
+        (["--utts-per-speaker", "-1"], ["--utts-per-speaker"]),
+        (["--min-dur", "0"], ["--min-dur"]),
+        (["--max-dur", "inf"], ["--max-dur"]),
+        (["--min-dur", "3", "--max-dur", "2"], ["--min-dur 3.0", "--max-dur"]),
+        (["--seed", "-1"], ["--seed"]),
+        (["--workers", "0"], ["--workers"]),
+    ],
+)
+def test_cli_bad_arguments_are_one_line(tmp_path, capsys, argv, words):
+    out = tmp_path / "c"
+    try:
+        code = synth_cli.main(["--out", str(out), "--quiet", *argv])
+    except SystemExit as stop:
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and all(w in err for w in words), err
+    assert not out.exists()
 
 
 def test_cli_and_console_script(tmp_path, capsys):
