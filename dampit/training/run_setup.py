@@ -21,6 +21,7 @@ from dampit.dataio.manifest import ManifestError, check_manifest
 from dampit.dataio.preparation import DataPreparationError
 from dampit.dataio.prepare_folder import prepare_folder
 from dampit.dataio.prepare_voxceleb import prepare_voxceleb
+from dampit.dataio.prepared import PreparedFolderError, check_folder
 from dampit.dataio.trials import TrialListError, read_trials
 from dampit.training.arguments import LISTS, ArgumentError, check_values
 from dampit.training.command_line import CommandLineError, parse_command_line
@@ -44,6 +45,7 @@ USER_ERRORS = (
     ManifestError,
     RunLockError,
     DataPreparationError,
+    PreparedFolderError,
     TrialListError,
     CheckpointLoadError,
     CheckpointSaveError,
@@ -53,8 +55,10 @@ USER_ERRORS = (
 def check_arguments(hp, hparams_file):
     """Refuse a missing data folder, a value out of
     :data:`dampit.training.arguments.BOUNDS` (``ArgumentError``; a scalar
-    list key becomes a list in ``hp``) or an output folder that cannot be
-    written (one-line ``RecipeError``)."""
+    list key becomes a list in ``hp``), an output folder that cannot be
+    written (one-line ``RecipeError``) or a ``prep_folder`` the
+    preparation must not write into (``PreparedFolderError``:
+    :func:`~dampit.dataio.prepared.check_folder`)."""
     check_values(hp, hparams_file)
     folders = hp.get("data_folder")
     if not isinstance(folders, list):
@@ -62,6 +66,8 @@ def check_arguments(hp, hparams_file):
     for folder in folders:
         if not isinstance(folder, str) or not os.path.isdir(folder):
             raise RecipeError(f"data_folder={folder}: no such folder")
+    if isinstance(hp.get("prep_folder"), str):
+        check_folder(hp["prep_folder"], folders)
     out = parent = os.path.abspath(hp["output_folder"])
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
