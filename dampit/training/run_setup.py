@@ -191,8 +191,10 @@ def load_with_n_speakers(base_file, overrides, plain, n_classes, where):
     values read plainly again with them (:func:`read_values`). When the
     YAML's own value (``plain``: its values) says otherwise, one warning
     line names ``where`` (the file given on the command line) and both
-    numbers; the data's number is the one used. dampit's recipe and the
-    template recipe both call it.
+    numbers; the data's number is the one used. A value a constructor
+    refuses is a one-line ``RecipeError`` naming ``where`` and the first
+    line of the constructor's message. dampit's recipe and the template
+    recipe both call it.
 
     Example
     -------
@@ -203,6 +205,13 @@ def load_with_n_speakers(base_file, overrides, plain, n_classes, where):
     >>> hparams, plain = load_with_n_speakers(path, {}, plain, 18, "h.yaml")
     >>> hparams["out"], plain["n_speakers"]
     (18, 18)
+    >>> _ = open(path, "w").write("n_speakers: 25\\nm: !new:torch.nn.Dropout\\n"
+    ...                           "    p: 2\\n")
+    >>> try:
+    ...     load_with_n_speakers(path, {}, plain, 18, "h.yaml")
+    ... except RecipeError as err:
+    ...     print(err)
+    h.yaml: dropout probability has to be between 0 and 1, but got 2
     """
     overrides["n_speakers"] = n_classes
     said = plain.get("n_speakers")
@@ -214,7 +223,11 @@ def load_with_n_speakers(base_file, overrides, plain, n_classes, where):
             said,
         )
     with open(base_file, encoding="utf-8") as f:
-        hparams = load_hyperpyyaml(f, overrides)
+        try:  # a value a constructor refuses that the bounds let through
+            hparams = load_hyperpyyaml(f, overrides)
+        except (ValueError, TypeError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise RecipeError(f"{where}: {first}") from None
     return hparams, read_values(base_file, overrides, where)
 
 
