@@ -7,7 +7,7 @@ constructor takes), that K >= 2 when a pair-based loss term is on, that
 ``n_freq`` fits ``features`` and ``n_fft``, that the paths of
 :data:`PATHS` exist, and turns a scalar given for a key of :data:`LISTS`
 (``--speed_speakers=90``) into a one-element list (a speed of 100, the
-original, and a speed given twice are refused); anything else is one
+original, and an item given twice are refused); anything else is one
 line naming the key.
 """
 
@@ -84,7 +84,8 @@ PATHS = {
 }
 #: Loss weights of the terms that need K >= 2 utterances per speaker.
 PAIR_TERMS = ("w_npair", "w_triplet", "w_angular")
-#: key -> (kind of each item, lower, upper): a list, or one item.
+#: key -> (kind of each item, lower, upper): a list (no item twice), or
+#: one item.
 LISTS = {
     "speed_speakers": (INT, 50, 200),
     "trial_lists": (TEXT, 1, 4096),
@@ -156,10 +157,14 @@ def check_values(hp, where):
         speeds = key == "speed_speakers"  # 100: the original, always used
         if speeds:
             what += " other than 100"
-        for item in items:
+        for k, item in enumerate(items):
             if not within(kind, item, lower, upper) or (speeds and item == 100):
                 raise ArgumentError(
                     f"{where}: {key}={value!r}: {item!r} is not {what}"
+                )
+            if item in items[:k]:
+                raise ArgumentError(
+                    f"{where}: {key}={value!r}: {item!r} is given twice"
                 )
         hp[key] = items
     return hp

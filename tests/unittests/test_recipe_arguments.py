@@ -53,6 +53,8 @@ def _hp(tmp_path, **values):
         ("speed_speakers", "abc", "speed_speakers='abc': 'abc' is not an"),
         ("speed_speakers", 40, "40 is not an integer in [50, 200] other"),
         ("speed_speakers", [90, 100], "speed_speakers=[90, 100]: 100 is"),
+        ("speed_speakers", [90, 90], "speed_speakers=[90, 90]: 90 is given"),
+        ("train_sets", ["vox2", "vox2"], "['vox2', 'vox2']: 'vox2' is given"),
         ("trial_lists", [3], "trial_lists=[3]: 3 is not text"),
         ("torchvision_init", "/nonexistent.pth", "no such file"),
         ("init_from", "/nonexistent", "init_from=/nonexistent: no such"),
@@ -124,7 +126,7 @@ def test_n_freq_must_fit_the_features(features, n_fft, n_freq, tmp_path):
 def test_good_values_pass_unchanged(tmp_path):
     hp = _hp(tmp_path, n_folds=5, fold=4, K=1, w_npair=0.0, w_triplet=0)
     hp.update(features="fbank", n_fft=400, n_freq=80, score_norm="as-norm")
-    hp.update(depth=34, gate="none", pooling="stats", triplet_mining="semi_hard")
+    hp.update(depth=34, gate="none", pooling="stats", angular_form="hinge")
     want = dict(hp)
     check_arguments(hp, "mini.yaml")
     assert hp == want
