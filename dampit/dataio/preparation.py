@@ -13,6 +13,7 @@ from collections import Counter
 from tqdm import tqdm
 
 from dampit.dataio.audio import AUDIO_EXTENSIONS, AudioError, check_audio
+from dampit.dataio.prepared import mark_folder
 from dampit.dataio.trials import utt_to_id
 from dampit.utils.atomic import atomic_write_text
 
@@ -108,7 +109,7 @@ def check_files(paths, skip_bad, save_folder, where, bad=()):
     if not bad and os.path.isfile(listing):  # an earlier preparation's
         atomic_write_text(listing, "")
     if bad:
-        os.makedirs(save_folder, exist_ok=True)
+        mark_folder(save_folder)
         atomic_write_text(listing, "".join(f"{p}\t{r}\n" for p, r in bad))
         shown = "; ".join(r for _, r in bad[:5])
         msg = f"{len(bad)} unusable audio file(s) in {where}, all listed "

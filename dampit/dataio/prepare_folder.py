@@ -41,7 +41,7 @@ from dampit.dataio.preparation import (
     split_dev,
     unique_ids,
 )
-from dampit.dataio.prepared import cached, write_outputs
+from dampit.dataio.prepared import cached, check_folder, write_outputs
 from dampit.dataio.trials import (
     make_trials,
     speaker_of,
@@ -194,7 +194,9 @@ def prepare_folder(
         :func:`corpus_names`) and a colon: ``so762:0001/000010011``,
         speaker ``so762:0001``. With one folder they do not.
     save_folder : str or os.PathLike
-        Output folder.
+        Output folder: new, empty or a prepared folder of dampit's, not a
+        data folder, inside one or holding one
+        (:func:`~dampit.dataio.prepared.check_folder`).
     n_test_speakers : int or None
         Test speakers (None: 20 % of the speakers, at least 2; 0: none,
         every speaker trains and there are no trials: a model to ship,
@@ -247,6 +249,7 @@ def prepare_folder(
     names = corpus_names(folders)
     where = ", ".join(folders)
     save_folder = os.fspath(save_folder)
+    check_folder(save_folder, folders)
     opts = {"data_folder": folders if len(folders) > 1 else folders[0]}
     opts.update(n_test_speakers=n_test_speakers, seed=seed, skip_bad=skip_bad)
     opts.update(min_speakers=min_speakers, n_folds=n_folds, fold=fold)

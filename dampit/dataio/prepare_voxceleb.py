@@ -28,7 +28,7 @@ from dampit.dataio.preparation import (
     split_dev,
     unique_ids,
 )
-from dampit.dataio.prepared import cached, write_outputs
+from dampit.dataio.prepared import cached, check_folder, write_outputs
 from dampit.dataio.trials import (
     read_trials,
     speaker_of,
@@ -109,7 +109,9 @@ def prepare_voxceleb(
     Arguments
     ---------
     save_folder : str or os.PathLike
-        Output folder.
+        Output folder: new, empty or a prepared folder of dampit's, not a
+        corpus folder, inside one or holding one
+        (:func:`~dampit.dataio.prepared.check_folder`).
     vox1_folder, vox2_folder : str or None
         Corpus roots (VoxCeleb1 is needed for trial lists).
     trial_lists : sequence of str
@@ -161,6 +163,7 @@ def prepare_voxceleb(
             )
     given = {k: os.path.abspath(v) for k, v in given.items() if v is not None}
     save_folder = os.fspath(save_folder)
+    check_folder(save_folder, list(given.values()))
     paths = [find_trial_list(t, given.get("vox1")) for t in trial_lists or ()]
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     if len(set(stems)) != len(stems):

@@ -7,6 +7,12 @@ other files are replaced); :func:`cached` reads the summary back when the
 options are the same. The summary names its
 output files, which lie directly in the folder: a copied or moved
 prepared folder reads its own files.
+
+A preparation writes only into a folder of its own: :func:`check_folder`
+refuses, before any file is read, a folder that holds files but neither
+:data:`MARKER` (written by :func:`mark_folder` before any output) nor
+``prepare_opts.json``, and a folder that is a data folder, lies inside
+one or holds one.
 """
 
 import contextlib
@@ -19,6 +25,64 @@ from dampit.utils.atomic import atomic_path, atomic_write_text
 
 CSV_FIELDS = ("ID", "duration", "wav", "start", "stop", "spk_id")
 OPTS_FILE = "prepare_opts.json"
+#: The file that marks a folder as dampit's prepared folder.
+MARKER = "dampit_prepared.txt"
+MARKER_TEXT = (
+    "A prepared folder of dampit: its manifests and trial lists are "
+    "replaced when the data is prepared again.\n"
+)
+
+
+class PreparedFolderError(ValueError):
+    """A folder the preparation must not write into; one line naming it."""
+
+
+def check_folder(save_folder, data_folders):
+    """Refuse (one-line :class:`PreparedFolderError`) a ``save_folder``
+    that is one of ``data_folders``, lies inside one or holds one, or
+    that holds files but neither :data:`MARKER` nor ``prepare_opts.json``
+    (a folder prepared before the marker existed). A folder that does not
+    exist, or is empty, is fine.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> base = tempfile.mkdtemp()
+    >>> data = os.path.join(base, "data")
+    >>> check_folder(os.path.join(base, "prep"), [data])
+    >>> try:
+    ...     check_folder(os.path.join(data, "prep"), [data])
+    ... except PreparedFolderError as err:
+    ...     print("cannot be a data folder, lie inside one" in str(err))
+    True
+    """
+    real = os.path.realpath(save_folder)
+    for data in data_folders:
+        real_data = os.path.realpath(data)
+        if os.path.commonpath([real, real_data]) in (real, real_data):
+            raise PreparedFolderError(
+                f"prep_folder={save_folder}: a prepared folder cannot be "
+                f"a data folder, lie inside one or hold one ({data})"
+            )
+    if not os.path.isdir(save_folder) or not os.listdir(save_folder):
+        return
+    if not any(
+        os.path.isfile(os.path.join(save_folder, name))
+        for name in (MARKER, OPTS_FILE)
+    ):
+        raise PreparedFolderError(
+            f"prep_folder={save_folder} holds files but is not a prepared "
+            f"folder of dampit (no {MARKER} or {OPTS_FILE}): nothing is "
+            "written there; give a new or empty folder"
+        )
+
+
+def mark_folder(save_folder):
+    """Make ``save_folder`` and write :data:`MARKER` in it, if missing."""
+    os.makedirs(save_folder, exist_ok=True)
+    marker = os.path.join(save_folder, MARKER)
+    if not os.path.isfile(marker):
+        atomic_write_text(marker, MARKER_TEXT)
 
 
 def in_folder(summary, save_folder):
@@ -70,10 +134,11 @@ def write_outputs(save_folder, opts, tables, trial_lists, **summary):
     the options with the summary (file names and counts added); return
     the summary with the files' paths (:func:`in_folder`).
 
-    The old options file is deleted first: when a write fails half-way,
+    :data:`MARKER` is written first (:func:`mark_folder`), then the old
+    options file is deleted: when a write fails half-way,
     no options file describes the outputs and the next call prepares
     again."""
-    os.makedirs(save_folder, exist_ok=True)
+    mark_folder(save_folder)
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(save_folder, OPTS_FILE))
     for name, rows in tables.items():

@@ -22,6 +22,9 @@ from dampit.lobes.pooling import real_frames
 __all__ = ["Spectrogram", "Features", "CropNormalization"]
 
 WINDOWS = ("hamming", "hann")
+#: The kinds of :class:`Features` and the modes of :class:`CropNormalization`.
+FEATURE_KINDS = ("spectrogram", "fbank")
+NORM_MODES = ("scalar", "freq", "none")
 
 
 class Spectrogram(torch.nn.Module):
@@ -171,7 +174,7 @@ class CropNormalization(torch.nn.Module):
 
     def __init__(self, mode="scalar"):
         super().__init__()
-        if mode not in ("scalar", "freq", "none"):
+        if mode not in NORM_MODES:
             raise ValueError(
                 f"CropNormalization: mode={mode!r} is not scalar, freq or none"
             )

@@ -47,6 +47,9 @@ DEPTHS = {
     50: (True, (3, 4, 6, 3)),
     101: (True, (3, 4, 23, 3)),
 }
+#: The gates and poolings :class:`SEResNet` takes.
+GATES = ("spatial", "none")
+POOLINGS = ("avg", "stats")
 
 
 def _conv(c_in, c_out, kernel, stride=1):
@@ -180,8 +183,8 @@ class SEResNet(nn.Module):
         super().__init__()
         checks = {  # name: (value, whether it is valid)
             "depth": (depth, depth in DEPTHS),
-            "gate": (gate, gate in ("spatial", "none")),
-            "pooling": (pooling, pooling in ("avg", "stats")),
+            "gate": (gate, gate in GATES),
+            "pooling": (pooling, pooling in POOLINGS),
             "stem_kernel": (stem_kernel, stem_kernel > 0 and stem_kernel % 2),
             "stem_stride": (stem_stride, stem_stride > 0),
             "n_freq": (n_freq, pooling != "stats" or (n_freq or 0) > 0),

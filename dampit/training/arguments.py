@@ -1,16 +1,33 @@
 """The recipe's numbers, lists and paths, checked before any work.
 
 :func:`check_values` checks each key of :data:`BOUNDS` present in a run's
-resolved hyperparameters (command-line overrides included), that K >= 2
-when a pair-based loss term is on, that the paths of :data:`PATHS`
-exist, and turns a scalar given for a key of :data:`LISTS`
+resolved hyperparameters (command-line overrides included; a text key
+with a fixed set of values takes one of the values its module's
+constructor takes), that K >= 2 when a pair-based loss term is on, that
+``n_freq`` fits ``features`` and ``n_fft``, that the paths of
+:data:`PATHS` exist, and turns a scalar given for a key of :data:`LISTS`
 (``--speed_speakers=90``) into a one-element list (a speed of 100, the
-original, is refused); anything else is one line naming the key.
+original, and an item given twice are refused); anything else is one
+line naming the key.
 """
 
 import os
 
-from dampit.utils.bounds import INT, OR_NULL, REAL, TEXT, describe, within
+from dampit.lobes.features import FEATURE_KINDS, NORM_MODES
+from dampit.lobes.resnet import DEPTHS, GATES, POOLINGS
+from dampit.losses.angular import FORMS
+from dampit.losses.softmax import KINDS
+from dampit.losses.triplet import MININGS
+from dampit.training.verification import SCORE_NORMS
+from dampit.utils.bounds import (
+    CHOICE,
+    INT,
+    OR_NULL,
+    REAL,
+    TEXT,
+    describe,
+    within,
+)
 
 __all__ = ["BOUNDS", "LISTS", "ArgumentError", "check_values"]
 
@@ -39,6 +56,24 @@ BOUNDS = {
     "test_batch_size": (INT, 1, 100000),
     "valid_pairs": (INT, 1, 10**9),
     "average_checkpoints": (INT, 1, 1000),
+    "features": (CHOICE, FEATURE_KINDS, None),
+    "n_fft": (INT, 2, 8192),
+    "n_freq": (INT, 1, 4097),
+    "feature_norm": (CHOICE, NORM_MODES, None),
+    "depth": (CHOICE, tuple(DEPTHS), None),
+    "in_channels": (INT, 1, 16),
+    "gate": (CHOICE, GATES, None),
+    "pooling": (CHOICE, POOLINGS, None),
+    "emb_dim": (INT, 1, 8192),
+    "dropout": (REAL, 0.0, 1.0),
+    "w_npair": (REAL, 0.0, 1000.0),
+    "w_triplet": (REAL, 0.0, 1000.0),
+    "w_angular": (REAL, 0.0, 1000.0),
+    "w_softmax": (REAL, 0.0, 1000.0),
+    "triplet_mining": (CHOICE, MININGS, None),
+    "angular_form": (CHOICE, FORMS, None),
+    "softmax_kind": (CHOICE, KINDS, None),
+    "score_norm": (CHOICE + OR_NULL, SCORE_NORMS, None),
 }
 #: key -> what it names, when not null.
 PATHS = {
@@ -49,7 +84,8 @@ PATHS = {
 }
 #: Loss weights of the terms that need K >= 2 utterances per speaker.
 PAIR_TERMS = ("w_npair", "w_triplet", "w_angular")
-#: key -> (kind of each item, lower, upper): a list, or one item.
+#: key -> (kind of each item, lower, upper): a list (no item twice), or
+#: one item.
 LISTS = {
     "speed_speakers": (INT, 50, 200),
     "trial_lists": (TEXT, 1, 4096),
@@ -77,6 +113,11 @@ def check_values(hp, where):
     ... except ArgumentError as err:
     ...     print(err)
     mini.yaml: fold='abc' is not an integer in [0, 999]
+    >>> try:
+    ...     check_values({"gate": "spatail"}, "mini.yaml")
+    ... except ArgumentError as err:
+    ...     print(err)
+    mini.yaml: gate='spatail' is not one of 'spatial', 'none'
     """
     for key, (kind, lower, upper) in BOUNDS.items():
         if key in hp and not within(kind, hp[key], lower, upper):
@@ -87,6 +128,15 @@ def check_values(hp, where):
         raise ArgumentError(
             f"{where}: fold={hp['fold']} is not in 0..n_folds-1 ({folds})"
         )
+    if all(k in hp for k in ("features", "n_fft", "n_freq")):
+        bins = hp["n_fft"] // 2 + 1  # the bins of the spectrogram
+        fbank = hp["features"] == "fbank"
+        if hp["n_freq"] > bins or (not fbank and hp["n_freq"] != bins):
+            raise ArgumentError(
+                f"{where}: n_freq={hp['n_freq']} does not fit features="
+                f"{hp['features']} with n_fft={hp['n_fft']}: spectrogram "
+                f"takes n_fft // 2 + 1 = {bins}, fbank at most that"
+            )
     pairs = [k for k in PAIR_TERMS if hp.get(k)]
     if pairs and hp.get("K", 2) < 2:
         raise ArgumentError(
@@ -107,10 +157,14 @@ def check_values(hp, where):
         speeds = key == "speed_speakers"  # 100: the original, always used
         if speeds:
             what += " other than 100"
-        for item in items:
+        for k, item in enumerate(items):
             if not within(kind, item, lower, upper) or (speeds and item == 100):
                 raise ArgumentError(
                     f"{where}: {key}={value!r}: {item!r} is not {what}"
+                )
+            if item in items[:k]:
+                raise ArgumentError(
+                    f"{where}: {key}={value!r}: {item!r} is given twice"
                 )
         hp[key] = items
     return hp

@@ -21,6 +21,7 @@ from dampit.dataio.manifest import ManifestError, check_manifest
 from dampit.dataio.preparation import DataPreparationError
 from dampit.dataio.prepare_folder import prepare_folder
 from dampit.dataio.prepare_voxceleb import prepare_voxceleb
+from dampit.dataio.prepared import PreparedFolderError, check_folder
 from dampit.dataio.trials import TrialListError, read_trials
 from dampit.training.arguments import LISTS, ArgumentError, check_values
 from dampit.training.command_line import CommandLineError, parse_command_line
@@ -44,6 +45,7 @@ USER_ERRORS = (
     ManifestError,
     RunLockError,
     DataPreparationError,
+    PreparedFolderError,
     TrialListError,
     CheckpointLoadError,
     CheckpointSaveError,
@@ -53,8 +55,10 @@ USER_ERRORS = (
 def check_arguments(hp, hparams_file):
     """Refuse a missing data folder, a value out of
     :data:`dampit.training.arguments.BOUNDS` (``ArgumentError``; a scalar
-    list key becomes a list in ``hp``) or an output folder that cannot be
-    written (one-line ``RecipeError``)."""
+    list key becomes a list in ``hp``), an output folder that cannot be
+    written (one-line ``RecipeError``) or a ``prep_folder`` the
+    preparation must not write into (``PreparedFolderError``:
+    :func:`~dampit.dataio.prepared.check_folder`)."""
     check_values(hp, hparams_file)
     folders = hp.get("data_folder")
     if not isinstance(folders, list):
@@ -62,6 +66,8 @@ def check_arguments(hp, hparams_file):
     for folder in folders:
         if not isinstance(folder, str) or not os.path.isdir(folder):
             raise RecipeError(f"data_folder={folder}: no such folder")
+    if isinstance(hp.get("prep_folder"), str):
+        check_folder(hp["prep_folder"], folders)
     out = parent = os.path.abspath(hp["output_folder"])
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
@@ -185,8 +191,10 @@ def load_with_n_speakers(base_file, overrides, plain, n_classes, where):
     values read plainly again with them (:func:`read_values`). When the
     YAML's own value (``plain``: its values) says otherwise, one warning
     line names ``where`` (the file given on the command line) and both
-    numbers; the data's number is the one used. dampit's recipe and the
-    template recipe both call it.
+    numbers; the data's number is the one used. A value a constructor
+    refuses is a one-line ``RecipeError`` naming ``where`` and the first
+    line of the constructor's message. dampit's recipe and the template
+    recipe both call it.
 
     Example
     -------
@@ -197,6 +205,13 @@ def load_with_n_speakers(base_file, overrides, plain, n_classes, where):
     >>> hparams, plain = load_with_n_speakers(path, {}, plain, 18, "h.yaml")
     >>> hparams["out"], plain["n_speakers"]
     (18, 18)
+    >>> _ = open(path, "w").write("n_speakers: 25\\nm: !new:torch.nn.Dropout\\n"
+    ...                           "    p: 2\\n")
+    >>> try:
+    ...     load_with_n_speakers(path, {}, plain, 18, "h.yaml")
+    ... except RecipeError as err:
+    ...     print(err)
+    h.yaml: dropout probability has to be between 0 and 1, but got 2
     """
     overrides["n_speakers"] = n_classes
     said = plain.get("n_speakers")
@@ -208,7 +223,11 @@ def load_with_n_speakers(base_file, overrides, plain, n_classes, where):
             said,
         )
     with open(base_file, encoding="utf-8") as f:
-        hparams = load_hyperpyyaml(f, overrides)
+        try:  # a value a constructor refuses that the bounds let through
+            hparams = load_hyperpyyaml(f, overrides)
+        except (ValueError, TypeError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise RecipeError(f"{where}: {first}") from None
     return hparams, read_values(base_file, overrides, where)
 
 

@@ -38,6 +38,8 @@ from dampit.utils.checkpoint_averaging import (
 logger = logging.getLogger(__name__)
 #: What ``average_checkpoints: N > 1`` averages.
 AVERAGED = ("embedding_model", "compute_cost")
+#: The score normalisations of ``score_norm`` (None: none).
+SCORE_NORMS = ("as-norm",)
 
 
 def load_test_weights(checkpointer, hparams, tree, out):
@@ -183,7 +185,7 @@ def verify(embed_fn, hparams, data, device, progress=True):
         m: ScoringVectors.from_embeddings(crops, m) for m in ("dot", "cosine")
     }
     cohort = None
-    if hparams.get("score_norm") == "as-norm":
+    if hparams.get("score_norm") in SCORE_NORMS:
         pick = _cohort_ids(data["train"], int(hparams["cohort_size"]))
         loader = utterance_loader(hparams, data["train"], pick)
         cohort = embed(embed_fn, loader, hop, device, None, progress)[1]

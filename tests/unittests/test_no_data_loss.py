@@ -22,6 +22,11 @@ import time
 import pytest
 
 from dampit.cli.export import main
+from dampit.dataio.preparation import DataPreparationError
+from dampit.dataio.prepare_folder import prepare_folder
+from dampit.dataio.prepare_voxceleb import prepare_voxceleb
+from dampit.dataio.prepared import MARKER, PreparedFolderError
+from dampit.training.run_setup import check_arguments, start_run
 from dampit.utils.atomic import atomic_folder
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -113,6 +118,11 @@ def test_full_disk_is_one_line_and_leaves_nothing(run, tmp_path, capsys):
 FULL_CHILD = """
 import contextlib, io, json, os, sys
 from dampit.cli.export import main
+from dampit.dataio.preparation import DataPreparationError
+from dampit.dataio.prepare_folder import prepare_folder
+from dampit.dataio.prepare_voxceleb import prepare_voxceleb
+from dampit.dataio.prepared import MARKER, PreparedFolderError
+from dampit.training.run_setup import check_arguments, start_run
 run, model = sys.argv[1:]
 
 def files():
@@ -208,3 +218,110 @@ def test_what_a_sigkill_left_goes_with_the_next_write(run, tmp_path):
     with atomic_folder(out / "model") as tmp:  # the next write
         pathlib.Path(tmp, "dampit_export.json").write_text("{}")
     assert sorted(os.listdir(out)) == [".model.tmp-mine", "model"]
+
+
+# ------------------------------------------------- the prepared folder
+
+real_tree = runpy.run_path(str(HERE / "test_prepare_folder.py"))["_real_tree"]
+MINI = HERE.parents[1] / "recipes" / "VoxCeleb" / "hparams" / "mini.yaml"
+
+
+def user_folder(shared_data, root):
+    """Six real speakers' recordings and the user's own ``trials.txt``,
+    ``train.csv`` and ``bad_files.txt`` beside them."""
+    real_tree(shared_data, root, [f"s{k}" for k in range(6)])
+    (root / "trials.txt").write_text("1 my/a my/b\n")
+    (root / "train.csv").write_text("my,own,table\n")
+    (root / "bad_files.txt").write_text("my notes\n")
+    return root
+
+
+def never_read(monkeypatch):
+    """Fail the test when an audio file is checked."""
+
+    def read(path):
+        raise AssertionError(f"{path} was read")
+
+    monkeypatch.setattr("dampit.dataio.preparation.check_audio", read)
+
+
+def test_recipe_never_prepares_into_the_data_folder(shared_data, tmp_path):
+    """``train.py mini.yaml --data_folder=X --prep_folder=X``: one line
+    naming X, before the output folder or any prepared file is made; the
+    user's trials.txt, train.csv and bad_files.txt are untouched."""
+    data = user_folder(shared_data, tmp_path / "X")
+    before = tree(data)
+    out = tmp_path / "out"
+    argv = [str(MINI), f"--data_folder={data}", f"--prep_folder={data}"]
+    argv += [f"--output_folder={out}", "--n_test_speakers=2", "--P=4"]
+    with pytest.raises(PreparedFolderError) as err:
+        start_run(argv)
+    assert "\n" not in str(err.value) and str(data) in str(err.value)
+    assert tree(data) == before and not out.exists()
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "holds"])
+def test_prep_folder_and_data_folder_apart(
+    where, shared_data, tmp_path, monkeypatch
+):
+    """A prepared folder that is the data folder, lies inside it or holds
+    it is refused by both preparations before any file is read."""
+    data = user_folder(shared_data, tmp_path / "X")
+    save = {"same": data, "inside": data / "prep", "holds": tmp_path}[where]
+    before = tree(tmp_path)
+    never_read(monkeypatch)
+    with pytest.raises(PreparedFolderError, match="cannot be a data folder"):
+        prepare_folder(data, save, n_test_speakers=2)
+    with pytest.raises(PreparedFolderError, match="cannot be a data folder"):
+        prepare_voxceleb(save, vox1_folder=data, trial_lists=[])
+    assert tree(tmp_path) == before
+
+
+def test_a_folder_of_other_files_is_refused(shared_data, tmp_path, monkeypatch):
+    """A folder holding files but no mark of dampit's is refused in one
+    line naming it, by the recipe's checks and by both preparations,
+    before any file is read; nothing in it changes."""
+    data = real_tree(shared_data, tmp_path / "data", ["a", "b", "c", "d"])
+    mine = user_folder(shared_data, tmp_path / "mine")
+    before = tree(mine)
+    never_read(monkeypatch)
+    hp = {"data_folder": str(data), "output_folder": str(tmp_path / "r")}
+    hp["prep_folder"] = str(mine)
+    for call in (
+        lambda: check_arguments(hp, "mini.yaml"),
+        lambda: prepare_folder(data, mine, n_test_speakers=2),
+        lambda: prepare_voxceleb(mine, vox1_folder=data, trial_lists=[]),
+    ):
+        with pytest.raises(PreparedFolderError) as err:
+            call()
+        assert str(err.value).startswith(f"prep_folder={mine} holds files")
+        assert "\n" not in str(err.value)
+    assert tree(mine) == before
+
+
+def test_new_empty_marked_or_old_prepared_folders_are_used(
+    shared_data, tmp_path
+):
+    """A new or empty folder is prepared (the marker first); a folder a
+    failed preparation left (the marker and bad_files.txt only) and one
+    prepared before the marker existed (prepare_opts.json, no marker) are
+    prepared again."""
+    data = real_tree(shared_data, tmp_path / "data", ["a", "b", "c", "d"])
+    (tmp_path / "empty").mkdir()
+    for save in (tmp_path / "new", tmp_path / "empty"):
+        res = prepare_folder(data, save, n_test_speakers=2)
+        assert res["n_train_speakers"] == 2
+        assert (save / MARKER).is_file()
+    (data / "a" / "broken.wav").write_bytes(b"RIFF not audio")
+    failed = tmp_path / "failed"
+    with pytest.raises(DataPreparationError, match="1 unusable"):
+        prepare_folder(data, failed, n_test_speakers=2)
+    assert sorted(os.listdir(failed)) == ["bad_files.txt", MARKER]
+    with pytest.warns(UserWarning, match="skipping 1 unusable"):
+        res = prepare_folder(data, failed, n_test_speakers=2, skip_bad=True)
+    assert res["n_bad_skipped"] == 1
+    old = tmp_path / "new"
+    os.remove(old / MARKER)
+    with pytest.warns(UserWarning, match="skipping 1 unusable"):
+        res = prepare_folder(data, old, n_test_speakers=2, skip_bad=True)
+    assert res["n_bad_skipped"] == 1 and (old / MARKER).is_file()

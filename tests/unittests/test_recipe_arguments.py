@@ -5,16 +5,19 @@ that one line and exits non-zero."""
 
 import os
 import pathlib
+import runpy
 import subprocess
 import sys
 
 import pytest
 
-from dampit.training.run_setup import check_arguments, start_run
+from dampit.training.run_setup import RecipeError, check_arguments, start_run
 from dampit.utils.hparams import resolve_variant
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MINI = REPO / "recipes" / "VoxCeleb" / "hparams" / "mini.yaml"
+HERE = pathlib.Path(__file__).resolve().parent
+real_tree = runpy.run_path(str(HERE / "test_prepare_folder.py"))["_real_tree"]
 
 
 def _hp(tmp_path, **values):
@@ -50,10 +53,29 @@ def _hp(tmp_path, **values):
         ("speed_speakers", "abc", "speed_speakers='abc': 'abc' is not an"),
         ("speed_speakers", 40, "40 is not an integer in [50, 200] other"),
         ("speed_speakers", [90, 100], "speed_speakers=[90, 100]: 100 is"),
+        ("speed_speakers", [90, 90], "speed_speakers=[90, 90]: 90 is given"),
+        ("train_sets", ["vox2", "vox2"], "['vox2', 'vox2']: 'vox2' is given"),
         ("trial_lists", [3], "trial_lists=[3]: 3 is not text"),
         ("torchvision_init", "/nonexistent.pth", "no such file"),
         ("init_from", "/nonexistent", "init_from=/nonexistent: no such"),
         ("noise_folder", "/nonexistent", "noise_folder=/nonexistent: no"),
+        ("gate", "spatail", "gate='spatail' is not one of 'spatial', 'none'"),
+        ("depth", 19, "depth=19 is not one of 18, 34, 50, 101"),
+        ("depth", True, "depth=True is not one of"),
+        ("pooling", "max", "pooling='max' is not one of 'avg', 'stats'"),
+        ("features", "mfcc", "features='mfcc' is not one of 'spectrogram'"),
+        ("n_fft", 0, "n_fft=0 is not an integer in [2, 8192]"),
+        ("n_freq", 0, "n_freq=0 is not an integer in [1, 4097]"),
+        ("emb_dim", 0, "emb_dim=0 is not an integer in [1, 8192]"),
+        ("dropout", 2, "dropout=2 is not a number in [0.0, 1.0]"),
+        ("softmax_kind", "aamx", "softmax_kind='aamx' is not one of"),
+        ("triplet_mining", "hard", "triplet_mining='hard' is not one of"),
+        ("angular_form", "x", "angular_form='x' is not one of 'npair'"),
+        ("feature_norm", "foo", "feature_norm='foo' is not one of"),
+        ("in_channels", 0, "in_channels=0 is not an integer in [1, 16]"),
+        ("score_norm", "asnorm", "score_norm='asnorm' is not one of "),
+        ("w_npair", -1, "w_npair=-1 is not a number in [0.0, 1000.0]"),
+        ("w_softmax", float("inf"), "w_softmax=inf is not a number"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_key(key, value, message, tmp_path):
@@ -88,10 +110,26 @@ def test_scalar_or_list_both_accepted(key, value, want, tmp_path):
     assert hp[key] == want
 
 
+@pytest.mark.parametrize(
+    "features, n_fft, n_freq", [("spectrogram", 400, 161), ("fbank", 320, 200)]
+)
+def test_n_freq_must_fit_the_features(features, n_fft, n_freq, tmp_path):
+    """Spectrogram: n_freq = n_fft // 2 + 1; fbank: at most that."""
+    hp = _hp(tmp_path, features=features, n_fft=n_fft, n_freq=n_freq)
+    with pytest.raises(ValueError) as err:
+        check_arguments(hp, "mini.yaml")
+    want = f"mini.yaml: n_freq={n_freq} does not fit features={features} "
+    assert str(err.value).startswith(want + f"with n_fft={n_fft}: ")
+    assert f"n_fft // 2 + 1 = {n_fft // 2 + 1}" in str(err.value)
+
+
 def test_good_values_pass_unchanged(tmp_path):
     hp = _hp(tmp_path, n_folds=5, fold=4, K=1, w_npair=0.0, w_triplet=0)
+    hp.update(features="fbank", n_fft=400, n_freq=80, score_norm="as-norm")
+    hp.update(depth=34, gate="none", pooling="stats", angular_form="hinge")
+    want = dict(hp)
     check_arguments(hp, "mini.yaml")
-    assert (hp["fold"], hp["K"], hp["speed_speakers"]) == (4, 1, [])
+    assert hp == want
 
 
 # -------------------------------------------------------------- variants
@@ -162,3 +200,31 @@ def test_recipe_prints_one_line_and_exits_non_zero(tmp_path):
         f"error: {MINI}: fold='abc' is not an integer in [0, 999]"
     ], proc.stderr[-2000:]
     assert not out.exists()
+
+
+def _start_mini(shared_data, tmp_path, *overrides):
+    """start_run of mini.yaml on six real speakers (two tested, P=4)."""
+    data = real_tree(shared_data, tmp_path / "data", list("abcdef"))
+    argv = [str(MINI), f"--data_folder={data}", "--n_test_speakers=2"]
+    argv += ["--P=4", f"--output_folder={tmp_path / 'r'}", *overrides]
+    return start_run(argv)
+
+
+@pytest.mark.parametrize("override", ["--gate=spatail", "--score_norm=x"])
+def test_a_bad_choice_is_refused_before_the_preparation(
+    override, shared_data, tmp_path
+):
+    with pytest.raises(ValueError) as err:
+        _start_mini(shared_data, tmp_path, override)
+    key, value = override[2:].split("=")
+    assert str(err.value).startswith(f"{MINI}: {key}={value!r} is not one")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_value_a_constructor_refuses_is_one_line(shared_data, tmp_path):
+    """An even stem kernel passes the bounds but not SEResNet: one line
+    naming the YAML and SEResNet's message, no traceback."""
+    with pytest.raises(RecipeError) as err:
+        _start_mini(shared_data, tmp_path, "--stem_kernel=2")
+    assert str(err.value).startswith(f"{MINI}: SEResNet: bad stem_kernel=2")
+    assert "\n" not in str(err.value)
