@@ -293,8 +293,7 @@ def prepare_run(hp):
     """The main process's preparation of a run (:func:`start_run`):
     :func:`check_run_data`, then :func:`prepare_data` holding
     ``<prep_folder>/prep.lock`` (a second preparation into the same
-    folder meanwhile is refused in one line naming its holder), then
-    :func:`record_run_data`."""
+    folder meanwhile is refused in one line naming its holder)."""
     check_run_data(hp)
     prep = hp["prep_folder"]
     lock = FileLock(
@@ -303,8 +302,7 @@ def prepare_run(hp):
         "wait for its preparation to end or choose another prep_folder",
     )
     with lock:
-        data = prepare_data(hp)
-    record_run_data(hp, data)
+        prepare_data(hp)
 
 
 def check_prepared(hp, data):
@@ -437,7 +435,8 @@ def start_run(argv):
     the output folder and a save folder outside it (:func:`run_folders`;
     the main process, until exit), prepare the data (:func:`prepare_run`:
     a run folder holding a run on other data is refused), check the
-    manifests and trial lists (:func:`check_trials`), and load
+    manifests and trial lists (:func:`check_trials`), record the run's data
+    (:func:`record_run_data`), and load
     the YAML once with ``n_speakers`` = the training speakers. Returns a
     namespace: ``hparams``, ``plain`` (the same YAML's values, nothing
     built: :func:`read_values`), ``run_opts``, ``data``
@@ -460,6 +459,8 @@ def start_run(argv):
     for key in ("train", "dev", "test"):
         check_manifest(data[key])
     check_trials(data)
+    if if_main_process():
+        record_run_data(plain, data)
     hparams, plain = load_with_n_speakers(
         base_file, merged, plain, data["n_classes"], hparams_file
     )
