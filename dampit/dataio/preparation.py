@@ -6,6 +6,7 @@ its checks. Data errors are :class:`DataPreparationError` with a one-line
 message naming the folder or file.
 """
 
+import hashlib
 import os
 import warnings
 from collections import Counter
@@ -64,6 +65,32 @@ def scan_audio_tree(root, exts=AUDIO_EXTENSIONS, min_depth=2):
             and name.lower().endswith(tuple(exts))
         ]
     return sorted(found)
+
+
+def files_fingerprint(paths):
+    """A short hash of ``paths`` with each file's size and modification
+    time: a file added, removed, replaced or rewritten changes it (the
+    key of a cached preparation, :func:`dampit.dataio.prepared.cached`).
+    A file that cannot be read is hashed as such (preparation checks it).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "a.wav")
+    >>> _ = open(p, "w").write("x")
+    >>> one = files_fingerprint([p])
+    >>> len(one), one == files_fingerprint([p]), one == files_fingerprint([])
+    (16, True, False)
+    """
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        try:
+            st = os.stat(path)
+            line = f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n"
+        except OSError:
+            line = f"{path}\tunreadable\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
 
 
 def unique_ids(rel_paths, where):

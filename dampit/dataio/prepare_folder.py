@@ -37,6 +37,7 @@ from dampit.dataio.preparation import (
     DataPreparationError,
     check_files,
     check_training_split,
+    files_fingerprint,
     scan_audio_tree,
     split_dev,
     unique_ids,
@@ -183,7 +184,8 @@ def prepare_folder(
 ):
     """Write ``train.csv``, ``dev.csv``, ``test.csv`` and ``trials.txt`` for
     one or several ``<speaker>/**/<utt>`` folders (done once per set of
-    options).
+    options and data files: a file added, removed or changed since
+    prepares again).
 
     Arguments
     ---------
@@ -275,11 +277,12 @@ def prepare_folder(
             f"{where}: n_valid_speakers={n_valid_speakers} must be 0 "
             "(off) or at least 2"
         )
+    ids, paths, spk_ids = scan_corpora(folders, names)
+    opts["files"] = files_fingerprint(paths)
     outputs = ["train.csv", "dev.csv", "test.csv", "trials.txt"]
     summary = cached(save_folder, opts, outputs)
     if summary is not None:
         return summary
-    ids, paths, spk_ids = scan_corpora(folders, names)
     info = check_files(paths, skip_bad, save_folder, where)
     by_spk = {}
     for i, p, s in zip(ids, paths, spk_ids):

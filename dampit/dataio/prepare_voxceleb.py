@@ -24,6 +24,7 @@ from dampit.dataio.preparation import (
     DataPreparationError,
     check_files,
     check_training_split,
+    files_fingerprint,
     scan_audio_tree,
     split_dev,
     unique_ids,
@@ -172,22 +173,6 @@ def prepare_voxceleb(
     opts.update(
         train_sets=train_sets, skip_bad=skip_bad, min_speakers=min_speakers
     )
-    names = [f"trials_{s}.txt" for s in stems]
-    outputs = ["train.csv", "dev.csv", "test.csv"] + names
-    summary = cached(save_folder, opts, outputs)
-    if summary is not None:
-        return summary
-    trials = {}
-    for name, path in zip(names, paths):
-        trials[name] = read_trials(path)
-        proto, want = OFFICIAL_TRIAL_LISTS.get(os.path.basename(path), ("", 0))
-        if want and len(trials[name]) != want:
-            warnings.warn(
-                f"{path}: {len(trials[name])} trials, the official {proto} "
-                f"list has {want} (truncated or modified file?)",
-                stacklevel=2,
-            )
-    test_ids = sorted({u for ts in trials.values() for t in ts for u in t[1:]})
     files, corpus, bad = {}, {}, []
     if "vox1" in given:
         root = os.path.join(given["vox1"], "wav")
@@ -208,6 +193,23 @@ def prepare_voxceleb(
             )
         files.update(vox2)
         corpus.update(dict.fromkeys(vox2, "vox2"))
+    opts["files"] = files_fingerprint([*files.values(), *paths])
+    names = [f"trials_{s}.txt" for s in stems]
+    outputs = ["train.csv", "dev.csv", "test.csv"] + names
+    summary = cached(save_folder, opts, outputs)
+    if summary is not None:
+        return summary
+    trials = {}
+    for name, path in zip(names, paths):
+        trials[name] = read_trials(path)
+        proto, want = OFFICIAL_TRIAL_LISTS.get(os.path.basename(path), ("", 0))
+        if want and len(trials[name]) != want:
+            warnings.warn(
+                f"{path}: {len(trials[name])} trials, the official {proto} "
+                f"list has {want} (truncated or modified file?)",
+                stacklevel=2,
+            )
+    test_ids = sorted({u for ts in trials.values() for t in ts for u in t[1:]})
     for u in test_ids:
         if u not in files:
             p = os.path.join(given["vox1"], "wav", *u.split("/")) + ".wav"

@@ -110,15 +110,36 @@ def in_folder(summary, save_folder):
     return out
 
 
-def cached(save_folder, opts, outputs):
-    """The saved summary if ``save_folder`` holds ``outputs`` made with
-    ``opts`` (output paths in ``save_folder``, see :func:`in_folder`),
-    else None."""
+def saved_opts(save_folder):
+    """The options ``save_folder``'s preparation was made with (its
+    ``prepare_opts.json``), or None when it has none or cannot be read.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> saved_opts(tempfile.mkdtemp()) is None
+    True
+    """
+    return _saved(save_folder).get("opts")
+
+
+def _saved(save_folder):
+    """The options file of ``save_folder`` as a dict ({} when unreadable)."""
     try:
         with open(os.path.join(save_folder, OPTS_FILE), encoding="utf-8") as f:
             saved = json.load(f)
     except (OSError, ValueError):
-        return None
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def cached(save_folder, opts, outputs):
+    """The saved summary if ``save_folder`` holds ``outputs`` made with
+    ``opts`` (output paths in ``save_folder``, see :func:`in_folder`),
+    else None. The preparations' ``opts`` hold a fingerprint of the data
+    files (:func:`dampit.dataio.preparation.files_fingerprint`): changed
+    data are prepared again."""
+    saved = _saved(save_folder)
     if saved.get("opts") != json.loads(json.dumps(opts)):
         return None
     if not all(os.path.isfile(os.path.join(save_folder, o)) for o in outputs):

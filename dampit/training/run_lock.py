@@ -1,4 +1,5 @@
-"""One run at a time per output folder: ``<folder>/run.lock``.
+"""One run at a time per output folder: ``<folder>/run.lock`` (and per
+save folder outside it).
 
 The lock is :class:`dampit.utils.file_lock.FileLock`'s: it is freed however
 its holder ends (even SIGKILL), names the holder (``pid host``), and a lock
@@ -23,6 +24,8 @@ class RunLock(FileLock):
     ---------
     folder : str or os.PathLike
         The run's output folder (created if missing).
+    key : str
+        The YAML key naming ``folder``, for the error message.
 
     Example
     -------
@@ -39,10 +42,10 @@ class RunLock(FileLock):
     error = RunLockError
     holder = "run"
 
-    def __init__(self, folder):
+    def __init__(self, folder, key="output_folder"):
         self.folder = os.fspath(folder)
         super().__init__(
             os.path.join(self.folder, LOCK_NAME),
             self.folder,
-            "wait for it or choose another output_folder",
+            f"wait for it or choose another {key}",
         )

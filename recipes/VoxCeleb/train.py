@@ -36,7 +36,13 @@ from dampit.dataio.sampler import PKSampler
 from dampit.inference.api import SPEC_FILE, ModelFolderError, load_model
 from dampit.lobes.resnet import load_torchvision_weights
 from dampit.training.embedding_health import EmbeddingHealth
-from dampit.training.run_setup import RecipeError, run_script, start_run
+from dampit.training.run_setup import (
+    RecipeError,
+    check_label_encoder,
+    check_prepared,
+    run_script,
+    start_run,
+)
 from dampit.training.validation import validation_eer
 from dampit.training.verification import load_test_weights, verify
 from dampit.utils.checkpoints import AtomicCheckpointer
@@ -245,6 +251,7 @@ def dataio_prep(hparams, data):
         ) from None
     if len(label_encoder) == 0:
         raise RecipeError(f"{labels}: no labels; remove it to write it again")
+    check_label_encoder(label_encoder, datasets["train"], labels)
     label_encoder.expect_len(len(label_encoder))
     return datasets["train"], datasets["dev"], label_encoder
 
@@ -376,6 +383,7 @@ def main(argv):
     if run.data["n_trials"] == 0:
         logger.info("no test speakers (n_test_speakers: 0): nothing to verify")
         return
+    check_prepared(hparams, run.data)
     brain.modules.eval()
 
     def embed(wavs, lens):  # under --eval_precision, as SpeechBrain does

@@ -19,7 +19,7 @@ import os
 import speechbrain as sb
 import torch
 
-from dampit.training.run_setup import run_script, start_run
+from dampit.training.run_setup import check_prepared, run_script, start_run
 from dampit.training.verification import load_test_weights, verify
 
 
@@ -43,6 +43,7 @@ def main(argv):
             feats = brain.modules.normalize(feats, lens)
             return brain.modules.embedding_model(feats, lens)
 
+    check_prepared(hparams, run.data)
     verify(embed, hparams, run.data, brain.device, not brain.noprogressbar)
 
 

@@ -47,6 +47,7 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
+from dampit.dataio.audio import load_audio, read_crop
 from dampit.dataio.prepare_folder import prepare_folder
 from dampit.dataio.trials import read_trials
 from dampit.metrics.report import write_report
@@ -54,6 +55,7 @@ from dampit.metrics.scoring import cosine_scores
 from dampit.training.command_line import parse_command_line
 from dampit.training.run_setup import (
     check_arguments,
+    check_label_encoder,
     load_with_n_speakers,
     read_values,
     run_script,
@@ -186,25 +188,24 @@ def dataio_prep(hparams, prep):
     label_encoder : CategoricalEncoder
         Speaker label encoder fitted on the training set.
     """
-    chunk = int(hparams["sample_rate"] * hparams["sentence_len"])
+    sr = int(hparams["sample_rate"])
+    chunk = int(sr * hparams["sentence_len"])
 
-    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+    # dampit's readers: mono at sample_rate (another rate is resampled,
+    # with a warning), as the test utterances are read; start and stop
+    # are samples at the file's own rate.
+    @sb.utils.data_pipeline.takes("wav", "start", "stop", "duration")
     @sb.utils.data_pipeline.provides("sig")
-    def train_audio(wav, start, stop):
+    def train_audio(wav, start, stop, duration):
         start, stop = int(start), int(stop)
-        if hparams["random_chunk"] and stop - start > chunk:
-            start += int(torch.randint(0, stop - start - chunk + 1, (1,)))
-            stop = start + chunk
-        return sb.dataio.dataio.read_audio(
-            {"file": wav, "start": start, "stop": stop}
-        )
+        if hparams["random_chunk"] and float(duration) > chunk / sr:
+            return read_crop(wav, chunk, sr, start=start, stop=stop)
+        return load_audio(wav, sr, start=start, stop=stop)
 
     @sb.utils.data_pipeline.takes("wav", "start", "stop")
     @sb.utils.data_pipeline.provides("sig")
     def valid_audio(wav, start, stop):
-        return sb.dataio.dataio.read_audio(
-            {"file": wav, "start": int(start), "stop": int(stop)}
-        )
+        return load_audio(wav, sr, start=int(start), stop=int(stop))
 
     label_encoder = sb.dataio.encoder.CategoricalEncoder()
 
@@ -223,11 +224,12 @@ def dataio_prep(hparams, prep):
         data.add_dynamic_item(label_pipeline)
         data.set_output_keys(["id", "sig", "spk_id_encoded"])
         datasets.append(data)
+    labels = os.path.join(hparams["save_folder"], "label_encoder.txt")
     label_encoder.load_or_create(
-        path=os.path.join(hparams["save_folder"], "label_encoder.txt"),
-        from_didatasets=[datasets[0]],
-        output_key="spk_id",
+        path=labels, from_didatasets=[datasets[0]], output_key="spk_id"
     )
+    # One written by another run (other training speakers) is refused.
+    check_label_encoder(label_encoder, datasets[0], labels)
     return datasets[0], datasets[1], label_encoder
 
 

@@ -276,9 +276,15 @@ def test_skip_if_done_and_reprepare_on_new_options(tmp_path):
     make_tree(data, n_spk=4, n_utt=6)
     first = prepare_folder(data, out, n_test_speakers=2)
     mtime = os.path.getmtime(out / "train.csv")
-    os.remove(data / "s0" / "s0-0.wav")  # not noticed: nothing is rescanned
     assert prepare_folder(data, out, n_test_speakers=2) == first
     assert os.path.getmtime(out / "train.csv") == mtime
+    # A file removed since: the data are prepared again, without it.
+    os.remove(data / "s0" / "s0-0.wav")
+    again = prepare_folder(data, out, n_test_speakers=2)
+    total = again["n_train"] + again["n_dev"] + again["n_test_utts"]
+    assert total == 23
+    csvs = [(out / f"{n}.csv").read_text() for n in ("train", "dev", "test")]
+    assert not any("s0-0" in text for text in csvs)
     # Other options prepare again.
     second = prepare_folder(data, out, n_test_speakers=2, seed=1)
     total = second["n_train"] + second["n_dev"] + second["n_test_utts"]
