@@ -27,6 +27,8 @@ CSV_FIELDS = ("ID", "duration", "wav", "start", "stop", "spk_id")
 OPTS_FILE = "prepare_opts.json"
 #: The file that marks a folder as dampit's prepared folder.
 MARKER = "dampit_prepared.txt"
+#: The lock a recipe run holds on the folder while it prepares it.
+PREP_LOCK = "prep.lock"
 MARKER_TEXT = (
     "A prepared folder of dampit: its manifests and trial lists are "
     "replaced when the data is prepared again.\n"
@@ -42,7 +44,8 @@ def check_folder(save_folder, data_folders):
     that is one of ``data_folders``, lies inside one or holds one, or
     that holds files but neither :data:`MARKER` nor ``prepare_opts.json``
     (a folder prepared before the marker existed). A folder that does not
-    exist, or is empty, is fine.
+    exist, or is empty but for the preparation's lock :data:`PREP_LOCK`,
+    is fine.
 
     Example
     -------
@@ -64,7 +67,9 @@ def check_folder(save_folder, data_folders):
                 f"prep_folder={save_folder}: a prepared folder cannot be "
                 f"a data folder, lie inside one or hold one ({data})"
             )
-    if not os.path.isdir(save_folder) or not os.listdir(save_folder):
+    if not os.path.isdir(save_folder):
+        return
+    if not set(os.listdir(save_folder)) - {PREP_LOCK}:  # empty, or locked
         return
     if not any(
         os.path.isfile(os.path.join(save_folder, name))

@@ -24,6 +24,7 @@ from dampit.dataio.preparation import DataPreparationError
 from dampit.dataio.prepare_folder import prepare_folder
 from dampit.dataio.prepare_voxceleb import prepare_voxceleb
 from dampit.dataio.prepared import (
+    PREP_LOCK,
     PreparedFolderError,
     check_folder,
     saved_opts,
@@ -306,7 +307,7 @@ def prepare_run(hp):
     check_run_data(hp)
     prep = hp["prep_folder"]
     lock = FileLock(
-        os.path.join(prep, "prep.lock"),
+        os.path.join(prep, PREP_LOCK),
         f"prep_folder {os.path.abspath(prep)}",
         "wait for its preparation to end or choose another prep_folder",
     )
