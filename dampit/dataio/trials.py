@@ -278,7 +278,7 @@ def make_trials(utt_ids, spk_ids, seed=0):
     Targets are all same-speaker pairs ``(i, j)``, ``i < j`` in sorted ID
     order; non-targets are as many distinct different-speaker pairs drawn
     with ``seed`` (all of them when fewer exist). The IDs must be unique,
-    with two speakers or more.
+    and target pairs need a second speaker; no utterance gives no trial.
 
     Example
     -------
@@ -293,11 +293,6 @@ def make_trials(utt_ids, spk_ids, seed=0):
     dup = sorted(u for u, n in Counter(utt_ids).items() if n > 1)
     if dup:
         raise ValueError(f"make_trials: duplicate utterance IDs: {dup[:10]}")
-    if len(set(spk_ids)) < 2:
-        raise ValueError(
-            "make_trials: non-target trials need at least two speakers, got "
-            f"{len(set(spk_ids))}"
-        )
     by_id = sorted(zip(utt_ids, spk_ids))
     ids = [u for u, _ in by_id]
     spk = [s for _, s in by_id]
@@ -308,7 +303,13 @@ def make_trials(utt_ids, spk_ids, seed=0):
     target = [p for s in sorted(by_spk) for p in pairs(by_spk[s], 2)]
     n, rng = len(ids), np.random.default_rng(seed)
     want = len(target)
-    if want >= n * (n - 1) // 2 - want:  # as many as there are, or fewer
+    n_non = n * (n - 1) // 2 - want
+    if want and not n_non:
+        raise ValueError(
+            "make_trials: non-target trials need at least two speakers, got "
+            f"{len(by_spk)}"
+        )
+    if want >= n_non:  # as many as there are, or fewer
         chosen = {(a, b) for a, b in pairs(range(n), 2) if spk[a] != spk[b]}
     else:  # rejection sampling: non-target pairs are the large majority
         chosen = set()

@@ -1,1 +1,2 @@
-"""What the recipe scripts share: setup, lock, validation, verification."""
+"""What the recipe scripts share: setup, lock, the run's data record,
+validation, verification."""

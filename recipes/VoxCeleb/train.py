@@ -36,13 +36,8 @@ from dampit.dataio.sampler import PKSampler
 from dampit.inference.api import SPEC_FILE, ModelFolderError, load_model
 from dampit.lobes.resnet import load_torchvision_weights
 from dampit.training.embedding_health import EmbeddingHealth
-from dampit.training.run_setup import (
-    RecipeError,
-    check_label_encoder,
-    check_prepared,
-    run_script,
-    start_run,
-)
+from dampit.training.run_data import check_label_encoder, check_prepared
+from dampit.training.run_setup import RecipeError, run_script, start_run
 from dampit.training.validation import validation_eer
 from dampit.training.verification import load_test_weights, verify
 from dampit.utils.checkpoints import AtomicCheckpointer

@@ -19,7 +19,8 @@ import os
 import speechbrain as sb
 import torch
 
-from dampit.training.run_setup import check_prepared, run_script, start_run
+from dampit.training.run_data import check_prepared
+from dampit.training.run_setup import run_script, start_run
 from dampit.training.verification import load_test_weights, verify
 
 

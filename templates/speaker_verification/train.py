@@ -53,9 +53,9 @@ from dampit.dataio.trials import read_trials
 from dampit.metrics.report import write_report
 from dampit.metrics.scoring import cosine_scores
 from dampit.training.command_line import parse_command_line
+from dampit.training.run_data import check_label_encoder
 from dampit.training.run_setup import (
     check_arguments,
-    check_label_encoder,
     load_with_n_speakers,
     read_values,
     run_script,

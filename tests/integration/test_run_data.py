@@ -16,13 +16,9 @@ import soundfile as sf
 
 from dampit.dataio.prepare_folder import prepare_folder
 from dampit.training import run_setup
+from dampit.training.run_data import RunDataError, check_prepared
 from dampit.training.run_lock import RunLockError
-from dampit.training.run_setup import (
-    RecipeError,
-    check_prepared,
-    prepare_data,
-    start_run,
-)
+from dampit.training.run_setup import prepare_data, start_run
 from dampit.utils.file_lock import FileLock, LockError
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -89,7 +85,7 @@ def test_other_fold_into_a_run_folder_is_refused_before_preparing(
     run = started(argv + ["--fold=0"])
     train.dataio_prep(run.hparams, run.data)  # writes label_encoder.txt
     prepared = _files(out / "prepared")
-    with pytest.raises(RecipeError) as err:
+    with pytest.raises(RunDataError) as err:
         started(argv + ["--fold=1"])
     msg = str(err.value)
     assert "\n" not in msg
@@ -128,7 +124,7 @@ def test_changed_data_are_prepared_again_and_refused_to_a_run(
     run = started(_argv(data, out, "--fold=0"))
     train.dataio_prep(run.hparams, run.data)
     (data / "new" / "b.wav").unlink()
-    with pytest.raises(RecipeError) as err:
+    with pytest.raises(RunDataError) as err:
         started(_argv(data, out, "--fold=0"))
     assert str(err.value).startswith(f"output_folder={out} holds a run")
     assert "files of data_folder changed" in str(err.value)
@@ -147,7 +143,7 @@ def test_label_encoder_of_other_speakers_is_refused(
     labels = os.path.join(run.hparams["save_folder"], "label_encoder.txt")
     fold1 = dict(run.plain, prep_folder=str(tmp_path / "fold1"), fold=1)
     other = prepare_data(fold1)
-    with pytest.raises(RecipeError) as err:
+    with pytest.raises(RunDataError) as err:
         train.dataio_prep(run.hparams, other)
     assert str(err.value).startswith(f"{labels}: its 8 speakers are not")
 
@@ -161,7 +157,7 @@ def test_label_encoder_of_other_speakers_is_refused(
     template.dataio_prep(hp, fold0)
     template.dataio_prep(hp, fold0)  # its own encoder loads
     fold1 = prepare_folder(data, tmp_path / "t1", n_folds=5, fold=1)
-    with pytest.raises(RecipeError, match="label_encoder.txt: its 8 speak"):
+    with pytest.raises(RunDataError, match="label_encoder.txt: its 8 speak"):
         template.dataio_prep(hp, fold1)
 
 
@@ -197,7 +193,7 @@ def test_shared_prep_folder_is_locked_and_checked(
     run = started(argv)
     check_prepared(run.hparams, run.data)  # unchanged: fine
     prepare_data(dict(run.plain, fold=1))  # another run's preparation
-    with pytest.raises(RecipeError) as err:
+    with pytest.raises(RunDataError) as err:
         check_prepared(run.hparams, run.data)
     assert str(err.value).startswith(f"prep_folder={prep}: prepared again")
     assert "(fold)" in str(err.value)

@@ -211,6 +211,7 @@ def test_make_trials_errors():
         make_trials(["a/1", "a/2"], ["a", "a"])
     with pytest.raises(ValueError, match="2 utterances but 1"):
         make_trials(["a/1", "a/2"], ["a"])
+    assert make_trials([], []) == []  # no test speaker: no trial
 
 
 def test_trial_summary_counts_by_hand():
