@@ -218,12 +218,15 @@ def test_template_reads_other_rates_as_the_test_does(shared_data, tmp_path):
     hp["save_folder"] = str(tmp_path / "save")
     os.makedirs(hp["save_folder"])
     train_data, valid_data, _ = template.dataio_prep(hp, prep)
+    resampled = "48000 Hz, resampled to 16000 Hz"  # the documented warning
     for dataset in (train_data, valid_data):
-        item = dataset[0]
+        with pytest.warns(UserWarning, match=resampled):
+            item = dataset[0]
         frames = sf.info(str(data / f"{item['id']}.wav")).frames
         assert frames % 3 == 0
         assert len(item["sig"]) == frames // 3
     hp["random_chunk"] = True  # a 1.5 s chunk of a longer file
-    item = train_data[0]
+    with pytest.warns(UserWarning, match=resampled):
+        item = train_data[0]
     frames = sf.info(str(data / f"{item['id']}.wav")).frames
     assert frames // 3 > 24000 and len(item["sig"]) == 24000
