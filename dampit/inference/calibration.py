@@ -15,8 +15,9 @@ Operating points (``score > threshold``: same speaker, as in
 threshold is set on the trials of the other folds' speakers only and
 applied to the trials between this fold's speakers, so no error rate is
 read off the trials (nor the speakers) that set it. The pooled rates get a
-95% bootstrap interval that resamples speakers (each held-out trial counts
-for its enrol speaker). :func:`fit_llr` is a logistic regression of the
+95% bootstrap interval that resamples speakers (a target trial counts as
+often as its speaker is drawn, a non-target trial as the product of its
+two speakers' draws). :func:`fit_llr` is a logistic regression of the
 label on the score with both classes weighted equally, so that ``scale *
 score + offset`` is a log-likelihood ratio.
 """
@@ -117,15 +118,26 @@ def minimum_trials(point, rate=None):
     return n_tar, max(MIN_NONTARGET, need if point == "far" else 0)
 
 
-def _bootstrap(cluster, miss, fa, is_tar, n_boot, seed):
-    """95% intervals of the pooled FRR and FAR, speakers resampled."""
-    n = int(cluster.max()) + 1
-    per = [np.bincount(cluster, w, n) for w in (is_tar, miss, ~is_tar, fa)]
+def _bootstrap(enrol, test, miss, fa, is_tar, n_boot, seed):
+    """95% intervals of the pooled FRR and FAR, the trials' speakers
+    resampled: a draw counts each speaker ``c`` times; a target trial
+    weighs its speaker's ``c``, a non-target trial the product of its two
+    speakers' counts (both sides drive false accepts)."""
+    speakers, codes = np.unique(np.r_[enrol, test], return_inverse=True)
+    n = len(speakers)
+    e, t = codes[: len(enrol)], codes[len(enrol) :]
+    tar_trials, miss_trials = np.zeros(n), np.zeros(n)
+    np.add.at(tar_trials, e[is_tar], 1.0)
+    np.add.at(miss_trials, e[is_tar], miss[is_tar])
+    non_pairs, fa_pairs = np.zeros((n, n)), np.zeros((n, n))
+    np.add.at(non_pairs, (e[~is_tar], t[~is_tar]), 1.0)
+    np.add.at(fa_pairs, (e[~is_tar], t[~is_tar]), fa[~is_tar])
     rng = np.random.default_rng(seed)
-    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)
     with np.errstate(invalid="ignore", divide="ignore"):
-        frr = (weights @ per[1]) / (weights @ per[0])
-        far = (weights @ per[3]) / (weights @ per[2])
+        frr = (counts @ miss_trials) / (counts @ tar_trials)
+        fa_w = ((counts @ fa_pairs) * counts).sum(axis=1)
+        far = fa_w / ((counts @ non_pairs) * counts).sum(axis=1)
     return [
         [float(v) for v in np.nanpercentile(r, [2.5, 97.5])] for r in (frr, far)
     ]
@@ -151,8 +163,9 @@ def fold_masks(labels, enrol_spk, test_spk, folds, seed=0):
 
     Returns
     -------
-    enrol : numpy.ndarray
-        ``[N]`` index of each trial's enrol speaker (sorted names).
+    codes : (numpy.ndarray, numpy.ndarray)
+        ``[N]`` index of each trial's enrol and test speakers (sorted
+        names).
     masks : list of (numpy.ndarray, numpy.ndarray)
         Per fold, the trials of the other folds' speakers (to set the
         threshold) and the trials within the fold (to test it).
@@ -203,7 +216,7 @@ def fold_masks(labels, enrol_spk, test_spk, folds, seed=0):
             f"{n_tar} target / {n_non} non-target trials lie within a "
             "speaker fold: none to test on (give fewer folds)"
         )
-    return enrol, masks, len(speakers)
+    return (enrol, test), masks, len(speakers)
 
 
 def cross_validate(
@@ -260,7 +273,7 @@ def cross_validate(
     """
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels).astype(bool)
-    enrol, folds_k, n_spk = fold_masks(y, enrol_spk, test_spk, folds, seed)
+    codes, folds_k, n_spk = fold_masks(y, enrol_spk, test_spk, folds, seed)
     held = np.zeros(s.size, dtype=bool)
     miss, fa = np.zeros(s.size, dtype=bool), np.zeros(s.size, dtype=bool)
     for train, tested in folds_k:
@@ -270,8 +283,9 @@ def cross_validate(
         fa |= tested & ~y & (s > thr)
     n_tar, n_non = int((held & y).sum()), int((held & ~y).sum())
     idx = np.flatnonzero(held)
+    enrol, test = codes
     frr_ci, far_ci = _bootstrap(
-        enrol[idx], miss[idx], fa[idx], y[idx], n_boot, seed
+        enrol[idx], test[idx], miss[idx], fa[idx], y[idx], n_boot, seed
     )
     return {
         "frr": float(miss.sum() / n_tar),

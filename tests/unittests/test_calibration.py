@@ -127,21 +127,52 @@ def test_cross_validation_tracks_the_rate_on_new_speakers():
 
 
 def test_bootstrap_is_a_speaker_resampling():
-    """Same seed, same draws: the percentile interval by hand."""
+    """Same seed, same draws: the percentile interval by hand, a target
+    trial weighted by its speaker's draws, a non-target trial by the
+    product of its two speakers' draws."""
     rng = np.random.default_rng(0)
-    cluster = rng.integers(0, 6, 200)
+    enrol = rng.integers(0, 6, 200)
     is_tar = rng.random(200) < 0.3
+    test = np.where(is_tar, enrol, (enrol + rng.integers(1, 6, 200)) % 6)
     miss = is_tar & (rng.random(200) < 0.2)
     fa = ~is_tar & (rng.random(200) < 0.1)
-    got = cal._bootstrap(cluster, miss, fa, is_tar, 300, seed=7)
+    got = cal._bootstrap(enrol, test, miss, fa, is_tar, 300, seed=7)
     draws = np.random.default_rng(7).multinomial(6, np.full(6, 1 / 6), 300)
     frr, far = [], []
     for w in draws:
-        weight = w[cluster]  # each trial as often as its speaker is drawn
-        frr.append((weight * miss).sum() / (weight * is_tar).sum())
-        far.append((weight * fa).sum() / (weight * ~is_tar).sum())
+        tar_w = w[enrol] * is_tar  # each target trial as often as drawn
+        non_w = w[enrol] * w[test] * ~is_tar  # both sides of a non-target
+        frr.append((tar_w * miss).sum() / tar_w.sum())
+        far.append((non_w * fa).sum() / non_w.sum())
     for mine, ref in zip(got, (frr, far)):
         assert mine == pytest.approx(np.nanpercentile(ref, [2.5, 97.5]))
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # no FRR
+def test_far_interval_covers_new_test_speakers():
+    """Speaker effects on both sides of a non-target trial (each speaker
+    has an offset): the FAR interval over 16 speakers covers the FAR of
+    the whole population of 200 speakers, at a fixed threshold, in most
+    draws; resampling the enrol speakers alone covers it far less often
+    (its intervals ignore the test side's spread): 50 and 37 of 60."""
+    rng = np.random.default_rng(5)
+    offset = rng.normal(0, 0.6, 200)
+    i, j = np.triu_indices(200, 1)
+    thr = 1.0
+    true = np.mean(offset[i] + offset[j] + rng.normal(0, 0.5, i.size) > thr)
+    both, one = 0, 0
+    for rep in range(60):
+        spk = rng.choice(200, 16, replace=False)
+        e, t = np.triu_indices(16, 1)
+        s = offset[spk[e]] + offset[spk[t]] + rng.normal(0, 0.5, e.size)
+        fa, none = s > thr, np.zeros(e.size, dtype=bool)
+        _, (lo, hi) = cal._bootstrap(e, t, none, fa, none, 400, rep)
+        both += lo <= true <= hi
+        w = np.random.default_rng(rep).multinomial(16, np.full(16, 1 / 16), 400)
+        far_one = (w[:, e] * fa).sum(1) / w[:, e].sum(1)
+        lo1, hi1 = np.percentile(far_one, [2.5, 97.5])
+        one += lo1 <= true <= hi1
+    assert both >= 46 and both >= one + 8, (both, one)
 
 
 def test_cross_validate_refusals():
