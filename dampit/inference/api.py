@@ -57,6 +57,7 @@ from dampit.inference.folder_checks import (
 )
 from dampit.lobes.features import CropNormalization, Features
 from dampit.lobes.resnet import LinearClassifier, SEResNet
+from dampit.metrics.scoring import cosine_scores
 
 __all__ = ["DampitSpeakerRecognition", "ModelFolderError", "load_model"]
 
@@ -473,8 +474,7 @@ class DampitSpeakerRecognition(SpeakerRecognition):
         row = {u: k for k, u in enumerate(ids)}
         enrol = [row[os.fspath(p)] for p, _ in pairs]
         test = [row[os.fspath(q)] for _, q in pairs]
-        vectors = torch.from_numpy(emb)
-        scores = self.similarity(vectors[enrol], vectors[test]).numpy()
+        scores = cosine_scores(emb, enrol, test)  # float64, as the CLI
         if asnorm:
             scores = cohort.normalise_scores(self, scores, emb, enrol, test)
             return scores, None

@@ -391,6 +391,15 @@ def test_verify_trial_list(model, sb, wavs, tmp_path, capsys):
     eer, _ = compute_eer(got, [y for y, _, _ in trials])
     assert f"EER {100 * eer:.2f}%" in cap.out
     assert "3 target / 3 non-target" in cap.out
+    # The Python API scores the same pairs in the same float64 precision
+    # (a score next to the threshold decides as in the command).
+    api = load_model(model)
+    scores, decisions = api.verify_pairs(
+        [(e, t) for _, e, t in trials], progress=False
+    )
+    assert scores.dtype == np.float64
+    assert np.allclose(scores, got, rtol=0, atol=1e-6)
+    assert decisions.tolist() == (scores > api.threshold).tolist()
 
 
 def test_verify_csv_ids(model, sb, wavs, tmp_path, capsys):
