@@ -177,7 +177,10 @@ def _calibrate(args):
         "cross_validated": cv,
     }
     if args.llr:
-        scale, offset = cal.fit_llr(scores, labels)
+        try:
+            scale, offset = cal.fit_llr(scores, labels)
+        except ValueError as err:
+            raise common.CliError(f"--llr: {err}") from None
         record["llr"] = {"scale": scale, "offset": offset}
     n_speakers = len(set(spk_e) | set(spk_t))
     print(

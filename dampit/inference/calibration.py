@@ -317,6 +317,11 @@ def fit_llr(scores, labels):
     -------
     scale, offset : float
 
+    Raises
+    ------
+    ValueError
+        Scores that separate the classes perfectly (no finite fit).
+
     Example
     -------
     >>> rng = np.random.default_rng(0)
@@ -328,6 +333,12 @@ def fit_llr(scores, labels):
     """
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels).astype(bool)
+    if s[y].min() > s[~y].max():
+        raise ValueError(
+            "every target score is above every non-target score: no finite "
+            "score -> LLR map fits (the scale grows without bound); give "
+            "pairs whose scores overlap"
+        )
     weight = np.where(y, 0.5 / y.sum(), 0.5 / (~y).sum())
     sign = np.where(y, 1.0, -1.0)
     center, spread = s.mean(), s.std() or 1.0  # a well-conditioned fit

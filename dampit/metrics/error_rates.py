@@ -12,9 +12,12 @@ scores ``s_1 < ... < s_G`` (``s_G`` rejects all), and
 (integer comparisons; the lowest threshold wins a tie): ``(FPR + FNR) / 2``
 where ``|FPR - FNR|`` is smallest. ``method="interp"`` is the exact
 crossing on the segment between the two points around it (the usual
-``brentq`` on the ROC). ``compute_min_dcf(normalize=False)`` is
-SpeechBrain's ``minDCF``; the default divides it by ``min(c_miss *
-p_target, c_fa * (1 - p_target))``, as NIST and VoxCeleb report it.
+``brentq`` on the ROC). ``compute_min_dcf(normalize=False)`` is the
+unnormalised minimum cost over every threshold, accept-all included:
+SpeechBrain's ``minDCF`` leaves accept-all out, so it is higher when
+accepting every trial is cheapest (never at the default costs); the
+default divides it by ``min(c_miss * p_target, c_fa * (1 - p_target))``,
+as NIST and VoxCeleb report it.
 """
 
 import numpy as np
@@ -160,7 +163,8 @@ def compute_min_dcf(
 
     ``c_miss * p_target * FNR + c_fa * (1 - p_target) * FPR``, minimised;
     ``normalize`` divides by the best score-blind cost (NIST, VoxCeleb);
-    ``normalize=False`` is SpeechBrain's ``minDCF``.
+    ``normalize=False``: unnormalised (SpeechBrain's ``minDCF`` but for
+    the accept-all threshold, which SpeechBrain leaves out).
 
     Returns
     -------

@@ -175,6 +175,16 @@ def test_far_interval_covers_new_test_speakers():
     assert both >= 46 and both >= one + 8, (both, one)
 
 
+def test_fit_llr_refuses_separated_scores():
+    """No finite maximum-likelihood fit exists when the classes do not
+    overlap (the scale only grows): one line, not an arbitrary number."""
+    s, y = np.array([0.1, 0.2, 0.6, 0.9]), np.array([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="no finite score -> LLR map"):
+        cal.fit_llr(s, y)
+    scale, _ = cal.fit_llr(np.r_[s, 0.7], np.r_[y, 0])  # one overlap
+    assert 0 < scale < np.inf
+
+
 def test_cross_validate_refusals():
     s, y, e, t = speaker_trials(4, 3, seed=0)
     with pytest.raises(ValueError, match="5 folds of 4 speakers"):
