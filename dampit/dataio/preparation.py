@@ -14,11 +14,10 @@ from collections import Counter
 from tqdm import tqdm
 
 from dampit.dataio.audio import AUDIO_EXTENSIONS, AudioError, check_audio
-from dampit.dataio.prepared import mark_folder
+from dampit.dataio.prepared import BAD_FILES, mark_folder
 from dampit.dataio.trials import utt_to_id
 from dampit.utils.atomic import atomic_write_text
 
-BAD_FILES = "bad_files.txt"
 DEV_FRACTION = 0.1
 
 
@@ -68,9 +67,10 @@ def scan_audio_tree(root, exts=AUDIO_EXTENSIONS, min_depth=2):
 
 
 def files_fingerprint(paths):
-    """A short hash of ``paths`` with each file's size and modification
-    time: a file added, removed, replaced or rewritten changes it (the
-    key of a cached preparation, :func:`dampit.dataio.prepared.cached`).
+    """A short hash of ``paths`` with each file's size: a file added,
+    removed, or replaced by one of another size changes it (the key of a
+    cached preparation, :func:`dampit.dataio.prepared.cached`); a copy or
+    a ``touch`` that keeps the content does not.
     A file that cannot be read is hashed as such (preparation checks it).
 
     Example
@@ -85,8 +85,7 @@ def files_fingerprint(paths):
     digest = hashlib.sha256()
     for path in sorted(paths):
         try:
-            st = os.stat(path)
-            line = f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n"
+            line = f"{path}\t{os.path.getsize(path)}\n"
         except OSError:
             line = f"{path}\tunreadable\n"
         digest.update(line.encode("utf-8", "surrogateescape"))

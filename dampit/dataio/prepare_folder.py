@@ -28,7 +28,6 @@ before anything is written (the helpers both preparations share are in
 
 import os
 import re
-from collections import Counter
 
 import numpy as np
 
@@ -54,7 +53,8 @@ CSV_VARIABLE = re.compile(r"\$[\w.]")  # as speechbrain's load_data_csv
 
 def data_folders(data_folder):
     """The absolute folders of ``data_folder`` (one folder or a list),
-    refusing an empty list and a folder listed twice.
+    refusing an empty list and a folder listed twice (a link to a listed
+    folder included: its speakers would train and test under two names).
 
     Example
     -------
@@ -67,9 +67,13 @@ def data_folders(data_folder):
     folders = [os.path.abspath(os.fspath(f)) for f in given]
     if not folders:
         raise DataPreparationError("data_folder: an empty list of folders")
-    twice = sorted(f for f, n in Counter(folders).items() if n > 1)
+    real = [os.path.realpath(f) for f in folders]
+    twice = sorted(f for f, r in zip(folders, real) if real.count(r) > 1)
     if twice:
-        raise DataPreparationError(f"data_folder lists {twice[0]} twice")
+        raise DataPreparationError(
+            f"data_folder lists {twice[0]} twice (links followed: "
+            f"{', '.join(twice)})"
+        )
     return folders
 
 
@@ -181,6 +185,7 @@ def prepare_folder(
     fold=0,
     n_valid_speakers=0,
     test_corpora=None,
+    keep=False,
 ):
     """Write ``train.csv``, ``dev.csv``, ``test.csv`` and ``trials.txt`` for
     one or several ``<speaker>/**/<utt>`` folders (done once per set of
@@ -228,6 +233,10 @@ def prepare_folder(
     min_speakers : int
         Fewest training speakers with 2+ training utterances (the P of
         P x K batches).
+    keep : bool
+        A run trains on ``save_folder``'s preparation: refuse to replace
+        it with one of other options or data files
+        (:func:`~dampit.dataio.prepared.cached`).
 
     Returns
     -------
@@ -280,7 +289,7 @@ def prepare_folder(
     ids, paths, spk_ids = scan_corpora(folders, names)
     opts["files"] = files_fingerprint(paths)
     outputs = ["train.csv", "dev.csv", "test.csv", "trials.txt"]
-    summary = cached(save_folder, opts, outputs)
+    summary = cached(save_folder, opts, outputs, keep)
     if summary is not None:
         return summary
     info = check_files(paths, skip_bad, save_folder, where)

@@ -104,6 +104,7 @@ def prepare_voxceleb(
     train_sets=None,
     skip_bad=False,
     min_speakers=2,
+    keep=False,
 ):
     """Write train/dev/test CSVs and ID trial lists for VoxCeleb1/2.
 
@@ -124,6 +125,10 @@ def prepare_voxceleb(
         Skip unusable or unconverted files, and trials naming them.
     min_speakers : int
         Fewest training speakers with 2+ training utterances (P).
+    keep : bool
+        A run trains on ``save_folder``'s preparation: refuse to replace
+        it with one of other options or data files
+        (:func:`~dampit.dataio.prepared.cached`).
 
     Returns
     -------
@@ -196,7 +201,7 @@ def prepare_voxceleb(
     opts["files"] = files_fingerprint([*files.values(), *paths])
     names = [f"trials_{s}.txt" for s in stems]
     outputs = ["train.csv", "dev.csv", "test.csv"] + names
-    summary = cached(save_folder, opts, outputs)
+    summary = cached(save_folder, opts, outputs, keep)
     if summary is not None:
         return summary
     trials = {}

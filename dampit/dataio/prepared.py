@@ -29,6 +29,8 @@ OPTS_FILE = "prepare_opts.json"
 MARKER = "dampit_prepared.txt"
 #: The lock a recipe run holds on the folder while it prepares it.
 PREP_LOCK = "prep.lock"
+#: The list of unusable audio files a preparation found.
+BAD_FILES = "bad_files.txt"
 MARKER_TEXT = (
     "A prepared folder of dampit: its manifests and trial lists are "
     "replaced when the data is prepared again.\n"
@@ -44,8 +46,9 @@ def check_folder(save_folder, data_folders):
     that is one of ``data_folders``, lies inside one or holds one, or
     that holds files but neither :data:`MARKER` nor ``prepare_opts.json``
     (a folder prepared before the marker existed). A folder that does not
-    exist, or is empty but for the preparation's lock :data:`PREP_LOCK`,
-    is fine.
+    exist, or holds nothing but the preparation's lock :data:`PREP_LOCK`
+    and the list of unusable files :data:`BAD_FILES` (a refused
+    preparation's), is fine.
 
     Example
     -------
@@ -69,8 +72,8 @@ def check_folder(save_folder, data_folders):
             )
     if not os.path.isdir(save_folder):
         return
-    if not set(os.listdir(save_folder)) - {PREP_LOCK}:  # empty, or locked
-        return
+    if not set(os.listdir(save_folder)) - {PREP_LOCK, BAD_FILES}:
+        return  # empty, locked, or a refused preparation's list of files
     if not any(
         os.path.isfile(os.path.join(save_folder, name))
         for name in (MARKER, OPTS_FILE)
@@ -138,14 +141,33 @@ def _saved(save_folder):
     return saved if isinstance(saved, dict) else {}
 
 
-def cached(save_folder, opts, outputs):
+def cached(save_folder, opts, outputs, keep=False):
     """The saved summary if ``save_folder`` holds ``outputs`` made with
     ``opts`` (output paths in ``save_folder``, see :func:`in_folder`),
     else None. The preparations' ``opts`` hold a fingerprint of the data
     files (:func:`dampit.dataio.preparation.files_fingerprint`): changed
-    data are prepared again."""
+    data are prepared again. With ``keep`` (a run trains on the folder's
+    preparation), a preparation with other options or data files is
+    refused in one line (:class:`PreparedFolderError`) instead, before
+    anything is replaced (an option the folder did not record is
+    prepared again: the same split from the same data)."""
     saved = _saved(save_folder)
-    if saved.get("opts") != json.loads(json.dumps(opts)):
+    new = json.loads(json.dumps(opts))
+    old = saved.get("opts")
+    differ = []
+    if old != new and keep and isinstance(old, dict):
+        # a key the folder's version did not record is no difference
+        differ = [k for k in sorted(old) if old[k] != new.get(k)]
+    if differ:
+        what = "options " + ", ".join(differ)
+        if differ == ["files"]:
+            what = "data files (changed since it was prepared)"
+        raise PreparedFolderError(
+            f"prep_folder={save_folder}: a run trains on its preparation, "
+            f"made with other {what}; nothing replaced: choose another "
+            "output_folder and prep_folder"
+        )
+    if old != new:
         return None
     if not all(os.path.isfile(os.path.join(save_folder, o)) for o in outputs):
         return None

@@ -59,19 +59,24 @@ RUN_DATA = "run_data.json"
 
 def data_options(hp):
     """The values of :data:`DATA_KEYS` in ``hp`` (those it has), as JSON
-    values, the data folders as absolute paths.
+    values, the data folders as absolute paths with links resolved, one
+    ``test_corpora`` name as a list.
 
     Example
     -------
     >>> data_options({"data_folder": "/d/x/../y", "fold": 1, "lr": 0.1})
     {'data_folder': '/d/y', 'fold': 1}
+    >>> data_options({"test_corpora": "so762"})
+    {'test_corpora': ['so762']}
     """
     opts = {k: hp[k] for k in DATA_KEYS if k in hp}
     folders = opts.get("data_folder")
     if isinstance(folders, str):
-        opts["data_folder"] = os.path.abspath(folders)
+        opts["data_folder"] = os.path.realpath(folders)
     elif isinstance(folders, list):
-        opts["data_folder"] = [os.path.abspath(f) for f in folders]
+        opts["data_folder"] = [os.path.realpath(f) for f in folders]
+    if isinstance(opts.get("test_corpora"), str):  # one name, or a list
+        opts["test_corpora"] = [opts["test_corpora"]]
     return json.loads(json.dumps(opts))
 
 

@@ -35,6 +35,7 @@ from dampit.training.run_data import (
     VOX_KEYS,
     RunDataError,
     check_run_data,
+    holds_run,
     record_run_data,
 )
 from dampit.training.run_lock import RunLock
@@ -144,6 +145,7 @@ def prepare_data(hp):
     copies = 1 + len(hp.get("speed_speakers") or [])
     p = -(-int(hp["P"]) // copies)  # speakers that make P classes
     common = dict(skip_bad=hp["skip_bad_files"], min_speakers=p)
+    common["keep"] = holds_run(hp["save_folder"])  # never re-split its data
     if hp["data_layout"] == "voxceleb":
         if not isinstance(hp["data_folder"], str):
             raise RecipeError(

@@ -53,7 +53,7 @@ from dampit.dataio.trials import read_trials
 from dampit.metrics.report import write_report
 from dampit.metrics.scoring import cosine_scores
 from dampit.training.command_line import parse_command_line
-from dampit.training.run_data import check_label_encoder
+from dampit.training.run_data import check_label_encoder, holds_run
 from dampit.training.run_setup import (
     check_arguments,
     load_with_n_speakers,
@@ -168,6 +168,7 @@ def prepare_data(hparams):
         seed=hparams["split_seed"],
         n_folds=hparams["n_folds"],
         fold=hparams["fold"],
+        keep=holds_run(hparams["save_folder"]),  # never re-split its data
     )
 
 

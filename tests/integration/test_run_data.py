@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from dampit.dataio.prepare_folder import prepare_folder
+from dampit.dataio.prepared import PreparedFolderError
 from dampit.training import run_setup
 from dampit.training.run_data import RunDataError, check_prepared
 from dampit.training.run_lock import RunLockError
@@ -102,7 +103,9 @@ def test_changed_data_are_prepared_again_and_refused_to_a_run(
 ):
     """A file deleted after a run prepared its data: the cached split is
     not reused (the deleted file would end verification in an AudioError)
-    and resuming the run on the changed data is refused in one line."""
+    and resuming the run on the changed data is refused in one line
+    before its prepared split is touched; touched files (the same sizes)
+    resume."""
     train, _ = recipe
     data = _speech_tree(shared_data, tmp_path / "data")
     prep = tmp_path / "prep"
@@ -123,11 +126,16 @@ def test_changed_data_are_prepared_again_and_refused_to_a_run(
     out = tmp_path / "run"
     run = started(_argv(data, out, "--fold=0"))
     train.dataio_prep(run.hparams, run.data)
+    for wav in data.glob("*/*.wav"):  # copied or touched: the same data
+        os.utime(wav, ns=(0, 0), follow_symlinks=False)
+    started(_argv(data, out, "--fold=0"))
+    prepared = _files(out / "prepared")
     (data / "new" / "b.wav").unlink()
-    with pytest.raises(RunDataError) as err:
+    with pytest.raises(PreparedFolderError) as err:
         started(_argv(data, out, "--fold=0"))
-    assert str(err.value).startswith(f"output_folder={out} holds a run")
-    assert "files of data_folder changed" in str(err.value)
+    assert str(err.value).startswith(f"prep_folder={out / 'prepared'}: a run")
+    assert "other data files (changed since it was prepared)" in str(err.value)
+    assert _files(out / "prepared") == prepared  # nothing replaced
 
 
 def test_label_encoder_of_other_speakers_is_refused(

@@ -317,6 +317,12 @@ def test_new_empty_marked_or_old_prepared_folders_are_used(
     with pytest.raises(DataPreparationError, match="1 unusable"):
         prepare_folder(data, failed, n_test_speakers=2)
     assert sorted(os.listdir(failed)) == ["bad_files.txt", MARKER]
+    unmarked = tmp_path / "unmarked"  # a refused preparation's list alone
+    unmarked.mkdir()
+    shutil.copy(failed / "bad_files.txt", unmarked / "bad_files.txt")
+    with pytest.warns(UserWarning, match="skipping 1 unusable"):
+        res = prepare_folder(data, unmarked, n_test_speakers=2, skip_bad=True)
+    assert res["n_bad_skipped"] == 1
     with pytest.warns(UserWarning, match="skipping 1 unusable"):
         res = prepare_folder(data, failed, n_test_speakers=2, skip_bad=True)
     assert res["n_bad_skipped"] == 1

@@ -215,6 +215,7 @@ def test_same_base_names_get_distinct_corpus_names(corpora, tmp_path):
         (dict(test_corpora=["so"]), "test_corpora=['so']: name one or more of"),
         (dict(test_corpora=[]), "test_corpora=[]: name one or more of"),
         (dict(twice=True), "lists"),
+        (dict(link=True), "twice (links followed"),
     ],
 )
 def test_bad_corpus_options_refused_before_any_work(
@@ -222,6 +223,9 @@ def test_bad_corpus_options_refused_before_any_work(
 ):
     so, dsp, _ = corpora
     folders = [so, dsp, so] if kwargs.pop("twice", False) else [so, dsp]
+    if kwargs.pop("link", False):  # one corpus again under another name
+        os.symlink(so, tmp_path / "so_again")
+        folders = [so, dsp, tmp_path / "so_again"]
     out = tmp_path / "p"
     with pytest.raises(DataPreparationError, match=re.escape(message)) as err:
         prepare_folder(folders, out, **kwargs)

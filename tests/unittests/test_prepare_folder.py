@@ -2,6 +2,7 @@
 ``<speaker>/**/<utt>.wav|flac`` tree (tiny generated trees, and dspspeech)."""
 
 import itertools
+import json
 import os
 import re
 import shutil
@@ -14,13 +15,14 @@ from speechbrain.dataio.dataio import load_data_csv
 from dampit.cli.common import list_audio_inputs
 from dampit.dataio import preparation
 from dampit.dataio.audio import load_audio, read_crop
-from dampit.dataio.preparation import (
-    BAD_FILES,
-    DataPreparationError,
-    scan_audio_tree,
-)
+from dampit.dataio.preparation import DataPreparationError, scan_audio_tree
 from dampit.dataio.prepare_folder import prepare_folder
-from dampit.dataio.prepared import CSV_FIELDS
+from dampit.dataio.prepared import (
+    BAD_FILES,
+    CSV_FIELDS,
+    OPTS_FILE,
+    PreparedFolderError,
+)
 from dampit.dataio.trials import read_trials, speaker_of
 
 
@@ -519,3 +521,24 @@ def test_failed_write_leaves_no_matching_options(
     assert {
         speaker_of(u) for t in read_trials(out / "trials.txt") for u in t[1:]
     } == {"s2", "s4"}
+
+
+def test_keep_refuses_another_split_before_replacing_anything(tmp_path):
+    """``keep`` (a run trains on the folder): another fold is refused in
+    one line naming the option, nothing replaced; a folder whose
+    options lack a key this version records (``files``) is prepared
+    again to the same split."""
+    data, prep = tmp_path / "data", tmp_path / "prep"
+    make_tree(data, n_spk=10, n_utt=6)
+    prepare_folder(data, prep, n_folds=5, fold=0)
+    before = {p.name: p.read_bytes() for p in prep.iterdir()}
+    with pytest.raises(PreparedFolderError, match="other options fold;"):
+        prepare_folder(data, prep, n_folds=5, fold=1, keep=True)
+    assert {p.name: p.read_bytes() for p in prep.iterdir()} == before
+    opts_file = prep / OPTS_FILE
+    saved = json.loads(opts_file.read_text())
+    del saved["opts"]["files"]  # as an earlier version wrote it
+    opts_file.write_text(json.dumps(saved))
+    prepare_folder(data, prep, n_folds=5, fold=0, keep=True)
+    for name in ("train.csv", "dev.csv", "test.csv", "trials.txt"):
+        assert (prep / name).read_bytes() == before[name]
