@@ -77,6 +77,7 @@ def _folder_data(corpus, prep, P, speeds):
         "data_layout": "folder",
         "data_folder": str(corpus),
         "prep_folder": str(prep),
+        "save_folder": str(prep.parent / "save"),
         "n_test_speakers": 4,
         "n_folds": None,
         "fold": 0,
