@@ -35,6 +35,24 @@ def shared_data():
     return root
 
 
+@pytest.fixture
+def speech_tree(shared_data):
+    """A function ``make(root, n_spk=6, n_utt=6)``: ``root/<speaker>/``
+    holding links to the first ``n_utt`` recordings of the first
+    ``n_spk`` dspspeech speakers; returns ``root``."""
+
+    def make(root, n_spk=6, n_utt=6):
+        src = shared_data / "dspspeech"
+        speakers = sorted(d.name for d in src.iterdir() if d.is_dir())
+        for spk in speakers[:n_spk]:
+            os.makedirs(root / spk)
+            for f in sorted((src / spk).glob("*.wav"))[:n_utt]:
+                os.symlink(f, root / spk / f.name)
+        return root
+
+    return make
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     """Seed torch for every test; 2 cores on this machine and CI."""

@@ -27,17 +27,6 @@ MINI = str(REPO / "recipes" / "VoxCeleb" / "hparams" / "mini.yaml")
 TEMPLATE = REPO / "templates" / "speaker_verification" / "train.py"
 
 
-def _speech_tree(shared_data, root, n_spk=10, n_utt=6):
-    """``n_spk`` dspspeech speakers with ``n_utt`` recordings each (links)."""
-    src = shared_data / "dspspeech"
-    speakers = sorted(p.name for p in src.iterdir() if p.is_dir())
-    for spk in speakers[:n_spk]:
-        os.makedirs(root / spk)
-        for f in sorted((src / spk).glob("*.wav"))[:n_utt]:
-            os.symlink(f, root / spk / f.name)
-    return root
-
-
 @pytest.fixture
 def started(monkeypatch):
     """``start_run`` whose folder locks are released when it returns (a
@@ -73,14 +62,14 @@ def _files(folder):
 
 
 def test_other_fold_into_a_run_folder_is_refused_before_preparing(
-    shared_data, tmp_path, started, recipe
+    speech_tree, tmp_path, started, recipe
 ):
     """Fold 1 into the folder of a fold 0 run (its label encoder written)
     would resume fold 0's model and test it on speakers it trained on: it
     is refused in one line naming the folder and the option, and the
     prepared split is left as it was; fold 0 itself resumes."""
     train, _ = recipe
-    data = _speech_tree(shared_data, tmp_path / "data")
+    data = speech_tree(tmp_path / "data", n_spk=10)
     out = tmp_path / "run"
     argv = _argv(data, out, "--speed_speakers=[90]")
     run = started(argv + ["--fold=0"])
@@ -99,7 +88,7 @@ def test_other_fold_into_a_run_folder_is_refused_before_preparing(
 
 
 def test_changed_data_are_prepared_again_and_refused_to_a_run(
-    shared_data, tmp_path, started, recipe
+    speech_tree, tmp_path, started, recipe
 ):
     """A file deleted after a run prepared its data: the cached split is
     not reused (the deleted file would end verification in an AudioError)
@@ -107,7 +96,7 @@ def test_changed_data_are_prepared_again_and_refused_to_a_run(
     before its prepared split is touched; touched files (the same sizes)
     resume."""
     train, _ = recipe
-    data = _speech_tree(shared_data, tmp_path / "data")
+    data = speech_tree(tmp_path / "data", n_spk=10)
     prep = tmp_path / "prep"
     first = prepare_folder(data, prep, n_folds=5, fold=0)
     test_spk = first["test_speakers"][0]
@@ -139,13 +128,13 @@ def test_changed_data_are_prepared_again_and_refused_to_a_run(
 
 
 def test_label_encoder_of_other_speakers_is_refused(
-    shared_data, tmp_path, started, recipe
+    speech_tree, tmp_path, started, recipe
 ):
     """The recipe's and the template's dataio_prep refuse a saved label
     encoder whose labels are not the training speakers (another fold's
     run wrote it), naming the file."""
     train, _ = recipe
-    data = _speech_tree(shared_data, tmp_path / "data")
+    data = speech_tree(tmp_path / "data", n_spk=10)
     run = started(_argv(data, tmp_path / "run", "--fold=0"))
     train.dataio_prep(run.hparams, run.data)
     labels = os.path.join(run.hparams["save_folder"], "label_encoder.txt")
@@ -169,11 +158,11 @@ def test_label_encoder_of_other_speakers_is_refused(
         template.dataio_prep(hp, fold1)
 
 
-def test_shared_save_folder_is_locked(shared_data, tmp_path, monkeypatch):
+def test_shared_save_folder_is_locked(speech_tree, tmp_path, monkeypatch):
     """Two runs given one save_folder outside their output folders: the
     second is refused, naming the save folder and the holder, before it
     prepares anything (it would delete the first one's checkpoints)."""
-    data = _speech_tree(shared_data, tmp_path / "data")
+    data = speech_tree(tmp_path / "data", n_spk=10)
     save = tmp_path / "shared_save"
     monkeypatch.setattr(run_setup.atexit, "register", lambda f: None)
     start_run(_argv(data, tmp_path / "a", f"--save_folder={save}"))
@@ -186,12 +175,12 @@ def test_shared_save_folder_is_locked(shared_data, tmp_path, monkeypatch):
 
 
 def test_shared_prep_folder_is_locked_and_checked(
-    shared_data, tmp_path, started
+    speech_tree, tmp_path, started
 ):
     """A prep folder being prepared by another run is refused in one line;
     one prepared again with other options (a fold 1 run sharing it) since
     this run read it is refused before verification."""
-    data = _speech_tree(shared_data, tmp_path / "data")
+    data = speech_tree(tmp_path / "data", n_spk=10)
     prep = tmp_path / "prep"
     argv = _argv(data, tmp_path / "a", f"--prep_folder={prep}", "--fold=0")
     with FileLock(prep / "prep.lock", "x"):
@@ -207,11 +196,11 @@ def test_shared_prep_folder_is_locked_and_checked(
     assert "(fold)" in str(err.value)
 
 
-def test_template_reads_other_rates_as_the_test_does(shared_data, tmp_path):
+def test_template_reads_other_rates_as_the_test_does(speech_tree, tmp_path):
     """A 48 kHz file trains and validates at the YAML's 16 kHz in the
     template (resampled, as dampit reads the test utterances): its length
     is a third of the file's samples."""
-    data = _speech_tree(shared_data, tmp_path / "data", n_spk=6)
+    data = speech_tree(tmp_path / "data", n_spk=6)
     for link in sorted(data.glob("*/*.wav")):
         wav, sr = sf.read(link)
         assert sr == 16000

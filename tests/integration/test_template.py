@@ -143,22 +143,11 @@ def _import_train():
     return module
 
 
-def _speech_tree(shared_data, root, n_spk=6, n_utt=6):
-    """``root/<speaker>/`` symlinks to the first dspspeech files."""
-    src = shared_data / "dspspeech"
-    speakers = sorted(d.name for d in src.iterdir() if d.is_dir())
-    for spk in speakers[:n_spk]:
-        os.makedirs(root / spk)
-        for f in sorted((src / spk).glob("*.wav"))[:n_utt]:
-            os.symlink(f, root / spk / f.name)
-    return root
-
-
-def test_train_loader_follows_the_yaml(shared_data, tmp_path):
+def test_train_loader_follows_the_yaml(speech_tree, tmp_path):
     """dampit file: SpeechBrain's loader of the PKSampler gives P x K
     batches, another draw each pass; stock file: SpeechBrain's options."""
     train = _import_train()
-    data = _speech_tree(shared_data, tmp_path / "data", n_spk=6, n_utt=8)
+    data = speech_tree(tmp_path / "data", n_spk=6, n_utt=8)
     loaders = {}
     for path, small in ((STOCK, []), (MULTI, ["--P=3"])):
         run = train.load_hparams(
@@ -199,11 +188,11 @@ def test_train_loader_follows_the_yaml(shared_data, tmp_path):
 
 
 @pytest.mark.parametrize("which", ["template", "recipe"])
-def test_n_speakers_comes_from_the_data(shared_data, tmp_path, caplog, which):
+def test_n_speakers_comes_from_the_data(speech_tree, tmp_path, caplog, which):
     """A YAML n_speakers other than the prepared training speakers: the
     data's number is used (built and read plainly), and one warning line
     (the same function in both) names the file and both numbers."""
-    data = _speech_tree(shared_data, tmp_path / "data")
+    data = speech_tree(tmp_path / "data")
     argv = [f"--data_folder={data}", f"--output_folder={tmp_path / 'out'}"]
     argv += ["--n_test_speakers=2", "--n_speakers=7", "--device=cpu"]
     if which == "template":
@@ -233,12 +222,12 @@ def test_n_speakers_comes_from_the_data(shared_data, tmp_path, caplog, which):
     ]
 
 
-def test_resumed_run_draws_the_epoch_it_resumes_at(shared_data, tmp_path):
+def test_resumed_run_draws_the_epoch_it_resumes_at(speech_tree, tmp_path):
     """A run resumed after epoch 2 of 3 trains epoch 3 on the sampler's
     epoch-3 batches (SpeechBrain calls ``set_epoch``), not on a redraw of
     the first epoch's."""
     train = _import_train()
-    data = _speech_tree(shared_data, tmp_path / "data", n_spk=6, n_utt=8)
+    data = speech_tree(tmp_path / "data", n_spk=6, n_utt=8)
     run = train.load_hparams(
         [str(MULTI), f"--data_folder={data}", "--n_test_speakers=2"]
         + [f"--output_folder={tmp_path / 'out'}", "--P=3", "--device=cpu"]
